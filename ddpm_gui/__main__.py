@@ -1,0 +1,3 @@
+from ddpm_gui.cli import main
+
+raise SystemExit(main())
