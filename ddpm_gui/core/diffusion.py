@@ -1,0 +1,280 @@
+"""Forward and reverse diffusion steps: pure tensor math, no nn.Module, no Qt.
+
+Equation numbers refer to Ho et al. 2020, "Denoising Diffusion Probabilistic Models" (DDPM) and
+Song et al. 2021, "Denoising Diffusion Implicit Models" (DDIM). Timesteps are 0-based indices into
+the schedule's arrays (see schedule.py). Images are float tensors in [-1, 1], shape (B, C, H, W).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from ddpm_gui.core.schedule import NoiseSchedule, gather
+from ddpm_gui.errors import ConfigError
+
+PREDICTIONS = ("eps", "v")
+VARIANCES = ("beta", "posterior")
+
+# A denoiser: (x_t, t as a (B,) long tensor) -> the model's output (eps or v, same shape as x_t).
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+def _timesteps(t: torch.Tensor | int, batch: int, device) -> torch.Tensor:
+    if not torch.is_tensor(t):
+        return torch.full((batch,), int(t), device=device, dtype=torch.long)
+    t = t.to(device).long().reshape(-1)
+    return t.expand(batch) if t.numel() == 1 else t
+
+
+# ----------------------------------------------------------------------------- forward process
+
+
+def q_step(
+    x_prev: torch.Tensor,
+    t: torch.Tensor | int,
+    sched: NoiseSchedule,
+    noise: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One forward step q(x_t | x_(t-1)) = N(sqrt(1 - beta_t) x_(t-1), beta_t I)   (DDPM eq. 2)."""
+    if noise is None:
+        noise = _randn_like(x_prev, generator)
+    t = _timesteps(t, x_prev.shape[0], x_prev.device)
+    beta = gather(sched.betas, t).to(x_prev.dtype)
+    return (1 - beta).sqrt() * x_prev + beta.sqrt() * noise
+
+
+def q_sample(
+    x0: torch.Tensor,
+    t: torch.Tensor | int,
+    sched: NoiseSchedule,
+    noise: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Closed form q(x_t | x_0) = N(sqrt(ab_t) x_0, (1 - ab_t) I)   (DDPM eq. 4).
+
+    Batched over t (one timestep per image). Returns (x_t, eps): eps is the training target.
+    """
+    if noise is None:
+        noise = _randn_like(x0, generator)
+    t = _timesteps(t, x0.shape[0], x0.device)
+    ab = gather(sched.alpha_bars, t).to(x0.dtype)
+    return ab.sqrt() * x0 + (1 - ab).sqrt() * noise, noise
+
+
+def v_target(x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, sched: NoiseSchedule) -> torch.Tensor:
+    """v = sqrt(ab) eps - sqrt(1 - ab) x_0 (Salimans & Ho 2022): the target for v-prediction, which
+    stays well defined at alpha_bar = 0 (a zero-terminal-SNR schedule), where eps-prediction cannot
+    recover x_0."""
+    ab = gather(sched.alpha_bars, t).to(x0.dtype)
+    return ab.sqrt() * eps - (1 - ab).sqrt() * x0
+
+
+def training_target(
+    x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, sched: NoiseSchedule, prediction: str
+) -> torch.Tensor:
+    return eps if prediction == "eps" else v_target(x0, eps, t, sched)
+
+
+# ----------------------------------------------------------------------------- reverse process
+
+
+def split_prediction(
+    model_out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, sched: NoiseSchedule, prediction: str = "eps"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """From the model's output to (eps, predicted x_0).
+
+    eps-prediction: x_0 = (x_t - sqrt(1 - ab_t) eps) / sqrt(ab_t)       (DDPM eq. 15 solved for x_0)
+    v-prediction:   x_0 = sqrt(ab_t) x_t - sqrt(1 - ab_t) v,  eps = sqrt(1 - ab_t) x_t + sqrt(ab_t) v
+    """
+    ab = gather(sched.alpha_bars, t).to(x_t.dtype)
+    if prediction == "eps":
+        eps = model_out
+        x0 = (x_t - (1 - ab).sqrt() * eps) / ab.sqrt().clamp(min=1e-12)
+    elif prediction == "v":
+        x0 = ab.sqrt() * x_t - (1 - ab).sqrt() * model_out
+        eps = (1 - ab).sqrt() * x_t + ab.sqrt() * model_out
+    else:
+        raise ConfigError(f"Unknown prediction type '{prediction}': use one of {PREDICTIONS}.")
+    return eps, x0
+
+
+def ddpm_step(
+    model_out: torch.Tensor,
+    x_t: torch.Tensor,
+    t: int,
+    sched: NoiseSchedule,
+    variance: str = "beta",
+    prediction: str = "eps",
+    clip_x0: bool = False,
+    noise: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One ancestral step x_t -> x_(t-1) ~ p(x_(t-1) | x_t). Returns (x_(t-1), predicted x_0).
+
+    With clip_x0=False and eps-prediction this is exactly the tutorial's `p_xt` (DDPM eq. 11):
+        mean = 1/sqrt(alpha_t) (x_t - beta_t / sqrt(1 - ab_t) eps)
+    computed here through the posterior of eq. 7 so that x_0 can be clipped and shown:
+        mean = sqrt(ab_prev) beta_t / (1 - ab_t) x_0 + sqrt(alpha_t) (1 - ab_prev) / (1 - ab_t) x_t
+    variance: "beta" uses sigma^2 = beta_t (the tutorial), "posterior" uses beta~_t (eq. 7); both are
+    the paper's two choices (section 3.2). No noise is added at the last step (t = 0).
+    """
+    if variance not in VARIANCES:
+        raise ConfigError(f"Unknown variance '{variance}': use 'beta' or 'posterior'.")
+    tt = _timesteps(t, x_t.shape[0], x_t.device)
+    ti = int(tt[0])
+    # 1. predicted noise and predicted x_0 (eq. 15)
+    eps, x0 = split_prediction(model_out, x_t, tt, sched, prediction)
+    beta = gather(sched.betas, tt).to(x_t.dtype)
+    alpha = gather(sched.alphas, tt).to(x_t.dtype)
+    ab = gather(sched.alpha_bars, tt).to(x_t.dtype)
+    ab_prev = gather(sched.alpha_bars_prev, tt).to(x_t.dtype)
+    # 2. posterior mean mu~_t(x_t, x_0) (eq. 7). Without clipping this equals eq. 11 algebraically;
+    #    with clipping it is the form that keeps the step stable.
+    if clip_x0:
+        x0 = x0.clamp(-1, 1)
+        mean = (ab_prev.sqrt() * beta / (1 - ab)) * x0 + (alpha.sqrt() * (1 - ab_prev) / (1 - ab)) * x_t
+    else:
+        mean = (x_t - beta / (1 - ab).sqrt() * eps) / alpha.sqrt()
+    if ti == 0:
+        return mean, x0
+    # 3. add noise with sigma_t^2 = beta_t or beta~_t
+    var = beta if variance == "beta" else gather(sched.posterior_variance, tt).to(x_t.dtype)
+    if noise is None:
+        noise = _randn_like(x_t, generator)
+    return mean + var.sqrt() * noise, x0
+
+
+def ddim_timesteps(T: int, steps: int) -> list[int]:
+    """`steps` evenly spaced timesteps, descending, from T-1 down to 0 (DDIM section 4.2)."""
+    if steps < 1:
+        raise ConfigError(f"The number of sampling steps must be at least 1, got {steps}.")
+    steps = min(steps, T)
+    ts = torch.linspace(T - 1, 0, steps).round().long().tolist()
+    return list(dict.fromkeys(int(t) for t in ts))  # unique, still descending
+
+
+def ddim_step(
+    model_out: torch.Tensor,
+    x_t: torch.Tensor,
+    t: int,
+    t_prev: int,
+    sched: NoiseSchedule,
+    eta: float = 0.0,
+    prediction: str = "eps",
+    clip_x0: bool = False,
+    noise: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One DDIM step x_t -> x_(t_prev) (DDIM eq. 12), t_prev = -1 meaning the clean image.
+
+    eta = 0 is deterministic; eta = 1 has the variance of ancestral DDPM with the posterior variance.
+    """
+    tt = _timesteps(t, x_t.shape[0], x_t.device)
+    # 1. predicted noise and x_0 (DDIM eq. 9)
+    eps, x0 = split_prediction(model_out, x_t, tt, sched, prediction)
+    if clip_x0:
+        x0 = x0.clamp(-1, 1)
+        # re-derive eps from the clipped x_0 so the step stays consistent
+        ab = gather(sched.alpha_bars, tt).to(x_t.dtype)
+        eps = (x_t - ab.sqrt() * x0) / (1 - ab).sqrt().clamp(min=1e-12)
+    ab_t = sched.alpha_bars[t].to(x_t.dtype)
+    ab_prev = sched.alpha_bars[t_prev].to(x_t.dtype) if t_prev >= 0 else torch.ones((), dtype=x_t.dtype)
+    ab_prev = ab_prev.to(x_t.device)
+    # 2. sigma_t(eta) (DDIM eq. 16)
+    sigma = eta * ((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev)).clamp(min=0).sqrt()
+    # 3. "direction pointing to x_t" and the step (eq. 12)
+    dir_xt = (1 - ab_prev - sigma**2).clamp(min=0).sqrt() * eps
+    x_prev = ab_prev.sqrt() * x0 + dir_xt
+    if eta > 0 and t_prev >= 0:
+        if noise is None:
+            noise = _randn_like(x_t, generator)
+        x_prev = x_prev + sigma * noise
+    return x_prev, x0
+
+
+@dataclass
+class ReverseStep:
+    """One frame of the reverse process."""
+
+    index: int  # 0-based position in the chain
+    total: int  # number of steps in the chain
+    t: int  # the timestep this step started from
+    x: torch.Tensor  # x after the step (x_(t-1), or x_(t_prev) for DDIM)
+    x0: torch.Tensor  # the prediction of x_0 made at this step
+
+
+def reverse_process(
+    denoiser: Denoiser,
+    x_start: torch.Tensor,
+    sched: NoiseSchedule,
+    sampler: str = "ddpm",
+    t_start: int | None = None,
+    steps: int | None = None,
+    eta: float = 0.0,
+    variance: str = "beta",
+    prediction: str = "eps",
+    clip_x0: bool = False,
+    generator: torch.Generator | None = None,
+) -> Iterator[ReverseStep]:
+    """Run the reverse chain from x_start at timestep t_start (default T-1, i.e. pure noise) to x_0,
+    yielding every step. DDPM visits every timestep; DDIM visits `steps` of them."""
+    T = sched.T
+    t_start = T - 1 if t_start is None else int(t_start)
+    if not 0 <= t_start < T:
+        raise ConfigError(f"The starting step must lie in 0..{T - 1}, got {t_start}.")
+    if sampler == "ddpm":
+        ts = list(range(t_start, -1, -1))
+    elif sampler == "ddim":
+        n = t_start + 1 if steps is None else steps
+        ts = ddim_timesteps(t_start + 1, n)
+    else:
+        raise ConfigError(f"Unknown sampler '{sampler}': use 'ddpm' or 'ddim'.")
+    x = x_start
+    B = x.shape[0]
+    for i, t in enumerate(ts):
+        tt = torch.full((B,), t, device=x.device, dtype=torch.long)
+        out = denoiser(x, tt)
+        if sampler == "ddpm":
+            x, x0 = ddpm_step(out, x, t, sched, variance, prediction, clip_x0, generator=generator)
+        else:
+            t_prev = ts[i + 1] if i + 1 < len(ts) else -1
+            x, x0 = ddim_step(out, x, t, t_prev, sched, eta, prediction, clip_x0, generator=generator)
+        yield ReverseStep(i, len(ts), t, x, x0)
+
+
+def noise_to(
+    x0: torch.Tensor, t: int, k: int, sched: NoiseSchedule, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """The tutorial's horse experiment, first half: k independent draws of q(x_t | x_0) for one image.
+
+    x0: (C, H, W) or (1, C, H, W). Returns (k, C, H, W). Run `reverse_process(..., t_start=t)` on it.
+    (The tutorial noises to index 50 but denoises from index 49, one step short; we start where we noised.)
+    """
+    if x0.dim() == 3:
+        x0 = x0.unsqueeze(0)
+    xs, _ = q_sample(x0.expand(k, *x0.shape[1:]).contiguous(), t, sched, generator=generator)
+    return xs
+
+
+# ----------------------------------------------------------------------------- image conversion
+
+
+def to_uint8(x: torch.Tensor) -> "torch.Tensor":
+    """[-1, 1] float (B, C, H, W) -> uint8 (B, H, W, 3) on the CPU, ready for a viewer."""
+    x = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    return x.permute(0, 2, 3, 1).contiguous().cpu()
+
+
+def from_uint8(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, H, W, 3) -> float (B, 3, H, W) in [-1, 1] (on the images' device)."""
+    return images.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)

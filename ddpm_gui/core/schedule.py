@@ -1,0 +1,156 @@
+"""Noise schedules: how much noise each forward step adds.
+
+Indexing follows the tutorial (and diffusers): a timestep `t` is a 0-based index into the arrays, so
+`alpha_bars[t]` is the paper's alpha_bar_(t+1), the signal kept after t+1 forward steps. The GUI shows
+1-based step numbers (step 0 = the clean image, step T = after all T steps).
+
+The tutorial's schedule (linear beta 1e-4..0.04, T=100) ends at alpha_bar_T = 0.131: x_T still holds
+sqrt(0.131) = 0.36 of x_0 while sampling starts from pure noise. `cosine` and `rescale_zero_snr` are
+the two standard fixes (Nichol & Dhariwal 2021; Lin et al. 2023).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+
+from ddpm_gui.errors import ConfigError
+
+SCHEDULE_KINDS = ("linear", "cosine", "quadratic")
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """A noise schedule, as a person edits it."""
+
+    kind: str = "linear"  # linear | cosine | quadratic
+    T: int = 100  # number of diffusion steps; the tutorial uses 100, the DDPM paper 1000
+    beta_start: float = 1e-4  # linear/quadratic only
+    beta_end: float = 0.04  # linear/quadratic only (the DDPM paper: 0.02 at T=1000)
+    cosine_s: float = 0.008  # cosine only: offset that keeps beta_1 from being too small
+    rescale_zero_snr: bool = False  # rescale so alpha_bar_T = 0 exactly (Lin et al. 2023)
+
+    def validate(self) -> ScheduleConfig:
+        if self.kind not in SCHEDULE_KINDS:
+            raise ConfigError(f"Unknown schedule '{self.kind}': choose one of {', '.join(SCHEDULE_KINDS)}.")
+        if not isinstance(self.T, int) or self.T < 1 or self.T > 10000:
+            raise ConfigError(f"T must be a whole number from 1 to 10000, got {self.T}.")
+        if self.kind in ("linear", "quadratic"):
+            for name in ("beta_start", "beta_end"):
+                v = getattr(self, name)
+                if not (0.0 < v < 1.0) or not math.isfinite(v):
+                    raise ConfigError(f"{name} must lie strictly between 0 and 1, got {v}.")
+            if self.beta_end < self.beta_start:
+                raise ConfigError(
+                    f"beta_end ({self.beta_end}) must not be smaller than beta_start ({self.beta_start})."
+                )
+        if self.kind == "cosine" and not (0.0 <= self.cosine_s < 1.0):
+            raise ConfigError(f"cosine_s must lie in [0, 1), got {self.cosine_s}.")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ScheduleConfig:
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        return cls(**known).validate()
+
+
+# Named presets a person can pick.
+SCHEDULE_PRESETS: dict[str, ScheduleConfig] = {
+    "tutorial": ScheduleConfig(),  # the article: linear 1e-4..0.04, T=100
+    "ddpm-paper": ScheduleConfig(kind="linear", T=1000, beta_start=1e-4, beta_end=0.02),
+    "cosine": ScheduleConfig(kind="cosine", T=100),
+    "tutorial-zero-snr": ScheduleConfig(rescale_zero_snr=True),
+}
+
+
+def _rescale_zero_terminal_snr(alpha_bars: torch.Tensor) -> torch.Tensor:
+    """Lin et al. 2023, Algorithm 1: shift and scale sqrt(alpha_bar) so the last one is exactly 0
+    and the first one is unchanged."""
+    s = alpha_bars.sqrt()
+    s0, sT = s[0].clone(), s[-1].clone()
+    s = (s - sT) * s0 / (s0 - sT)
+    return s**2
+
+
+class NoiseSchedule:
+    """The arrays of one schedule (float64 on the CPU; `to()` gives float32 copies on a device).
+
+    betas[t], alphas[t] = 1 - betas[t], alpha_bars[t] = prod(alphas[:t+1]), snr[t] = ab / (1 - ab),
+    alpha_bars_prev[t] = alpha_bars[t-1] (1 for t = 0),
+    posterior_variance[t] = beta~_t = (1 - ab_prev) / (1 - ab) * beta_t   (DDPM eq. 7).
+    """
+
+    def __init__(self, config: ScheduleConfig | None = None, device: torch.device | str = "cpu"):
+        self.config = (config or ScheduleConfig()).validate()
+        c = self.config
+        T = c.T
+        if c.kind == "linear":
+            betas = torch.linspace(c.beta_start, c.beta_end, T, dtype=torch.float64)
+            alpha_bars = torch.cumprod(1.0 - betas, 0)
+        elif c.kind == "quadratic":
+            betas = torch.linspace(c.beta_start**0.5, c.beta_end**0.5, T, dtype=torch.float64) ** 2
+            alpha_bars = torch.cumprod(1.0 - betas, 0)
+        else:  # cosine, Nichol & Dhariwal 2021 eq. 17, betas clipped at 0.999 as in the paper
+            steps = torch.arange(T + 1, dtype=torch.float64) / T
+            f = torch.cos((steps + c.cosine_s) / (1 + c.cosine_s) * math.pi / 2) ** 2
+            ab = f / f[0]
+            betas = (1 - ab[1:] / ab[:-1]).clamp(max=0.999)
+            alpha_bars = torch.cumprod(1.0 - betas, 0)
+        if c.rescale_zero_snr:
+            alpha_bars = _rescale_zero_terminal_snr(alpha_bars)
+            prev = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bars[:-1]])
+            betas = 1 - alpha_bars / prev
+        self._set(betas, alpha_bars, device)
+
+    def _set(self, betas: torch.Tensor, alpha_bars: torch.Tensor, device) -> None:
+        self.T = len(betas)
+        self.betas = betas.to(device)
+        self.alphas = (1.0 - betas).to(device)
+        self.alpha_bars = alpha_bars.to(device)
+        ab_prev = torch.cat([torch.ones(1, dtype=alpha_bars.dtype), alpha_bars[:-1]])
+        self.alpha_bars_prev = ab_prev.to(device)
+        with torch.no_grad():
+            self.snr = (alpha_bars / (1 - alpha_bars)).to(device)  # inf where alpha_bar = 1
+            self.posterior_variance = ((1 - ab_prev) / (1 - alpha_bars) * betas).to(device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.betas.device
+
+    def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> NoiseSchedule:
+        """A copy whose arrays live on `device` as `dtype` (float32 for the model's math)."""
+        new = object.__new__(NoiseSchedule)
+        new.config = self.config
+        new.T = self.T
+        for name in ("betas", "alphas", "alpha_bars", "alpha_bars_prev", "snr", "posterior_variance"):
+            setattr(new, name, getattr(self, name).to(device=device, dtype=dtype))
+        return new
+
+    def terminal_signal(self) -> float:
+        """sqrt(alpha_bar_T): the fraction of x_0 still in x_T. 0 for a schedule that ends in noise."""
+        return float(self.alpha_bars[-1].sqrt())
+
+    def summary(self) -> dict:
+        """Numbers a person wants to see beside the plots."""
+        ab = self.alpha_bars.double().cpu()
+        return {
+            "T": self.T,
+            "beta_min": float(self.betas.min()),
+            "beta_max": float(self.betas.max()),
+            "alpha_bar_T": float(ab[-1]),
+            "signal_left_at_T": float(ab[-1].sqrt()),
+            "alpha_bar_mid": float(ab[(self.T - 1) // 2]),
+        }
+
+
+def gather(consts: torch.Tensor, t: torch.Tensor | int, ndim: int = 4) -> torch.Tensor:
+    """consts[t] shaped to broadcast over an image batch: (B,) -> (B, 1, 1, 1)."""
+    if not torch.is_tensor(t):
+        t = torch.tensor([t], device=consts.device, dtype=torch.long)
+    t = t.to(consts.device).long().reshape(-1)
+    return consts.gather(-1, t).reshape(-1, *([1] * (ndim - 1)))
