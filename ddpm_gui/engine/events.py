@@ -1,0 +1,91 @@
+"""Events the Trainer yields while it runs. Plain dataclasses of numbers and numpy arrays (never
+tensors), so a GUI thread, a CLI progress bar or a test can consume them without torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Started:
+    step: int  # first step to run (> 0 when resumed)
+    total_steps: int
+    device: str  # e.g. "cpu", "cuda:0 (NVIDIA H100)"
+    n_params: int
+    flops_per_image: float | None  # forward + backward, for the training step
+    dataset: str
+    n_images: int
+    run_dir: str
+    resumed: bool
+    batch_size: int
+    estimate_note: str = ""  # plain words about how long this will take (CPU)
+
+
+@dataclass
+class Progress:
+    step: int  # steps completed so far
+    total_steps: int
+    loss: float  # the last loss read
+    loss_smooth: float  # exponential moving average of the loss
+    img_per_s: float
+    eta_s: float
+    elapsed_s: float
+    batch_size: int
+    lr: float
+    # every loss read since the previous Progress event, with its step number (for the live curve)
+    steps: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    losses: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+
+
+@dataclass
+class TimestepLoss:
+    step: int
+    loss_by_t: np.ndarray  # (T,) float32: running mean of the loss per timestep, nan where unseen
+
+
+@dataclass
+class Preview:
+    step: int
+    images: np.ndarray  # (N, H, W, 3) uint8, sampled from the same fixed noise every time
+
+
+@dataclass
+class CheckpointSaved:
+    step: int
+    path: str
+
+
+@dataclass
+class Paused:
+    step: int
+
+
+@dataclass
+class Resumed:
+    step: int
+
+
+@dataclass
+class Notice:
+    message: str
+    level: str = "info"  # info | warning
+
+
+@dataclass
+class Finished:
+    step: int
+    run_dir: str
+    reason: str  # completed | stopped
+    checkpoint: str | None
+
+
+@dataclass
+class Failed:
+    message: str  # one or two sentences for the user, saying what to change
+    step: int
+    checkpoint: str | None  # the last good checkpoint, if any
+
+
+Event = Started | Progress | TimestepLoss | Preview | CheckpointSaved | Paused | Resumed | Notice | Finished | Failed

@@ -1,0 +1,160 @@
+"""Run the Qt-free engine's generators in a QThread and hand their events to the GUI thread.
+
+Facts this module is built on (measured, see DESIGN.md):
+- a queued `stop` signal is never delivered while the worker's loop runs, so stop/pause are plain
+  method calls that set threading.Events owned by the engine object;
+- in PySide6 6.12 a lambda connected to a worker signal runs in the worker thread: connect worker
+  signals only to bound slots of GUI-thread objects;
+- Signal(object) hands over the same object: the engine already yields fresh numpy arrays per event.
+
+Usage (in a GUI-thread object):
+    self._job = Job(make_iterator, parent=self, throttle_s=0.05)
+    self._job.event.connect(self.on_event)        # bound slot, runs in the GUI thread
+    self._job.failed.connect(self.on_failed)      # str: a message for the user
+    self._job.done.connect(self.on_done)          # after the thread has fully stopped
+    self._job.start()
+    ... self._job.request_stop()
+
+`make_iterator` runs IN THE WORKER THREAD (heavy imports, data loading and model building happen
+there, never in the GUI thread). Events are delivered in order; with throttling, consecutive events
+of a "coalescable" type (see `coalesce`) are merged so the GUI sees at most ~1/throttle_s per second.
+`request_stop()` sets `stop_event` and calls `on_stop` (e.g. Trainer.stop); with close_on_stop=True
+the iterator is also closed after its next item (for samplers that have no stop of their own), with
+False it is left to finish by itself (the Trainer saves a checkpoint, then ends).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterable, Iterator
+
+from PySide6.QtCore import QObject, QThread, Signal, Slot
+
+from ddpm_gui.errors import DDPMError
+
+
+def user_message(exc: BaseException) -> str:
+    """A readable message for any exception a worker raised."""
+    if isinstance(exc, DDPMError):
+        return str(exc)
+    if isinstance(exc, MemoryError):
+        return "Out of memory: lower the batch size or the number of images, or pick a smaller preset."
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if "out of memory" in text.lower():
+        return f"Out of memory ({text}): lower the batch size or pick a smaller preset."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class _Runner(QObject):
+    """Lives in the worker thread; pulls the iterator and emits its items."""
+
+    item = Signal(object)
+    failed = Signal(str, str)  # message, traceback
+    finished = Signal()
+
+    def __init__(self, factory: Callable[[], Iterable], stop_event: threading.Event, throttle_s: float,
+                 coalesce: Callable[[object, object], object | None] | None, close_on_stop: bool):
+        super().__init__()
+        self._close_on_stop = close_on_stop
+        self._factory = factory
+        self._stop = stop_event
+        self._throttle_s = throttle_s
+        self._coalesce = coalesce
+
+    @Slot()
+    def run(self) -> None:
+        try:
+            pending = None  # an event held back for coalescing
+            last_emit = 0.0
+            it: Iterator = iter(self._factory())
+            for ev in it:
+                if self._coalesce is not None and pending is not None:
+                    merged = self._coalesce(pending, ev)
+                    if merged is not None:
+                        pending = merged
+                    else:
+                        self.item.emit(pending)
+                        pending = ev
+                else:
+                    pending = ev
+                now = time.monotonic()
+                if self._coalesce is None or now - last_emit >= self._throttle_s:
+                    self.item.emit(pending)
+                    pending = None
+                    last_emit = now
+                if self._stop.is_set() and self._close_on_stop:
+                    # iterators that don't handle stop themselves are closed here
+                    close = getattr(it, "close", None)
+                    if close:
+                        close()
+                    break
+            if pending is not None:
+                self.item.emit(pending)
+        except BaseException as exc:  # noqa: BLE001 - every failure becomes a message, never a crash
+            self.failed.emit(user_message(exc), traceback.format_exc())
+        finally:
+            self.finished.emit()
+
+
+class Job(QObject):
+    """One background job: a QThread running one iterator. Owned by a GUI-thread object."""
+
+    event = Signal(object)
+    failed = Signal(str)
+    done = Signal()
+
+    def __init__(self, factory: Callable[[], Iterable], parent: QObject | None = None, throttle_s: float = 0.0,
+                 coalesce: Callable[[object, object], object | None] | None = None,
+                 on_stop: Callable[[], None] | None = None, close_on_stop: bool = True):
+        super().__init__(parent)
+        self.stop_event = threading.Event()
+        self._on_stop = on_stop
+        self._thread = QThread()
+        self._runner = _Runner(factory, self.stop_event, throttle_s, coalesce, close_on_stop)
+        self._runner.moveToThread(self._thread)
+        self._thread.started.connect(self._runner.run)
+        # bound slots of this GUI-thread object: queued into the GUI thread
+        self._runner.item.connect(self._on_item)
+        self._runner.failed.connect(self._on_failed)
+        self._runner.finished.connect(self._on_runner_finished)
+        self._thread.finished.connect(self._on_thread_finished)
+        self.last_traceback = ""
+        self._running = False
+
+    def start(self) -> None:
+        self._running = True
+        self._thread.start()
+
+    def is_running(self) -> bool:
+        return self._running
+
+    def request_stop(self) -> None:
+        """Ask the job to stop (returns at once; `done` follows when the thread has ended)."""
+        self.stop_event.set()
+        if self._on_stop is not None:
+            self._on_stop()
+
+    def wait(self, timeout_ms: int = 60000) -> bool:
+        """Block until the thread has ended (for shutdown and tests only)."""
+        return self._thread.wait(timeout_ms)
+
+    @Slot(object)
+    def _on_item(self, ev: object) -> None:
+        self.event.emit(ev)
+
+    @Slot(str, str)
+    def _on_failed(self, message: str, tb: str) -> None:
+        self.last_traceback = tb
+        self.failed.emit(message)
+
+    @Slot()
+    def _on_runner_finished(self) -> None:
+        self._thread.quit()
+
+    @Slot()
+    def _on_thread_finished(self) -> None:
+        self._thread.wait()
+        self._running = False
+        self.done.emit()
