@@ -1,0 +1,305 @@
+"""Sampling from a trained model: frames of the reverse process for a viewer, and the tutorial's
+"noise an image halfway and denoise it K ways" experiment. No Qt."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ddpm_gui.core.diffusion import VARIANCES, from_uint8, noise_to, reverse_process, to_uint8
+from ddpm_gui.core.schedule import NoiseSchedule, ScheduleConfig
+from ddpm_gui.engine.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    load_foreign_state_dict,
+    unprefixed,
+)
+from ddpm_gui.engine.device import pick_device
+from ddpm_gui.errors import CheckpointError, ConfigError
+
+
+@dataclass
+class ModelBundle:
+    """A model ready to sample from, with everything needed to interpret it."""
+
+    model: nn.Module  # eval mode, on `device`; EMA weights when the checkpoint has them
+    schedule: NoiseSchedule  # float64 master copy on the CPU
+    prediction: str  # eps | v
+    image_size: int
+    num_classes: int | None  # None: unconditional
+    class_names: list[str] | None
+    step: int
+    preset: str
+    source: str  # the checkpoint path, or "training run <dir>"
+    device: torch.device
+    image_channels: int = 3
+
+    @property
+    def null_class(self) -> int | None:
+        return self.num_classes  # the extra embedding row used for classifier-free guidance
+
+
+@dataclass
+class SampleConfig:
+    n: int = 16  # number of images
+    sampler: str = "ddpm"  # ddpm (ancestral, the tutorial) | ddim
+    steps: int = 50  # DDIM only: number of steps
+    eta: float = 0.0  # DDIM only: 0 deterministic, 1 ~ DDPM
+    variance: str = "beta"  # DDPM only: beta (sigma^2 = beta_t, the tutorial) | posterior (beta~_t)
+    seed: int = 0
+    class_label: int | None = None  # conditional models: the class to draw (None: unconditional)
+    guidance: float = 1.0  # classifier-free guidance scale w (1 = plain conditional, 0 = unconditional)
+    clip_x0: bool = True  # clip the predicted x_0 to [-1, 1] at every step
+    every: int = 1  # yield a frame every `every` steps (the last step always)
+
+    def validate(self, bundle: ModelBundle | None = None) -> SampleConfig:
+        if not (isinstance(self.n, int) and 1 <= self.n <= 1024):
+            raise ConfigError(f"The number of images must be from 1 to 1024, got {self.n}.")
+        if self.sampler not in ("ddpm", "ddim"):
+            raise ConfigError(f"Unknown sampler '{self.sampler}': use 'ddpm' or 'ddim'.")
+        if self.sampler == "ddim" and not (isinstance(self.steps, int) and self.steps >= 1):
+            raise ConfigError(f"DDIM needs at least 1 step, got {self.steps}.")
+        if self.variance not in VARIANCES:
+            raise ConfigError(f"Unknown variance '{self.variance}': use 'beta' or 'posterior'.")
+        if not (0.0 <= self.eta <= 1.0):
+            raise ConfigError(f"eta must lie in [0, 1], got {self.eta}.")
+        if not (isinstance(self.every, int) and self.every >= 1):
+            raise ConfigError("every must be at least 1.")
+        if not (0.0 <= self.guidance <= 50.0):
+            raise ConfigError(f"The guidance scale must lie in [0, 50], got {self.guidance}.")
+        if bundle is not None and self.class_label is not None:
+            if bundle.num_classes is None:
+                raise ConfigError("This model is not class-conditional: leave the class empty.")
+            if not 0 <= self.class_label < bundle.num_classes:
+                raise ConfigError(f"The class must lie in 0..{bundle.num_classes - 1}, got {self.class_label}.")
+        return self
+
+
+@dataclass
+class SampleFrame:
+    index: int  # step number in the chain (-1: the starting images)
+    total: int  # number of steps in the chain
+    t: int  # the timestep this frame was computed at
+    xt: np.ndarray  # (N, H, W, 3) uint8: the current x_t
+    x0: np.ndarray  # (N, H, W, 3) uint8: the model's prediction of x_0 at this step
+    final: bool = False
+
+
+def make_denoiser(bundle: ModelBundle, n: int, class_label: int | None, guidance: float):
+    """(x, t) -> model output, with classifier-free guidance for conditional models:
+    out = out_uncond + w (out_cond - out_uncond)   (Ho & Salimans 2022)."""
+    model = bundle.model
+    dev = bundle.device
+    if bundle.num_classes is None:
+        return lambda x, t: model(x, t)
+    null = torch.full((n,), bundle.num_classes, device=dev, dtype=torch.long)
+    if class_label is None:
+        return lambda x, t: model(x, t, null)
+    y = torch.full((n,), int(class_label), device=dev, dtype=torch.long)
+    if guidance == 1.0:
+        return lambda x, t: model(x, t, y)
+
+    def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]))
+        cond, uncond = out.chunk(2)
+        return uncond + guidance * (cond - uncond)
+
+    return guided
+
+
+def _frames(
+    bundle: ModelBundle,
+    cfg: SampleConfig,
+    x_start: torch.Tensor,
+    t_start: int | None,
+    gen: torch.Generator,
+    stop: threading.Event | None,
+) -> Iterator[SampleFrame]:
+    sched = bundle.schedule.to(bundle.device)
+    denoiser = make_denoiser(bundle, x_start.shape[0], cfg.class_label, cfg.guidance)
+    with torch.inference_mode():
+        chain = reverse_process(
+            denoiser,
+            x_start,
+            sched,
+            sampler=cfg.sampler,
+            t_start=t_start,
+            steps=cfg.steps if cfg.sampler == "ddim" else None,
+            eta=cfg.eta,
+            variance=cfg.variance,
+            prediction=bundle.prediction,
+            clip_x0=cfg.clip_x0,
+            generator=gen,
+        )
+        for st in chain:
+            last = st.index == st.total - 1
+            if last or st.index % cfg.every == 0:
+                # the only host syncs: the frames the viewer asked for
+                yield SampleFrame(st.index, st.total, st.t, to_uint8(st.x).numpy(), to_uint8(st.x0).numpy(), last)
+            if stop is not None and stop.is_set():
+                return
+
+
+def _generator(bundle: ModelBundle, seed: int) -> torch.Generator:
+    gen = torch.Generator(device=bundle.device)
+    gen.manual_seed(int(seed))
+    return gen
+
+
+def sample_frames(
+    bundle: ModelBundle, cfg: SampleConfig | None = None, stop: threading.Event | None = None
+) -> Iterator[SampleFrame]:
+    """Draw cfg.n images from pure noise, yielding frames of the reverse process."""
+    cfg = (cfg or SampleConfig()).validate(bundle)
+    gen = _generator(bundle, cfg.seed)
+    s = bundle.image_size
+    x = torch.randn((cfg.n, bundle.image_channels, s, s), generator=gen, device=bundle.device)
+    yield from _frames(bundle, cfg, x, None, gen, stop)
+
+
+def sample_images(bundle: ModelBundle, cfg: SampleConfig | None = None) -> np.ndarray:
+    """The final images only: (N, H, W, 3) uint8."""
+    last = None
+    for last in sample_frames(bundle, cfg):
+        pass
+    assert last is not None
+    return last.xt
+
+
+def denoise_frames(
+    bundle: ModelBundle,
+    image: np.ndarray,
+    t: int = 50,
+    k: int = 10,
+    seed: int = 0,
+    cfg: SampleConfig | None = None,
+    stop: threading.Event | None = None,
+) -> Iterator[SampleFrame]:
+    """The tutorial's experiment: noise `image` (H, W, 3 uint8, at the model's size) to timestep t with
+    q(x_t | x_0), k independent ways, then run the reverse chain from t. The first frame (index -1)
+    holds the k noised starts."""
+    cfg = cfg or SampleConfig()
+    cfg = SampleConfig(**{**cfg.__dict__, "n": k, "seed": seed}).validate(bundle)
+    T = bundle.schedule.T
+    if not 0 <= t < T:
+        raise ConfigError(f"t must lie in 0..{T - 1} for this model's schedule, got {t}.")
+    img = np.asarray(image)
+    s = bundle.image_size
+    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+        raise ConfigError("The image must be an H x W x 3 uint8 array.")
+    if img.shape[:2] != (s, s):
+        from PIL import Image
+
+        img = np.asarray(Image.fromarray(img).resize((s, s), Image.Resampling.BICUBIC))
+    gen = _generator(bundle, seed)
+    x0 = from_uint8(torch.from_numpy(np.ascontiguousarray(img))[None].to(bundle.device))
+    sched = bundle.schedule.to(bundle.device)
+    xs = noise_to(x0, t, k, sched, generator=gen)
+    start = to_uint8(xs).numpy()
+    yield SampleFrame(-1, 0, t, start, np.repeat(img[None], k, 0), False)
+    yield from _frames(bundle, cfg, xs, t, gen, stop)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def bundle_from_state(
+    tensors: dict[str, torch.Tensor], meta: dict, source: str, device: torch.device, use_ema: bool = True
+) -> ModelBundle:
+    """Build the model a checkpoint describes and load its (EMA) weights."""
+    from ddpm_gui.models.presets import ModelConfig, build_model
+
+    cfg = meta.get("config", {})
+    mcfg = ModelConfig.from_dict(meta["model_config"])
+    num_classes = meta.get("num_classes")
+    model = build_model(mcfg, num_classes=num_classes)
+    weights = unprefixed("ema", tensors) if use_ema else {}
+    if not weights:
+        weights = unprefixed("model", tensors)
+    check_fit(model, weights, source)
+    model.load_state_dict(weights)
+    model.to(device).eval()
+    return ModelBundle(
+        model=model,
+        schedule=NoiseSchedule(ScheduleConfig.from_dict(cfg.get("schedule", {}))),
+        prediction=cfg.get("prediction", "eps"),
+        image_size=int(cfg.get("image_size", 32)),
+        num_classes=num_classes,
+        class_names=meta.get("class_names"),
+        step=int(meta.get("step", 0)),
+        preset=str(cfg.get("preset", "?")),
+        source=source,
+        device=device,
+        image_channels=mcfg.image_channels,
+    )
+
+
+def check_fit(model: nn.Module, weights: dict[str, torch.Tensor], source: str) -> None:
+    """A message naming the mismatch when weights were made for another architecture."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    wrong = [(k, tuple(weights[k].shape), tuple(v.shape)) for k, v in own.items() if k in weights and weights[k].shape != v.shape]
+    if missing or unexpected or wrong:
+        parts = []
+        if wrong:
+            k, got, want = wrong[0]
+            parts.append(f"{len(wrong)} tensors have other shapes (e.g. {k}: file {got}, model {want})")
+        if missing:
+            parts.append(f"{len(missing)} weights are missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} weights are unknown to this model (e.g. {unexpected[0]})")
+        raise CheckpointError(
+            f"{Path(source).name} does not fit the model it describes: {'; '.join(parts)}. "
+            "It was made for another architecture, channel count or class count."
+        )
+
+
+def load_bundle(
+    path: str | Path, device: str = "auto", use_ema: bool = True, preset: str | None = None,
+    image_size: int = 32,
+) -> ModelBundle:
+    """A run folder (its newest readable checkpoint), a DDPM Studio .safetensors checkpoint, or (with
+    `preset`) a foreign .pt/.pth/.safetensors state dict of our UNet."""
+    path = Path(path).expanduser()
+    dev = pick_device(device)
+    if path.is_dir():
+        ckpt, problems = latest_checkpoint(path)
+        if ckpt is None:
+            extra = f" ({problems[0]})" if problems else ""
+            raise CheckpointError(f"No readable checkpoint in {path}{extra}. Train first, or pick a .safetensors file.")
+        path = ckpt
+    if not path.exists():
+        raise CheckpointError(f"No such file: {path}.")
+    if path.suffix in (".pt", ".pth", ".bin", ".ckpt") or preset is not None:
+        if preset is None:
+            raise CheckpointError(
+                f"{path.name} is a plain PyTorch file with no description of its model: "
+                "say which preset it was trained with (--preset)."
+            )
+        from ddpm_gui.models.presets import get_preset
+
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            sd = load_file(str(path))
+        else:
+            sd = load_foreign_state_dict(path)
+        meta = {
+            "config": {"preset": preset, "image_size": image_size},
+            "model_config": get_preset(preset).to_dict(),
+            "num_classes": None,
+        }
+        return bundle_from_state(prefixed_model(sd), meta, str(path), dev, use_ema=False)
+    tensors, meta = load_checkpoint(path)
+    return bundle_from_state(tensors, meta, str(path), dev, use_ema=use_ema)
+
+
+def prefixed_model(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {f"model.{k}": v for k, v in sd.items()}

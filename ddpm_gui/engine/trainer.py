@@ -1,0 +1,551 @@
+"""The Trainer: the tutorial's training loop made live, resumable and safe. No Qt.
+
+    trainer = Trainer(config, run_dir)
+    for event in trainer.run(): ...          # events.py; the generator does all the work
+    trainer.pause() / resume() / stop()      # from any thread: threading.Events, not signals
+
+Speed (see docs/benchmarks.md): the dataset lives on the device as uint8 and each batch is one
+indexing op (no per-image Python, no DataLoader); the loss is read from the device only every
+`log_every` steps; bf16 autocast on CUDA only.
+
+Safety (see docs/reliability.md): every file is written atomically; a non-finite loss stops the run
+before anything is saved; CUDA out-of-memory halves the batch and goes on; stop() ends with a checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ddpm_gui import __version__
+from ddpm_gui.core.diffusion import from_uint8, q_sample, reverse_process, to_uint8, training_target
+from ddpm_gui.core.schedule import NoiseSchedule
+from ddpm_gui.engine import events as ev
+from ddpm_gui.engine.checkpoint import (
+    atomic_write_bytes,
+    atomic_write_json,
+    checkpoint_path,
+    latest_checkpoint,
+    load_checkpoint,
+    optimizer_from_tensors,
+    optimizer_to_tensors,
+    prefixed,
+    prune_checkpoints,
+    unprefixed,
+)
+from ddpm_gui.engine.config import TrainConfig
+from ddpm_gui.engine.device import device_label, pick_device
+from ddpm_gui.engine.images import make_grid, png_bytes
+from ddpm_gui.engine.sampler import ModelBundle, check_fit, make_denoiser
+from ddpm_gui.errors import CheckpointError, ConfigError, DataError, DDPMError
+
+
+def is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    )
+
+
+class Trainer:
+    def __init__(
+        self,
+        config: TrainConfig,
+        run_dir: str | Path,
+        resume: bool = False,
+        data=None,
+        data_progress: Callable[[int, int, str], None] | None = None,
+    ):
+        self.config = config.validate()
+        self.run_dir = Path(run_dir).expanduser()
+        self.resume_requested = resume
+        self.data = data
+        self.data_progress = data_progress
+        self._stop = threading.Event()
+        self._running = threading.Event()  # set = not paused
+        self._running.set()
+        self._lock = threading.Lock()  # guards the weights while a snapshot is taken
+        self.step = 0
+        self.model = None
+        self.ema = None
+        self.schedule: NoiseSchedule | None = None
+        self.device: torch.device | None = None
+        self.last_checkpoint: Path | None = None
+        self.num_classes: int | None = None
+        self.class_names: list[str] | None = None
+        # fault injection for tests (reliability): called with the step number before each step
+        self.fault_hook: Callable[[int], None] | None = None
+
+    # ------------------------------------------------------------------ control (any thread)
+
+    def pause(self) -> None:
+        self._running.clear()
+
+    def resume(self) -> None:
+        self._running.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._running.set()  # wake a paused loop so it can stop
+
+    @property
+    def paused(self) -> bool:
+        return not self._running.is_set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def bundle(self) -> ModelBundle:
+        """A snapshot of the model being trained (EMA weights when on), safe to sample from in
+        another thread while training goes on."""
+        if self.model is None:
+            raise DDPMError("The model is not built yet: wait for training to start.")
+        with self._lock:
+            src = self.ema if self.ema is not None else self.model
+            model = copy.deepcopy(src).eval()
+        return ModelBundle(
+            model=model,
+            schedule=NoiseSchedule(self.config.schedule),
+            prediction=self.config.prediction,
+            image_size=self.config.image_size,
+            num_classes=self.num_classes,
+            class_names=self.class_names,
+            step=self.step,
+            preset=self.config.preset,
+            source=f"training run {self.run_dir}",
+            device=self.device,
+            image_channels=getattr(model, "image_channels", 3),
+        )
+
+    # ------------------------------------------------------------------ setup
+
+    def _load_data(self):
+        if self.data is None:
+            from ddpm_gui.data import load_data
+
+            c = self.config
+            self.data = load_data(c.data, image_size=c.image_size, limit=c.data_limit, progress=self.data_progress)
+        d = self.data
+        if len(d) == 0:
+            raise DataError("The dataset is empty: choose another source.")
+        if d.images.shape[1] != self.config.image_size or d.images.shape[2] != self.config.image_size:
+            raise ConfigError(
+                f"The data is {d.images.shape[2]}x{d.images.shape[1]} but the run trains at "
+                f"{self.config.image_size}x{self.config.image_size}: reload the data at that size."
+            )
+        if self.config.conditional:
+            if d.labels is None or not d.num_classes:
+                raise ConfigError("This dataset has no class labels: turn class-conditional training off.")
+            self.num_classes = int(d.num_classes)
+            self.class_names = list(d.class_names) if d.class_names else None
+        return d
+
+    def _build(self) -> None:
+        from ddpm_gui.models.presets import build_model, count_parameters, get_preset
+
+        c = self.config
+        self.device = pick_device(c.device)
+        torch.manual_seed(c.seed)
+        self.model_config = get_preset(c.preset)
+        self.model = build_model(self.model_config, num_classes=self.num_classes).to(self.device)
+        self.n_params = count_parameters(self.model)
+        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False) if c.ema_decay > 0 else None
+        fused = self.device.type == "cuda"
+        self.optim = torch.optim.AdamW(
+            self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay, **({"fused": True} if fused else {})
+        )
+        self.schedule = NoiseSchedule(c.schedule)
+        self.sched_dev = self.schedule.to(self.device)
+        self.gen = torch.Generator(device=self.device)
+        self.gen.manual_seed(c.seed)
+        self.batch_size = c.batch_size
+        # (T,) running sums of the loss per timestep, kept on the device (no sync per step)
+        T = self.schedule.T
+        self.t_loss_sum = torch.zeros(T, device=self.device)
+        self.t_loss_cnt = torch.zeros(T, device=self.device)
+
+    def _images_on_device(self) -> torch.Tensor:
+        """The whole dataset as uint8 on the device: a batch is then one gather."""
+        imgs = torch.from_numpy(np.ascontiguousarray(self.data.images))
+        try:
+            return imgs.to(self.device)
+        except RuntimeError as exc:
+            if is_oom(exc):  # too big for the GPU: keep it on the host, pinned
+                return imgs.pin_memory() if self.device.type == "cuda" else imgs
+            raise
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _meta(self) -> dict:
+        return {
+            "step": self.step,
+            "config": self.config.to_dict(),
+            "model_config": self.model_config.to_dict(),
+            "num_classes": self.num_classes,
+            "class_names": self.class_names,
+            "optim_groups": self._optim_groups,
+            "batch_size": self.batch_size,
+            "app_version": __version__,
+            "dataset": getattr(self.data, "name", ""),
+        }
+
+    def save_checkpoint(self) -> Path:
+        with self._lock:
+            tensors = prefixed("model", self.model.state_dict())
+            if self.ema is not None:
+                tensors.update(prefixed("ema", self.ema.state_dict()))
+            opt_tensors, groups = optimizer_to_tensors(self.optim)
+            tensors.update(opt_tensors)
+        self._optim_groups = groups
+        tensors["rng.torch"] = torch.get_rng_state()
+        tensors["rng.gen"] = self.gen.get_state().cpu()
+        if self.device.type == "cuda":
+            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        tensors["stats.t_loss_sum"] = self.t_loss_sum.detach().cpu()
+        tensors["stats.t_loss_cnt"] = self.t_loss_cnt.detach().cpu()
+        from ddpm_gui.engine.checkpoint import save_checkpoint
+
+        path = save_checkpoint(checkpoint_path(self.run_dir, self.step), tensors, self._meta())
+        self.last_checkpoint = path
+        prune_checkpoints(self.run_dir, self.config.keep_checkpoints, protect=[path])
+        return path
+
+    def _restore(self) -> str:
+        """Load the newest readable checkpoint of the run folder; returns a note on what was skipped."""
+        ckpt, problems = latest_checkpoint(self.run_dir)
+        if ckpt is None:
+            raise CheckpointError(
+                f"Nothing to resume in {self.run_dir}: no readable checkpoint"
+                + (f" ({problems[0]})" if problems else "")
+                + ". Start a new run instead."
+            )
+        tensors, meta = load_checkpoint(ckpt)
+        weights = unprefixed("model", tensors)
+        check_fit(self.model, weights, str(ckpt))
+        self.model.load_state_dict(weights)
+        if self.ema is not None:
+            ema_w = unprefixed("ema", tensors) or weights
+            self.ema.load_state_dict(ema_w)
+        if meta.get("optim_groups"):
+            self.optim.load_state_dict(optimizer_from_tensors(tensors, meta["optim_groups"]))
+        if "rng.torch" in tensors:
+            torch.set_rng_state(tensors["rng.torch"])
+        if "rng.gen" in tensors:
+            self.gen.set_state(tensors["rng.gen"].to(self.gen.get_state().device))
+        if "rng.cuda" in tensors and self.device.type == "cuda":
+            torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
+        if "stats.t_loss_sum" in tensors:
+            self.t_loss_sum.copy_(tensors["stats.t_loss_sum"])
+            self.t_loss_cnt.copy_(tensors["stats.t_loss_cnt"])
+        self.step = int(meta["step"])
+        self.batch_size = int(meta.get("batch_size", self.batch_size))
+        self.last_checkpoint = ckpt
+        self._optim_groups = meta.get("optim_groups")
+        return "; ".join(problems)
+
+    def _check_run_folder(self) -> None:
+        cfg_path = self.run_dir / "config.json"
+        if self.resume_requested:
+            if not cfg_path.exists():
+                raise CheckpointError(f"{self.run_dir} is not a DDPM Studio run folder (no config.json): nothing to resume.")
+            try:
+                saved = TrainConfig.from_dict(json.loads(cfg_path.read_text()))
+            except json.JSONDecodeError as exc:
+                raise CheckpointError(f"{cfg_path} is damaged ({exc}); the checkpoints may still load.") from exc
+            fixed = ("preset", "image_size", "conditional", "schedule", "prediction")
+            diffs = [k for k in fixed if getattr(saved, k) != getattr(self.config, k)]
+            if diffs:
+                raise ConfigError(
+                    f"The run in {self.run_dir} was trained with other {', '.join(diffs)}: resume it with its own "
+                    "settings (leave those unchanged) or start a new run folder."
+                )
+        elif (self.run_dir / "checkpoints").is_dir() and any((self.run_dir / "checkpoints").iterdir()):
+            raise ConfigError(
+                f"{self.run_dir} already holds a run: resume it (--resume) or choose an empty run folder."
+            )
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "checkpoints").mkdir(exist_ok=True)
+            (self.run_dir / "samples").mkdir(exist_ok=True)
+        except OSError as exc:
+            raise CheckpointError(f"Cannot create the run folder {self.run_dir} ({exc.strerror}): choose a writable folder.") from exc
+        atomic_write_json(cfg_path, self.config.to_dict())
+
+    # ------------------------------------------------------------------ metrics log
+
+    def _metrics_history(self) -> tuple[np.ndarray, np.ndarray]:
+        """Rewrite metrics.jsonl to end at the resumed step and return its (steps, losses)."""
+        path = self.run_dir / "metrics.jsonl"
+        steps, losses, keep = [], [], []
+        if path.exists():
+            for line in path.read_text(errors="replace").splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by a crash
+                if rec.get("step", 0) <= self.step:
+                    keep.append(line)
+                    if "loss" in rec:
+                        steps.append(rec["step"])
+                        losses.append(rec["loss"])
+            atomic_write_bytes(path, ("\n".join(keep) + "\n").encode() if keep else b"")
+        return np.asarray(steps, np.int64), np.asarray(losses, np.float32)
+
+    def _log(self, rec: dict) -> None:
+        try:
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(rec) + "\n")
+        except OSError:
+            pass  # the log is a convenience; checkpoints report write errors
+
+    # ------------------------------------------------------------------ the loop
+
+    def _lr(self, step: int) -> float:
+        w = self.config.warmup_steps
+        return self.config.lr * min(1.0, (step + 1) / w) if w > 0 else self.config.lr
+
+    def _train_step(self, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """One optimisation step; returns the per-sample losses (on the device, not synced)."""
+        c = self.config
+        dev = self.device
+        B = self.batch_size
+        T = self.schedule.T
+        idx = torch.randint(0, images.shape[0], (B,), generator=self.gen, device=self.gen.device)
+        x0 = from_uint8(images[idx.to(images.device)].to(dev, non_blocking=True))
+        t = torch.randint(0, T, (B,), generator=self.gen, device=dev)
+        noise = torch.randn(x0.shape, generator=self.gen, device=dev)
+        xt, eps = q_sample(x0, t, self.sched_dev, noise=noise)
+        target = training_target(x0, eps, t, self.sched_dev, c.prediction)
+        y = None
+        if self.num_classes is not None:
+            y = labels[idx.to(labels.device)].to(dev)
+            drop = torch.rand(B, generator=self.gen, device=dev) < c.cond_drop
+            y = torch.where(drop, torch.full_like(y, self.num_classes), y)
+        for g in self.optim.param_groups:
+            g["lr"] = self._lr(self.step)
+        amp = c.amp and dev.type == "cuda"
+        with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=amp):
+            out = self.model(xt, t, y) if y is not None else self.model(xt, t)
+        per = F.mse_loss(out.float(), target, reduction="none").mean(dim=(1, 2, 3))
+        loss = per.mean()
+        self.optim.zero_grad(set_to_none=True)
+        loss.backward()
+        if c.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
+        with self._lock:
+            self.optim.step()
+            if self.ema is not None:
+                # EMA with warm-up: early on the average follows the weights closely
+                d = min(c.ema_decay, (1 + self.step) / (10 + self.step))
+                ema_p = list(self.ema.parameters())
+                torch._foreach_lerp_(ema_p, [p.detach() for p in self.model.parameters()], 1 - d)
+        with torch.no_grad():
+            self.t_loss_sum.index_add_(0, t, per.detach().float())
+            self.t_loss_cnt.index_add_(0, t, torch.ones_like(per, dtype=torch.float32))
+        return loss.detach()
+
+    def _preview(self) -> np.ndarray:
+        """Samples from the same fixed noise every time, so a person sees the same images improve."""
+        c = self.config
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(c.seed + 12345)
+        s = c.image_size
+        ch = getattr(self.model, "image_channels", 3)
+        model = self.ema if self.ema is not None else self.model
+        was_training = model.training
+        model.eval()
+        x = torch.randn((c.preview_n, ch, s, s), generator=gen, device=self.device)
+        bundle = ModelBundle(model, self.schedule, c.prediction, s, self.num_classes, self.class_names,
+                             self.step, c.preset, "preview", self.device, ch)
+        denoiser = make_denoiser(bundle, c.preview_n, None, 1.0)
+        if self.num_classes is not None:  # conditional: cycle through the classes
+            ys = torch.arange(c.preview_n, device=self.device) % self.num_classes
+            denoiser = lambda xx, tt: model(xx, tt, ys)  # noqa: E731
+        sampler = "ddim" if c.preview_steps > 0 else "ddpm"
+        with torch.inference_mode():
+            last = None
+            for last in reverse_process(denoiser, x, self.sched_dev, sampler=sampler,
+                                        steps=c.preview_steps or None, prediction=c.prediction,
+                                        clip_x0=True, generator=gen):
+                pass
+        model.train(was_training)
+        return to_uint8(last.x).numpy()
+
+    def _estimate_note(self) -> str:
+        if self.device.type != "cpu":
+            return ""
+        return "Training on the CPU: the estimated time appears after the first steps."
+
+    def run(self) -> Iterator[ev.Event]:
+        """Set up and train, yielding events. Every failure ends in a Failed event, never a traceback."""
+        try:
+            yield from self._run()
+        except DDPMError as exc:
+            yield ev.Failed(str(exc), self.step, str(self.last_checkpoint) if self.last_checkpoint else None)
+        except Exception as exc:  # noqa: BLE001
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if is_oom(exc):
+                msg = f"Out of memory ({msg}): lower the batch size or choose a smaller preset."
+            elif isinstance(exc, MemoryError):
+                msg = "Out of memory: lower the batch size or the number of images, or choose a smaller preset."
+            else:
+                msg = f"Training failed: {type(exc).__name__}: {msg}"
+            yield ev.Failed(msg, self.step, str(self.last_checkpoint) if self.last_checkpoint else None)
+
+    def _run(self) -> Iterator[ev.Event]:
+        c = self.config
+        self._check_run_folder()
+        yield ev.Notice("Loading data…")
+        data = self._load_data()
+        self._build()
+        self._optim_groups = optimizer_to_tensors(self.optim)[1]
+        resumed = False
+        if self.resume_requested:
+            skipped = self._restore()
+            resumed = True
+            if skipped:
+                yield ev.Notice(f"Skipped unreadable checkpoints: {skipped}", "warning")
+        from ddpm_gui.models.presets import flops_per_image
+
+        try:
+            flops = float(flops_per_image(self.model_config, c.image_size)["train"])
+        except Exception:  # noqa: BLE001 - a figure for display only
+            flops = None
+        images = self._images_on_device()
+        labels = torch.from_numpy(data.labels).to(self.device) if self.num_classes is not None else None
+        hist_steps, hist_losses = self._metrics_history()
+        yield ev.Started(
+            step=self.step, total_steps=c.steps, device=device_label(self.device), n_params=self.n_params,
+            flops_per_image=flops, dataset=data.name, n_images=len(data), run_dir=str(self.run_dir),
+            resumed=resumed, batch_size=self.batch_size, estimate_note=self._estimate_note(),
+        )
+        if self.batch_size != c.batch_size:
+            yield ev.Notice(f"Batch size is {self.batch_size} (halved earlier after running out of memory).", "warning")
+        if len(hist_steps):
+            yield ev.Progress(self.step, c.steps, float(hist_losses[-1]), float(hist_losses[-1]), 0.0, 0.0, 0.0,
+                              self.batch_size, self._lr(self.step), hist_steps, hist_losses)
+        self.model.train()
+        smooth = float(hist_losses[-1]) if len(hist_losses) else None
+        pending: list[tuple[int, torch.Tensor]] = []
+        t0 = time.monotonic()
+        last_read_t, last_read_step = t0, self.step
+        last_ckpt_t = t0
+        rate = 0.0
+        told_estimate = False
+        while self.step < c.steps:
+            if not self._running.is_set():
+                yield ev.Paused(self.step)
+                while not self._running.wait(0.1):
+                    pass
+                if not self._stop.is_set():
+                    yield ev.Resumed(self.step)
+                last_read_t, last_read_step = time.monotonic(), self.step
+            if self._stop.is_set():
+                break
+            if self.fault_hook is not None:
+                self.fault_hook(self.step)
+            try:
+                loss = self._train_step(images, labels)
+            except Exception as exc:
+                if not is_oom(exc) or self.batch_size <= 1:
+                    raise
+                self.optim.zero_grad(set_to_none=True)
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                self.batch_size = max(1, self.batch_size // 2)
+                yield ev.Notice(f"Out of memory: batch size halved to {self.batch_size}; training goes on.", "warning")
+                continue
+            self.step += 1
+            pending.append((self.step, loss))
+            due_ckpt = (c.checkpoint_every and self.step % c.checkpoint_every == 0) or (
+                c.checkpoint_minutes and time.monotonic() - last_ckpt_t > 60 * c.checkpoint_minutes
+            )
+            due_preview = c.preview_every and self.step % c.preview_every == 0
+            last = self.step >= c.steps
+            if self.step % c.log_every == 0 or due_ckpt or due_preview or last or self._stop.is_set():
+                # the one host-device sync: read the pending losses
+                vals = torch.stack([l for _, l in pending]).float().cpu().numpy()
+                steps = np.asarray([s for s, _ in pending], np.int64)
+                pending.clear()
+                if not np.all(np.isfinite(vals)):
+                    bad = int(steps[~np.isfinite(vals)][0])
+                    yield ev.Failed(
+                        f"The loss became {vals[~np.isfinite(vals)][0]} at step {bad}: training was stopped and "
+                        "nothing was saved after the last good checkpoint. Lower the learning rate (or turn on "
+                        "gradient clipping) and resume.",
+                        self.step, str(self.last_checkpoint) if self.last_checkpoint else None,
+                    )
+                    return
+                now = time.monotonic()
+                if now > last_read_t and self.step > last_read_step:
+                    inst = (self.step - last_read_step) * self.batch_size / (now - last_read_t)
+                    rate = inst if rate == 0 else 0.8 * rate + 0.2 * inst
+                last_read_t, last_read_step = now, self.step
+                for v in vals:
+                    smooth = float(v) if smooth is None else 0.98 * smooth + 0.02 * float(v)
+                eta = (c.steps - self.step) * self.batch_size / rate if rate > 0 else float("nan")
+                lr = self._lr(self.step - 1)
+                self._log({"step": int(steps[-1]), "loss": float(vals[-1]), "loss_smooth": smooth,
+                           "img_per_s": rate, "lr": lr, "batch_size": self.batch_size, "time": time.time()})
+                yield ev.Progress(self.step, c.steps, float(vals[-1]), smooth, rate, eta, now - t0,
+                                  self.batch_size, lr, steps, vals.astype(np.float32))
+                if not told_estimate and self.step - (hist_steps[-1] if len(hist_steps) else 0) >= 2 * c.log_every \
+                        and rate > 0 and self.device.type == "cpu":
+                    told_estimate = True
+                    yield ev.Notice(
+                        f"On this CPU the run goes at about {rate:.0f} images/s: the remaining "
+                        f"{c.steps - self.step} steps take about {_fmt_time(eta)}."
+                    )
+                if self.step % (c.log_every * 5) == 0 or last:
+                    cnt = self.t_loss_cnt.cpu().numpy()
+                    by_t = np.where(cnt > 0, self.t_loss_sum.cpu().numpy() / np.maximum(cnt, 1), np.nan)
+                    yield ev.TimestepLoss(self.step, by_t.astype(np.float32))
+                    # decay the sums so the plot follows the recent loss
+                    self.t_loss_sum.mul_(0.9)
+                    self.t_loss_cnt.mul_(0.9)
+                if due_preview:
+                    grid = self._preview()
+                    self._save_preview(grid)
+                    yield ev.Preview(self.step, grid)
+                if due_ckpt and not last:
+                    path = self.save_checkpoint()
+                    last_ckpt_t = time.monotonic()
+                    yield ev.CheckpointSaved(self.step, str(path))
+        # completed or stopped: always leave a checkpoint of the last good state
+        for s, l in pending:
+            if not math.isfinite(float(l)):
+                yield ev.Failed(f"The loss became non-finite at step {s}: nothing was saved after the last good "
+                                "checkpoint. Lower the learning rate and resume.", self.step,
+                                str(self.last_checkpoint) if self.last_checkpoint else None)
+                return
+        if self.last_checkpoint is None or not self.last_checkpoint.name.endswith(f"{self.step:08d}.safetensors"):
+            path = self.save_checkpoint()
+            yield ev.CheckpointSaved(self.step, str(path))
+        reason = "completed" if self.step >= c.steps else "stopped"
+        yield ev.Finished(self.step, str(self.run_dir), reason, str(self.last_checkpoint))
+
+    def _save_preview(self, grid: np.ndarray) -> None:
+        try:
+            atomic_write_bytes(self.run_dir / "samples" / f"step_{self.step:08d}.png", png_bytes(make_grid(grid)))
+        except DDPMError:
+            pass  # a preview image is not worth stopping for
+
+
+def _fmt_time(s: float) -> str:
+    if not math.isfinite(s):
+        return "?"
+    if s < 90:
+        return f"{s:.0f} s"
+    if s < 5400:
+        return f"{s / 60:.0f} min"
+    return f"{s / 3600:.1f} h"
+

@@ -1,0 +1,221 @@
+"""Live training plots: the loss curve (fast past 100k points) and the loss by timestep.
+
+The loss curve follows pyqtgraph's own advice for live plots (DESIGN.md, "Qt facts"):
+- points go into a preallocated numpy buffer that doubles when full, never a Python list;
+- the curves are redrawn from a GUI QTimer at ~15 Hz, and only when new points came, not per event;
+- `setDownsampling(auto=True, method='peak')` + `setClipToView(True)` keep a redraw of 200k points
+  around 10 ms: only the visible range is drawn, at most about one point pair per pixel.
+The smoothed curve is an exponential moving average with bias correction (as TensorBoard's
+smoothing), computed incrementally and vectorised per block, so appending 200k points costs
+milliseconds.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import Qt, QTimer, Slot
+from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
+
+from ddpm_gui.qt.style import INFO_STYLE, PLOT_PENS, plot_colors
+
+
+def _pens() -> tuple:
+    c = pg.mkColor(PLOT_PENS[0])
+    raw = pg.mkColor(c)
+    raw.setAlpha(90)
+    return pg.mkPen(color=raw, width=1), pg.mkPen(color=c, width=2.5)
+
+
+def _plot_widget(title: str, xlabel: str, ylabel: str) -> pg.PlotWidget:
+    bg, fg = plot_colors()
+    w = pg.PlotWidget(background=bg)
+    pi = w.getPlotItem()
+    pi.setTitle(title, color=fg, size="10pt")
+    pi.setLabel("bottom", xlabel, color=fg)
+    pi.setLabel("left", ylabel, color=fg)
+    for ax in ("bottom", "left"):
+        pi.getAxis(ax).setPen(fg)
+        pi.getAxis(ax).setTextPen(fg)
+    pi.showGrid(x=True, y=True, alpha=0.25)
+    pi.setMenuEnabled(False)
+    return w
+
+
+def ema_block(values: np.ndarray, decay: float, state: float, count: int) -> tuple[np.ndarray, float, int]:
+    """Exponential moving average of `values` continuing from (state, count).
+
+    Raw EMA: e_i = decay * e_(i-1) + (1 - decay) * y_i, starting at e = 0; returned debiased by
+    1 / (1 - decay**n) so the first points are not pulled towards zero. Vectorised in blocks small
+    enough that decay**-k stays finite.
+    """
+    out = np.empty(len(values), np.float64)
+    block = 256
+    lin = np.arange(block, dtype=np.float64)
+    for s in range(0, len(values), block):
+        y = values[s : s + block].astype(np.float64)
+        m = len(y)
+        p = decay ** lin[:m]  # decay**i
+        # e_i = decay**(i+1) e_0 + (1 - decay) * sum_{k<=i} decay**(i-k) y_k
+        e = decay * p * state + (1.0 - decay) * p * np.cumsum(y / p)
+        n = count + np.arange(1, m + 1)
+        out[s : s + m] = e / (1.0 - decay**n)
+        state = float(e[-1])
+        count += m
+    return out, state, count
+
+
+class LossPlot(QWidget):
+    """Raw loss (thin, translucent) and its smoothed curve (bold), with a 'log y' toggle."""
+
+    REDRAW_MS = 66  # ~15 Hz
+
+    def __init__(self, parent: QWidget | None = None, smoothing: float = 0.98, title: str = "Training loss"):
+        super().__init__(parent)
+        self._decay = smoothing
+        self._cap = 4096
+        self._x = np.zeros(self._cap, np.float64)
+        self._y = np.zeros(self._cap, np.float64)
+        self._ys = np.zeros(self._cap, np.float64)
+        self._n = 0
+        self._ema_state = 0.0
+        self._ema_count = 0
+        self._dirty = False
+        self.last_redraw_ms = 0.0
+
+        self.plot = _plot_widget(title, "step", "MSE loss")
+        pi = self.plot.getPlotItem()
+        raw_pen, smooth_pen = _pens()
+        self._raw = pi.plot(pen=raw_pen, name="loss")
+        self._smooth = pi.plot(pen=smooth_pen, name="smoothed")
+        for c in (self._raw, self._smooth):
+            c.setDownsampling(auto=True, method="peak")
+            c.setClipToView(True)
+            c.setSkipFiniteCheck(True)  # losses are finite; saves a pass over 200k points per redraw
+
+        self.log_box = QCheckBox("&log y")
+        self.log_box.setToolTip("Logarithmic loss axis: the slow late improvements become visible.")
+        self.log_box.toggled.connect(self.set_log)
+        self.info = QLabel("")
+        self.info.setStyleSheet(INFO_STYLE)
+        top = QHBoxLayout()
+        top.setContentsMargins(0, 0, 0, 0)
+        top.addWidget(self.info, 1)
+        top.addWidget(self.log_box, 0, Qt.AlignmentFlag.AlignRight)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addLayout(top)
+        lay.addWidget(self.plot, 1)
+
+        self._timer = QTimer(self)
+        self._timer.setInterval(self.REDRAW_MS)
+        self._timer.timeout.connect(self._tick)
+        self._timer.start()
+
+    # --- API
+    @property
+    def n_points(self) -> int:
+        return self._n
+
+    def steps(self) -> np.ndarray:
+        return self._x[: self._n].copy()
+
+    def losses(self) -> np.ndarray:
+        return self._y[: self._n].copy()
+
+    def smoothed(self) -> np.ndarray:
+        return self._ys[: self._n].copy()
+
+    def append(self, steps: np.ndarray, losses: np.ndarray) -> None:
+        """Add loss points (cheap: a copy into the buffer; the redraw happens on the timer)."""
+        steps = np.asarray(steps, dtype=np.float64).reshape(-1)
+        losses = np.asarray(losses, dtype=np.float64).reshape(-1)
+        m = min(len(steps), len(losses))
+        if m == 0:
+            return
+        steps, losses = steps[:m], losses[:m]
+        ok = np.isfinite(losses)
+        if not ok.all():  # a NaN/inf loss is reported by the engine; keep the curve drawable
+            steps, losses = steps[ok], losses[ok]
+            m = len(losses)
+            if m == 0:
+                return
+        need = self._n + m
+        if need > self._cap:
+            cap = self._cap
+            while cap < need:
+                cap *= 2
+            for name in ("_x", "_y", "_ys"):
+                old = getattr(self, name)
+                new = np.zeros(cap, np.float64)
+                new[: self._n] = old[: self._n]
+                setattr(self, name, new)
+            self._cap = cap
+        sm, self._ema_state, self._ema_count = ema_block(losses, self._decay, self._ema_state, self._ema_count)
+        self._x[self._n : need] = steps
+        self._y[self._n : need] = losses
+        self._ys[self._n : need] = sm
+        self._n = need
+        self._dirty = True
+
+    def clear(self) -> None:
+        self._n = 0
+        self._ema_state = 0.0
+        self._ema_count = 0
+        self._raw.setData([], [])
+        self._smooth.setData([], [])
+        self.info.setText("")
+        self._dirty = False
+
+    @Slot(bool)
+    def set_log(self, on: bool) -> None:
+        if self.log_box.isChecked() != on:
+            self.log_box.setChecked(on)  # re-enters through toggled
+            return
+        self.plot.getPlotItem().setLogMode(x=False, y=on)
+
+    def redraw(self) -> float:
+        """Push the buffer to the curves now; returns the time it took in ms (paint comes later)."""
+        t0 = time.perf_counter()
+        n = self._n
+        # views into the buffer: later appends write past n, a reallocation leaves these intact
+        self._raw.setData(self._x[:n], self._y[:n])
+        self._smooth.setData(self._x[:n], self._ys[:n])
+        if n:
+            self.info.setText(f"{n:,} points · last {self._y[n - 1]:.4f} · smoothed {self._ys[n - 1]:.4f}")
+        self._dirty = False
+        self.last_redraw_ms = (time.perf_counter() - t0) * 1000
+        return self.last_redraw_ms
+
+    @Slot()
+    def _tick(self) -> None:
+        if self._dirty and self.isVisible():
+            self.redraw()
+
+
+class TimestepLossPlot(QWidget):
+    """Mean training loss per timestep t: high at small t (little noise, hard to see it) is typical."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.plot = _plot_widget("Loss by timestep t", "t (0 = least noise)", "mean loss")
+        pi = self.plot.getPlotItem()
+        self._bars = pg.BarGraphItem(x=[], height=[], width=0.9, brush=PLOT_PENS[1], pen=None)
+        pi.addItem(self._bars)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.plot)
+        self.values = np.zeros(0, np.float32)
+
+    def set_values(self, loss_by_t: np.ndarray) -> None:
+        v = np.asarray(loss_by_t, dtype=np.float64).reshape(-1)
+        self.values = v.astype(np.float32)
+        t = np.arange(len(v), dtype=np.float64)
+        ok = np.isfinite(v)
+        self._bars.setOpts(x=t[ok], height=v[ok], width=0.9 if len(v) <= 200 else 1.0)
+
+    def clear(self) -> None:
+        self.values = np.zeros(0, np.float32)
+        self._bars.setOpts(x=[], height=[])

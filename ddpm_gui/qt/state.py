@@ -1,0 +1,52 @@
+"""State shared by the panels, living in the GUI thread. Panels subscribe to its signals (napari's
+model/event style): the Data panel sets the dataset, the Train panel publishes the model being trained,
+the Sample and Denoise panels use whichever model is current."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QObject, QSettings, Signal
+
+
+class AppState(QObject):
+    dataChanged = Signal(object)  # ddpm_gui.data.ImageData
+    bundleChanged = Signal(object)  # ddpm_gui.engine.sampler.ModelBundle | None
+    trainingChanged = Signal(bool)  # True while a training run is active
+    status = Signal(str)  # a one-line message for the status bar
+    recentChanged = Signal()
+
+    MAX_RECENT = 8
+
+    def __init__(self, settings: QSettings | None = None, parent: QObject | None = None):
+        super().__init__(parent)
+        self.settings = settings if settings is not None else QSettings("DDPM Studio", "ddpm_gui")
+        self.data = None  # current ImageData
+        self.bundle = None  # current ModelBundle (trained here or loaded)
+        self.training = False
+
+    def set_data(self, data) -> None:
+        self.data = data
+        self.dataChanged.emit(data)
+
+    def set_bundle(self, bundle) -> None:
+        self.bundle = bundle
+        self.bundleChanged.emit(bundle)
+
+    def set_training(self, active: bool) -> None:
+        self.training = active
+        self.trainingChanged.emit(active)
+
+    def show_status(self, text: str) -> None:
+        self.status.emit(text)
+
+    # --- recent checkpoints / runs, one click away in the File menu
+    def recent(self) -> list[str]:
+        v = self.settings.value("recent", [])
+        if isinstance(v, str):
+            v = [v]
+        return [str(x) for x in (v or [])]
+
+    def add_recent(self, path: str) -> None:
+        items = [p for p in self.recent() if p != path]
+        items.insert(0, path)
+        self.settings.setValue("recent", items[: self.MAX_RECENT])
+        self.recentChanged.emit()

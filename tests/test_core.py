@@ -1,0 +1,210 @@
+"""The diffusion math: schedules, forward process, reverse steps."""
+
+import math
+
+import pytest
+import torch
+
+from ddpm_gui.core.diffusion import (
+    ddim_step,
+    ddim_timesteps,
+    ddpm_step,
+    noise_to,
+    q_sample,
+    q_step,
+    reverse_process,
+    split_prediction,
+    v_target,
+)
+from ddpm_gui.core.schedule import SCHEDULE_PRESETS, NoiseSchedule, ScheduleConfig
+from ddpm_gui.errors import ConfigError
+
+
+def test_tutorial_schedule_numbers():
+    s = NoiseSchedule()  # the tutorial's: linear 1e-4..0.04, T=100
+    assert s.T == 100
+    assert float(s.betas[0]) == pytest.approx(1e-4)
+    assert float(s.betas[-1]) == pytest.approx(0.04)
+    # paper notation alpha_bar_50 is index 49 (0-based indices, as in the tutorial's code)
+    assert float(s.alpha_bars[49]) == pytest.approx(0.605, abs=1e-3)
+    assert float(s.alpha_bars[-1]) == pytest.approx(0.131, abs=1e-3)
+    assert s.terminal_signal() == pytest.approx(math.sqrt(0.131), abs=2e-3)
+    # the arrays agree with the tutorial's own float32 computation
+    beta = torch.linspace(0.0001, 0.04, 100)
+    assert torch.allclose(s.alpha_bars.float(), torch.cumprod(1 - beta, 0), atol=1e-6)
+    assert torch.allclose(s.snr, s.alpha_bars / (1 - s.alpha_bars))
+
+
+def test_ddpm_paper_and_cosine_schedules():
+    paper = NoiseSchedule(SCHEDULE_PRESETS["ddpm-paper"])
+    assert paper.T == 1000 and float(paper.betas[-1]) == pytest.approx(0.02)
+    assert float(paper.alpha_bars[-1]) < 1e-4  # ends in (almost) pure noise
+    cos = NoiseSchedule(ScheduleConfig(kind="cosine", T=100))
+    ab = cos.alpha_bars
+    assert torch.all(ab[1:] < ab[:-1])  # strictly decreasing
+    assert float(ab[-1]) < 1e-3
+    assert float(cos.betas.max()) <= 0.999
+
+
+def test_zero_terminal_snr_rescale():
+    s = NoiseSchedule(ScheduleConfig(rescale_zero_snr=True))
+    assert float(s.alpha_bars[-1]) == pytest.approx(0.0, abs=1e-12)
+    base = NoiseSchedule()
+    assert float(s.alpha_bars[0]) == pytest.approx(float(base.alpha_bars[0]))  # first one unchanged
+    assert torch.all(s.alpha_bars[1:] <= s.alpha_bars[:-1])
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        ScheduleConfig(T=0),
+        ScheduleConfig(beta_start=0.0),
+        ScheduleConfig(beta_end=1.0),
+        ScheduleConfig(beta_start=0.1, beta_end=0.01),
+        ScheduleConfig(kind="sigmoid"),
+    ],
+)
+def test_schedule_validation(cfg):
+    with pytest.raises(ConfigError):
+        NoiseSchedule(cfg)
+
+
+def test_closed_form_matches_iterated_steps_in_distribution():
+    """q(x_t | x_0) in one step vs t applications of q(x_t | x_(t-1)): same mean and variance."""
+    s = NoiseSchedule()
+    gen = torch.Generator().manual_seed(0)
+    n = 20000
+    x0 = torch.tensor([0.8, -0.5, 0.1]).repeat(n, 1).reshape(n, 3, 1, 1)
+    t = 60
+    x = x0.clone()
+    for k in range(t + 1):
+        x = q_step(x, k, s, generator=gen)
+    xc, _ = q_sample(x0, t, s, generator=gen)
+    ab = float(s.alpha_bars[t])
+    for sample in (x, xc):
+        mean = sample.mean(0).flatten()
+        var = sample.var(0).flatten()
+        # mean: sqrt(ab) x0 within 5 standard errors; variance: 1 - ab within 5 standard errors
+        se_mean = math.sqrt((1 - ab) / n)
+        assert torch.allclose(mean, math.sqrt(ab) * x0[0].flatten().double().float(), atol=5 * se_mean)
+        se_var = (1 - ab) * math.sqrt(2 / (n - 1))
+        assert torch.allclose(var, torch.full_like(var, 1 - ab), atol=5 * se_var)
+    # and the two agree with each other
+    assert torch.allclose(x.mean(0), xc.mean(0), atol=0.03)
+
+
+def test_q_sample_batched_over_t_and_returns_noise():
+    s = NoiseSchedule()
+    x0 = torch.rand(4, 3, 8, 8) * 2 - 1
+    t = torch.tensor([0, 10, 50, 99])
+    noise = torch.randn_like(x0)
+    xt, eps = q_sample(x0, t, s, noise=noise)
+    assert eps is noise
+    for i, ti in enumerate(t.tolist()):
+        ab = s.alpha_bars[ti].float()
+        assert torch.allclose(xt[i], ab.sqrt() * x0[i] + (1 - ab).sqrt() * noise[i], atol=1e-6)
+
+
+def test_reverse_step_with_true_noise_moves_toward_x0():
+    """Fed the true noise, the DDPM step's mean is the posterior mean mu~(x_t, x_0) (eq. 7), and the
+    predicted x_0 is x_0 exactly."""
+    s = NoiseSchedule()
+    torch.manual_seed(0)
+    x0 = torch.rand(8, 3, 16, 16) * 2 - 1
+    for t in (99, 50, 10, 1):
+        xt, eps = q_sample(x0, t, s)
+        x_prev, x0_pred = ddpm_step(eps, xt, t, s, noise=torch.zeros_like(xt))
+        assert torch.allclose(x0_pred, x0, atol=1e-4)
+        ab, ab_prev, beta, alpha = (float(a[t]) for a in (s.alpha_bars, s.alpha_bars_prev, s.betas, s.alphas))
+        mu = (math.sqrt(ab_prev) * beta / (1 - ab)) * x0 + (math.sqrt(alpha) * (1 - ab_prev) / (1 - ab)) * xt
+        assert torch.allclose(x_prev, mu, atol=1e-4)
+        # closer to x_0 than x_t was (in the scaled sense: the signal fraction grows)
+        err_t = (xt / math.sqrt(ab) - x0).pow(2).mean()
+        err_prev = (x_prev / math.sqrt(ab_prev) - x0).pow(2).mean()
+        assert err_prev < err_t
+    # the last step (t = 0) adds no noise and lands on x_0
+    xt, eps = q_sample(x0, 0, s)
+    x_prev, _ = ddpm_step(eps, xt, 0, s)
+    assert torch.allclose(x_prev, x0, atol=1e-4)
+
+
+def test_ddpm_step_equals_tutorial_formula_and_clip_form():
+    s = NoiseSchedule()
+    torch.manual_seed(1)
+    xt = torch.randn(2, 3, 4, 4)
+    eps = torch.randn_like(xt)
+    z = torch.randn_like(xt)
+    t = 40
+    alpha_t, ab_t, beta_t = s.alphas[t].float(), s.alpha_bars[t].float(), s.betas[t].float()
+    tutorial = 1 / alpha_t.sqrt() * (xt - (1 - alpha_t) / (1 - ab_t).sqrt() * eps) + beta_t.sqrt() * z
+    ours, _ = ddpm_step(eps, xt, t, s, variance="beta", noise=z)
+    assert torch.allclose(ours, tutorial, atol=1e-5)
+    # the posterior-mean form (used with clipping) is algebraically the same when nothing is clipped
+    small = torch.rand_like(xt) * 0.1
+    xt2, eps2 = q_sample(small, t, s)
+    a, _ = ddpm_step(eps2, xt2, t, s, noise=z, clip_x0=False)
+    b, _ = ddpm_step(eps2, xt2, t, s, noise=z, clip_x0=True)
+    assert torch.allclose(a, b, atol=1e-4)
+    # posterior variance is smaller than beta
+    c, _ = ddpm_step(eps, xt, t, s, variance="posterior", noise=z)
+    assert not torch.allclose(c, ours)
+
+
+def test_ddim_eta0_is_deterministic_and_exact_with_true_noise():
+    s = NoiseSchedule()
+    torch.manual_seed(2)
+    x0 = torch.rand(3, 3, 8, 8) * 2 - 1
+    xt, eps = q_sample(x0, 80, s)
+    a, _ = ddim_step(eps, xt, 80, 40, s, eta=0.0)
+    b, _ = ddim_step(eps, xt, 80, 40, s, eta=0.0)
+    assert torch.equal(a, b)
+    # with the true noise, DDIM lands exactly on q(x_40 | x_0) with the same noise
+    expect, _ = q_sample(x0, 40, s, noise=eps)
+    assert torch.allclose(a, expect, atol=1e-5)
+    final, x0_pred = ddim_step(eps, xt, 80, -1, s)
+    assert torch.allclose(final, x0, atol=1e-4)
+
+    # a whole deterministic DDIM chain with any model gives identical outputs for identical input
+    def model(x, t):
+        return 0.5 * x
+
+    def run(seed):
+        g = torch.Generator().manual_seed(seed)
+        return [st.x for st in reverse_process(model, xt.clone(), s, "ddim", steps=10, generator=g)][-1]
+
+    assert torch.equal(run(0), run(1))
+
+
+def test_ddim_timesteps():
+    ts = ddim_timesteps(100, 10)
+    assert ts[0] == 99 and ts[-1] == 0 and len(ts) == 10
+    assert ts == sorted(ts, reverse=True)
+    assert ddim_timesteps(5, 50) == [4, 3, 2, 1, 0]
+    with pytest.raises(ConfigError):
+        ddim_timesteps(100, 0)
+
+
+def test_v_prediction_roundtrip_and_zero_snr():
+    s = NoiseSchedule(ScheduleConfig(rescale_zero_snr=True))
+    torch.manual_seed(3)
+    x0 = torch.rand(4, 3, 4, 4) * 2 - 1
+    t = torch.tensor([0, 30, 70, 99])
+    xt, eps = q_sample(x0, t, s)
+    v = v_target(x0, eps, t, s)
+    eps_hat, x0_hat = split_prediction(v, xt, t, s, "v")
+    assert torch.allclose(x0_hat, x0, atol=1e-5)  # including t = T-1 where alpha_bar = 0
+    assert torch.allclose(eps_hat, eps, atol=1e-5)
+
+
+def test_reverse_process_partial_and_counts():
+    s = NoiseSchedule()
+    x0 = torch.zeros(1, 3, 4, 4)
+    xs = noise_to(x0, 50, 10, s, generator=torch.Generator().manual_seed(0))
+    assert xs.shape == (10, 3, 4, 4)
+    assert not torch.allclose(xs[0], xs[1])  # ten different draws
+    steps = list(reverse_process(lambda x, t: torch.zeros_like(x), xs, s, "ddpm", t_start=50))
+    assert len(steps) == 51 and steps[0].t == 50 and steps[-1].t == 0
+    steps = list(reverse_process(lambda x, t: torch.zeros_like(x), xs, s, "ddim", t_start=50, steps=5))
+    assert len(steps) == 5 and steps[0].t == 50
+    with pytest.raises(ConfigError):
+        list(reverse_process(lambda x, t: x, xs, s, t_start=100))
