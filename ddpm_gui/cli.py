@@ -1,0 +1,440 @@
+"""`ddpm-gui`: with no sub-command it opens DDPM Studio; sub-commands run the engine headless.
+
+Errors a user can cause are one line on stderr and a non-zero exit, never a traceback
+(set DDPM_GUI_DEBUG=1 to see tracebacks). Heavy imports (torch, datasets) happen inside the commands,
+so `ddpm-gui --help` and the window's first paint stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from ddpm_gui import __version__
+
+EXAMPLES = """examples:
+  ddpm-gui                                  open the app
+  ddpm-gui train --data builtin --preset tiny --steps 500 --batch-size 64 --out runs/demo
+  ddpm-gui train --out runs/demo --resume --steps 1000
+  ddpm-gui sample --run runs/demo --n 16 --sampler ddim --steps 50 --out grid.png --gif reverse.gif
+  ddpm-gui forward --data builtin --index 3 --out strip.png --gif forward.gif
+  ddpm-gui denoise --run runs/demo --index 4 --t 50 --k 10 --out denoise.png
+  ddpm-gui info
+"""
+
+
+def _positive_int(v: str) -> int:
+    try:
+        n = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {v!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
+def _nonneg_int(v: str) -> int:
+    try:
+        n = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {v!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {n}")
+    return n
+
+
+def _add_schedule_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("noise schedule (default: the tutorial's, linear 1e-4..0.04 over T=100)")
+    g.add_argument("--schedule", default=None, help="preset: tutorial, ddpm-paper, cosine, tutorial-zero-snr")
+    g.add_argument("--schedule-kind", choices=["linear", "cosine", "quadratic"], default=None)
+    g.add_argument("--T", type=int, default=None, help="number of diffusion steps")
+    g.add_argument("--beta-start", type=float, default=None)
+    g.add_argument("--beta-end", type=float, default=None)
+    g.add_argument("--zero-snr", action="store_true", default=None, help="rescale to zero terminal SNR")
+
+
+def _schedule_from_args(args):
+    from dataclasses import replace
+
+    from ddpm_gui.core.schedule import SCHEDULE_PRESETS, ScheduleConfig
+    from ddpm_gui.errors import ConfigError
+
+    base = ScheduleConfig()
+    if args.schedule:
+        if args.schedule not in SCHEDULE_PRESETS:
+            raise ConfigError(f"Unknown schedule '{args.schedule}': choose one of {', '.join(SCHEDULE_PRESETS)}.")
+        base = SCHEDULE_PRESETS[args.schedule]
+    changes = {}
+    for name, attr in (("schedule_kind", "kind"), ("T", "T"), ("beta_start", "beta_start"),
+                       ("beta_end", "beta_end"), ("zero_snr", "rescale_zero_snr")):
+        v = getattr(args, name, None)
+        if v is not None:
+            changes[attr] = v
+    return replace(base, **changes).validate()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ddpm-gui",
+        description="DDPM Studio: train and explore denoising diffusion models on small images. "
+        "With no command, opens the desktop app.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"ddpm-gui {__version__}")
+    p.add_argument("--self-test", action="store_true", help="open the window offscreen, train and sample a few "
+                   "steps in a temporary folder, print what was checked, exit 0 on success")
+    sub = p.add_subparsers(dest="command", metavar="command")
+
+    # --- train
+    t = sub.add_parser("train", help="train a model (headless)", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="Train a DDPM. Writes a run folder: config.json, metrics.jsonl, checkpoints/, samples/.")
+    t.add_argument("--data", default="builtin", help="builtin, builtin:N, a Hugging Face id (cifar10), a folder or a parquet/arrow file")
+    t.add_argument("--image-size", type=_positive_int, default=32)
+    t.add_argument("--limit", type=_positive_int, default=None, help="use only the first N images")
+    t.add_argument("--preset", default="tiny", help="model preset: tutorial (the article's 42M UNet), small, tiny")
+    t.add_argument("--conditional", action="store_true", help="class-conditional (classifier-free guidance)")
+    t.add_argument("--prediction", choices=["eps", "v"], default="eps")
+    t.add_argument("--steps", type=_positive_int, default=2000, help="total training steps")
+    t.add_argument("--batch-size", type=_positive_int, default=128)
+    t.add_argument("--lr", type=float, default=3e-4)
+    t.add_argument("--ema", type=float, default=0.999, help="EMA decay (0 = off)")
+    t.add_argument("--grad-clip", type=float, default=1.0)
+    t.add_argument("--warmup", type=_nonneg_int, default=100, help="lr warm-up steps")
+    t.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
+    t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
+    t.add_argument("--seed", type=_nonneg_int, default=0)
+    t.add_argument("--preview-every", type=_nonneg_int, default=0, help="save a sample grid every N steps (0 = off)")
+    t.add_argument("--checkpoint-every", type=_nonneg_int, default=500)
+    t.add_argument("--checkpoint-minutes", type=float, default=5.0)
+    t.add_argument("--keep", type=_positive_int, default=3, help="rolling number of checkpoints kept")
+    t.add_argument("--log-every", type=_positive_int, default=10)
+    t.add_argument("--out", required=True, help="run folder")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out (steps, optimizer, EMA, RNG)")
+    _add_schedule_args(t)
+
+    # --- sample
+    s = sub.add_parser("sample", help="sample images from a trained model", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    src = s.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", help="run folder (its newest checkpoint)")
+    src.add_argument("--checkpoint", help="a .safetensors checkpoint")
+    s.add_argument("--n", type=_positive_int, default=16)
+    s.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm")
+    s.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps")
+    s.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
+    s.add_argument("--variance", choices=["beta", "posterior"], default="beta", help="DDPM: sigma^2 = beta_t or beta~_t")
+    s.add_argument("--seed", type=_nonneg_int, default=0)
+    s.add_argument("--class", dest="class_label", default=None, help="class index or name (conditional models)")
+    s.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale")
+    s.add_argument("--no-clip", action="store_true", help="do not clip the predicted x0")
+    s.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--out", default="samples.png", help="PNG grid of the final samples")
+    s.add_argument("--gif", default=None, help="animated GIF of the reverse process")
+    s.add_argument("--scale", type=_positive_int, default=2, help="pixel scale of the outputs")
+
+    # --- forward
+    f = sub.add_parser("forward", help="show the forward (noising) process of one image", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    fsrc = f.add_mutually_exclusive_group()
+    fsrc.add_argument("--data", default="builtin", help="dataset to take the image from")
+    fsrc.add_argument("--image", help="an image file instead")
+    f.add_argument("--index", type=_nonneg_int, default=3, help="image index in the dataset")
+    f.add_argument("--image-size", type=_positive_int, default=32)
+    f.add_argument("--frames", type=_positive_int, default=6, help="frames in the strip")
+    f.add_argument("--closed-form", action="store_true", help="use q(x_t|x_0) instead of iterating q(x_t|x_(t-1))")
+    f.add_argument("--seed", type=_nonneg_int, default=0)
+    f.add_argument("--out", default="forward.png")
+    f.add_argument("--gif", default=None)
+    f.add_argument("--scale", type=_positive_int, default=4)
+    _add_schedule_args(f)
+
+    # --- denoise
+    d = sub.add_parser("denoise", help="the tutorial's experiment: noise an image to t and denoise it K ways",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    dsrc = d.add_mutually_exclusive_group(required=True)
+    dsrc.add_argument("--run")
+    dsrc.add_argument("--checkpoint")
+    d.add_argument("--data", default="builtin")
+    d.add_argument("--image", default=None)
+    d.add_argument("--index", type=_nonneg_int, default=4)
+    d.add_argument("--t", type=_nonneg_int, default=50)
+    d.add_argument("--k", type=_positive_int, default=10)
+    d.add_argument("--seed", type=_nonneg_int, default=0)
+    d.add_argument("--device", default="auto")
+    d.add_argument("--out", default="denoise.png")
+    d.add_argument("--scale", type=_positive_int, default=3)
+
+    # --- info
+    i = sub.add_parser("info", help="devices, versions, and every model preset with parameters and FLOPs")
+    i.add_argument("--json", action="store_true", help="print JSON")
+    i.add_argument("--image-size", type=_positive_int, default=32)
+    return p
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_train(args) -> int:
+    from tqdm import tqdm
+
+    from ddpm_gui.engine import events as ev
+    from ddpm_gui.engine.config import TrainConfig
+    from ddpm_gui.engine.trainer import Trainer
+    from ddpm_gui.errors import CheckpointError
+
+    out = Path(args.out)
+    if args.resume:
+        cfg_path = out / "config.json"
+        if not cfg_path.exists():
+            raise CheckpointError(f"{out} is not a run folder (no config.json): nothing to resume.")
+        try:
+            cfg = TrainConfig.from_dict(json.loads(cfg_path.read_text()))
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{cfg_path} is damaged: {exc}.") from exc
+        # on resume only the length of the run (and where/how it runs) may change
+        given = {a[2:].split("=")[0].replace("-", "_") for a in args.argv if a.startswith("--")}
+        changes = {}
+        if "steps" in given:
+            changes["steps"] = args.steps
+        if "device" in given:
+            changes["device"] = args.device
+        cfg = cfg.replace(**changes)
+    else:
+        cfg = TrainConfig(
+            data=args.data, image_size=args.image_size, data_limit=args.limit, preset=args.preset,
+            conditional=args.conditional, schedule=_schedule_from_args(args), prediction=args.prediction,
+            lr=args.lr, batch_size=args.batch_size, steps=args.steps, warmup_steps=args.warmup,
+            grad_clip=args.grad_clip, ema_decay=args.ema, amp=not args.no_amp, device=args.device, seed=args.seed,
+            log_every=args.log_every, preview_every=args.preview_every, checkpoint_every=args.checkpoint_every,
+            checkpoint_minutes=args.checkpoint_minutes, keep_checkpoints=args.keep,
+        )
+    cfg.validate()
+    trainer = Trainer(cfg, out, resume=args.resume)
+    bar = None
+    code = 0
+    try:
+        for e in trainer.run():
+            if isinstance(e, ev.Started):
+                tqdm.write(
+                    f"{'Resuming' if e.resumed else 'Training'} {cfg.preset} ({e.n_params:,} parameters) on {e.device}, "
+                    f"{e.n_images:,} images of {e.dataset}, batch {e.batch_size}, run folder {e.run_dir}"
+                )
+                bar = tqdm(total=e.total_steps, initial=e.step, unit="step", dynamic_ncols=True)
+            elif isinstance(e, ev.Progress) and bar is not None:
+                bar.update(e.step - bar.n)
+                bar.set_postfix(loss=f"{e.loss_smooth:.4f}", img_s=f"{e.img_per_s:.0f}")
+            elif isinstance(e, ev.Notice):
+                tqdm.write(("warning: " if e.level == "warning" else "") + e.message)
+            elif isinstance(e, ev.CheckpointSaved):
+                tqdm.write(f"checkpoint: {e.path}")
+            elif isinstance(e, ev.Preview):
+                tqdm.write(f"preview saved at step {e.step}")
+            elif isinstance(e, ev.Finished):
+                if bar is not None:
+                    bar.close()
+                print(f"{e.reason} at step {e.step}; last checkpoint {e.checkpoint}")
+            elif isinstance(e, ev.Failed):
+                if bar is not None:
+                    bar.close()
+                print(f"error: {e.message}", file=sys.stderr)
+                code = 1
+    except KeyboardInterrupt:
+        # Ctrl+C: ask the trainer to stop and let it save
+        trainer.stop()
+        print("\nstopping, saving a checkpoint…", file=sys.stderr)
+        return 130
+    return code
+
+
+def _load_bundle(args):
+    from ddpm_gui.engine.sampler import load_bundle
+
+    return load_bundle(args.run or args.checkpoint, device=args.device, use_ema=not getattr(args, "no_ema", False))
+
+
+def cmd_sample(args) -> int:
+    from tqdm import tqdm
+
+    from ddpm_gui.engine.images import make_grid, save_gif, save_png
+    from ddpm_gui.engine.sampler import SampleConfig, sample_frames
+    from ddpm_gui.errors import ConfigError
+
+    bundle = _load_bundle(args)
+    label = args.class_label
+    if label is not None:
+        if bundle.num_classes is None:
+            raise ConfigError("This model is not class-conditional: drop --class.")
+        names = bundle.class_names or []
+        if label in names:
+            label = names.index(label)
+        else:
+            try:
+                label = int(label)
+            except ValueError:
+                raise ConfigError(f"Unknown class '{label}': use an index or one of {', '.join(names)}.") from None
+    cfg = SampleConfig(n=args.n, sampler=args.sampler, steps=args.steps, eta=args.eta, variance=args.variance,
+                       seed=args.seed, class_label=label, guidance=args.guidance, clip_x0=not args.no_clip)
+    frames = []
+    total = None
+    bar = None
+    for fr in sample_frames(bundle, cfg):
+        if bar is None:
+            total = fr.total
+            bar = tqdm(total=total, unit="step", desc=f"{args.sampler} sampling")
+        bar.update(1)
+        if args.gif:
+            frames.append(make_grid(fr.xt, scale=args.scale))
+        last = fr
+    bar.close()
+    save_png(args.out, make_grid(last.xt, scale=args.scale))
+    print(f"wrote {args.out} ({args.n} samples, model step {bundle.step}, {total} steps)")
+    if args.gif:
+        save_gif(args.gif, frames)
+        print(f"wrote {args.gif} ({len(frames)} frames)")
+    return 0
+
+
+def _one_image(args) -> tuple:
+    """(uint8 HxWx3 image, caption) from --image or --data/--index."""
+    import numpy as np
+
+    from ddpm_gui.errors import DataError
+
+    size = getattr(args, "image_size", 32)
+    if args.image:
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(args.image) as im:
+                im = im.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
+                return np.asarray(im), Path(args.image).name
+        except (OSError, UnidentifiedImageError) as exc:
+            raise DataError(f"Cannot read the image {args.image}: {exc}.") from exc
+    from ddpm_gui.data import load_data
+
+    data = load_data(args.data, image_size=size, limit=max(args.index + 1, 16) if args.data == "builtin" else None)
+    if args.index >= len(data):
+        raise DataError(f"Index {args.index} is out of range: {data.name} has {len(data)} images.")
+    return data.images[args.index], data.name
+
+
+def cmd_forward(args) -> int:
+    import numpy as np
+    import torch
+
+    from ddpm_gui.core.diffusion import from_uint8, q_sample, q_step, to_uint8
+    from ddpm_gui.core.schedule import NoiseSchedule
+    from ddpm_gui.engine.images import make_grid, save_gif, save_png
+
+    sched = NoiseSchedule(_schedule_from_args(args))
+    img, _ = _one_image(args)
+    x0 = from_uint8(torch.from_numpy(np.ascontiguousarray(img))[None])
+    gen = torch.Generator().manual_seed(args.seed)
+    frames = [to_uint8(x0)[0].numpy()]
+    x = x0
+    for t in range(sched.T):
+        if args.closed_form:
+            x, _ = q_sample(x0, t, sched, generator=gen)
+        else:
+            x = q_step(x, t, sched, generator=gen)
+        frames.append(to_uint8(x)[0].numpy())
+    idx = np.linspace(0, sched.T, args.frames).round().astype(int)
+    strip = make_grid(np.stack([frames[i] for i in idx]), columns=len(idx), scale=args.scale)
+    save_png(args.out, strip)
+    s = sched.summary()
+    print(f"wrote {args.out}: steps {list(idx)} of T={sched.T}; alpha_bar_T = {s['alpha_bar_T']:.3f} "
+          f"(x_T keeps {100 * s['signal_left_at_T']:.0f}% of the image)")
+    if args.gif:
+        save_gif(args.gif, [f.repeat(args.scale, 0).repeat(args.scale, 1) for f in frames])
+        print(f"wrote {args.gif} ({len(frames)} frames)")
+    return 0
+
+
+def cmd_denoise(args) -> int:
+    import numpy as np
+
+    from ddpm_gui.engine.images import make_grid, save_png
+    from ddpm_gui.engine.sampler import denoise_frames
+
+    bundle = _load_bundle(args)
+    args.image_size = bundle.image_size
+    img, name = _one_image(args)
+    start = last = None
+    for fr in denoise_frames(bundle, img, t=args.t, k=args.k, seed=args.seed):
+        if fr.index == -1:
+            start = fr.xt
+        last = fr
+    row = np.concatenate([img[None], start[:1], last.xt])
+    save_png(args.out, make_grid(row, columns=len(row), scale=args.scale))
+    print(f"wrote {args.out}: original, noised to t={args.t}, then {args.k} denoised continuations")
+    return 0
+
+
+def cmd_info(args) -> int:
+    import platform
+
+    import torch
+
+    from ddpm_gui.engine.device import describe_devices
+    from ddpm_gui.models.presets import PRESETS, build_model, count_parameters, flops_per_image
+
+    info = {
+        "ddpm_gui": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "devices": [label for _, label in describe_devices()[1:]],
+        "presets": {},
+    }
+    for name, cfg in PRESETS.items():
+        n = count_parameters(build_model(cfg))
+        fl = flops_per_image(cfg, args.image_size)
+        info["presets"][name] = {"parameters": n, "gflop_forward": fl["forward"] / 1e9, "gflop_train": fl["train"] / 1e9}
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"DDPM Studio {info['ddpm_gui']}  (Python {info['python']}, torch {info['torch']}, CUDA {info['cuda']})")
+    print("devices: " + ", ".join(info["devices"]))
+    print(f"model presets at {args.image_size}x{args.image_size}:")
+    print(f"  {'preset':10s} {'parameters':>12s} {'GFLOP fwd':>10s} {'GFLOP train':>12s}")
+    for name, d in info["presets"].items():
+        print(f"  {name:10s} {d['parameters']:>12,d} {d['gflop_forward']:>10.3f} {d['gflop_train']:>12.3f}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "forward": cmd_forward, "denoise": cmd_denoise, "info": cmd_info}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.argv = list(argv)
+    if args.command is None:
+        if args.self_test:
+            from ddpm_gui.selftest import self_test
+
+            return self_test()
+        from ddpm_gui.qt.app import run_app
+
+        return run_app([sys.argv[0]])
+    from ddpm_gui.errors import DDPMError
+
+    try:
+        return COMMANDS[args.command](args)
+    except DDPMError as exc:
+        if os.environ.get("DDPM_GUI_DEBUG"):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        if os.environ.get("DDPM_GUI_DEBUG"):
+            raise
+        print(f"error: {exc.strerror or exc}: {getattr(exc, 'filename', '') or ''}".rstrip(": "), file=sys.stderr)
+        return 2

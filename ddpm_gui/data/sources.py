@@ -1,0 +1,383 @@
+"""Load images from any source into one uint8 array: `load_data(spec) -> ImageData`.
+
+A *spec* is one string, so that the CLI, the GUI's source box and a saved run config all say the
+same thing:
+
+    "builtin"            the generated shapes dataset, BUILTIN_DEFAULT_COUNT (20,000) images
+    "builtin:N"          the same, N images
+    an existing folder   a `save_to_disk` folder (it holds dataset_info.json, state.json or
+                         dataset_dict.json), otherwise an image folder: one sub-folder per class,
+                         or the images directly inside it for an unlabelled dataset
+    an existing file     a .parquet or .arrow file
+    anything else        a Hugging Face Hub dataset id: "cifar10", "mnist", "uoft-cs/cifar10",
+                         optionally with a config: "id:config"
+
+Every source is decoded once, converted to RGB, resized to `image_size` (shorter side, then a centre
+crop) and written to a cache file (see `cache.py`); the next call with the same arguments loads that
+file and decodes nothing. Nothing here imports Qt: the GUI runs `load_data` in a worker thread,
+passes a `progress` callback and a `cancel` event, and shows errors (DataError) as they are.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ddpm_gui.data.cache import Cached, cache_key, cache_path, read_cache, write_cache
+from ddpm_gui.errors import DataError
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int, int, str], None]  # (done, total, message); total == 0: size not known yet
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+TABLE_EXTENSIONS = (".parquet", ".arrow")
+SAVED_MARKERS = ("dataset_dict.json", "dataset_info.json", "state.json")  # what save_to_disk writes
+MAX_FILE_BYTES = 50 * 1024 * 1024  # larger image files are skipped (and counted in `skipped`)
+MAX_PIXELS = 40_000_000  # larger images are skipped: a guard against decompression bombs
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 1024
+
+# A Hub dataset id: "name" or "namespace/name" (letters, digits, '-', '_', '.'), optional ":config".
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?(:[A-Za-z0-9._-]+)?$")
+
+
+class Cancelled(DataError):
+    """Raised by `load_data` when its `cancel` event is set; nothing is cached."""
+
+
+@dataclass(eq=False)
+class ImageData:
+    """A decoded dataset: every image the same size, RGB, uint8."""
+
+    images: np.ndarray  # (N, H, W, 3) uint8, C-contiguous
+    labels: np.ndarray | None  # (N,) int64, or None when the source has no labels
+    class_names: list[str] | None  # index -> name
+    name: str  # for people: "builtin shapes (seed 0)", "cifar10 (train)"
+    source: str  # the spec string it was loaded from
+    cache_path: Path | None  # the cache file it came from or was written to
+    skipped: int = 0  # files/rows that could not be decoded (or were too large) and were left out
+
+    def __post_init__(self) -> None:
+        imgs = np.ascontiguousarray(self.images)
+        if imgs.dtype != np.uint8 or imgs.ndim != 4 or imgs.shape[-1] != 3:
+            raise ValueError(f"images must be (N, H, W, 3) uint8, got {imgs.dtype} {imgs.shape}")
+        self.images = imgs
+        if self.labels is not None:
+            self.labels = np.ascontiguousarray(self.labels, dtype=np.int64)
+            if self.labels.shape != (len(imgs),):
+                raise ValueError(f"labels must be ({len(imgs)},), got {self.labels.shape}")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def size(self) -> int:
+        """Image height (= width) in pixels."""
+        return int(self.images.shape[1])
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes; 0 when the data has no labels."""
+        if self.labels is None:
+            return 0
+        if self.class_names:
+            return len(self.class_names)
+        return int(self.labels.max()) + 1 if len(self.labels) else 0
+
+    def subset(self, idx) -> ImageData:
+        """The rows `idx` (a slice, an index array or a boolean mask), as a new ImageData."""
+        if isinstance(idx, (int, np.integer)):
+            idx = [int(idx)]
+        labels = None if self.labels is None else self.labels[idx]
+        return ImageData(
+            np.ascontiguousarray(self.images[idx]),
+            labels,
+            None if self.class_names is None else list(self.class_names),
+            self.name,
+            self.source,
+            self.cache_path,
+            self.skipped,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"ImageData({self.name!r}, {len(self)} images {self.size}x{self.size}, "
+            f"{self.num_classes} classes, skipped={self.skipped}, source={self.source!r})"
+        )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Progress and cancellation
+
+
+class Reporter:
+    """Throttles `progress` to about 20 calls/s and raises Cancelled when `cancel` is set.
+
+    The first report, every change of message and the final `done == total` always get through.
+    """
+
+    def __init__(self, progress: ProgressFn | None, cancel: threading.Event | None, interval: float = 0.05):
+        self.progress, self.cancel, self.interval = progress, cancel, interval
+        self._last = -1.0
+        self._msg: str | None = None
+
+    def check(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise Cancelled("Loading the data was cancelled; start it again when you are ready.")
+
+    def __call__(self, done: int, total: int, message: str) -> None:
+        self.check()
+        if self.progress is None:
+            return
+        now = time.monotonic()
+        final = total > 0 and done >= total
+        if final or message != self._msg or now - self._last >= self.interval:
+            self._last, self._msg = now, message
+            self.progress(done, total, message)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Image conversion (shared by folders and tables)
+
+
+class Skip(Exception):
+    """An image that is refused on purpose (too large); counted in `skipped` like a corrupt one."""
+
+
+def to_rgb_square(img: Image.Image, size: int) -> np.ndarray:
+    """Any PIL image -> (size, size, 3) uint8: RGB, shorter side resized to `size`, centre crop.
+
+    Alpha (RGBA, LA, palette or colour-key transparency) is composited over black; 16-bit and 32-bit
+    greyscale is scaled to 8 bits (not clipped); float images in [0, 1] are scaled by 255.
+    """
+    mode = img.mode
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        a = np.asarray(img, dtype=np.float32)
+        if mode.startswith("I;16") or (mode == "I" and a.size and a.max() > 255):
+            a = a / 257.0
+        elif mode == "F" and a.size and a.max() <= 1.0:
+            a = a * 255.0
+        img = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
+        mode = "L"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba).convert("RGB")
+    elif mode != "RGB":
+        img = img.convert("RGB")
+    w, h = img.size
+    if (w, h) != (size, size):
+        s = min(w, h)
+        box = ((w - s) / 2, (h - s) / 2, (w + s) / 2, (h + s) / 2)
+        img = img.resize((size, size), Image.Resampling.BICUBIC, box=box, reducing_gap=3.0)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def decode_image(data: bytes | None, path: str | os.PathLike | None, size: int) -> np.ndarray:
+    """Decode encoded image bytes (or, when `data` is None, the file at `path`) to (size, size, 3).
+
+    Raises Skip for files over MAX_FILE_BYTES or images over MAX_PIXELS, and whatever PIL raises for
+    data it cannot read; callers count both in `skipped`.
+    """
+    if data is not None:
+        if len(data) > MAX_FILE_BYTES:
+            raise Skip(f"{len(data)} bytes")
+        fp: io.BytesIO | str = io.BytesIO(data)
+    elif path is not None:
+        if os.path.getsize(path) > MAX_FILE_BYTES:
+            raise Skip(f"{os.path.getsize(path)} bytes")
+        fp = os.fspath(path)
+    else:
+        raise Skip("no image data")
+    with Image.open(fp) as img:
+        if img.width * img.height > MAX_PIXELS:
+            raise Skip(f"{img.width}x{img.height} pixels")
+        if img.format == "JPEG":
+            img.draft("RGB", (size, size))  # let libjpeg decode at 1/2, 1/4 or 1/8 scale when it can
+        img.load()
+        return to_rgb_square(img, size)
+
+
+def stack(arrays: Sequence[np.ndarray], size: int) -> np.ndarray:
+    if not arrays:
+        return np.empty((0, size, size, 3), np.uint8)
+    return np.ascontiguousarray(np.stack(arrays))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Spec parsing
+
+
+def _is_saved_dir(path: str) -> bool:
+    return any(os.path.isfile(os.path.join(path, m)) for m in SAVED_MARKERS)
+
+
+def describe_source(spec: str) -> str:
+    """What `spec` points at: "builtin", "folder", "file", "saved" (a save_to_disk folder) or "hub".
+
+    Only checks the file system (no network, no decoding). A string that looks like a path but does
+    not exist is reported as the "file" or "folder" it was meant to be; `load_data` then says it is
+    missing.
+    """
+    s = spec.strip()
+    if s == "builtin" or s.startswith("builtin:"):
+        return "builtin"
+    p = os.path.expanduser(s)
+    if os.path.isdir(p):
+        return "saved" if _is_saved_dir(p) else "folder"
+    if os.path.isfile(p):
+        return "file"
+    if _HUB_ID.match(s) and not s.lower().endswith(TABLE_EXTENSIONS + IMAGE_EXTENSIONS):
+        return "hub"
+    return "file" if os.path.splitext(s)[1].lower() in TABLE_EXTENSIONS + IMAGE_EXTENSIONS else "folder"
+
+
+def _builtin_count(spec: str) -> int:
+    from ddpm_gui.data.builtin import BUILTIN_DEFAULT_COUNT
+
+    if spec == "builtin":
+        return BUILTIN_DEFAULT_COUNT
+    text = spec.split(":", 1)[1].strip().replace("_", "")
+    if not text.isdigit() or int(text) < 1:
+        raise DataError(f"'{spec}' is not a valid built-in dataset: write 'builtin' or 'builtin:N' with N >= 1.")
+    return int(text)
+
+
+def _file_stamp(path: str) -> list:
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _tree_stamp(root: str) -> list:
+    """(relative path, size, mtime) of every file under `root`: any change invalidates the cache."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for f in sorted(filenames):
+            full = os.path.join(dirpath, f)
+            out.append([os.path.relpath(full, root), *_file_stamp(full)])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# The entry point
+
+
+def load_data(
+    spec: str = "builtin",
+    image_size: int = 32,
+    split: str = "train",
+    limit: int | None = None,
+    progress: ProgressFn | None = None,
+    cancel: threading.Event | None = None,
+    cache_dir: str | Path | None = None,
+    seed: int = 0,
+) -> ImageData:
+    """Load `spec` (see the module docstring) as (N, image_size, image_size, 3) uint8 images.
+
+    split:     which split of a Hub dataset, parquet/arrow DatasetDict or save_to_disk folder; for the
+               built-in data, "train" and any other name give two independent sets of images.
+    limit:     keep only the first `limit` rows (of a folder: the first in an order that takes the
+               classes in turn, so a limit keeps every class).
+    progress:  called as progress(done, total, message), at most about 20 times a second, last with
+               done == total; total == 0 while the size is not known (a download).
+    cancel:    checked between batches; when set, Cancelled is raised and nothing is cached.
+    cache_dir: where decoded arrays are kept (default: `default_cache_dir()`).
+    seed:      which built-in dataset (ignored by the other sources).
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise DataError("No data source given: use 'builtin', a folder of images, a parquet/arrow file or a Hub id.")
+    spec = spec.strip()
+    if not isinstance(image_size, (int, np.integer)) or not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
+        raise DataError(f"Image size must be a whole number from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE}, got {image_size!r}.")
+    image_size = int(image_size)
+    if limit is not None and (not isinstance(limit, (int, np.integer)) or limit < 1):
+        raise DataError(f"The image limit must be a whole number >= 1 (or none), got {limit!r}.")
+    limit = None if limit is None else int(limit)
+    rep = Reporter(progress, cancel)
+    rep.check()
+
+    kind = describe_source(spec)
+    path = os.path.abspath(os.path.expanduser(spec))
+    key: dict = {"kind": kind, "split": split, "size": image_size, "limit": limit}
+    if kind == "builtin":
+        from ddpm_gui.data.builtin import BUILTIN_VERSION
+
+        count = _builtin_count(spec)
+        n = count if limit is None else min(count, limit)
+        key.update(n=n, seed=int(seed), version=BUILTIN_VERSION, limit=None)
+        slug = f"builtin-{n}-seed{seed}-{split}-{image_size}"
+    elif kind == "hub":
+        repo, _, config = spec.partition(":")
+        key.update(id=repo, config=config or None)
+        slug = f"hub-{repo.replace('/', '_')}-{config}-{split}-{image_size}"
+    elif not os.path.exists(path):
+        raise DataError(f"'{spec}' does not exist: give an existing folder or .parquet/.arrow file, or 'builtin'.")
+    elif kind == "file":
+        if os.path.splitext(path)[1].lower() not in TABLE_EXTENSIONS:
+            raise DataError(
+                f"'{spec}' is not a dataset file: give a .parquet or .arrow file, or the folder that holds the images."
+            )
+        key.update(path=path, stamp=_file_stamp(path))
+        slug = f"file-{os.path.basename(path)}-{split}-{image_size}"
+    elif kind == "saved":
+        key.update(path=path, stamp=_tree_stamp(path))
+        slug = f"saved-{os.path.basename(path)}-{split}-{image_size}"
+    else:  # folder: the stamp is computed by the scan, which the decoding reuses
+        from ddpm_gui.data.folder import scan_folder
+
+        rep(0, 0, f"Scanning {path}")
+        scan = scan_folder(path, rep)
+        key.update(path=path, stamp=scan.digest, split=None)
+        slug = f"folder-{os.path.basename(path)}-{image_size}"
+
+    file = cache_path(cache_dir, slug, cache_key(key))
+    cached = read_cache(file, image_size)
+    if cached is not None:
+        rep(len(cached.images), len(cached.images), "Loaded from cache")
+        return _result(cached, spec, file)
+
+    if kind == "builtin":
+        result = _load_builtin(n, seed, split, image_size, rep)
+    elif kind == "folder":
+        from ddpm_gui.data.folder import decode_folder
+
+        result = decode_folder(scan, image_size, limit, rep)
+    else:
+        from ddpm_gui.data import hub
+
+        if kind == "hub":
+            result = hub.load_hub(repo, config or None, split, image_size, limit, rep)
+        elif kind == "saved":
+            result = hub.load_saved(path, split, image_size, limit, rep)
+        else:
+            result = hub.load_file(path, split, image_size, limit, rep)
+    rep.check()
+    written = write_cache(file, result.images, result.labels, result.class_names, result.name, result.skipped)
+    total = len(result.images)
+    rep(total, total, f"Loaded {total} images")
+    return _result(result, spec, file if written else None)
+
+
+def _result(c: Cached, spec: str, file: Path | None) -> ImageData:
+    return ImageData(c.images, c.labels, c.class_names, c.name, spec, file, c.skipped)
+
+
+def _load_builtin(n: int, seed: int, split: str, size: int, rep: Reporter) -> Cached:
+    import zlib
+
+    from ddpm_gui.data.builtin import BUILTIN_CLASSES, generate_builtin
+
+    stream = 0 if split == "train" else zlib.crc32(split.encode("utf-8"))
+    images, labels = generate_builtin(n, seed, size, stream=stream, progress=rep, cancel=rep.cancel)
+    name = f"builtin shapes (seed {seed})" if split == "train" else f"builtin shapes (seed {seed}, {split})"
+    return Cached(images, labels, list(BUILTIN_CLASSES), name, 0)

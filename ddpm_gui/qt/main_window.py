@@ -1,0 +1,390 @@
+"""The main window: five tabs (Data, Forward process, Train, Sample, Denoise), menus, status bar.
+
+Startup is two-phase so the window shows fast: importing this module imports no torch; every tab
+first shows a "Loading engine…" page, `start_engine()` imports torch and the engine in a background
+Job, and when that is done the panels are built (their modules may import torch freely by then) and
+`engineReady` is emitted. The Data panel then loads the last data source (the built-in shapes for a
+new user) so there is something to look at at once.
+"""
+
+from __future__ import annotations
+
+import importlib
+import platform
+import sys
+import time
+from pathlib import Path
+
+from PySide6.QtCore import QSettings, Qt, QTimer, Signal, Slot
+from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
+from PySide6.QtWidgets import (
+    QFileDialog,
+    QLabel,
+    QMainWindow,
+    QMessageBox,
+    QProgressBar,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ddpm_gui.qt.panels import PANELS
+from ddpm_gui.qt.state import AppState
+from ddpm_gui.qt.workers import Job
+
+APP_TITLE = "DDPM Studio"
+CLOSE_QUESTION = "Training is running. Stop it, save a checkpoint and quit?"
+
+
+def _load_engine():
+    """Runs in a worker thread: the heavy imports, so the GUI thread never waits for them."""
+    t0 = time.perf_counter()
+    yield ("status", "Loading PyTorch…")
+    import torch
+
+    yield ("status", "Loading the diffusion engine…")
+    import ddpm_gui.core.diffusion  # noqa: F401
+    import ddpm_gui.core.schedule  # noqa: F401
+    import ddpm_gui.data  # noqa: F401
+
+    for mod in ("ddpm_gui.engine.sampler", "ddpm_gui.engine.trainer"):
+        try:
+            importlib.import_module(mod)
+        except ImportError:
+            pass  # written concurrently; the panels that need it say so themselves
+    # the panel modules too (class definitions only, no widgets), so building them is quick
+    for module, _cls, _title in PANELS:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            pass
+    yield ("ready", {"torch": torch.__version__, "seconds": time.perf_counter() - t0})
+
+
+class _LoadingPage(QWidget):
+    """What a tab shows until its panel exists."""
+
+    def __init__(self, title: str, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.label = QLabel(f"<h3>{title}</h3><p>Loading engine…</p>", self)
+        self.label.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.bar = QProgressBar(self)
+        self.bar.setRange(0, 0)  # busy
+        self.bar.setMaximumWidth(320)
+        self.bar.setTextVisible(False)
+        lay = QVBoxLayout(self)
+        lay.addStretch(1)
+        lay.addWidget(self.label)
+        lay.addWidget(self.bar, 0, Qt.AlignmentFlag.AlignHCenter)
+        lay.addStretch(2)
+
+    def set_message(self, text: str, busy: bool = True) -> None:
+        self.label.setText(text)
+        self.bar.setVisible(busy)
+
+
+class MainWindow(QMainWindow):
+    engineReady = Signal()
+
+    def __init__(self, settings: QSettings | None = None, state: AppState | None = None,
+                 parent: QWidget | None = None):
+        super().__init__(parent)
+        self.state = state if state is not None else AppState(settings, self)
+        self.settings = self.state.settings
+        self.setWindowTitle(APP_TITLE)
+        self.setMinimumSize(900, 600)
+        self.resize(1280, 800)
+
+        self.panels: dict[str, QWidget] = {}  # class name -> panel (real ones only)
+        self._ready = False
+        self._engine_job: Job | None = None
+        self._bundle_job: Job | None = None
+        self._bundle_path = ""
+        self._closing = False
+        self.engine_info: dict = {}
+
+        self.tabs = QTabWidget(self)
+        self.tabs.setDocumentMode(True)
+        for _module, cls, title in PANELS:
+            self.tabs.addTab(_LoadingPage(title, self), title)
+        self.setCentralWidget(self.tabs)
+
+        self._build_menus()
+        self.state.status.connect(self._on_status)
+        self.state.recentChanged.connect(self._rebuild_recent)
+        self.statusBar().showMessage("Loading engine…")
+        self._restore_settings()
+
+    # ------------------------------------------------------------------ menus
+    def _build_menus(self) -> None:
+        mb = self.menuBar()
+        file_menu = mb.addMenu("&File")
+        self.open_action = QAction("&Open checkpoint…", self)
+        self.open_action.setShortcut(QKeySequence.StandardKey.Open)
+        self.open_action.setStatusTip("Load a trained model (.safetensors) to sample and denoise with")
+        self.open_action.triggered.connect(self.open_checkpoint_dialog)
+        self.open_action.setEnabled(False)
+        file_menu.addAction(self.open_action)
+        self.open_run_action = QAction("Open &run folder…", self)
+        self.open_run_action.setStatusTip("Load the newest checkpoint of a training run folder")
+        self.open_run_action.triggered.connect(self.open_run_dialog)
+        self.open_run_action.setEnabled(False)
+        file_menu.addAction(self.open_run_action)
+        self.recent_menu = file_menu.addMenu("Recent &checkpoints")
+        self._rebuild_recent()
+        file_menu.addSeparator()
+        quit_action = QAction("&Quit", self)
+        quit_action.setShortcut(QKeySequence.StandardKey.Quit)
+        quit_action.setMenuRole(QAction.MenuRole.QuitRole)
+        quit_action.triggered.connect(self.close)
+        file_menu.addAction(quit_action)
+
+        view_menu = mb.addMenu("&View")
+        self.tab_actions: list[QAction] = []
+        for i, (_m, _c, title) in enumerate(PANELS):
+            act = QAction(title, self)
+            act.setShortcut(QKeySequence(f"Ctrl+{i + 1}"))
+            act.setShortcutContext(Qt.ShortcutContext.WindowShortcut)
+            act.triggered.connect(lambda _checked=False, k=i: self.tabs.setCurrentIndex(k))
+            view_menu.addAction(act)
+            self.addAction(act)
+            self.tab_actions.append(act)
+
+        help_menu = mb.addMenu("&Help")
+        about = QAction("&About DDPM Studio", self)
+        about.setMenuRole(QAction.MenuRole.AboutRole)
+        about.triggered.connect(self.show_about)
+        help_menu.addAction(about)
+
+    @Slot()
+    def _rebuild_recent(self) -> None:
+        self.recent_menu.clear()
+        items = self.state.recent()
+        for path in items:
+            act = QAction(path, self.recent_menu)
+            act.triggered.connect(lambda _checked=False, p=path: self.open_checkpoint(p))
+            act.setEnabled(self._ready)
+            self.recent_menu.addAction(act)
+        if not items:
+            empty = QAction("(none yet)", self.recent_menu)
+            empty.setEnabled(False)
+            self.recent_menu.addAction(empty)
+
+    # ------------------------------------------------------------------ engine startup
+    def is_ready(self) -> bool:
+        return self._ready
+
+    @Slot()
+    def start_engine(self) -> None:
+        """Import torch and the engine in the background, then build the panels. Idempotent."""
+        if self._engine_job is not None or self._ready or self._closing:
+            return
+        self._engine_job = Job(_load_engine, parent=self)
+        self._engine_job.event.connect(self._on_engine_event)
+        self._engine_job.failed.connect(self._on_engine_failed)
+        self._engine_job.done.connect(self._on_engine_done)
+        self._engine_job.start()
+
+    @Slot(object)
+    def _on_engine_event(self, ev) -> None:
+        kind, payload = ev
+        if kind == "status":
+            self.statusBar().showMessage(payload)
+            for i in range(self.tabs.count()):
+                page = self.tabs.widget(i)
+                if isinstance(page, _LoadingPage):
+                    page.set_message(f"<h3>{PANELS[i][2]}</h3><p>{payload}</p>")
+        elif kind == "ready":
+            self.engine_info = payload
+            if not self._closing:
+                self._build_panels()
+
+    @Slot(str)
+    def _on_engine_failed(self, message: str) -> None:
+        tb = self._engine_job.last_traceback if self._engine_job else ""
+        print(tb, file=sys.stderr)
+        for i in range(self.tabs.count()):
+            page = self.tabs.widget(i)
+            if isinstance(page, _LoadingPage):
+                page.set_message(f"<h3>The engine could not be loaded</h3><p>{message}</p>", busy=False)
+        self.statusBar().showMessage(f"The engine could not be loaded: {message}")
+
+    @Slot()
+    def _on_engine_done(self) -> None:
+        self._engine_job = None
+
+    def _build_panels(self) -> None:
+        current = self.tabs.currentIndex()
+        for i, (module, cls, title) in enumerate(PANELS):
+            try:
+                panel_cls = getattr(importlib.import_module(module), cls)
+            except ImportError as exc:  # a panel not written yet, or an optional dependency missing
+                page = QLabel(f"<h3>{title}</h3><p>Not available in this build: {exc}</p>", self)
+                page.setAlignment(Qt.AlignmentFlag.AlignCenter)
+                page.setWordWrap(True)
+                page.setObjectName(f"placeholder_{cls}")
+            else:
+                page = panel_cls(self.state, self)
+                self.panels[cls] = page
+            old = self.tabs.widget(i)
+            self.tabs.removeTab(i)
+            self.tabs.insertTab(i, page, title)
+            old.deleteLater()
+        self.tabs.setCurrentIndex(current)
+        self._ready = True
+        for act in (self.open_action, self.open_run_action):
+            act.setEnabled(True)
+        self._rebuild_recent()
+        self.statusBar().showMessage(f"Ready (PyTorch {self.engine_info.get('torch', '?')})", 5000)
+        data_panel = self.panels.get("DataPanel")
+        if data_panel is not None and hasattr(data_panel, "autoload"):
+            QTimer.singleShot(0, data_panel.autoload)
+        self.engineReady.emit()
+
+    def panel(self, name: str) -> QWidget | None:
+        """A panel by class name ("DataPanel", ...), or None if it is not built (yet)."""
+        return self.panels.get(name)
+
+    # ------------------------------------------------------------------ checkpoints
+    @Slot()
+    def open_checkpoint_dialog(self) -> None:
+        start = self.settings.value("last_checkpoint_dir", str(Path.home()))
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Open checkpoint", str(start), "Checkpoints (*.safetensors);;All files (*)"
+        )
+        if path:
+            self.settings.setValue("last_checkpoint_dir", str(Path(path).parent))
+            self.open_checkpoint(path)
+
+    @Slot()
+    def open_run_dialog(self) -> None:
+        start = self.settings.value("last_checkpoint_dir", str(Path.home()))
+        path = QFileDialog.getExistingDirectory(self, "Open training run folder", str(start))
+        if path:
+            self.settings.setValue("last_checkpoint_dir", str(Path(path).parent))
+            self.open_checkpoint(path)
+
+    def open_checkpoint(self, path: str) -> None:
+        """Load a run folder or .safetensors checkpoint in the background and make it the current model."""
+        if self._bundle_job is not None:
+            self.state.show_status("Already loading a checkpoint…")
+            return
+        self._bundle_path = str(path)
+        self.state.show_status(f"Loading {path}…")
+
+        def load():
+            from ddpm_gui.engine.sampler import load_bundle
+
+            yield load_bundle(path)
+
+        self._bundle_job = Job(load, parent=self)
+        self._bundle_job.event.connect(self._on_bundle_loaded)
+        self._bundle_job.failed.connect(self._on_bundle_failed)
+        self._bundle_job.done.connect(self._on_bundle_done)
+        self._bundle_job.start()
+
+    @Slot(object)
+    def _on_bundle_loaded(self, bundle) -> None:
+        self.state.set_bundle(bundle)
+        self.state.add_recent(self._bundle_path)
+        step = getattr(bundle, "step", "?")
+        self.state.show_status(f"Loaded {Path(self._bundle_path).name} (step {step})")
+
+    @Slot(str)
+    def _on_bundle_failed(self, message: str) -> None:
+        self.state.show_status("Could not load the checkpoint")
+        self.show_message("Could not open checkpoint", message, QMessageBox.Icon.Warning)
+
+    @Slot()
+    def _on_bundle_done(self) -> None:
+        self._bundle_job = None
+
+    # ------------------------------------------------------------------ dialogs
+    def show_message(self, title: str, text: str, icon=QMessageBox.Icon.Information) -> QMessageBox:
+        """A window-modal message that does not block the event loop (jobs keep running)."""
+        box = QMessageBox(icon, title, text, QMessageBox.StandardButton.Ok, self)
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        box.open()
+        return box
+
+    def about_text(self) -> str:
+        from PySide6 import __version__ as pyside_version
+        from PySide6.QtCore import qVersion
+
+        import pyqtgraph
+
+        from ddpm_gui import __version__
+
+        torch_mod = sys.modules.get("torch")
+        torch_v = torch_mod.__version__ if torch_mod is not None else "not loaded yet"
+        numpy_v = sys.modules["numpy"].__version__ if "numpy" in sys.modules else "?"
+        return (
+            f"<h3>DDPM Studio {__version__}</h3>"
+            "<p>Train and explore denoising diffusion models (DDPM) on small images.</p>"
+            f"<p>Python {platform.python_version()}<br>Qt {qVersion()} / PySide6 {pyside_version}<br>"
+            f"pyqtgraph {pyqtgraph.__version__}<br>PyTorch {torch_v}<br>NumPy {numpy_v}<br>"
+            f"{platform.system()} {platform.release()} ({platform.machine()})</p>"
+        )
+
+    @Slot()
+    def show_about(self) -> QMessageBox:
+        box = self.show_message("About DDPM Studio", self.about_text())
+        box.setTextFormat(Qt.TextFormat.RichText)
+        icon = self.windowIcon()
+        if not icon.isNull():
+            box.setIconPixmap(icon.pixmap(64, 64))
+        return box
+
+    def confirm(self, title: str, text: str) -> bool:
+        """Ask yes/no (a method so tests can replace it)."""
+        answer = QMessageBox.question(
+            self, title, text, QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+            QMessageBox.StandardButton.No,
+        )
+        return answer == QMessageBox.StandardButton.Yes
+
+    @Slot(str)
+    def _on_status(self, text: str) -> None:
+        self.statusBar().showMessage(text)
+
+    # ------------------------------------------------------------------ settings and shutdown
+    def _restore_settings(self) -> None:
+        geom = self.settings.value("window/geometry")
+        if geom is not None:
+            self.restoreGeometry(geom)
+        try:
+            tab = int(self.settings.value("window/tab", 0))
+        except (TypeError, ValueError):
+            tab = 0
+        if 0 <= tab < self.tabs.count():
+            self.tabs.setCurrentIndex(tab)
+
+    def save_settings(self) -> None:
+        self.settings.setValue("window/geometry", self.saveGeometry())
+        self.settings.setValue("window/tab", self.tabs.currentIndex())
+        self.settings.sync()
+
+    def is_busy(self) -> bool:
+        return any(getattr(p, "is_busy", lambda: False)() for p in self.panels.values())
+
+    def shutdown(self, timeout_ms: int = 60000) -> None:
+        """Stop every job (the train panel saves a checkpoint) and wait for the threads to end."""
+        self._closing = True
+        for panel in self.panels.values():
+            stop = getattr(panel, "shutdown", None)
+            if stop is not None:
+                stop(timeout_ms)
+        for job in (self._engine_job, self._bundle_job):
+            if job is not None:
+                job.request_stop()
+                job.wait(timeout_ms)
+
+    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt API
+        if self.state.training and not self.confirm("Quit DDPM Studio", CLOSE_QUESTION):
+            event.ignore()
+            return
+        self.save_settings()
+        if self.state.training:
+            self.statusBar().showMessage("Stopping training and saving a checkpoint…")
+        self.shutdown()
+        event.accept()
