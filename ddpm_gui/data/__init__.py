@@ -1,0 +1,38 @@
+"""Data sources decoded once into uint8 arrays: built-in shapes, the Hugging Face Hub, folders, files.
+
+    from ddpm_gui.data import load_data
+    data = load_data("builtin")             # 20,000 generated 32x32 shapes, 10 classes, no download
+    data = load_data("cifar10")             # the Hub (or its local cache when offline)
+    data = load_data("~/pictures/pets")     # one sub-folder per class
+    data = load_data("train.parquet")       # a parquet/arrow file, or a save_to_disk folder
+
+No Qt here: the GUI calls `load_data` from a worker thread with a `progress` callback and a
+`cancel` event. `datasets` is imported only when a Hub id or a parquet/arrow/save_to_disk source is
+loaded, after `hub_reachable()` has decided whether to work offline.
+"""
+
+from ddpm_gui.data.builtin import BUILTIN_CLASSES, BUILTIN_DEFAULT_COUNT, generate_builtin
+from ddpm_gui.data.cache import default_cache_dir
+from ddpm_gui.data.hub import hub_reachable
+from ddpm_gui.data.sources import (
+    IMAGE_EXTENSIONS,
+    Cancelled,
+    ImageData,
+    ProgressFn,
+    describe_source,
+    load_data,
+)
+
+__all__ = [
+    "BUILTIN_CLASSES",
+    "BUILTIN_DEFAULT_COUNT",
+    "IMAGE_EXTENSIONS",
+    "Cancelled",
+    "ImageData",
+    "ProgressFn",
+    "default_cache_dir",
+    "describe_source",
+    "generate_builtin",
+    "hub_reachable",
+    "load_data",
+]

@@ -109,6 +109,11 @@ def _block(count: int, seed: int, stream: int, block: int, size: int) -> tuple[n
     fg = _hsv_to_rgb(fg_h, rng.uniform(0.65, 1.0, _BLOCK), rng.uniform(0.8, 1.0, _BLOCK))
     bg_h = (fg_h + rng.uniform(0.25, 0.75, _BLOCK)) % 1.0  # a different hue
     bg = _hsv_to_rgb(bg_h, rng.uniform(0.15, 0.6, _BLOCK), rng.uniform(0.08, 0.35, _BLOCK))
+    # Keep the background at most half as bright (Rec. 601 luma) as the shape: a saturated blue is
+    # dark, and would otherwise sit on a background as bright as itself.
+    luma = np.array([0.299, 0.587, 0.114], np.float32)
+    fg_y, bg_y = fg @ luma, bg @ luma
+    bg *= np.minimum(1.0, 0.5 * fg_y / np.maximum(bg_y, 1e-6))[:, None]
 
     labels, radius, cx, cy, fg, bg = (a[:count] for a in (labels, radius, cx, cy, fg, bg))
     big = 2 * size  # masks are drawn at 2x and box-filtered down
@@ -154,9 +159,13 @@ def generate_builtin(
         if cancel is not None and cancel.is_set():
             from ddpm_gui.data.sources import Cancelled
 
-            raise Cancelled("Generating the built-in dataset was cancelled; start it again when you are ready.")
+            raise Cancelled(
+                "Generating the built-in dataset was cancelled; start it again when you are ready."
+            )
         count = min(_BLOCK, n - start)
-        images[start : start + count], labels[start : start + count] = _block(count, seed, stream, block, size)
+        images[start : start + count], labels[start : start + count] = _block(
+            count, seed, stream, block, size
+        )
         if progress is not None:
             progress(start + count, n, "Generating built-in shapes")
     return images, labels

@@ -87,7 +87,9 @@ def read_cache(path: Path, image_size: int) -> Cached | None:
             raise ValueError(f"labels {labels.dtype} {labels.shape}")
         return Cached(np.ascontiguousarray(images), labels, names, str(meta["name"]), int(meta["skipped"]))
     except Exception as e:  # noqa: BLE001 - any unreadable cache is rebuilt, whatever numpy/zipfile raised
-        log.warning("Cache file %s is unreadable (%s: %s); deleting it and decoding again.", path, type(e).__name__, e)
+        log.warning(
+            "Cache file %s is unreadable (%s: %s); deleting it and decoding again.", path, type(e).__name__, e
+        )
         _remove(path)
         return None
 
@@ -119,7 +121,9 @@ def write_cache(
         os.replace(tmp, path)
         return True
     except OSError as e:
-        log.warning("Could not write the cache file %s (%s); the data will be decoded again next time.", path, e)
+        log.warning(
+            "Could not write the cache file %s (%s); the data will be decoded again next time.", path, e
+        )
         if tmp is not None:
             _remove(Path(tmp))
         return False

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from ddpm_gui.data.cache import Cached, cache_key, cache_path, read_cache, write_cache
 from ddpm_gui.errors import DataError
@@ -46,6 +46,7 @@ SAVED_MARKERS = ("dataset_dict.json", "dataset_info.json", "state.json")  # what
 MAX_FILE_BYTES = 50 * 1024 * 1024  # larger image files are skipped (and counted in `skipped`)
 MAX_PIXELS = 40_000_000  # larger images are skipped: a guard against decompression bombs
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 1024
+_EXIF_FORMATS = {"JPEG", "MPO", "TIFF", "WEBP"}  # where a camera's orientation tag is usual
 
 # A Hub dataset id: "name" or "namespace/name" (letters, digits, '-', '_', '.'), optional ":config".
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?(:[A-Za-z0-9._-]+)?$")
@@ -204,6 +205,8 @@ def decode_image(data: bytes | None, path: str | os.PathLike | None, size: int) 
         if img.format == "JPEG":
             img.draft("RGB", (size, size))  # let libjpeg decode at 1/2, 1/4 or 1/8 scale when it can
         img.load()
+        if img.format in _EXIF_FORMATS:  # photos: turn them upright as their viewer would
+            img = ImageOps.exif_transpose(img)
         return to_rgb_square(img, size)
 
 
@@ -248,7 +251,9 @@ def _builtin_count(spec: str) -> int:
         return BUILTIN_DEFAULT_COUNT
     text = spec.split(":", 1)[1].strip().replace("_", "")
     if not text.isdigit() or int(text) < 1:
-        raise DataError(f"'{spec}' is not a valid built-in dataset: write 'builtin' or 'builtin:N' with N >= 1.")
+        raise DataError(
+            f"'{spec}' is not a valid built-in dataset: write 'builtin' or 'builtin:N' with N >= 1."
+        )
     return int(text)
 
 
@@ -295,10 +300,14 @@ def load_data(
     seed:      which built-in dataset (ignored by the other sources).
     """
     if not isinstance(spec, str) or not spec.strip():
-        raise DataError("No data source given: use 'builtin', a folder of images, a parquet/arrow file or a Hub id.")
+        raise DataError(
+            "No data source given: use 'builtin', a folder of images, a parquet/arrow file or a Hub id."
+        )
     spec = spec.strip()
     if not isinstance(image_size, (int, np.integer)) or not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
-        raise DataError(f"Image size must be a whole number from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE}, got {image_size!r}.")
+        raise DataError(
+            f"Image size must be a whole number from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE}, got {image_size!r}."
+        )
     image_size = int(image_size)
     if limit is not None and (not isinstance(limit, (int, np.integer)) or limit < 1):
         raise DataError(f"The image limit must be a whole number >= 1 (or none), got {limit!r}.")
@@ -321,14 +330,16 @@ def load_data(
         key.update(id=repo, config=config or None)
         slug = f"hub-{repo.replace('/', '_')}-{config}-{split}-{image_size}"
     elif not os.path.exists(path):
-        raise DataError(f"'{spec}' does not exist: give an existing folder or .parquet/.arrow file, or 'builtin'.")
+        raise DataError(
+            f"'{spec}' does not exist: give an existing folder or .parquet/.arrow file, or 'builtin'."
+        )
     elif kind == "file":
         if os.path.splitext(path)[1].lower() not in TABLE_EXTENSIONS:
             raise DataError(
                 f"'{spec}' is not a dataset file: give a .parquet or .arrow file, or the folder that holds the images."
             )
-        key.update(path=path, stamp=_file_stamp(path))
-        slug = f"file-{os.path.basename(path)}-{split}-{image_size}"
+        key.update(path=path, stamp=_file_stamp(path), split=None)  # a file has no splits
+        slug = f"file-{os.path.basename(path)}-{image_size}"
     elif kind == "saved":
         key.update(path=path, stamp=_tree_stamp(path))
         slug = f"saved-{os.path.basename(path)}-{split}-{image_size}"

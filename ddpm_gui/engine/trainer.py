@@ -451,9 +451,9 @@ class Trainer:
                 last_read_t, last_read_step = time.monotonic(), self.step
             if self._stop.is_set():
                 break
-            if self.fault_hook is not None:
-                self.fault_hook(self.step)
             try:
+                if self.fault_hook is not None:
+                    self.fault_hook(self.step)
                 loss = self._train_step(images, labels)
             except Exception as exc:
                 if not is_oom(exc) or self.batch_size <= 1:

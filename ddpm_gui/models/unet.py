@@ -63,7 +63,12 @@ class ResidualBlock(nn.Module):
     plus a (1x1-projected where the width changes) shortcut."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, time_channels: int, n_groups: int = N_GROUPS, dropout: float = 0.1
+        self,
+        in_channels: int,
+        out_channels: int,
+        time_channels: int,
+        n_groups: int = N_GROUPS,
+        dropout: float = 0.1,
     ):
         super().__init__()
         self.norm1 = nn.GroupNorm(n_groups, in_channels)
@@ -123,7 +128,9 @@ class AttentionBlock(nn.Module):
 class DownBlock(nn.Module):
     """A residual block, then attention where the resolution has it (first half of the U)."""
 
-    def __init__(self, in_channels: int, out_channels: int, time_channels: int, has_attn: bool, dropout: float = 0.1):
+    def __init__(
+        self, in_channels: int, out_channels: int, time_channels: int, has_attn: bool, dropout: float = 0.1
+    ):
         super().__init__()
         self.res = ResidualBlock(in_channels, out_channels, time_channels, dropout=dropout)
         self.attn: nn.Module = AttentionBlock(out_channels) if has_attn else nn.Identity()
@@ -135,7 +142,9 @@ class DownBlock(nn.Module):
 class UpBlock(nn.Module):
     """Like DownBlock, but its input is the feature map concatenated with the skip connection."""
 
-    def __init__(self, in_channels: int, out_channels: int, time_channels: int, has_attn: bool, dropout: float = 0.1):
+    def __init__(
+        self, in_channels: int, out_channels: int, time_channels: int, has_attn: bool, dropout: float = 0.1
+    ):
         super().__init__()
         self.res = ResidualBlock(in_channels + out_channels, out_channels, time_channels, dropout=dropout)
         self.attn: nn.Module = AttentionBlock(out_channels) if has_attn else nn.Identity()
@@ -230,13 +239,25 @@ class UNet(nn.Module):
         if num_classes is not None and num_classes < 1:
             raise ConfigError(f"num_classes must be at least 1 (or None), got {num_classes}.")
 
+        # The architecture as plain data (ModelConfig's fields), so a built model can be described and rebuilt.
+        self.hparams = dict(
+            n_channels=n_channels,
+            ch_mults=ch_mults,
+            is_attn=is_attn,
+            n_blocks=n_blocks,
+            compound=compound,
+            dropout=dropout,
+            image_channels=image_channels,
+        )
         self.image_channels = image_channels
         self.n_channels = n_channels
         self.n_resolutions = len(ch_mults)
         time_channels = n_channels * 4
         self.time_channels = time_channels
         self.num_classes = num_classes
-        self.null_class = num_classes  # the extra embedding row used for "no class" (classifier-free guidance)
+        self.null_class = (
+            num_classes  # the extra embedding row used for "no class" (classifier-free guidance)
+        )
 
         self.image_proj = nn.Conv2d(image_channels, n_channels, kernel_size=(3, 3), padding=(1, 1))
         self.time_emb = TimeEmbedding(time_channels)

@@ -81,6 +81,7 @@ class StallProbe(QObject):
         self.longest_ms = 0.0
         self.longest_at_s = 0.0
         self.ticks = 0
+        self.gaps: list[tuple[float, float]] = []  # (gap ms, seconds after start when it ended), > 50 ms
         self._clock = QElapsedTimer()
         self._last = 0
         self._timer = QTimer(self)
@@ -100,14 +101,19 @@ class StallProbe(QObject):
         gap = (now - self._last) / 1e6
         self._last = now
         self.ticks += 1
+        if gap > 50:
+            self.gaps.append((gap, process_age_s()))
         if gap > self.longest_ms:
             self.longest_ms = gap
             self.longest_at_s = process_age_s()
 
     def report(self) -> str:
+        worst = sorted(self.gaps, reverse=True)[:5]
+        listed = ", ".join(f"{g:.0f} ms ending at {at:.2f} s" for g, at in sorted(worst, key=lambda x: x[1]))
         return (
             f"stall probe: longest gap between {self.interval_ms} ms ticks = {self.longest_ms:.1f} ms "
             f"(at {self.longest_at_s:.2f} s after start, {self.ticks} ticks)"
+            + (f"; gaps over 50 ms: {listed}" if listed else "")
         )
 
 

@@ -72,7 +72,7 @@ class LossPlot(QWidget):
 
     REDRAW_MS = 66  # ~15 Hz
 
-    def __init__(self, parent: QWidget | None = None, smoothing: float = 0.98, title: str = "Training loss"):
+    def __init__(self, parent: QWidget | None = None, smoothing: float = 0.9, title: str = "Training loss"):
         super().__init__(parent)
         self._decay = smoothing
         self._cap = 4096

@@ -96,6 +96,9 @@ class _Runner(QObject):
             self.failed.emit(user_message(exc), traceback.format_exc())
         finally:
             self.finished.emit()
+            # End the thread's event loop from inside the thread: a GUI thread blocked in Job.wait()
+            # cannot run the queued _on_runner_finished slot, so waiting for it would deadlock.
+            QThread.currentThread().quit()
 
 
 class Job(QObject):

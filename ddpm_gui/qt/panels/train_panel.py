@@ -41,6 +41,7 @@ from PySide6.QtWidgets import (
 from ddpm_gui.core.schedule import SCHEDULE_PRESETS
 from ddpm_gui.engine import events as ev
 from ddpm_gui.engine.config import TrainConfig
+from ddpm_gui.models.presets import PRESET_NOTES
 from ddpm_gui.errors import DDPMError
 from ddpm_gui.qt.imageview import ImageGrid
 from ddpm_gui.qt.lossplot import LossPlot, TimestepLossPlot
@@ -150,6 +151,7 @@ class TrainPanel(QWidget):
         self._failed = False
         self._last_checkpoint: str | None = None
         self._last_step = 0
+        self.last_finished: ev.Finished | None = None
         self._devices: list[tuple[str, str]] = [("auto", "auto (detecting…)"), ("cpu", "cpu")]
         self._build_ui()
         self._load_settings()
@@ -186,7 +188,8 @@ class TrainPanel(QWidget):
         self.preset_combo = QComboBox()
         for name in PRESET_NAMES:
             self.preset_combo.addItem(name, name)
-            self.preset_combo.setItemData(self.preset_combo.count() - 1, PRESET_HINTS[name], Qt.ItemDataRole.ToolTipRole)
+            tip = PRESET_NOTES.get(name, PRESET_HINTS[name])
+            self.preset_combo.setItemData(self.preset_combo.count() - 1, tip, Qt.ItemDataRole.ToolTipRole)
         self.preset_combo.setCurrentIndex(PRESET_NAMES.index("tiny"))
         self.model_info_label = QLabel("…")
         self.model_info_label.setWordWrap(True)
@@ -251,7 +254,9 @@ class TrainPanel(QWidget):
         row = QHBoxLayout()
         row.addWidget(self.run_edit, 1)
         row.addWidget(browse)
-        form.addRow("R&un folder:", row)
+        run_label = QLabel("R&un folder:")
+        run_label.setBuddy(self.run_edit)
+        form.addRow(run_label, row)
 
         self.config_error = QLabel()
         self.config_error.setWordWrap(True)
@@ -750,6 +755,7 @@ class TrainPanel(QWidget):
         self._failed = False
         self._last_checkpoint = None
         self._last_step = 0
+        self.last_finished = None
         self.error_label.hide()
         self.estimate_label.hide()
         if not resumed:
@@ -840,7 +846,7 @@ class TrainPanel(QWidget):
         elif isinstance(e, ev.TimestepLoss):
             self.t_plot.set_values(e.loss_by_t)
         elif isinstance(e, ev.Preview):
-            self.preview_grid.set_images(e.images)
+            self.preview_grid.set_images(e.images, columns=max(1, math.ceil(math.sqrt(len(e.images)))))
             self.preview_label.setText(f"Preview at step {e.step:,} (the same starting noise every time)")
         elif isinstance(e, ev.CheckpointSaved):
             self._last_checkpoint = e.path
@@ -876,9 +882,10 @@ class TrainPanel(QWidget):
             f"batch {e.batch_size} · {e.run_dir}"
         )
         self.stats_label.setText(f"Training from step {e.step:,}…" if e.resumed else "Training…")
+        self._on_cpu = e.device.startswith("cpu")
         if e.estimate_note:
             self.estimate_label.setText(e.estimate_note)
-            self.estimate_label.setVisible(e.device.startswith("cpu") or bool(e.estimate_note))
+            self.estimate_label.show()
         self._log(f"Started on {e.device}: {e.n_params:,} parameters, {e.n_images:,} images")
         if e.estimate_note:
             self._log(e.estimate_note)
@@ -893,10 +900,18 @@ class TrainPanel(QWidget):
                 f"loss {e.loss:.4f} (smoothed {e.loss_smooth:.4f}) · {e.img_per_s:,.1f} img/s · "
                 f"ETA {fmt_duration(e.eta_s)} · elapsed {fmt_duration(e.elapsed_s)} · lr {e.lr:.2e}"
             )
+        if getattr(self, "_on_cpu", False) and e.img_per_s > 0 and math.isfinite(e.eta_s) and e.step < e.total_steps:
+            done_at = time.strftime("%H:%M", time.localtime(time.time() + e.eta_s))
+            self.estimate_label.setText(
+                f"Training on the CPU at about {e.img_per_s:,.0f} images/s: the remaining "
+                f"{e.total_steps - e.step:,} steps take about {fmt_duration(e.eta_s)} (done around {done_at})."
+            )
+            self.estimate_label.show()
         if not self.use_btn.isEnabled() and self.is_busy() and not self._stopping():
             self.use_btn.setEnabled(True)
 
     def _on_finished(self, e: ev.Finished) -> None:
+        self.last_finished = e
         self._last_step = e.step
         if e.checkpoint:
             self._last_checkpoint = e.checkpoint
@@ -926,6 +941,7 @@ class TrainPanel(QWidget):
     @Slot()
     def _on_done(self) -> None:
         self._job = None
+        self.estimate_label.hide()
         self.state.set_training(False)
         self._update_buttons()
 

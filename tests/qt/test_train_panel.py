@@ -1,0 +1,256 @@
+"""Train panel and live loss plot, against the real engine (tiny model, built-in data, a few steps)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pytestqt")
+
+from ddpm_gui.engine import events as ev  # noqa: E402
+from ddpm_gui.qt import lossplot  # noqa: E402
+from ddpm_gui.qt.panels import train_panel as tp  # noqa: E402
+from ddpm_gui.qt.state import AppState  # noqa: E402
+
+pytestmark = pytest.mark.qt
+
+
+@pytest.fixture
+def state(settings):
+    return AppState(settings)
+
+
+@pytest.fixture
+def panel(qtbot, state, monkeypatch):
+    monkeypatch.setattr(tp, "SHOW_DIALOGS", False)
+    p = tp.TrainPanel(state)
+    qtbot.addWidget(p)
+    p.resize(1280, 800)
+    p.show()
+    # the start-up jobs (device detection, parameter/FLOP count) end by themselves
+    qtbot.waitUntil(lambda: p._device_job is None and p._info_job is None, timeout=30000)
+    yield p
+    p.shutdown(60000)
+    qtbot.waitUntil(lambda: not p.is_busy(), timeout=10000)
+
+
+def configure(p: tp.TrainPanel, run_dir: Path, steps: int, batch: int = 16, preview: int = 0, **overrides) -> None:
+    p.data_edit.setText("builtin:256")
+    p.preset_combo.setCurrentIndex(p.preset_combo.findData("tiny"))
+    p.batch_spin.setValue(batch)
+    p.steps_spin.setValue(steps)
+    p.preview_spin.setValue(preview)
+    p.set_run_dir(run_dir)
+    p.set_overrides(**{"preview_steps": 3, "preview_n": 4, "log_every": 2, "checkpoint_minutes": 0, **overrides})
+
+
+# ----------------------------------------------------------------------------- pure helpers
+
+
+def test_coalesce_progress_concatenates_points_and_keeps_newest_scalars():
+    a = ev.Progress(2, 10, 0.5, 0.6, 10.0, 8.0, 1.0, 16, 1e-4, np.array([1, 2]), np.array([0.7, 0.5], np.float32))
+    b = ev.Progress(4, 10, 0.3, 0.55, 12.0, 6.0, 2.0, 16, 2e-4, np.array([3, 4]), np.array([0.4, 0.3], np.float32))
+    m = tp.coalesce_progress(a, b)
+    assert isinstance(m, ev.Progress)
+    assert m.step == 4 and m.loss == 0.3 and m.img_per_s == 12.0 and m.lr == 2e-4
+    np.testing.assert_array_equal(m.steps, [1, 2, 3, 4])
+    np.testing.assert_allclose(m.losses, [0.7, 0.5, 0.4, 0.3])
+    assert tp.coalesce_progress(a, ev.Notice("hi")) is None
+    assert tp.coalesce_progress(ev.Preview(1, np.zeros((1, 8, 8, 3), np.uint8)), b) is None
+
+
+def test_fmt_duration():
+    assert tp.fmt_duration(5) == "5s"
+    assert tp.fmt_duration(125) == "2m 05s"
+    assert tp.fmt_duration(3 * 3600 + 60) == "3h 01m"
+    assert tp.fmt_duration(float("nan")) == "–"
+
+
+# ----------------------------------------------------------------------------- loss plot
+
+
+def test_lossplot_smoothing_growth_and_log(qtbot):
+    w = lossplot.LossPlot()
+    qtbot.addWidget(w)
+    rng = np.random.default_rng(0)
+    y = rng.random(10_000) + 0.1
+    # appended in uneven chunks, past the initial capacity (4096): the buffer doubles
+    for s in np.split(np.arange(10_000), [3, 100, 5000, 9999]):
+        w.append(s, y[s])
+    assert w.n_points == 10_000
+    np.testing.assert_allclose(w.losses(), y)
+    # the smoothed curve equals a plain debiased EMA computed point by point
+    ref, e = [], 0.0
+    for i, v in enumerate(y[:500]):
+        e = 0.9 * e + 0.1 * v
+        ref.append(e / (1 - 0.9 ** (i + 1)))
+    np.testing.assert_allclose(w.smoothed()[:500], ref, rtol=1e-9)
+    w.append(np.array([10_000, 10_001]), np.array([np.nan, 0.5]))  # non-finite points are left out
+    assert w.n_points == 10_001
+    w.set_log(True)
+    assert w.log_box.isChecked() and w.plot.getPlotItem().ctrl.logYCheck.isChecked()
+    w.redraw()
+    w.clear()
+    assert w.n_points == 0
+
+
+def test_lossplot_200k_points_redraw_time(qtbot):
+    """Not a timing assertion: prints how long pushing and painting 200k points takes."""
+    w = lossplot.LossPlot()
+    qtbot.addWidget(w)
+    w.resize(900, 500)
+    w.show()
+    n = 200_000
+    steps = np.arange(1, n + 1)
+    losses = 0.05 + np.exp(-steps / 20_000) + 0.02 * np.random.default_rng(1).random(n)
+    t0 = time.perf_counter()
+    for chunk in np.array_split(np.arange(n), 200):  # as a live run delivers them
+        w.append(steps[chunk], losses[chunk])
+    append_ms = (time.perf_counter() - t0) * 1000
+    assert w.n_points == n
+    t0 = time.perf_counter()
+    w.redraw()
+    w.grab()  # paint: downsampling and clipping happen here
+    first = (time.perf_counter() - t0) * 1000
+    w.append(np.array([n + 1]), np.array([0.06]))
+    t0 = time.perf_counter()
+    w.redraw()
+    w.grab()
+    again = (time.perf_counter() - t0) * 1000
+    w.set_log(True)
+    t0 = time.perf_counter()
+    w.redraw()
+    w.grab()
+    log_ms = (time.perf_counter() - t0) * 1000
+    print(
+        f"\nLossPlot 200k points: append (200 chunks) {append_ms:.1f} ms, redraw+paint {first:.1f} ms, "
+        f"after one more point {again:.1f} ms, log y {log_ms:.1f} ms"
+    )
+
+
+def test_timestep_loss_plot(qtbot):
+    w = lossplot.TimestepLossPlot()
+    qtbot.addWidget(w)
+    v = np.linspace(1.0, 0.1, 100).astype(np.float32)
+    v[3] = np.nan
+    w.set_values(v)
+    assert len(w.values) == 100
+    w.clear()
+    assert len(w.values) == 0
+
+
+# ----------------------------------------------------------------------------- the panel
+
+
+def test_invalid_lr_disables_start(panel):
+    assert panel.start_btn.isEnabled()
+    panel.lr_edit.setText("abc")
+    assert not panel.start_btn.isEnabled()
+    assert not panel.config_error.isHidden()
+    assert "learning rate" in panel.config_error.text().lower()
+    assert panel.start() is False
+    panel.lr_edit.setText("0")
+    assert not panel.start_btn.isEnabled()
+    assert "positive" in panel.config_error.text()
+    panel.lr_edit.setText("3e-4")
+    assert panel.start_btn.isEnabled()
+    assert panel.config_error.isHidden()
+
+
+def test_amp_disabled_on_cpu_and_model_info_shown(panel):
+    if panel._device_is_cuda():
+        pytest.skip("a CUDA device is present")
+    assert not panel.amp_check.isEnabled()
+    assert not panel.amp_check.isChecked()
+    assert "CUDA" in panel.amp_check.toolTip()
+    assert "parameters" in panel.model_info_label.text()
+    assert panel.device_combo.findData("cpu") >= 0
+
+
+def test_short_training_run(qtbot, panel, state, tmp_path):
+    run_dir = tmp_path / "run"
+    configure(panel, run_dir, steps=30, batch=16, preview=10)
+    trainings = []
+    state.trainingChanged.connect(trainings.append)
+    assert panel.start() is True
+    assert panel.is_busy() and state.training
+    qtbot.waitUntil(lambda: not panel.is_busy(), timeout=120_000)
+    assert panel.error_label.isHidden(), panel.error_label.text()
+    assert panel.last_finished is not None and panel.last_finished.reason == "completed"
+    assert panel.last_step == 30
+    assert panel.loss_plot.n_points >= 10
+    assert panel.preview_grid.count() == 4  # at least one Preview arrived
+    assert "step 30" in panel.preview_label.text()
+    assert panel.progress.value() == 30
+    ckpts = list((run_dir / "checkpoints").glob("step_*.safetensors"))
+    assert ckpts and Path(panel.last_checkpoint).exists()
+    qtbot.waitUntil(lambda: state.bundle is not None, timeout=10_000)
+    assert state.bundle.step == 30 and state.bundle.preset == "tiny"
+    assert trainings == [True, False] and not state.training
+    assert str(panel.last_checkpoint) in state.recent()
+    assert panel.start_btn.isEnabled() and not panel.stop_btn.isEnabled()
+    assert panel.log_list.count() > 0
+
+
+def test_pause_resume_stop(qtbot, panel, state, tmp_path):
+    run_dir = tmp_path / "long"
+    configure(panel, run_dir, steps=100_000, batch=4, log_every=1)
+    assert panel.start()
+    qtbot.waitUntil(lambda: panel.last_step >= 2, timeout=60_000)
+    assert panel.use_btn.isEnabled()
+    panel.pause()
+    qtbot.waitUntil(lambda: "Paused" in panel.stats_label.text(), timeout=30_000)
+    assert panel.pause_btn.text() == "&Resume"
+    s1 = panel.trainer.step
+    qtbot.wait(600)
+    assert panel.trainer.step == s1  # no steps while paused
+    panel.use_current_weights()  # sample from the model being trained
+    assert state.bundle is not None and state.bundle.step == s1
+    panel.resume()
+    qtbot.waitUntil(lambda: panel.trainer.step > s1, timeout=30_000)
+    panel.stop()
+    qtbot.waitUntil(lambda: not panel.is_busy(), timeout=60_000)
+    assert panel.last_finished is not None and panel.last_finished.reason == "stopped"
+    assert panel.last_finished.step < 100_000
+    assert Path(panel.last_checkpoint).exists()
+    assert not state.training
+
+
+def test_resume_run(qtbot, panel, tmp_path):
+    run_dir = tmp_path / "resumable"
+    configure(panel, run_dir, steps=6, batch=4)
+    assert panel.start()
+    qtbot.waitUntil(lambda: not panel.is_busy(), timeout=60_000)
+    assert panel.last_finished.reason == "completed"
+    # starting a new run in the same folder is refused with a message
+    assert panel.start() is False
+    assert "already holds a run" in panel.error_label.text()
+    # extend the run's config, then resume it from the folder
+    import json
+
+    cfg = json.loads((run_dir / "config.json").read_text())
+    cfg["steps"] = 10
+    (run_dir / "config.json").write_text(json.dumps(cfg))
+    assert panel.resume_run(run_dir) is True
+    qtbot.waitUntil(lambda: not panel.is_busy(), timeout=60_000)
+    assert panel.last_finished is not None and panel.last_finished.step == 10
+    assert panel.steps_spin.value() == 10  # the form shows the resumed run's settings
+
+
+def test_resume_run_rejects_a_non_run_folder(panel, tmp_path):
+    assert panel.resume_run(tmp_path) is False
+    assert "not a run folder" in panel.error_label.text()
+    assert not panel.is_busy()
+
+
+def test_failed_run_shows_message_and_reenables(qtbot, panel, tmp_path):
+    panel.set_run_dir(tmp_path / "bad")
+    panel.data_edit.setText(str(tmp_path / "no-such-folder"))
+    panel.steps_spin.setValue(5)
+    assert panel.start()
+    qtbot.waitUntil(lambda: not panel.is_busy(), timeout=60_000)
+    assert not panel.error_label.isHidden() and panel.error_label.text()
+    assert panel.start_btn.isEnabled()
