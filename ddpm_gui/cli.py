@@ -345,7 +345,7 @@ def cmd_forward(args) -> int:
     strip = make_grid(np.stack([frames[i] for i in idx]), columns=len(idx), scale=args.scale)
     save_png(args.out, strip)
     s = sched.summary()
-    print(f"wrote {args.out}: steps {list(idx)} of T={sched.T}; alpha_bar_T = {s['alpha_bar_T']:.3f} "
+    print(f"wrote {args.out}: steps {idx.tolist()} of T={sched.T}; alpha_bar_T = {s['alpha_bar_T']:.3f} "
           f"(x_T keeps {100 * s['signal_left_at_T']:.0f}% of the image)")
     if args.gif:
         save_gif(args.gif, [f.repeat(args.scale, 0).repeat(args.scale, 1) for f in frames])

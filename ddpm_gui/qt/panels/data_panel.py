@@ -68,10 +68,9 @@ def load_iter(spec: str, image_size: int, limit: int | None, cancel: threading.E
     callback only puts tuples in a queue (it cannot emit Qt signals itself)."""
     data = _data_api()
     if check_hub:
+        # load_data itself probes the Hub (hub_reachable, here in the worker) before importing
+        # `datasets`, and goes offline at once when it cannot be reached: no second probe here
         yield ("progress", 0, 0, "Checking the connection to the Hugging Face Hub…")
-        reachable = getattr(data, "hub_reachable", lambda timeout=1.5: True)()
-        if not reachable:
-            yield ("progress", 0, 0, "The Hub is not reachable: looking in the local cache…")
     q: queue.Queue = queue.Queue()
     box: dict = {}
 

@@ -1,0 +1,137 @@
+"""Forward process panel: the schedule editor, its plots and warning, and the two processes' frames."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ddpm_gui.core.schedule import SCHEDULE_PRESETS
+from ddpm_gui.qt.panels.forward_panel import ForwardPanel
+
+pytestmark = pytest.mark.qt
+
+
+@pytest.fixture
+def panel(qtbot, state, builtin_data):
+    state.set_data(builtin_data)
+    p = ForwardPanel(state)
+    qtbot.addWidget(p, before_close_func=lambda w: w.shutdown(10000))
+    p.resize(1200, 800)
+    p.show()
+    _wait_frames(qtbot, p)
+    return p
+
+
+def _wait_frames(qtbot, p, T=None):
+    T = p.schedule().T if T is None else T
+    qtbot.waitUntil(lambda: not p.is_busy() and p.frame_count() == T + 1 and not p._recompute_timer.isActive(),
+                    timeout=20000)
+
+
+def _corr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a.astype(np.float64).ravel(), b.astype(np.float64).ravel())[0, 1])
+
+
+def test_frames_for_the_tutorial_schedule(panel, builtin_data):
+    f = panel.frames()
+    assert panel.schedule().T == 100 and panel.frame_count() == 101
+    assert f.iterative.shape == f.closed.shape == (101, 32, 32, 3)
+    x0 = builtin_data.images[0]
+    np.testing.assert_array_equal(panel.clean_image(), x0)
+    np.testing.assert_array_equal(f.iterative[0], x0)
+    np.testing.assert_array_equal(f.closed[0], x0)
+    assert "36%" in panel.warning_text() and "0.131" in panel.warning_text()
+
+
+def _contrast_image() -> np.ndarray:
+    img = np.zeros((32, 32, 3), np.uint8)
+    img[:, 16:] = 255  # x_0 = -1 on the left, +1 on the right
+    return img
+
+
+def test_tutorial_x_T_still_holds_the_image(qtbot, panel):
+    panel.set_image(_contrast_image(), "halves")
+    _wait_frames(qtbot, panel)
+    # alpha_bar_T = 0.131: x_T = 0.36 x_0 + 0.93 eps, visibly correlated with x_0 (about 0.36)
+    assert _corr(panel.frames().closed[-1], _contrast_image()) > 0.25
+    assert _corr(panel.frames().iterative[-1], _contrast_image()) > 0.25
+
+
+
+def test_cosine_ends_in_noise_and_hides_the_warning(qtbot, panel):
+    panel.set_image(_contrast_image(), "halves")
+    panel.set_schedule("cosine")
+    _wait_frames(qtbot, panel)
+    assert panel.preset_combo.currentData() == "cosine"
+    assert panel.warning_text() == ""
+    last = panel.frames().closed[-1].astype(np.float64)
+    assert abs(_corr(last, _contrast_image())) < 0.1
+    # N(0, 1) clipped to [-1, 1] and mapped to 0..255: mean ~127.5, std ~ 0.72 * 127.5 = 92
+    assert 110 < last.mean() < 145 and 75 < last.std() < 110
+    # zero terminal SNR: also no warning
+    panel.set_schedule("tutorial-zero-snr")
+    assert panel.warning_text() == ""
+    panel.set_schedule("tutorial")
+    assert panel.warning_text() != ""
+
+
+def test_editing_T_updates_plots_and_frames(qtbot, panel):
+    panel.T_spin.setValue(50)
+    assert len(panel.curves["beta"].getData()[0]) == 50
+    assert len(panel.curves["alpha_bar"].getData()[1]) == 50
+    assert len(panel.curves["snr"].getData()[1]) == 50
+    assert panel.preset_combo.currentData() == "(custom)"
+    _wait_frames(qtbot, panel, 50)
+    panel.player.set_current(25)
+    np.testing.assert_array_equal(panel.iter_view.images()[0], panel.frames().iterative[25])
+    np.testing.assert_array_equal(panel.closed_view.images()[0], panel.frames().closed[25])
+    assert "step 25 / 50" in panel.frame_label.text()
+
+
+def test_invalid_beta_keeps_the_last_valid_schedule(qtbot, panel):
+    before = panel.schedule()
+    panel.beta_end_spin.setValue(0.00005)  # below beta_start = 1e-4
+    assert "beta_end" in panel.error_text()
+    assert panel.schedule() is before
+    assert len(panel.curves["beta"].getData()[0]) == before.T
+    panel.beta_start_spin.setValue(0.0)
+    assert "beta_start" in panel.error_text()
+    panel.beta_start_spin.setValue(0.0001)
+    panel.beta_end_spin.setValue(0.02)
+    assert panel.error_text() == ""
+    assert panel.schedule().config.beta_end == pytest.approx(0.02)
+
+
+def test_long_schedule_runs_in_the_background(qtbot, panel):
+    panel.set_schedule("ddpm-paper")  # T = 1000
+    assert SCHEDULE_PRESETS["ddpm-paper"].T == 1000
+    _wait_frames(qtbot, panel, 1000)
+    assert panel.frames().iterative.shape[0] == 1001
+
+
+def test_seed_resample_and_image_choice(qtbot, panel, builtin_data, tmp_path):
+    first = panel.frames().closed[50].copy()
+    panel.seed_spin.setValue(panel.seed_spin.value() + 1)
+    _wait_frames(qtbot, panel)
+    qtbot.waitUntil(lambda: not np.array_equal(panel.frames().closed[50], first), timeout=10000)
+    panel.index_spin.setValue(7)
+    np.testing.assert_array_equal(panel.clean_image(), builtin_data.images[7])
+    _wait_frames(qtbot, panel)
+    np.testing.assert_array_equal(panel.frames().iterative[0], builtin_data.images[7])
+    panel.strip.clicked.emit(2)  # the strip shows images 0..7
+    assert panel.index_spin.value() == 2
+    path = tmp_path / "photo.png"
+    Image.fromarray(np.full((64, 80, 3), 200, np.uint8)).save(path)
+    assert panel.open_image(str(path))
+    assert panel.clean_image().shape == (32, 32, 3) and panel.clean_image().mean() == pytest.approx(200, abs=1)
+    _wait_frames(qtbot, panel)
+    assert not panel.open_image(str(tmp_path / "missing.png"))
+
+
+def test_steps_strip_shows_six_steps(panel):
+    strip = panel.steps_strip
+    assert strip.count() == 12  # 6 iterative + 6 closed form
+    assert strip.captions()[:6] == ["t=0", "t=20", "t=40", "t=60", "t=80", "t=100"]
+    strip.clicked.emit(3)
+    assert panel.player.current() == 60
