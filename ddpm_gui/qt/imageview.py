@@ -34,7 +34,7 @@ import math
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QPointF, QSize, Qt, QTimer, Signal, Slot
-from PySide6.QtGui import QColor, QKeySequence, QPalette, QShortcut
+from PySide6.QtGui import QColor, QFontMetrics, QKeySequence, QPalette, QShortcut
 from PySide6.QtWidgets import (
     QApplication,
     QComboBox,
@@ -92,7 +92,9 @@ class ImageGrid(QWidget):
     CAPTION_PX = 16  # screen pixels reserved under each tile for its caption
     MIN_CAPTION_TILE_PX = 36  # captions are hidden when tiles are shown smaller than this
 
-    def __init__(self, parent: QWidget | None = None, columns: int | None = None, captions_visible: bool = True):
+    def __init__(
+        self, parent: QWidget | None = None, columns: int | None = None, captions_visible: bool = True
+    ):
         super().__init__(parent)
         self._images = np.zeros((0, 1, 1, 3), np.uint8)
         self._captions: list[str] | None = None
@@ -220,8 +222,10 @@ class ImageGrid(QWidget):
             self._item.clear()
             return
         h, w = self._images.shape[1:3]
-        vw, vh = self._view_widget.width(), self._view_widget.height()
+        vw, vh = self._view_size()
         cols, scale = self._choose_layout(vw, vh)
+        if scale >= 2:
+            scale = math.floor(scale)  # whole screen pixels per image pixel: every pixel the same size
         rows = math.ceil(n / cols)
         show_caps = self._show_captions() and scale * w >= self.MIN_CAPTION_TILE_PX
         cap_gap = math.ceil(self.CAPTION_PX / scale) if show_caps else 0
@@ -240,14 +244,29 @@ class ImageGrid(QWidget):
             fg = self.palette().color(QPalette.ColorRole.Text)
             font = self.font()
             font.setPointSizeF(max(7.0, font.pointSizeF() * 0.9))
+            metrics = QFontMetrics(font)
+            room = max(8, int(scale * px) - 4)  # screen pixels available under one tile
             for i, text in enumerate(self._captions or []):
                 r, c = divmod(i, cols)
-                item = pg.TextItem(text, color=fg, anchor=(0.5, 0.0))
+                shown = metrics.elidedText(text, Qt.TextElideMode.ElideRight, room)
+                item = pg.TextItem(shown, color=fg, anchor=(0.5, 0.0))
                 item.setFont(font)
+                if shown != text:
+                    item.setToolTip(text)
                 item.setPos(QPointF(c * px + w / 2, r * py + h))
                 self._vb.addItem(item)
                 self._text_items.append(item)
-        self._vb.setRange(xRange=(0, mosaic.shape[1]), yRange=(0, mosaic.shape[0]), padding=0.0)
+        # centre the mosaic in the view at exactly `scale` screen pixels per image pixel
+        cx, cy = mosaic.shape[1] / 2, mosaic.shape[0] / 2
+        half_w, half_h = max(vw, 1) / (2 * scale), max(vh, 1) / (2 * scale)
+        self._vb.setRange(xRange=(cx - half_w, cx + half_w), yRange=(cy - half_h, cy + half_h), padding=0.0)
+
+    def _view_size(self) -> tuple[float, float]:
+        """Pixels the ViewBox covers (the whole view widget when not laid out yet)."""
+        g = self._vb.geometry()
+        if g.width() > 1 and g.height() > 1:
+            return g.width(), g.height()
+        return float(self._view_widget.width()), float(self._view_widget.height())
 
     def resizeEvent(self, event) -> None:  # noqa: N802 - Qt API
         super().resizeEvent(event)
@@ -291,7 +310,7 @@ class FramePlayer(QWidget):
         self._play_btn = QToolButton(self)
         self._play_btn.setToolTip("Play / pause (Space)")
         self._play_btn.setCheckable(True)
-        self._play_btn.setText("&Play")
+        self._play_btn.setText("Play")
         self._play_btn.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
         self._play_btn.setIcon(st.standardIcon(QStyle.StandardPixmap.SP_MediaPlay))
         self._play_btn.toggled.connect(self._on_play_toggled)
@@ -472,11 +491,11 @@ class FramePlayer(QWidget):
             if self._count and self._current >= self._count - 1 and not self._expected_more():
                 self.set_current(0)  # replay from the start
             self._timer.start()
-            self._play_btn.setText("&Pause")
+            self._play_btn.setText("Pause")
             self._play_btn.setIcon(st.standardIcon(QStyle.StandardPixmap.SP_MediaPause))
         else:
             self._timer.stop()
-            self._play_btn.setText("&Play")
+            self._play_btn.setText("Play")
             self._play_btn.setIcon(st.standardIcon(QStyle.StandardPixmap.SP_MediaPlay))
         self.playingChanged.emit(playing)
 

@@ -153,7 +153,9 @@ class LossPlot(QWidget):
                 new[: self._n] = old[: self._n]
                 setattr(self, name, new)
             self._cap = cap
-        sm, self._ema_state, self._ema_count = ema_block(losses, self._decay, self._ema_state, self._ema_count)
+        sm, self._ema_state, self._ema_count = ema_block(
+            losses, self._decay, self._ema_state, self._ema_count
+        )
         self._x[self._n : need] = steps
         self._y[self._n : need] = losses
         self._ys[self._n : need] = sm

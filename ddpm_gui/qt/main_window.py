@@ -10,6 +10,7 @@ new user) so there is something to look at at once.
 from __future__ import annotations
 
 import importlib
+import os
 import platform
 import sys
 import time
@@ -86,8 +87,9 @@ class _LoadingPage(QWidget):
 class MainWindow(QMainWindow):
     engineReady = Signal()
 
-    def __init__(self, settings: QSettings | None = None, state: AppState | None = None,
-                 parent: QWidget | None = None):
+    def __init__(
+        self, settings: QSettings | None = None, state: AppState | None = None, parent: QWidget | None = None
+    ):
         super().__init__(parent)
         self.state = state if state is not None else AppState(settings, self)
         self.settings = self.state.settings
@@ -101,11 +103,12 @@ class MainWindow(QMainWindow):
         self._bundle_job: Job | None = None
         self._bundle_path = ""
         self._closing = False
+        self._build_queue: list[int] = []
         self.engine_info: dict = {}
 
         self.tabs = QTabWidget(self)
         self.tabs.setDocumentMode(True)
-        for _module, cls, title in PANELS:
+        for _module, _cls, title in PANELS:
             self.tabs.addTab(_LoadingPage(title, self), title)
         self.setCentralWidget(self.tabs)
 
@@ -214,31 +217,49 @@ class MainWindow(QMainWindow):
         self._engine_job = None
 
     def _build_panels(self) -> None:
+        """Build the panels one per event-loop turn (the visible tab first), so the window keeps
+        painting and answering input between them instead of stalling for all five at once."""
         current = self.tabs.currentIndex()
-        for i, (module, cls, title) in enumerate(PANELS):
-            try:
-                panel_cls = getattr(importlib.import_module(module), cls)
-            except ImportError as exc:  # a panel not written yet, or an optional dependency missing
-                page = QLabel(f"<h3>{title}</h3><p>Not available in this build: {exc}</p>", self)
-                page.setAlignment(Qt.AlignmentFlag.AlignCenter)
-                page.setWordWrap(True)
-                page.setObjectName(f"placeholder_{cls}")
-            else:
-                page = panel_cls(self.state, self)
-                self.panels[cls] = page
-            old = self.tabs.widget(i)
-            self.tabs.removeTab(i)
-            self.tabs.insertTab(i, page, title)
-            old.deleteLater()
+        self._build_queue = [current] + [i for i in range(len(PANELS)) if i != current]
+        self._build_next_panel()
+
+    @Slot()
+    def _build_next_panel(self) -> None:
+        if self._closing or not self._build_queue:
+            return
+        i = self._build_queue.pop(0)
+        module, cls, title = PANELS[i]
+        try:
+            panel_cls = getattr(importlib.import_module(module), cls)
+        except ImportError as exc:  # a panel not written yet, or an optional dependency missing
+            page = QLabel(f"<h3>{title}</h3><p>Not available in this build: {exc}</p>", self)
+            page.setAlignment(Qt.AlignmentFlag.AlignCenter)
+            page.setWordWrap(True)
+            page.setObjectName(f"placeholder_{cls}")
+        else:
+            page = panel_cls(self.state, self)
+            self.panels[cls] = page
+        current = self.tabs.currentIndex()
+        old = self.tabs.widget(i)
+        self.tabs.blockSignals(True)
+        self.tabs.removeTab(i)
+        self.tabs.insertTab(i, page, title)
         self.tabs.setCurrentIndex(current)
+        self.tabs.blockSignals(False)
+        old.deleteLater()
+        if cls == "DataPanel" and hasattr(page, "autoload"):
+            QTimer.singleShot(0, page.autoload)  # data at once, while the other panels are built
+        if self._build_queue:
+            QTimer.singleShot(0, self._build_next_panel)
+        else:
+            self._finish_startup()
+
+    def _finish_startup(self) -> None:
         self._ready = True
         for act in (self.open_action, self.open_run_action):
             act.setEnabled(True)
         self._rebuild_recent()
         self.statusBar().showMessage(f"Ready (PyTorch {self.engine_info.get('torch', '?')})", 5000)
-        data_panel = self.panels.get("DataPanel")
-        if data_panel is not None and hasattr(data_panel, "autoload"):
-            QTimer.singleShot(0, data_panel.autoload)
         self.engineReady.emit()
 
     def panel(self, name: str) -> QWidget | None:
@@ -308,10 +329,9 @@ class MainWindow(QMainWindow):
         return box
 
     def about_text(self) -> str:
+        import pyqtgraph
         from PySide6 import __version__ as pyside_version
         from PySide6.QtCore import qVersion
-
-        import pyqtgraph
 
         from ddpm_gui import __version__
 
@@ -338,7 +358,10 @@ class MainWindow(QMainWindow):
     def confirm(self, title: str, text: str) -> bool:
         """Ask yes/no (a method so tests can replace it)."""
         answer = QMessageBox.question(
-            self, title, text, QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+            self,
+            title,
+            text,
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
             QMessageBox.StandardButton.No,
         )
         return answer == QMessageBox.StandardButton.Yes
@@ -370,10 +393,14 @@ class MainWindow(QMainWindow):
     def shutdown(self, timeout_ms: int = 60000) -> None:
         """Stop every job (the train panel saves a checkpoint) and wait for the threads to end."""
         self._closing = True
-        for panel in self.panels.values():
+        timing = os.environ.get("DDPM_GUI_TIMING", "") not in ("", "0")
+        for name, panel in self.panels.items():
             stop = getattr(panel, "shutdown", None)
             if stop is not None:
+                t0 = time.perf_counter()
                 stop(timeout_ms)
+                if timing:
+                    print(f"{name}.shutdown took {time.perf_counter() - t0:.3f} s", flush=True)
         for job in (self._engine_job, self._bundle_job):
             if job is not None:
                 job.request_stop()

@@ -59,7 +59,9 @@ def no_thread_leaks(monkeypatch):
     app = QApplication.instance()
     if app is not None:
         app.processEvents()  # deliver the jobs' queued `done` signals
-    py_leaked = [t for t in threading.enumerate() if t not in before and t.name.startswith("ddpm-") and t.is_alive()]
+    py_leaked = [
+        t for t in threading.enumerate() if t not in before and t.name.startswith("ddpm-") and t.is_alive()
+    ]
     for t in py_leaked:
         t.join(THREAD_GRACE_MS / 1000)
     py_leaked = [t for t in py_leaked if t.is_alive()]

@@ -98,7 +98,9 @@ def test_local_folder_with_class_subfolders(qtbot, panel, state, tmp_path):
     for cls in ("cats", "dogs"):
         (tmp_path / cls).mkdir()
         for i in range(3):
-            Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(tmp_path / cls / f"{i}.png")
+            Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(
+                tmp_path / cls / f"{i}.png"
+            )
     (tmp_path / "dogs" / "broken.png").write_bytes(b"not a png")
     panel.set_spec(str(tmp_path))
     assert panel.source_kind() == FOLDER

@@ -25,8 +25,10 @@ def panel(qtbot, state, builtin_data):
 
 def _wait_frames(qtbot, p, T=None):
     T = p.schedule().T if T is None else T
-    qtbot.waitUntil(lambda: not p.is_busy() and p.frame_count() == T + 1 and not p._recompute_timer.isActive(),
-                    timeout=20000)
+    qtbot.waitUntil(
+        lambda: not p.is_busy() and p.frame_count() == T + 1 and not p._recompute_timer.isActive(),
+        timeout=20000,
+    )
 
 
 def _corr(a: np.ndarray, b: np.ndarray) -> float:
@@ -56,7 +58,6 @@ def test_tutorial_x_T_still_holds_the_image(qtbot, panel):
     # alpha_bar_T = 0.131: x_T = 0.36 x_0 + 0.93 eps, visibly correlated with x_0 (about 0.36)
     assert _corr(panel.frames().closed[-1], _contrast_image()) > 0.25
     assert _corr(panel.frames().iterative[-1], _contrast_image()) > 0.25
-
 
 
 def test_cosine_ends_in_noise_and_hides_the_warning(qtbot, panel):
@@ -124,7 +125,9 @@ def test_seed_resample_and_image_choice(qtbot, panel, builtin_data, tmp_path):
     path = tmp_path / "photo.png"
     Image.fromarray(np.full((64, 80, 3), 200, np.uint8)).save(path)
     assert panel.open_image(str(path))
-    assert panel.clean_image().shape == (32, 32, 3) and panel.clean_image().mean() == pytest.approx(200, abs=1)
+    assert panel.clean_image().shape == (32, 32, 3) and panel.clean_image().mean() == pytest.approx(
+        200, abs=1
+    )
     _wait_frames(qtbot, panel)
     assert not panel.open_image(str(tmp_path / "missing.png"))
 

@@ -18,6 +18,18 @@ from ddpm_gui.qt.state import AppState  # noqa: E402
 pytestmark = pytest.mark.qt
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One intra-op thread while these tests train: on a busy 2-core machine two OpenMP threads stall
+    on each other (a 30-step run measured 68 s with 2 threads, 9 s with 1)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def state(settings):
     return AppState(settings)
@@ -37,22 +49,30 @@ def panel(qtbot, state, monkeypatch):
     qtbot.waitUntil(lambda: not p.is_busy(), timeout=10000)
 
 
-def configure(p: tp.TrainPanel, run_dir: Path, steps: int, batch: int = 16, preview: int = 0, **overrides) -> None:
+def configure(
+    p: tp.TrainPanel, run_dir: Path, steps: int, batch: int = 16, preview: int = 0, **overrides
+) -> None:
     p.data_edit.setText("builtin:256")
     p.preset_combo.setCurrentIndex(p.preset_combo.findData("tiny"))
     p.batch_spin.setValue(batch)
     p.steps_spin.setValue(steps)
     p.preview_spin.setValue(preview)
     p.set_run_dir(run_dir)
-    p.set_overrides(**{"preview_steps": 3, "preview_n": 4, "log_every": 2, "checkpoint_minutes": 0, **overrides})
+    p.set_overrides(
+        **{"preview_steps": 3, "preview_n": 4, "log_every": 2, "checkpoint_minutes": 0, **overrides}
+    )
 
 
 # ----------------------------------------------------------------------------- pure helpers
 
 
 def test_coalesce_progress_concatenates_points_and_keeps_newest_scalars():
-    a = ev.Progress(2, 10, 0.5, 0.6, 10.0, 8.0, 1.0, 16, 1e-4, np.array([1, 2]), np.array([0.7, 0.5], np.float32))
-    b = ev.Progress(4, 10, 0.3, 0.55, 12.0, 6.0, 2.0, 16, 2e-4, np.array([3, 4]), np.array([0.4, 0.3], np.float32))
+    a = ev.Progress(
+        2, 10, 0.5, 0.6, 10.0, 8.0, 1.0, 16, 1e-4, np.array([1, 2]), np.array([0.7, 0.5], np.float32)
+    )
+    b = ev.Progress(
+        4, 10, 0.3, 0.55, 12.0, 6.0, 2.0, 16, 2e-4, np.array([3, 4]), np.array([0.4, 0.3], np.float32)
+    )
     m = tp.coalesce_progress(a, b)
     assert isinstance(m, ev.Progress)
     assert m.step == 4 and m.loss == 0.3 and m.img_per_s == 12.0 and m.lr == 2e-4
@@ -208,7 +228,8 @@ def test_pause_resume_stop(qtbot, panel, state, tmp_path):
     qtbot.wait(600)
     assert panel.trainer.step == s1  # no steps while paused
     panel.use_current_weights()  # sample from the model being trained
-    assert state.bundle is not None and state.bundle.step == s1
+    qtbot.waitUntil(lambda: state.bundle is not None, timeout=30_000)
+    assert state.bundle.step == s1 and "training run" in state.bundle.source
     panel.resume()
     qtbot.waitUntil(lambda: panel.trainer.step > s1, timeout=30_000)
     panel.stop()
@@ -254,3 +275,41 @@ def test_failed_run_shows_message_and_reenables(qtbot, panel, tmp_path):
     qtbot.waitUntil(lambda: not panel.is_busy(), timeout=60_000)
     assert not panel.error_label.isHidden() and panel.error_label.text()
     assert panel.start_btn.isEnabled()
+
+
+def test_conditional_run_on_data_panel_data(qtbot, panel, state, builtin_data, tmp_path, monkeypatch):
+    """Data from the Data tab (labelled): class-conditional training, then guided sampling of one class."""
+    from ddpm_gui.qt.panels import sample_panel as sp
+
+    state.set_data(builtin_data)
+    assert not panel.data_edit.isEnabled() and panel.data_edit.text() == builtin_data.source
+    assert not panel.size_spin.isEnabled() and panel.size_spin.value() == builtin_data.size
+    assert panel.cond_check.isEnabled()
+    assert "10 classes" in panel.data_note.text()
+    panel.cond_check.setChecked(True)
+    panel.batch_spin.setValue(4)
+    panel.steps_spin.setValue(4)
+    panel.preview_spin.setValue(0)
+    panel.set_run_dir(tmp_path / "cond")
+    panel.set_overrides(log_every=1, checkpoint_minutes=0)
+    assert panel.start()
+    qtbot.waitUntil(lambda: not panel.is_busy(), timeout=60_000)
+    assert panel.last_finished is not None and panel.last_finished.reason == "completed"
+    qtbot.waitUntil(lambda: state.bundle is not None, timeout=10_000)
+    assert state.bundle.num_classes == 10
+
+    monkeypatch.setattr(sp, "SHOW_DIALOGS", False)
+    s = sp.SamplePanel(state)
+    qtbot.addWidget(s)
+    assert s.class_combo.isEnabled() and s.class_combo.count() == 11
+    assert not s.guidance_spin.isEnabled()  # "any class" selected
+    s.class_combo.setCurrentIndex(s.class_combo.findData(2))
+    assert s.guidance_spin.isEnabled()
+    s.sampler_form.set_key("ddim")
+    s.sampler_form.steps_spin.setValue(3)
+    s.n_spin.setValue(2)
+    assert s.sample_config().class_label == 2 and s.sample_config().guidance == 3.0
+    assert s.generate()
+    qtbot.waitUntil(lambda: s._job is None, timeout=60_000)
+    assert s.error_label.isHidden(), s.error_label.text()
+    assert s.frames()[-1].final and s.xt_grid.count() == 2

@@ -49,7 +49,9 @@ SOURCE_LABELS = {
 }
 HUB_IDS = ("cifar10", "mnist", "fashion_mnist")
 PAGE_SIZES = (20, 50, 100, 200)
-OFFLINE_HINT = "Use the built-in shapes (source 'builtin', no download needed) or pick a local folder of images."
+OFFLINE_HINT = (
+    "Use the built-in shapes (source 'builtin', no download needed) or pick a local folder of images."
+)
 
 
 def _data_api():
@@ -77,7 +79,11 @@ def load_iter(spec: str, image_size: int, limit: int | None, cancel: threading.E
     def work() -> None:
         try:
             box["data"] = data.load_data(
-                spec, image_size, limit=limit, progress=lambda d, t, m: q.put(("progress", d, t, m)), cancel=cancel
+                spec,
+                image_size,
+                limit=limit,
+                progress=lambda d, t, m: q.put(("progress", d, t, m)),
+                cancel=cancel,
             )
         except BaseException as exc:  # noqa: BLE001 - re-raised in the worker below
             box["error"] = exc
@@ -214,9 +220,9 @@ class DataPanel(QWidget):
         self.error_label.setStyleSheet(WARNING_STYLE)
         eb.addWidget(self.error_label)
         eb_btns = QHBoxLayout()
-        self.use_builtin_btn = QPushButton("Use &built-in shapes", self.error_box)
+        self.use_builtin_btn = QPushButton("Use built-i&n shapes", self.error_box)
         self.use_builtin_btn.clicked.connect(self.use_builtin)
-        self.pick_folder_btn = QPushButton("Pick a &folder…", self.error_box)
+        self.pick_folder_btn = QPushButton("Pick a fol&der…", self.error_box)
         self.pick_folder_btn.clicked.connect(self.pick_folder)
         eb_btns.addWidget(self.use_builtin_btn)
         eb_btns.addWidget(self.pick_folder_btn)
@@ -232,7 +238,7 @@ class DataPanel(QWidget):
         self.info_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.info_label.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
         ib.addWidget(self.info_label)
-        self.open_cache_btn = QPushButton("Open cache f&older", info_box)
+        self.open_cache_btn = QPushButton("Show cache fold&er", info_box)
         self.open_cache_btn.setToolTip("Show where the decoded images are cached")
         self.open_cache_btn.setEnabled(False)
         self.open_cache_btn.clicked.connect(self.open_cache_folder)
@@ -263,29 +269,34 @@ class DataPanel(QWidget):
             self.page_size_combo.addItem(f"{n} per page", n)
         self.page_size_combo.setCurrentIndex(PAGE_SIZES.index(50))
         self.page_size_combo.currentIndexChanged.connect(self._on_page_size_changed)
-        self.prev_btn = QPushButton("◀ Pre&vious", prev_box)
+        self.prev_btn = QPushButton("◀ P&revious", prev_box)
         self.prev_btn.clicked.connect(lambda: self.set_page(self._page - 1))
         self.next_btn = QPushButton("Ne&xt ▶", prev_box)
         self.next_btn.clicked.connect(lambda: self.set_page(self._page + 1))
         self.page_label = QLabel("", prev_box)
-        self.page_label.setMinimumWidth(150)
-        self.page_label.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        self.page_label.setMinimumWidth(140)
+        self.page_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
         bar.addWidget(cls_lbl)
         bar.addWidget(self.class_combo)
-        bar.addWidget(self.page_size_combo)
         bar.addStretch(1)
-        bar.addWidget(self.page_label)
-        bar.addWidget(self.prev_btn)
-        bar.addWidget(self.next_btn)
+        bar.addWidget(self.page_size_combo)
         pv.addLayout(bar)
         self.grid = ImageGrid(prev_box)
         self.grid.setMinimumSize(320, 240)
+        self.grid.setToolTip("Click an image to see its index and class in the status bar")
         self.grid.clicked.connect(self._on_grid_clicked)
         pv.addWidget(self.grid, 1)
         self.placeholder = QLabel("Load a dataset to see its images here.", prev_box)
         self.placeholder.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.placeholder.setStyleSheet(INFO_STYLE)
-        pv.addWidget(self.placeholder)
+        pv.addWidget(self.placeholder, 1)
+        nav = QHBoxLayout()
+        nav.addStretch(1)
+        nav.addWidget(self.prev_btn)
+        nav.addWidget(self.page_label)
+        nav.addWidget(self.next_btn)
+        nav.addStretch(1)
+        pv.addLayout(nav)
         self.grid.setVisible(False)
         prev_box.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
 
@@ -402,7 +413,9 @@ class DataPanel(QWidget):
         self._loading_spec = spec
         self._cancel = cancel = threading.Event()
         check_hub = self.source_kind() == HUB
-        self._job = Job(lambda: load_iter(spec, size, limit, cancel, check_hub), parent=self, on_stop=cancel.set)
+        self._job = Job(
+            lambda: load_iter(spec, size, limit, cancel, check_hub), parent=self, on_stop=cancel.set
+        )
         self._job.event.connect(self._on_job_event)
         self._job.failed.connect(self._on_job_failed)
         self._job.done.connect(self._on_job_done)
@@ -429,7 +442,14 @@ class DataPanel(QWidget):
     def _set_loading(self, loading: bool) -> None:
         self.load_btn.setEnabled(not loading)
         self.cancel_btn.setEnabled(loading)
-        for w in (self.source_combo, self.hub_combo, self.path_edit, self.browse_btn, self.size_spin, self.limit_spin):
+        for w in (
+            self.source_combo,
+            self.hub_combo,
+            self.path_edit,
+            self.browse_btn,
+            self.size_spin,
+            self.limit_spin,
+        ):
             w.setEnabled(not loading)
         if loading:
             self.progress.setRange(0, 0)
@@ -525,6 +545,9 @@ class DataPanel(QWidget):
         rows.append(("Skipped", f"{d.skipped} file(s) that could not be read" if d.skipped else "none"))
         rows.append(("Memory", f"{d.images.nbytes / 1e6:.1f} MB"))
         cache = str(d.cache_path) if d.cache_path else "not cached"
+        home = str(Path.home())
+        if cache.startswith(home + os.sep):
+            cache = "~" + cache[len(home) :]
         rows.append(("Cache", f"<span style='font-size:small'>{html.escape(cache)}</span>"))
         self.info_label.setText(
             "<table cellspacing='2'>"

@@ -254,7 +254,10 @@ class DenoisePanel(QWidget):
         """Use an image file (any size; centre-cropped and resized to the model's size)."""
         if path is None:
             path, _ = QFileDialog.getOpenFileName(
-                self, "Open image", str(Path.home()), "Images (*.png *.jpg *.jpeg *.bmp *.gif *.webp);;All files (*)"
+                self,
+                "Open image",
+                str(Path.home()),
+                "Images (*.png *.jpg *.jpeg *.bmp *.gif *.webp);;All files (*)",
             )
             if not path:
                 return False
@@ -412,7 +415,9 @@ class DenoisePanel(QWidget):
             )
         else:
             self.results_grid.set_images(f.xt)
-            self.results_title.setText(f"<b>continuations</b>: reverse step {f.index + 1} of {f.total} (t = {f.t})")
+            self.results_title.setText(
+                f"<b>continuations</b>: reverse step {f.index + 1} of {f.total} (t = {f.t})"
+            )
 
     @Slot(str)
     def _on_failed(self, message: str) -> None:

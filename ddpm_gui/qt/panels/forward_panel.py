@@ -73,8 +73,14 @@ class Frames:
     closed: np.ndarray  # (F, H, W, 3) uint8
 
 
-def compute_frames(image: np.ndarray, sched: NoiseSchedule, seed: int, generation: int,
-                   stop: threading.Event | None = None, max_bytes: int = MAX_FRAME_BYTES):
+def compute_frames(
+    image: np.ndarray,
+    sched: NoiseSchedule,
+    seed: int,
+    generation: int,
+    stop: threading.Event | None = None,
+    max_bytes: int = MAX_FRAME_BYTES,
+):
     """Runs in a worker thread. Yields one Frames (nothing if stopped)."""
     import torch
 
@@ -294,7 +300,11 @@ class ForwardPanel(QWidget):
         self.curves: dict[str, pg.PlotDataItem] = {}
         self.markers: list[pg.InfiniteLine] = []
         for col, (key, title, log) in enumerate(
-            (("beta", "β_t", False), ("alpha_bar", "ᾱ_t (signal² left)", False), ("snr", "SNR(t) = ᾱ/(1−ᾱ)", True))
+            (
+                ("beta", "β_t", False),
+                ("alpha_bar", "ᾱ_t (signal² left)", False),
+                ("snr", "SNR(t) = ᾱ/(1−ᾱ)", True),
+            )
         ):
             p = self.plots.addPlot(row=0, col=col, title=title)
             p.showGrid(x=True, y=True, alpha=0.2)
@@ -304,7 +314,9 @@ class ForwardPanel(QWidget):
             p.hideButtons()
             p.setMenuEnabled(False)
             self.curves[key] = p.plot(pen=pg.mkPen(PLOT_PENS[col], width=2), connect="finite")
-            line = pg.InfiniteLine(angle=90, movable=False, pen=pg.mkPen(fg, width=1, style=Qt.PenStyle.DashLine))
+            line = pg.InfiniteLine(
+                angle=90, movable=False, pen=pg.mkPen(fg, width=1, style=Qt.PenStyle.DashLine)
+            )
             p.addItem(line)
             self.markers.append(line)
 
@@ -395,7 +407,13 @@ class ForwardPanel(QWidget):
         self._apply_schedule()
 
     def _set_controls(self, cfg: ScheduleConfig) -> None:
-        widgets = (self.kind_combo, self.T_spin, self.beta_start_spin, self.beta_end_spin, self.zero_snr_check)
+        widgets = (
+            self.kind_combo,
+            self.T_spin,
+            self.beta_start_spin,
+            self.beta_end_spin,
+            self.zero_snr_check,
+        )
         for w in widgets:
             w.blockSignals(True)
         self.kind_combo.setCurrentText(cfg.kind)
@@ -581,7 +599,11 @@ class ForwardPanel(QWidget):
     def _on_frames(self, frames: Frames) -> None:
         if frames.generation != self._generation:
             return  # superseded by a newer edit
-        keep_t = int(self._frames.ts[self.player.current()]) if self._frames is not None and self.player.count() else 0
+        keep_t = (
+            int(self._frames.ts[self.player.current()])
+            if self._frames is not None and self.player.count()
+            else 0
+        )
         self._frames = frames
         n = len(frames.ts)
         self.player.set_count(n)

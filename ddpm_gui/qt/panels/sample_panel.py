@@ -47,7 +47,11 @@ FRAME_BUDGET_BYTES = 256 * 2**20  # ... and at most this much memory for them
 
 SAMPLERS: tuple[tuple[str, str, str], ...] = (
     ("ddpm-beta", "DDPM, σ² = β_t (tutorial)", "Ancestral sampling with the variance the tutorial uses."),
-    ("ddpm-posterior", "DDPM, σ² = β̃_t (posterior)", "Ancestral sampling with the posterior variance (DDPM eq. 7)."),
+    (
+        "ddpm-posterior",
+        "DDPM, σ² = β̃_t (posterior)",
+        "Ancestral sampling with the posterior variance (DDPM eq. 7).",
+    ),
     ("ddim", "DDIM", "Deterministic with eta = 0; needs far fewer steps."),
 )
 
@@ -57,7 +61,9 @@ NO_MODEL_TEXT = "No model yet. Train a model in the Train tab or load a checkpoi
 # ----------------------------------------------------------------------------- shared helpers
 
 
-def tile(images: np.ndarray, columns: int | None = None, pad: int = 2, scale: int = 1, bg: int = 0) -> np.ndarray:
+def tile(
+    images: np.ndarray, columns: int | None = None, pad: int = 2, scale: int = 1, bg: int = 0
+) -> np.ndarray:
     """(N, H, W, 3) uint8 -> one (rows*H', cols*W', 3) mosaic, each image upscaled `scale`x (nearest)."""
     a = np.asarray(images, dtype=np.uint8)
     if a.ndim == 3:
@@ -229,7 +235,9 @@ class SamplePanel(QWidget):
         self.guidance_spin.setRange(0.0, 20.0)
         self.guidance_spin.setSingleStep(0.5)
         self.guidance_spin.setValue(3.0)
-        self.guidance_spin.setToolTip("Classifier-free guidance scale w: 1 = plain conditional, higher = stronger")
+        self.guidance_spin.setToolTip(
+            "Classifier-free guidance scale w: 1 = plain conditional, higher = stronger"
+        )
         form = QFormLayout()
         form.addRow("&Images:", self.n_spin)
         form.addRow("See&d:", self.seed_spin)
@@ -283,7 +291,9 @@ class SamplePanel(QWidget):
 
         # --- the reverse process
         self.xt_title = QLabel("<b>x<sub>t</sub></b>: the sample being denoised")
-        self.x0_title = QLabel("<b>predicted x<sub>0</sub></b>: the model's guess of the final image at this step")
+        self.x0_title = QLabel(
+            "<b>predicted x<sub>0</sub></b>: the model's guess of the final image at this step"
+        )
         for lab in (self.xt_title, self.x0_title):
             lab.setWordWrap(True)
         self.xt_grid = ImageGrid()
@@ -542,7 +552,9 @@ class SamplePanel(QWidget):
         if len(self._frames) < 2:
             return None
         if path is None:
-            path, _ = QFileDialog.getSaveFileName(self, "Save animation", "reverse_process.gif", "GIF images (*.gif)")
+            path, _ = QFileDialog.getSaveFileName(
+                self, "Save animation", "reverse_process.gif", "GIF images (*.gif)"
+            )
             if not path:
                 return None
         path = Path(path)

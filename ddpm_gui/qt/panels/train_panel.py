@@ -41,8 +41,8 @@ from PySide6.QtWidgets import (
 from ddpm_gui.core.schedule import SCHEDULE_PRESETS
 from ddpm_gui.engine import events as ev
 from ddpm_gui.engine.config import TrainConfig
-from ddpm_gui.models.presets import PRESET_NOTES
 from ddpm_gui.errors import DDPMError
+from ddpm_gui.models.presets import PRESET_NOTES
 from ddpm_gui.qt.imageview import ImageGrid
 from ddpm_gui.qt.lossplot import LossPlot, TimestepLossPlot
 from ddpm_gui.qt.state import AppState
@@ -147,6 +147,7 @@ class TrainPanel(QWidget):
         self._info_pending: tuple | None = None
         self._info_cache: dict[tuple, tuple[int, float | None]] = {}
         self._device_job: Job | None = None
+        self._snapshot_job: Job | None = None
         self._run_dir_auto = True
         self._failed = False
         self._last_checkpoint: str | None = None
@@ -182,7 +183,9 @@ class TrainPanel(QWidget):
         self.size_spin.setSingleStep(8)
         self.size_spin.setValue(32)
         self.size_spin.setSuffix(" px")
-        self.size_spin.setToolTip("Images are resized to this size (square).")
+        self.size_spin.setToolTip(
+            "Images are resized to this size (square). Data loaded in the Data tab keeps the size it was loaded at."
+        )
         form.addRow("Image si&ze:", self.size_spin)
 
         self.preset_combo = QComboBox()
@@ -203,7 +206,9 @@ class TrainPanel(QWidget):
         self.schedule_combo = QComboBox()
         for name, sc in SCHEDULE_PRESETS.items():
             self.schedule_combo.addItem(name, name)
-            tip = f"{sc.kind}, T={sc.T}" + (f", beta {sc.beta_start:g}..{sc.beta_end:g}" if sc.kind != "cosine" else "")
+            tip = f"{sc.kind}, T={sc.T}" + (
+                f", beta {sc.beta_start:g}..{sc.beta_end:g}" if sc.kind != "cosine" else ""
+            )
             if sc.rescale_zero_snr:
                 tip += ", rescaled to zero terminal SNR (trains with v-prediction)"
             self.schedule_combo.setItemData(self.schedule_combo.count() - 1, tip, Qt.ItemDataRole.ToolTipRole)
@@ -225,7 +230,9 @@ class TrainPanel(QWidget):
         form.addRow("S&teps:", self.steps_spin)
 
         self.ema_edit = QLineEdit("0.999")
-        self.ema_edit.setToolTip("Decay of the exponential moving average of the weights used for samples; 0 turns it off.")
+        self.ema_edit.setToolTip(
+            "Decay of the exponential moving average of the weights used for samples; 0 turns it off."
+        )
         form.addRow("&EMA decay:", self.ema_edit)
 
         self.device_combo = QComboBox()
@@ -567,7 +574,9 @@ class TrainPanel(QWidget):
                 self.cond_check.setChecked(False)
                 self.cond_check.setToolTip("This dataset has no class labels.")
             else:
-                self.cond_check.setToolTip(f"Condition on the {k} classes; sample a chosen class with guidance.")
+                self.cond_check.setToolTip(
+                    f"Condition on the {k} classes; sample a chosen class with guidance."
+                )
         self._request_model_info()
         self._validate()
 
@@ -654,11 +663,15 @@ class TrainPanel(QWidget):
         self.resume_btn.setEnabled(not running)
         self.pause_btn.setEnabled(running and not self._stopping())
         self.stop_btn.setEnabled(running and not self._stopping())
-        self.use_btn.setEnabled(running and self._trainer is not None and self._last_step > 0)
+        self.use_btn.setEnabled(
+            running and self._trainer is not None and self._last_step > 0 and self._snapshot_job is None
+        )
         self.pause_btn.setText("&Resume" if self.is_paused() else "&Pause")
         # the form stays readable but not editable while a run is active
-        for w in (self.size_spin, self.preset_combo, self.schedule_combo, self.batch_spin, self.steps_spin):
+        for w in (self.preset_combo, self.schedule_combo, self.batch_spin, self.steps_spin):
             w.setEnabled(not running)
+        # data loaded in the Data tab has its own size (reload it there to change it)
+        self.size_spin.setEnabled(not running and self.state.data is None)
         for w in (self.lr_edit, self.ema_edit, self.run_edit):
             w.setReadOnly(running)
         self.device_combo.setEnabled(not running)
@@ -758,16 +771,19 @@ class TrainPanel(QWidget):
         self.last_finished = None
         self.error_label.hide()
         self.estimate_label.hide()
+        # a resumed run re-sends its logged losses in its first Progress event
+        self.loss_plot.clear()
+        self.t_plot.clear()
         if not resumed:
-            self.loss_plot.clear()
-            self.t_plot.clear()
             self.preview_grid.clear()
             self.preview_label.setText("Preview: none yet")
         self.progress.setRange(0, cfg.steps)
         self.progress.setValue(0)
         self.stats_label.setText("Starting: loading data and building the model…")
         self.run_label.setText(f"Run folder: {run_dir}")
-        self._log(("Resuming" if resumed else "Starting") + f" {cfg.preset} on {cfg.data}, {cfg.steps:,} steps")
+        self._log(
+            ("Resuming" if resumed else "Starting") + f" {cfg.preset} on {cfg.data}, {cfg.steps:,} steps"
+        )
         job = Job(
             lambda: _train_iter(trainer),
             parent=self,
@@ -814,20 +830,39 @@ class TrainPanel(QWidget):
 
     @Slot()
     def use_current_weights(self) -> None:
-        """Publish the weights being trained (EMA) to the Sample and Denoise panels."""
-        if self._trainer is None:
+        """Publish the weights being trained (EMA) to the Sample and Denoise panels. The snapshot (a
+        copy of the model, taken under the trainer's lock) is made in a worker: for the tutorial's
+        42M-parameter UNet it takes a moment."""
+        trainer = self._trainer
+        if trainer is None or self._snapshot_job is not None:
             return
-        try:
-            bundle = self._trainer.bundle()
-        except Exception as e:  # noqa: BLE001 - e.g. the model is not built yet
-            self.state.show_status(f"No weights yet: {e}")
-            return
+        job = Job(lambda: [trainer.bundle()], parent=self)
+        job.event.connect(self._on_snapshot)
+        job.failed.connect(self._on_snapshot_failed)
+        job.done.connect(self._on_snapshot_done)
+        self._snapshot_job = job
+        self.use_btn.setEnabled(False)
+        job.start()
+
+    @Slot(object)
+    def _on_snapshot(self, bundle: object) -> None:
         self.state.set_bundle(bundle)
-        self.state.show_status(f"Sample and Denoise now use the weights of step {getattr(bundle, 'step', '?')}.")
+        step = getattr(bundle, "step", "?")
+        self.state.show_status(f"Sample and Denoise now use the weights of training step {step}.")
+        self._log(f"Published the weights of step {step} to Sample and Denoise")
+
+    @Slot(str)
+    def _on_snapshot_failed(self, message: str) -> None:
+        self.state.show_status(f"No weights yet: {message}")
+
+    @Slot()
+    def _on_snapshot_done(self) -> None:
+        self._snapshot_job = None
+        self._update_buttons()
 
     def shutdown(self, timeout_ms: int = 60000) -> None:
         """Stop every job (a training run saves its checkpoint) and wait for the threads to end."""
-        jobs = [j for j in (self._job, self._info_job, self._device_job) if j is not None]
+        jobs = [j for j in (self._job, self._info_job, self._device_job, self._snapshot_job) if j is not None]
         for j in jobs:
             if j.is_running():
                 j.request_stop()
@@ -898,16 +933,27 @@ class TrainPanel(QWidget):
         if not self.is_paused():
             self.stats_label.setText(
                 f"loss {e.loss:.4f} (smoothed {e.loss_smooth:.4f}) · {e.img_per_s:,.1f} img/s · "
-                f"ETA {fmt_duration(e.eta_s)} · elapsed {fmt_duration(e.elapsed_s)} · lr {e.lr:.2e}"
+                f"ETA {fmt_duration(e.eta_s) if e.img_per_s > 0 else '–'} · "
+                f"elapsed {fmt_duration(e.elapsed_s)} · lr {e.lr:.2e}"
             )
-        if getattr(self, "_on_cpu", False) and e.img_per_s > 0 and math.isfinite(e.eta_s) and e.step < e.total_steps:
+        if (
+            getattr(self, "_on_cpu", False)
+            and e.img_per_s > 0
+            and math.isfinite(e.eta_s)
+            and e.step < e.total_steps
+        ):
             done_at = time.strftime("%H:%M", time.localtime(time.time() + e.eta_s))
             self.estimate_label.setText(
                 f"Training on the CPU at about {e.img_per_s:,.0f} images/s: the remaining "
                 f"{e.total_steps - e.step:,} steps take about {fmt_duration(e.eta_s)} (done around {done_at})."
             )
             self.estimate_label.show()
-        if not self.use_btn.isEnabled() and self.is_busy() and not self._stopping():
+        if (
+            not self.use_btn.isEnabled()
+            and self.is_busy()
+            and not self._stopping()
+            and self._snapshot_job is None
+        ):
             self.use_btn.setEnabled(True)
 
     def _on_finished(self, e: ev.Finished) -> None:
@@ -985,8 +1031,23 @@ def _device_iter():
 
         out = [("auto", "auto"), ("cpu", "cpu")]
         if torch.cuda.is_available():
-            out += [(f"cuda:{i}", f"cuda:{i} ({torch.cuda.get_device_name(i)})") for i in range(torch.cuda.device_count())]
+            out += [
+                (f"cuda:{i}", f"cuda:{i} ({torch.cuda.get_device_name(i)})")
+                for i in range(torch.cuda.device_count())
+            ]
         yield out
+
+
+class _Flush:
+    """A no-op marker yielded after every event that is not a Progress.
+
+    Job's throttle holds an event back when it follows the previous emit within throttle_s, and only
+    sends it when the next one arrives. After Paused the Trainer blocks until resumed, so Paused would
+    never show; after Notice("Loading data…") it would wait for the data. The marker takes the
+    held-back place instead (the GUI ignores it); consecutive Progress events still coalesce."""
+
+
+FLUSH = _Flush()
 
 
 def _train_iter(trainer):
@@ -995,9 +1056,10 @@ def _train_iter(trainer):
     for e in trainer.run():
         failed = failed or isinstance(e, ev.Failed)
         yield e
+        if not isinstance(e, ev.Progress):
+            yield FLUSH
     if not failed:
         try:
             yield BundleReady(trainer.bundle())
         except Exception:  # noqa: BLE001 - no model (stopped before it was built): nothing to publish
             return
-

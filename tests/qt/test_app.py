@@ -1,0 +1,159 @@
+"""The main window: tabs, menus, shortcuts, settings, closing; and run_app's start-up figures."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from PySide6.QtCore import QSettings, Qt
+from PySide6.QtWidgets import QApplication, QMessageBox
+
+from ddpm_gui.qt.app import resource_path
+from ddpm_gui.qt.main_window import CLOSE_QUESTION, MainWindow
+from tests.qt.conftest import grab_variance
+
+pytestmark = pytest.mark.qt
+
+TAB_TITLES = ["Data", "Forward process", "Train", "Sample", "Denoise"]
+
+
+def _open_window(qtbot, settings) -> MainWindow:
+    settings.setValue("data/limit", 300)  # autoload a small built-in set
+    w = MainWindow(settings=settings)
+    qtbot.addWidget(w)
+    w.resize(1280, 800)
+    w.show()
+    w.start_engine()
+    qtbot.waitUntil(w.is_ready, timeout=30000)
+    return w
+
+
+@pytest.fixture
+def window(qtbot, settings):
+    w = _open_window(qtbot, settings)
+    qtbot.waitUntil(lambda: w.state.data is not None and not w.is_busy(), timeout=30000)
+    return w
+
+
+def test_window_title_tabs_and_panels(window):
+    assert "DDPM Studio" in window.windowTitle()
+    assert [window.tabs.tabText(i) for i in range(window.tabs.count())] == TAB_TITLES
+    assert window.panel("DataPanel") is not None and window.panel("ForwardPanel") is not None
+    assert len(window.state.data) == 300  # the built-in data was loaded at start
+    assert grab_variance(window) > 0
+
+
+def test_shows_loading_state_before_the_engine(qtbot, settings):
+    w = MainWindow(settings=settings)
+    qtbot.addWidget(w)
+    assert not w.is_ready()
+    assert "Loading engine" in w.tabs.widget(0).label.text()
+    assert not w.open_action.isEnabled()
+
+
+def test_ctrl_number_switches_tabs(qtbot, window):
+    window.activateWindow()
+    qtbot.waitUntil(lambda: QApplication.activeWindow() is window, timeout=2000)
+    for i in (2, 4, 0, 1):
+        qtbot.keyClick(window, Qt.Key(Qt.Key.Key_1 + i), Qt.KeyboardModifier.ControlModifier)
+        assert window.tabs.currentIndex() == i
+
+
+def test_status_bar_follows_state(window):
+    window.state.show_status("hello from a panel")
+    assert window.statusBar().currentMessage() == "hello from a panel"
+
+
+def test_remembers_tab_and_geometry(qtbot, tmp_path):
+    path = str(tmp_path / "remember.ini")
+    s1 = QSettings(path, QSettings.Format.IniFormat)
+    w = _open_window(qtbot, s1)
+    w.tabs.setCurrentIndex(1)
+    w.resize(1000, 700)
+    qtbot.waitUntil(lambda: not w.is_busy(), timeout=30000)
+    w.close()
+    s1.sync()
+    s2 = QSettings(path, QSettings.Format.IniFormat)
+    w2 = MainWindow(settings=s2)
+    qtbot.addWidget(w2)
+    assert w2.tabs.currentIndex() == 1
+    assert s2.value("window/geometry") is not None
+    assert w2.height() == 700  # restored (the offscreen screen may clamp the width)
+    assert s2.value("data/kind") == "builtin"
+
+
+def test_close_asks_while_training(qtbot, window, monkeypatch):
+    asked = []
+    answer = [False]
+
+    def confirm(title, text):
+        asked.append(text)
+        return answer[0]
+
+    monkeypatch.setattr(window, "confirm", confirm)
+    stopped = []
+    for panel in window.panels.values():
+        monkeypatch.setattr(panel, "shutdown", lambda timeout_ms=60000, p=panel: stopped.append(p))
+    window.state.set_training(True)
+    window.close()
+    assert asked == [CLOSE_QUESTION]
+    assert window.isVisible() and not stopped  # "No": keeps running
+    answer[0] = True
+    window.close()
+    assert not window.isVisible()
+    assert len(stopped) == len(window.panels)  # "Yes": every panel was shut down
+    window.state.set_training(False)
+
+
+def test_bad_checkpoint_shows_a_message_and_keeps_running(qtbot, window, tmp_path):
+    bad = tmp_path / "broken.safetensors"
+    bad.write_bytes(b"not a checkpoint")
+    window.open_checkpoint(str(bad))
+
+    def box():
+        boxes = [b for b in window.findChildren(QMessageBox) if b.isVisible()]
+        return boxes[0] if boxes else None
+
+    qtbot.waitUntil(lambda: box() is not None, timeout=30000)
+    assert "broken.safetensors" in box().text() or box().text()
+    assert window.state.bundle is None and window.state.recent() == []
+    box().close()
+    qtbot.waitUntil(lambda: window._bundle_job is None, timeout=5000)
+    assert window.isVisible()
+
+
+def test_recent_menu_and_about(window):
+    window.state.add_recent("/tmp/run-a")
+    texts = [a.text() for a in window.recent_menu.actions()]
+    assert texts == ["/tmp/run-a"]
+    box = window.show_about()
+    assert "DDPM Studio" in box.text() and "PyTorch" in box.text() and "Qt" in box.text()
+    box.close()
+
+
+def test_resources_are_found():
+    for name in ("ddpm-gui.svg", "ddpm-gui.png", "ddpm-gui.desktop"):
+        assert resource_path(name) is not None, name
+
+
+def test_run_app_reports_timing_and_stalls(tmp_path):
+    env = dict(
+        os.environ,
+        DDPM_GUI_TIMING="1",
+        DDPM_GUI_STALL_PROBE="1",
+        DDPM_GUI_EXIT_AFTER="4",
+        QT_QPA_PLATFORM="offscreen",
+    )
+    code = (
+        "import sys; from ddpm_gui.qt.app import run_app; "
+        f"sys.exit(run_app(settings_path={str(tmp_path / 's.ini')!r}))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "window shown after" in proc.stdout
+    # "engine ready after" follows when the engine and the panels are loaded within those 4 s (a busy
+    # CPU may take longer: then this also checks that closing during start-up is clean)
+    assert "stall probe: longest gap" in proc.stdout
+    print(proc.stdout)

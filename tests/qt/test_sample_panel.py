@@ -1,0 +1,139 @@
+"""Sample panel against the real engine: a tiny model trained for a few steps, DDIM sampling, export."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pytestqt")
+
+from ddpm_gui.qt.panels import sample_panel as sp  # noqa: E402
+from ddpm_gui.qt.state import AppState  # noqa: E402
+
+pytestmark = pytest.mark.qt
+
+
+def train_tiny_run(root, steps: int = 5):
+    """A real run folder: the tiny preset trained for a few steps on 64 built-in images (headless)."""
+    import torch
+
+    from ddpm_gui.engine import events as ev
+    from ddpm_gui.engine.config import TrainConfig
+    from ddpm_gui.engine.trainer import Trainer
+
+    run_dir = root / "run"
+    cfg = TrainConfig(
+        data="builtin:64", preset="tiny", batch_size=8, steps=steps, preview_every=0, log_every=1
+    )
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # see test_train_panel.one_torch_thread
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DDPM_GUI_CACHE", str(root / "cache"))
+        events = list(Trainer(cfg, run_dir).run())
+    torch.set_num_threads(n)
+    assert isinstance(events[-1], ev.Finished), events[-1]
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return train_tiny_run(tmp_path_factory.mktemp("sample"))
+
+
+@pytest.fixture(scope="module")
+def bundle(run_dir):
+    from ddpm_gui.engine.sampler import load_bundle
+
+    return load_bundle(run_dir, device="cpu")
+
+
+@pytest.fixture
+def panel(qtbot, settings, monkeypatch):
+    monkeypatch.setattr(sp, "SHOW_DIALOGS", False)
+    p = sp.SamplePanel(AppState(settings))
+    qtbot.addWidget(p)
+    p.resize(1280, 800)
+    p.show()
+    yield p
+    p.shutdown(60000)
+    qtbot.waitUntil(lambda: not p.is_busy(), timeout=10000)
+
+
+def test_tile_and_frames_every():
+    imgs = np.arange(5 * 4 * 4 * 3, dtype=np.uint8).reshape(5, 4, 4, 3)
+    m = sp.tile(imgs, pad=1, scale=2)  # 3 columns, 2 rows of 8x8 tiles
+    assert m.shape == (2 * 9 + 1, 3 * 9 + 1, 3)
+    np.testing.assert_array_equal(m[1:9:2, 1:9:2], imgs[0])
+    assert sp.frames_every(100, 16, 32) == 1
+    assert sp.frames_every(1000, 16, 32) == 10
+    assert sp.frames_every(1000, 64, 256) > 10  # big frames: fewer kept
+
+
+def test_no_model_message(panel):
+    assert not panel.generate_btn.isEnabled()
+    assert "Train a model in the Train tab" in panel.model_label.text()
+    assert panel.generate() is False
+
+
+def test_generate_ddim_frames_and_export(qtbot, panel, bundle, tmp_path):
+    from PIL import Image
+
+    panel.state.set_bundle(bundle)
+    assert panel.generate_btn.isEnabled()
+    assert "tiny" in panel.model_label.text() and "step 5" in panel.model_label.text()
+    assert not panel.class_combo.isEnabled() and not panel.guidance_spin.isEnabled()  # unconditional
+    panel.sampler_form.set_key("ddim")
+    panel.sampler_form.steps_spin.setValue(10)
+    panel.n_spin.setValue(4)
+    assert panel.generate() is True
+    qtbot.waitUntil(lambda: not panel.is_busy() and panel._job is None, timeout=60_000)
+    assert panel.error_label.isHidden(), panel.error_label.text()
+    frames = panel.frames()
+    assert len(frames) == 10 and frames[-1].final
+    assert panel.player.count() == len(frames)
+    assert panel.player.current() == len(frames) - 1
+    assert panel.xt_grid.count() == 4 and panel.x0_grid.count() == 4
+    np.testing.assert_array_equal(panel.xt_grid.images(), frames[-1].xt)
+    panel.player.set_current(2)  # scrub
+    np.testing.assert_array_equal(panel.xt_grid.images(), frames[2].xt)
+    assert "t = " in panel.frame_label.text()
+
+    png = panel.save_png_grid(tmp_path / "grid.png")
+    gif = panel.save_gif(tmp_path / "anim.gif")
+    with Image.open(png) as im:
+        s = 32 * sp.export_scale(32)
+        assert im.size == (2 * (s + 2) + 2, 2 * (s + 2) + 2)
+    with Image.open(gif) as im:
+        assert im.n_frames > 1
+        assert im.info.get("loop") == 0
+
+
+def test_stop_mid_run(qtbot, panel, bundle):
+    panel.state.set_bundle(bundle)
+    panel.sampler_form.set_key("ddpm-beta")  # the full 100-step chain
+    panel.n_spin.setValue(16)
+    assert panel.generate()
+    qtbot.waitUntil(lambda: len(panel.frames()) >= 2, timeout=60_000)
+    panel.stop()
+    qtbot.waitUntil(lambda: panel._job is None, timeout=60_000)
+    assert not panel.is_busy()
+    assert 2 <= len(panel.frames()) < 100
+    assert not panel.frames()[-1].final
+    assert "Stopped" in panel.status_label.text()
+    assert panel.generate_btn.isEnabled()
+
+
+def test_load_checkpoint(qtbot, panel, run_dir, tmp_path):
+    bad = tmp_path / "broken.safetensors"
+    bad.write_bytes(b"not a checkpoint")
+    panel.load_checkpoint(bad)
+    qtbot.waitUntil(lambda: panel._load_job is None, timeout=30_000)
+    assert not panel.error_label.isHidden() and panel.error_label.text()
+    assert panel.bundle() is None
+    panel.load_checkpoint(run_dir)
+    qtbot.waitUntil(lambda: panel._load_job is None, timeout=30_000)
+    assert panel.loaded_radio.isChecked()
+    b = panel.bundle()
+    assert b is not None and b.preset == "tiny" and b.step == 5
+    assert "tiny" in panel.model_label.text()
+    assert panel.generate_btn.isEnabled()
