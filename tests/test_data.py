@@ -494,6 +494,36 @@ def test_hub_offline_uses_cached_copy(tmp_path, cache, monkeypatch):
     assert datasets.config.HF_HUB_OFFLINE is False and huggingface_hub.constants.HF_HUB_OFFLINE is False
 
 
+def test_hub_that_never_answers_counts_as_offline(tmp_path, cache, monkeypatch):
+    """A server (proxy, captive portal) that accepts connections and never replies: no long retries."""
+    import socket
+
+    import datasets.config
+    import huggingface_hub.constants
+
+    import ddpm_gui.data.hub as hub
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)  # connections complete in the kernel's backlog; nobody ever answers
+    endpoint = f"http://127.0.0.1:{server.getsockname()[1]}"
+    try:
+        monkeypatch.delenv("HF_HUB_OFFLINE")
+        monkeypatch.delenv("HF_DATASETS_OFFLINE")
+        monkeypatch.setenv("HF_ENDPOINT", endpoint)
+        monkeypatch.setattr(datasets.config, "HF_ENDPOINT", endpoint)  # read at import: patch it too
+        monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(hub, "HTTP_PROBE_TIMEOUT", 0.5)
+        assert hub_reachable() is True  # the TCP probe alone is fooled
+        t = time.perf_counter()
+        with pytest.raises(DataError, match="no cached copy"):
+            load_data("mnist", cache_dir=cache)
+        assert time.perf_counter() - t < 4.0
+    finally:
+        server.close()
+
+
 def test_hub_spec_forms():
     assert describe_source("builtin") == "builtin" and describe_source("builtin:500") == "builtin"
     for spec in ("cifar10", "mnist", "fashion_mnist", "uoft-cs/cifar10", "cifar10:plain_text"):

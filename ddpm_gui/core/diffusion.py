@@ -129,7 +129,8 @@ def ddpm_step(
     if variance not in VARIANCES:
         raise ConfigError(f"Unknown variance '{variance}': use 'beta' or 'posterior'.")
     tt = _timesteps(t, x_t.shape[0], x_t.device)
-    ti = int(tt[0])
+    # a Python int needs no device read (int(tt[0]) would sync the host with the GPU at every step)
+    ti = int(t) if not torch.is_tensor(t) else int(tt[0])
     # 1. predicted noise and predicted x_0 (eq. 15)
     eps, x0 = split_prediction(model_out, x_t, tt, sched, prediction)
     beta = gather(sched.betas, tt).to(x_t.dtype)

@@ -4,11 +4,14 @@ What `datasets` (5.2, the behaviour is the same since about 2.18) does, and how 
 
 - Offline is a module constant read at import: `datasets.config.HF_HUB_OFFLINE` (from HF_HUB_OFFLINE
   or HF_DATASETS_OFFLINE) and `huggingface_hub.constants.HF_HUB_OFFLINE`. Setting the environment
-  after `import datasets` changes nothing, so when our own probe (`hub_reachable`) fails we set both
-  constants for the duration of the call (`_offline`). Then `load_dataset_builder` fails at once on
-  the network step and falls back to the local datasets cache (CachedDatasetModuleFactory + the
-  "cache" builder), which holds the prepared Arrow files of any dataset loaded before. Without the
-  offline flag it would first retry the network for about 23 s.
+  after `import datasets` changes nothing, so when our own probes fail we set both constants for the
+  duration of the call (`_offline`). Then `load_dataset_builder` fails at once on the network step
+  and falls back to the local datasets cache (CachedDatasetModuleFactory + the "cache" builder),
+  which holds the prepared Arrow files of any dataset loaded before. Without the offline flag it
+  first retries the network: about 23 s when the name does not resolve, 6.6 minutes measured here
+  against a server that accepts connections and never answers.
+- Hence two probes: `hub_reachable` (a TCP connect, 1.5 s) and `_hub_answers` (one HTTP HEAD
+  through huggingface_hub's own session, HTTP_PROBE_TIMEOUT s). Either failing means offline.
 - That cache is keyed by the name passed: `cifar10` and `uoft-cs/cifar10` are two entries, so offline
   we also try the well-known alias of the name (`_ALIASES`).
 - With no cached copy, offline it raises ConnectionError ("Couldn't reach 'x' on the Hub
@@ -42,6 +45,10 @@ from ddpm_gui.errors import DataError
 log = logging.getLogger(__name__)
 
 _BATCH = 256  # rows per Arrow batch: one progress report and one cancel check each
+# Seconds the Hub gets to answer one HTTP request before we work offline. A TCP connect is not enough:
+# a proxy or captive portal that accepts connections and never answers made `datasets` retry for
+# 6.6 minutes here (10 s timeouts, 5 retries, several requests) before it fell back to the cache.
+HTTP_PROBE_TIMEOUT = 5.0
 _TRUE = {"1", "ON", "YES", "TRUE"}
 _LABEL_NAMES = ("label", "labels", "class", "category", "target", "fine_label")
 
@@ -94,6 +101,32 @@ def hub_reachable(timeout: float = 1.5) -> bool:
     t = threading.Thread(target=probe, name="hub-probe", daemon=True)
     t.start()
     t.join(timeout)
+    return ok.is_set()
+
+
+def _hub_answers(repo: str, timeout: float | None = None) -> bool:
+    """True when the Hub answers an HTTP request about `repo` (any status) within `timeout` seconds.
+
+    Uses huggingface_hub's own session (its proxies, certificates and endpoint as `datasets` will),
+    from a helper thread so that a slow name lookup cannot hold us either.
+    """
+    import datasets.config
+    from huggingface_hub.utils import get_session
+
+    timeout = HTTP_PROBE_TIMEOUT if timeout is None else timeout
+    url = f"{datasets.config.HF_ENDPOINT.rstrip('/')}/api/datasets/{repo}"
+    ok = threading.Event()
+
+    def probe() -> None:
+        try:
+            get_session().head(url, timeout=timeout)  # a 401/404 still proves the Hub is there
+            ok.set()
+        except Exception as e:  # noqa: BLE001 - offline mode, timeouts, refused, TLS...: all "no answer"
+            log.info("The Hub did not answer %s: %s: %s", url, type(e).__name__, e)
+
+    t = threading.Thread(target=probe, name="hub-http-probe", daemon=True)
+    t.start()
+    t.join(timeout + 1.0)
     return ok.is_set()
 
 
@@ -306,7 +339,7 @@ def load_hub(
     repo: str, config: str | None, split: str, size: int, limit: int | None, rep: Reporter
 ) -> Cached:
     """A dataset from the Hub, or from the local datasets cache when the Hub cannot be reached."""
-    online = hub_reachable()
+    online = hub_reachable() and _hub_answers(repo)
     label = repo + (f":{config}" if config else "")
     rep(
         0,

@@ -296,7 +296,6 @@ class UNet(nn.Module):
         self.act = Swish()
         self.final = nn.Conv2d(in_channels, image_channels, kernel_size=(3, 3), padding=(1, 1))
 
-    @property
     def min_divisor(self) -> int:
         """The image side must be a multiple of this (one halving per resolution below the top)."""
         return 2 ** (self.n_resolutions - 1)

@@ -178,9 +178,10 @@ def run_app(argv: list[str] | None = None, *, settings_path: str | None = None) 
         win.start_engine()
 
     watcher = _ExposeWatcher(on_shown, win)
-    win.show()
+    win.winId()  # create the native window now, so the watcher sees its very first expose
     handle = win.windowHandle()
     (handle if handle is not None else win).installEventFilter(watcher)
+    win.show()
     if timing:
         win.engineReady.connect(lambda: print(f"engine ready after {process_age_s():.3f} s", flush=True))
     # a window that is never exposed (minimised at start) must still load the engine
@@ -189,11 +190,12 @@ def run_app(argv: list[str] | None = None, *, settings_path: str | None = None) 
     exit_after = os.environ.get("DDPM_GUI_EXIT_AFTER", "").strip()
     if exit_after:
         try:
-            QTimer.singleShot(int(float(exit_after) * 1000), win.close)
+            QTimer.singleShot(int(float(exit_after) * 1000), win.close_without_asking)
         except ValueError:
             print(f"DDPM_GUI_EXIT_AFTER: not a number of seconds: {exit_after!r}", file=sys.stderr)
 
     rc = app.exec()
+    win.shutdown()  # again: a job started while the window was closing must end before Python exits
     if probe is not None:
         probe.stop()
         print(probe.report(), flush=True)

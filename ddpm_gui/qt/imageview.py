@@ -224,8 +224,9 @@ class ImageGrid(QWidget):
         h, w = self._images.shape[1:3]
         vw, vh = self._view_size()
         cols, scale = self._choose_layout(vw, vh)
-        if scale >= 2:
-            scale = math.floor(scale)  # whole screen pixels per image pixel: every pixel the same size
+        if scale >= 2 and math.floor(scale) / scale >= 0.85:
+            # whole screen pixels per image pixel (every pixel the same size) when that costs little room
+            scale = math.floor(scale)
         rows = math.ceil(n / cols)
         show_caps = self._show_captions() and scale * w >= self.MIN_CAPTION_TILE_PX
         cap_gap = math.ceil(self.CAPTION_PX / scale) if show_caps else 0

@@ -39,6 +39,7 @@ def _plot_widget(title: str, xlabel: str, ylabel: str) -> pg.PlotWidget:
     for ax in ("bottom", "left"):
         pi.getAxis(ax).setPen(fg)
         pi.getAxis(ax).setTextPen(fg)
+        pi.getAxis(ax).enableAutoSIPrefix(False)  # "mean loss (x0.001)" reads worse than 0.8
     pi.showGrid(x=True, y=True, alpha=0.25)
     pi.setMenuEnabled(False)
     return w

@@ -44,6 +44,7 @@ def _load_engine():
     import torch
 
     yield ("status", "Loading the diffusion engine…")
+    import pyqtgraph  # noqa: F401 - the plots' library, imported here so the GUI thread need not wait
     import ddpm_gui.core.diffusion  # noqa: F401
     import ddpm_gui.core.schedule  # noqa: F401
     import ddpm_gui.data  # noqa: F401
@@ -100,9 +101,11 @@ class MainWindow(QMainWindow):
         self.panels: dict[str, QWidget] = {}  # class name -> panel (real ones only)
         self._ready = False
         self._engine_job: Job | None = None
+        self._engine_started = False
         self._bundle_job: Job | None = None
         self._bundle_path = ""
         self._closing = False
+        self._force_close = False
         self._build_queue: list[int] = []
         self.engine_info: dict = {}
 
@@ -180,8 +183,9 @@ class MainWindow(QMainWindow):
     @Slot()
     def start_engine(self) -> None:
         """Import torch and the engine in the background, then build the panels. Idempotent."""
-        if self._engine_job is not None or self._ready or self._closing:
+        if self._engine_started or self._closing:
             return
+        self._engine_started = True
         self._engine_job = Job(_load_engine, parent=self)
         self._engine_job.event.connect(self._on_engine_event)
         self._engine_job.failed.connect(self._on_engine_failed)
@@ -200,6 +204,9 @@ class MainWindow(QMainWindow):
         elif kind == "ready":
             self.engine_info = payload
             if not self._closing:
+                from ddpm_gui.qt.style import configure_pyqtgraph
+
+                configure_pyqtgraph()
                 self._build_panels()
 
     @Slot(str)
@@ -406,12 +413,22 @@ class MainWindow(QMainWindow):
                 job.request_stop()
                 job.wait(timeout_ms)
 
+    def close_without_asking(self) -> None:
+        """Close as if the user had said yes (DDPM_GUI_EXIT_AFTER, scripted runs)."""
+        self._force_close = True
+        self.close()
+
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt API
-        if self.state.training and not self.confirm("Quit DDPM Studio", CLOSE_QUESTION):
+        if (
+            self.state.training
+            and not self._force_close
+            and not self.confirm("Quit DDPM Studio", CLOSE_QUESTION)
+        ):
             event.ignore()
             return
         self.save_settings()
         if self.state.training:
             self.statusBar().showMessage("Stopping training and saving a checkpoint…")
+            self.statusBar().repaint()  # shutdown() blocks the event loop until the checkpoint is saved
         self.shutdown()
         event.accept()

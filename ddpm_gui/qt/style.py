@@ -1,12 +1,12 @@
 """One consistent look: Qt's Fusion style with a dark palette, and pyqtgraph colours that match it.
 
 Dark suits image work (the eye judges the images, not the chrome). `apply_style(app)` is called once by
-`run_app`; tests that build widgets without it still get readable defaults from `plot_colors()`.
+`run_app` (it does not import pyqtgraph: the window must show first); `configure_pyqtgraph()` follows
+when the panels are built. Tests that build widgets without either still get readable defaults.
 """
 
 from __future__ import annotations
 
-import pyqtgraph as pg
 from PySide6.QtGui import QColor, QPalette
 from PySide6.QtWidgets import QApplication
 
@@ -79,10 +79,13 @@ def apply_style(app: QApplication) -> None:
         "QTabBar::tab { padding: 6px 14px; }"
         "QToolTip { border: 1px solid #55585e; }"
     )
-    configure_pyqtgraph()
+    # pyqtgraph (about 0.2-0.5 s to import) is configured later, by the main window, once it has
+    # been imported off the GUI thread; widgets built before that still match through plot_colors()
 
 
 def configure_pyqtgraph() -> None:
+    import pyqtgraph as pg
+
     bg, fg = plot_colors()
     # only colours: antialiasing and the global image axis order stay at their (fast) defaults
     pg.setConfigOptions(background=bg, foreground=fg)

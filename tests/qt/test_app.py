@@ -8,7 +8,7 @@ import sys
 
 import pytest
 from PySide6.QtCore import QSettings, Qt
-from PySide6.QtWidgets import QApplication, QMessageBox
+from PySide6.QtWidgets import QApplication, QMessageBox, QWidget
 
 from ddpm_gui.qt.app import resource_path
 from ddpm_gui.qt.main_window import CLOSE_QUESTION, MainWindow
@@ -157,3 +157,44 @@ def test_run_app_reports_timing_and_stalls(tmp_path):
     # CPU may take longer: then this also checks that closing during start-up is clean)
     assert "stall probe: longest gap" in proc.stdout
     print(proc.stdout)
+
+
+def test_every_control_is_reachable_by_tab(window):
+    from PySide6.QtWidgets import QAbstractButton, QAbstractSpinBox, QComboBox, QLineEdit, QSlider
+
+    kinds = (QAbstractButton, QAbstractSpinBox, QComboBox, QLineEdit, QSlider)
+    for name in ("DataPanel", "ForwardPanel"):
+        panel = window.panel(name)
+        controls = [
+            w
+            for w in panel.findChildren(QWidget)
+            if isinstance(w, kinds)
+            and not isinstance(w.parentWidget(), (QLineEdit, QAbstractSpinBox, QComboBox))
+        ]  # (a line edit's own clear button is not a control of ours)
+        assert controls
+        missing = [w for w in controls if not (w.focusPolicy() & Qt.FocusPolicy.TabFocus)]
+        assert not missing, [f"{type(w).__name__} {w.text() if hasattr(w, 'text') else ''}" for w in missing]
+
+
+def test_engine_loads_once(qtbot, settings, monkeypatch):
+    import ddpm_gui.qt.main_window as mw
+
+    calls = []
+    real = mw._load_engine
+
+    def counting():
+        calls.append(1)
+        yield from real()
+
+    monkeypatch.setattr(mw, "_load_engine", counting)
+    settings.setValue("data/limit", 100)
+    w = MainWindow(settings=settings)
+    qtbot.addWidget(w)
+    w.start_engine()
+    qtbot.waitUntil(lambda: w._engine_job is None, timeout=30000)
+    w.start_engine()  # e.g. run_app's fallback timer firing while the panels are still being built
+    qtbot.waitUntil(w.is_ready, timeout=30000)
+    w.start_engine()
+    assert calls == [1]
+    assert [w.tabs.widget(i) for i in range(2)] == [w.panel("DataPanel"), w.panel("ForwardPanel")]
+    qtbot.waitUntil(lambda: not w.is_busy(), timeout=30000)

@@ -138,3 +138,23 @@ def test_steps_strip_shows_six_steps(panel):
     assert strip.captions()[:6] == ["t=0", "t=20", "t=40", "t=60", "t=80", "t=100"]
     strip.clicked.emit(3)
     assert panel.player.current() == 60
+
+
+def test_drop_an_image_file(qtbot, panel, tmp_path):
+    from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
+    from PySide6.QtGui import QDropEvent
+
+    path = tmp_path / "dropped.png"
+    Image.fromarray(np.full((20, 20, 3), 30, np.uint8)).save(path)
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(path))])
+    ev = QDropEvent(
+        QPointF(10, 10),
+        Qt.DropAction.CopyAction,
+        mime,
+        Qt.MouseButton.LeftButton,
+        Qt.KeyboardModifier.NoModifier,
+    )
+    panel.dropEvent(ev)
+    assert panel.clean_image().shape == (32, 32, 3) and int(panel.clean_image().mean()) == 30
+    _wait_frames(qtbot, panel)

@@ -124,6 +124,7 @@ class DataPanel(QWidget):
         self._indices = np.zeros(0, np.int64)  # images passing the class filter
         self._page = 0
         self._autoloaded = False
+        self._shut_down = False
 
         self._build_ui()
         self._restore()
@@ -401,7 +402,7 @@ class DataPanel(QWidget):
         or the source is empty."""
         if spec is not None:
             self.set_spec(spec, image_size, limit)
-        if self._job is not None:
+        if self._job is not None or self._shut_down:
             return False
         spec = self.spec()
         if not spec:
@@ -434,6 +435,8 @@ class DataPanel(QWidget):
             self._job.request_stop()
 
     def shutdown(self, timeout_ms: int = 60000) -> None:
+        """Stop loading and wait for the thread; no new loads start afterwards."""
+        self._shut_down = True
         if self._job is not None:
             self._cancelled = True
             self._job.request_stop()

@@ -171,6 +171,7 @@ class ForwardPanel(QWidget):
         self._job: Job | None = None
         self._job_stop: threading.Event | None = None
         self._pending = False
+        self._shut_down = False
         self._rng = np.random.default_rng()
         self._strip_picks = np.zeros(0, int)
         self.setAcceptDrops(True)
@@ -580,6 +581,8 @@ class ForwardPanel(QWidget):
         self._recompute_timer.start()
 
     def _start_job(self) -> None:
+        if self._shut_down:
+            return
         if self._job is not None:
             self._pending = True
             self._job.request_stop()
@@ -678,6 +681,8 @@ class ForwardPanel(QWidget):
         return self._job is not None
 
     def shutdown(self, timeout_ms: int = 60000) -> None:
+        """Stop computing frames and wait for the thread; nothing new starts afterwards."""
+        self._shut_down = True
         self._recompute_timer.stop()
         self._pending = False
         if self._job is not None:

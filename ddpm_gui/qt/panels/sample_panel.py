@@ -513,8 +513,9 @@ class SamplePanel(QWidget):
         if not 0 <= i < len(self._frames):
             return
         f = self._frames[i]
-        self.xt_grid.set_images(f.xt)
-        self.x0_grid.set_images(f.x0)
+        cols = max(1, math.ceil(math.sqrt(len(f.xt))))
+        self.xt_grid.set_images(f.xt, columns=cols)
+        self.x0_grid.set_images(f.x0, columns=cols)
         if f.final:
             self.xt_title.setText("<b>samples</b>: the final images")
         else:

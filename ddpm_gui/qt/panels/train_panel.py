@@ -365,8 +365,8 @@ class TrainPanel(QWidget):
         main_split = QSplitter(Qt.Orientation.Horizontal)
         main_split.addWidget(plots)
         main_split.addWidget(side)
-        main_split.setStretchFactor(0, 3)
-        main_split.setStretchFactor(1, 2)
+        main_split.setStretchFactor(0, 4)
+        main_split.setStretchFactor(1, 3)
 
         right = QWidget()
         rv = QVBoxLayout(right)
@@ -729,7 +729,11 @@ class TrainPanel(QWidget):
             except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as e:
                 raise DDPMError(f"{path} cannot be read ({e}).") from None
             self._show_config(cfg, run_dir)
-            trainer = Trainer(cfg, run_dir, resume=True)
+            d = self.state.data  # reuse the Data tab's images when they are the run's own
+            same = (
+                d is not None and d.source == cfg.data and d.size == cfg.image_size and cfg.data_limit is None
+            )
+            trainer = Trainer(cfg, run_dir, resume=True, data=d if same else None)
         except DDPMError as e:
             self._show_error(str(e))
             return False
