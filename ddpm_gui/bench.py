@@ -53,6 +53,7 @@ class BenchConfig:
     ddim_steps: int = 20  # also time a DDIM preview of this many steps at batch 16 (0: skip)
     variants: bool = False  # also time studio steps with channels_last and torch.compile
     peak_size: int | None = None  # matmul side for the peak measurement (default: 8192 CUDA, 2048 CPU)
+    threads: int | None = None  # torch intra-op threads for the run (None: leave torch's setting)
     quick: bool = False
     seed: int = 0
 
@@ -61,7 +62,7 @@ class BenchConfig:
         """A smoke run for tests: tiny preset, 16x16, batch 16, a few steps; seconds, not minutes."""
         return cls(
             preset="tiny", batch_size=16, image_size=16, iters=3, warmup=1, device=device, data="builtin:256",
-            sample_batches=(1, 4), ddim_steps=5, peak_size=512, quick=True,
+            sample_batches=(1, 2), ddim_steps=5, peak_size=512, threads=1, quick=True,
         )
 
 
@@ -277,6 +278,16 @@ def _time_variants(cfg: BenchConfig, data, log) -> dict:
 
 def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
     """Run the benchmark; returns a JSON-able dict (the keys are documented in docs/benchmarks.md)."""
+    old_threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _run_bench(cfg, log)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _run_bench(cfg: BenchConfig, log: Callable[[str], None]) -> dict:
     from ddpm_gui.data import load_data
     from ddpm_gui.engine.device import device_label, pick_device
     from ddpm_gui.models.presets import build_model, count_parameters, flops_per_image, get_preset

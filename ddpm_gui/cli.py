@@ -188,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sampling acceleration (auto: CUDA graphs on CUDA, eager elsewhere)")
     b.add_argument("--skip-sampling", action="store_true", help="time training only")
     b.add_argument("--variants", action="store_true", help="also time training with channels_last and torch.compile")
+    b.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     b.add_argument("--quick", action="store_true", help="a smoke run: tiny preset, 16x16, batch 16, few steps")
     b.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
 
@@ -487,6 +488,8 @@ def cmd_bench(args) -> int:
     cfg.sample_mode = args.sample_mode
     cfg.skip_sampling = args.skip_sampling
     cfg.variants = args.variants
+    if args.threads:
+        cfg.threads = args.threads
     from ddpm_gui.models.presets import check_image_size, get_preset
 
     check_image_size(get_preset(cfg.preset), cfg.image_size)

@@ -225,4 +225,3 @@ def benchmark(
         opt.step()
         times.append(time.perf_counter() - start)
     return batch_size / statistics.median(times[warmup:])
-

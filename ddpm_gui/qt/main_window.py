@@ -45,6 +45,7 @@ def _load_engine():
 
     yield ("status", "Loading the diffusion engine…")
     import pyqtgraph  # noqa: F401 - the plots' library, imported here so the GUI thread need not wait
+
     import ddpm_gui.core.diffusion  # noqa: F401
     import ddpm_gui.core.schedule  # noqa: F401
     import ddpm_gui.data  # noqa: F401

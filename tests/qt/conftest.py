@@ -8,16 +8,10 @@ test each must have stopped (we wait a few seconds first); the test fails if one
 from __future__ import annotations
 
 import os
-import tempfile
 import threading
 
 # before any Qt import (pytest-qt creates the QApplication later, on first use of qtbot/qapp)
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-os.environ["HF_HUB_OFFLINE"] = "1"
-_TMP = tempfile.mkdtemp(prefix="ddpm-gui-qt-tests-")
-os.environ.setdefault("HF_HOME", os.path.join(_TMP, "hf"))
-os.environ.setdefault("HF_DATASETS_CACHE", os.path.join(_TMP, "hf", "datasets"))
-os.environ.setdefault("DDPM_GUI_CACHE", os.path.join(_TMP, "cache"))
 
 import pytest  # noqa: E402
 from PySide6.QtCore import QSettings, QThread  # noqa: E402
@@ -27,9 +21,12 @@ THREAD_GRACE_MS = 5000
 
 @pytest.fixture(autouse=True)
 def _private_dirs(tmp_path_factory, monkeypatch):
-    """Per-session caches (cheap to share between tests, never the user's)."""
+    """No network, and caches shared by this session's tests (cheap to reuse), never the user's.
+    Set per test (not at import) so the other test directories keep their own environment."""
     base = tmp_path_factory.getbasetemp()
     monkeypatch.setenv("DDPM_GUI_CACHE", str(base / "ddpm-cache"))
+    monkeypatch.setenv("HF_HOME", str(base / "hf-home"))
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(base / "hf-home" / "datasets"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     yield
 

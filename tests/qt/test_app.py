@@ -146,6 +146,9 @@ def test_run_app_reports_timing_and_stalls(tmp_path):
         DDPM_GUI_EXIT_AFTER="4",
         QT_QPA_PLATFORM="offscreen",
     )
+    ini = QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat)
+    ini.setValue("data/limit", 200)  # autoload a small built-in set
+    ini.sync()
     code = (
         "import sys; from ddpm_gui.qt.app import run_app; "
         f"sys.exit(run_app(settings_path={str(tmp_path / 's.ini')!r}))"
