@@ -198,15 +198,15 @@ def decode_image(data: bytes | None, path: str | os.PathLike | None, size: int) 
             raise Skip(f"{os.path.getsize(path)} bytes")
         fp = os.fspath(path)
     else:
-        raise Skip("no image data")
+        raise ValueError("the row holds neither image bytes nor a path")
     with Image.open(fp) as img:
         if img.width * img.height > MAX_PIXELS:
             raise Skip(f"{img.width}x{img.height} pixels")
         if img.format == "JPEG":
             img.draft("RGB", (size, size))  # let libjpeg decode at 1/2, 1/4 or 1/8 scale when it can
         img.load()
-        if img.format in _EXIF_FORMATS:  # photos: turn them upright as their viewer would
-            img = ImageOps.exif_transpose(img)
+        if img.format in _EXIF_FORMATS and img.getexif().get(0x0112, 1) != 1:
+            img = ImageOps.exif_transpose(img)  # a camera's orientation tag: turn it upright as viewers do
         return to_rgb_square(img, size)
 
 
