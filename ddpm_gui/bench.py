@@ -61,8 +61,18 @@ class BenchConfig:
     def quick_config(cls, device: str = "cpu") -> BenchConfig:
         """A smoke run for tests: tiny preset, 16x16, batch 16, a few steps; seconds, not minutes."""
         return cls(
-            preset="tiny", batch_size=16, image_size=16, iters=3, warmup=1, device=device, data="builtin:256",
-            sample_batches=(1, 2), ddim_steps=5, peak_size=512, threads=1, quick=True,
+            preset="tiny",
+            batch_size=16,
+            image_size=16,
+            iters=3,
+            warmup=1,
+            device=device,
+            data="builtin:256",
+            sample_batches=(1, 2),
+            ddim_steps=5,
+            peak_size=512,
+            threads=1,
+            quick=True,
         )
 
 
@@ -82,8 +92,14 @@ def gather(consts: torch.Tensor, t: torch.Tensor):
 class TutorialLoop:
     """The article's training loop, one step per call; the model is built by the caller."""
 
-    def __init__(self, unet: torch.nn.Module, dataset: list[dict], device: torch.device, batch_size: int = 128,
-                 n_steps: int = 100):
+    def __init__(
+        self,
+        unet: torch.nn.Module,
+        dataset: list[dict],
+        device: torch.device,
+        batch_size: int = 128,
+        n_steps: int = 100,
+    ):
         self.unet = unet
         self.dataset = dataset
         self.device = device
@@ -149,8 +165,9 @@ def _peak_mb(dev: torch.device) -> float:
     return rss / 2**20 if platform.system() == "Darwin" else rss / 2**10
 
 
-def matmul_peak_tflops(dev: torch.device, size: int | None = None, dtype: torch.dtype | None = None,
-                       iters: int | None = None) -> tuple[float, str]:
+def matmul_peak_tflops(
+    dev: torch.device, size: int | None = None, dtype: torch.dtype | None = None, iters: int | None = None
+) -> tuple[float, str]:
     """The device's dense matmul throughput measured now: (TFLOP/s, dtype name). bf16 on CUDA (the
     trainer's autocast dtype), fp32 on the CPU (the trainer's CPU dtype). Median of timed runs."""
     cuda = dev.type == "cuda"
@@ -185,8 +202,16 @@ def _studio_trainer(cfg: BenchConfig, data, run_dir: str):
     from ddpm_gui.engine.trainer import Trainer
 
     tc = TrainConfig(
-        data=cfg.data, image_size=cfg.image_size, preset=cfg.preset, batch_size=cfg.batch_size, device=cfg.device,
-        steps=10**8, seed=cfg.seed, preview_every=0, checkpoint_every=0, checkpoint_minutes=0,
+        data=cfg.data,
+        image_size=cfg.image_size,
+        preset=cfg.preset,
+        batch_size=cfg.batch_size,
+        device=cfg.device,
+        steps=10**8,
+        seed=cfg.seed,
+        preview_every=0,
+        checkpoint_every=0,
+        checkpoint_minutes=0,
     )
     trainer = Trainer(tc, run_dir, data=data)
     trainer._load_data()
@@ -224,17 +249,21 @@ def _time_sampling(bundle, batches, repeats: int, log: Callable[[str], None], dd
     def run(cfg: SampleConfig) -> float:
         t0 = time.perf_counter()
         last = None
-        for last in sample_frames(bundle, cfg):  # the last frame's uint8 copy waits for the device
-            pass
+        for frame in sample_frames(bundle, cfg):  # the last frame's uint8 copy waits for the device
+            last = frame
         assert last is not None and last.final
         return time.perf_counter() - t0
 
     out: dict = {}
     for b in batches:
         run(SampleConfig(n=b, sampler="ddim", steps=2, every=10**9))  # warm-up at this batch size
-        secs = statistics.median(run(SampleConfig(n=b, sampler="ddpm", every=10**9, seed=r)) for r in range(repeats))
+        secs = statistics.median(
+            run(SampleConfig(n=b, sampler="ddpm", every=10**9, seed=r)) for r in range(repeats)
+        )
         out[str(b)] = secs
-        log(f"  sampling: {bundle.schedule.T} DDPM steps at batch {b:>3d}: {secs:8.3f} s  ({b / secs:8.1f} img/s)")
+        log(
+            f"  sampling: {bundle.schedule.T} DDPM steps at batch {b:>3d}: {secs:8.3f} s  ({b / secs:8.1f} img/s)"
+        )
     if ddim_steps:
         b = 16
         run(SampleConfig(n=b, sampler="ddim", steps=2, every=10**9))
@@ -307,9 +336,13 @@ def _run_bench(cfg: BenchConfig, log: Callable[[str], None]) -> dict:
         "flops_per_image_train": float(flops["train"]),
         "flops_per_image_forward": float(flops["forward"]),
     }
-    log(f"DDPM Studio bench: preset {cfg.preset} at {cfg.image_size}x{cfg.image_size}, batch {cfg.batch_size}, "
-        f"on {res['device']} (torch {torch.__version__}); load average {res['load_average'][0]:.2f}")
-    log(f"  {flops['train'] / 1e9:.3f} GFLOP per image per training step ({flops['forward'] / 1e9:.3f} forward)")
+    log(
+        f"DDPM Studio bench: preset {cfg.preset} at {cfg.image_size}x{cfg.image_size}, batch {cfg.batch_size}, "
+        f"on {res['device']} (torch {torch.__version__}); load average {res['load_average'][0]:.2f}"
+    )
+    log(
+        f"  {flops['train'] / 1e9:.3f} GFLOP per image per training step ({flops['forward'] / 1e9:.3f} forward)"
+    )
 
     data = load_data(cfg.data, image_size=cfg.image_size)
     n_needed = cfg.batch_size * (cfg.warmup + cfg.iters)
@@ -373,10 +406,16 @@ def _run_bench(cfg: BenchConfig, log: Callable[[str], None]) -> dict:
             torch.cuda.empty_cache()
 
         peak, peak_dtype = matmul_peak_tflops(dev, cfg.peak_size)
-        res.update(matmul_peak_tflops=peak, matmul_peak_dtype=peak_dtype,
-                   peak_fraction=res["studio_tflops"] / peak, tutorial_peak_fraction=res["tutorial_tflops"] / peak)
-        log(f"  {peak_dtype} matmul peak measured now: {peak:.3f} TFLOP/s; DDPM Studio reaches "
-            f"{100 * res['peak_fraction']:.1f}% of it, the tutorial {100 * res['tutorial_peak_fraction']:.1f}%")
+        res.update(
+            matmul_peak_tflops=peak,
+            matmul_peak_dtype=peak_dtype,
+            peak_fraction=res["studio_tflops"] / peak,
+            tutorial_peak_fraction=res["tutorial_tflops"] / peak,
+        )
+        log(
+            f"  {peak_dtype} matmul peak measured now: {peak:.3f} TFLOP/s; DDPM Studio reaches "
+            f"{100 * res['peak_fraction']:.1f}% of it, the tutorial {100 * res['tutorial_peak_fraction']:.1f}%"
+        )
 
         if cfg.variants:
             res["variants_img_per_s"] = _time_variants(cfg, data, log)
@@ -388,7 +427,9 @@ def _run_bench(cfg: BenchConfig, log: Callable[[str], None]) -> dict:
             model = accelerate(bundle.model, cfg.sample_mode)
             bundle = dataclasses.replace(bundle, model=model)
             _reset_peak(dev)
-            res["sampling_s"] = _time_sampling(bundle, cfg.sample_batches, cfg.sample_repeats, log, cfg.ddim_steps)
+            res["sampling_s"] = _time_sampling(
+                bundle, cfg.sample_batches, cfg.sample_repeats, log, cfg.ddim_steps
+            )
             res["sampling_steps"] = bundle.schedule.T
             res["sample_mode"] = cfg.sample_mode
             reason = getattr(model, "fallback_reason", None)
@@ -403,8 +444,10 @@ def _run_bench(cfg: BenchConfig, log: Callable[[str], None]) -> dict:
         "torch.cuda.max_memory_allocated per phase" if dev.type == "cuda" else "process peak RSS, cumulative"
     )
     res["load_average_end"] = list(_loadavg())
-    log(f"  peak memory ({res['peak_memory_kind']}): tutorial {mem_tut:.0f} MiB, studio {mem_studio:.0f} MiB"
-        + (f", sampling {mem_sampling:.0f} MiB" if mem_sampling is not None else ""))
+    log(
+        f"  peak memory ({res['peak_memory_kind']}): tutorial {mem_tut:.0f} MiB, studio {mem_studio:.0f} MiB"
+        + (f", sampling {mem_sampling:.0f} MiB" if mem_sampling is not None else "")
+    )
     return res
 
 

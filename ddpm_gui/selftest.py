@@ -154,7 +154,7 @@ def _snapshot(paths: list[Path]) -> dict[str, tuple]:
             st = root.stat()
             state[str(root)] = (st.st_size, st.st_mtime_ns)
             continue
-        for dirpath, dirnames, filenames in os.walk(root):
+        for dirpath, _dirnames, filenames in os.walk(root):
             state[dirpath] = ("dir",)
             for f in filenames:
                 p = os.path.join(dirpath, f)
@@ -213,7 +213,9 @@ def _check_qt_platform() -> None:
             f"found: {', '.join(found) or 'nothing'})"
         )
     if name == "xcb" and not os.environ.get("DISPLAY"):
-        raise CheckFailed("QT_QPA_PLATFORM is xcb but DISPLAY is not set: unset QT_QPA_PLATFORM to run offscreen")
+        raise CheckFailed(
+            "QT_QPA_PLATFORM is xcb but DISPLAY is not set: unset QT_QPA_PLATFORM to run offscreen"
+        )
 
 
 def _run_checks(tmp: Path, checks: _Checks) -> None:
@@ -248,7 +250,9 @@ def _run_checks(tmp: Path, checks: _Checks) -> None:
         settings.sync()
         state.update(app=app, settings=settings, ini=ini)
         icons = [resource_path(n) for n in ("ddpm-gui.svg", "ddpm-gui.png")]
-        _need(all(p is not None for p in icons), "the icons (ddpm-gui.svg/.png) are not in any resource folder")
+        _need(
+            all(p is not None for p in icons), "the icons (ddpm-gui.svg/.png) are not in any resource folder"
+        )
         _need(not app.windowIcon().isNull(), "the window icon did not load")
         return f"Qt {qVersion()}, icons from {icons[0].parent}"
 
@@ -357,9 +361,17 @@ def _run_checks(tmp: Path, checks: _Checks) -> None:
         t0 = time.perf_counter()
         run_dir = tmp / "run"
         cfg = TrainConfig(
-            data=f"builtin:{N_IMAGES}", image_size=IMAGE_SIZE, preset="tiny", steps=TRAIN_STEPS,
-            batch_size=BATCH, warmup_steps=0, device="cpu", log_every=1, preview_every=0,
-            checkpoint_every=0, checkpoint_minutes=0.0,
+            data=f"builtin:{N_IMAGES}",
+            image_size=IMAGE_SIZE,
+            preset="tiny",
+            steps=TRAIN_STEPS,
+            batch_size=BATCH,
+            warmup_steps=0,
+            device="cpu",
+            log_every=1,
+            preview_every=0,
+            checkpoint_every=0,
+            checkpoint_minutes=0.0,
         )
         trainer = Trainer(cfg, run_dir, data=state["data"])
         losses: list[float] = []
@@ -398,7 +410,10 @@ def _run_checks(tmp: Path, checks: _Checks) -> None:
         frames = list(sample_frames(bundle, cfg))
         _need(frames and frames[-1].final, "the sampler yielded no final frame")
         x = frames[-1].xt
-        _need(isinstance(x, np.ndarray) and x.dtype == np.uint8, f"samples are {type(x).__name__} {getattr(x, 'dtype', '')}")
+        _need(
+            isinstance(x, np.ndarray) and x.dtype == np.uint8,
+            f"samples are {type(x).__name__} {getattr(x, 'dtype', '')}",
+        )
         _need(x.shape == (SAMPLES, IMAGE_SIZE, IMAGE_SIZE, 3), f"samples have shape {x.shape}")
         _need(all(int(im.max()) > int(im.min()) for im in x), "a sample is a constant image")
         state["bundle"] = bundle
@@ -415,7 +430,9 @@ def _run_checks(tmp: Path, checks: _Checks) -> None:
         w, h, std = _grab_stats(win)
         _need(w > 0 and h > 0, f"the grab is {w}x{h}")
         _need(std > 1.0, f"the window grab is blank (grey-level standard deviation {std:.2f})")
-        return f"{w}x{h} pixels, grey-level standard deviation {std:.1f}, with the trained model set as current"
+        return (
+            f"{w}x{h} pixels, grey-level standard deviation {std:.1f}, with the trained model set as current"
+        )
 
     checks.run("window grab", show_model)
 
@@ -464,14 +481,19 @@ def self_test() -> int:
         after = _snapshot(watched)
         changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
         if changed:
-            raise _Failure("nothing written outside the temporary folder", f"changed: {', '.join(changed[:5])}")
+            raise _Failure(
+                "nothing written outside the temporary folder", f"changed: {', '.join(changed[:5])}"
+            )
         checks.ok(
             "nothing written outside the temporary folder",
             f"{len(after)} entries under {', '.join(str(p) for p in watched[:3])} unchanged; temporary folder removed",
         )
     except _Failure as f:
         print(f"FAIL {f.check}: {f.reason}", flush=True)
-        print(f"self-test FAILED after {checks.passed} checks passed, {time.perf_counter() - t0:.1f} s", flush=True)
+        print(
+            f"self-test FAILED after {checks.passed} checks passed, {time.perf_counter() - t0:.1f} s",
+            flush=True,
+        )
         return 1
     except Exception as exc:  # noqa: BLE001 - a bug in the self-test itself, still one clear line
         traceback.print_exc()

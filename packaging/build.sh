@@ -9,7 +9,7 @@
 # Environment:
 #   PYTHON           the Python whose environment is frozen (default: .venv/bin/python if present, else python3);
 #                    it needs the app installed (pip install -e .) with the CPU build of torch (torch==2.13.0)
-#   DEB_COMPRESSION  dpkg-deb compression, "xz -z1" by default (see packaging/README.md for the measurements;
+#   DEB_COMPRESSION  dpkg-deb compression, "zstd -z6" by default (see packaging/README.md for the measurements;
 #                    zstd or high levels take minutes to tens of minutes on 2 cores for ~1 GB)
 #   DEB_MAINTAINER   the Maintainer field
 #
@@ -33,7 +33,7 @@ if [ -z "${PYTHON:-}" ]; then
   if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
 PYINSTALLER_VERSION=6.22.3
-DEB_COMPRESSION=${DEB_COMPRESSION:-xz -z1}
+DEB_COMPRESSION=${DEB_COMPRESSION:-zstd -z6}
 DEB_MAINTAINER=${DEB_MAINTAINER:-DDPM Studio maintainers <ddpm-studio@example.org>}
 VERSION=$(sed -n 's/^__version__ *= *"\([^"]*\)".*/\1/p' ddpm_gui/__init__.py)
 ARCH=$(dpkg --print-architecture 2>/dev/null || echo amd64)

@@ -17,8 +17,16 @@ def test_bench_quick_writes_every_figure(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "speedup" in printed and "tutorial loop" in printed
     res = json.loads(out.read_text())
-    for key in ("tutorial_img_per_s", "studio_img_per_s", "speedup", "flops_per_image_train", "tutorial_tflops",
-                "studio_tflops", "matmul_peak_tflops", "peak_fraction"):
+    for key in (
+        "tutorial_img_per_s",
+        "studio_img_per_s",
+        "speedup",
+        "flops_per_image_train",
+        "tutorial_tflops",
+        "studio_tflops",
+        "matmul_peak_tflops",
+        "peak_fraction",
+    ):
         assert res[key] > 0, key
     assert set(res["sampling_s"]) == {"1", "2", "ddim5_batch16"}
     assert all(v > 0 for v in res["sampling_s"].values())
@@ -29,7 +37,10 @@ def test_bench_quick_writes_every_figure(tmp_path, capsys):
 
 
 def test_bench_skip_sampling_and_bad_batches(tmp_path, capsys):
-    assert main(["bench", "--quick", "--device", "cpu", "--skip-sampling", "--json", str(tmp_path / "b.json")]) == 0
+    assert (
+        main(["bench", "--quick", "--device", "cpu", "--skip-sampling", "--json", str(tmp_path / "b.json")])
+        == 0
+    )
     res = json.loads((tmp_path / "b.json").read_text())
     assert "sampling_s" not in res and res["peak_memory_mb"]["sampling"] is None
     capsys.readouterr()

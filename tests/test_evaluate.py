@@ -159,8 +159,18 @@ def _bundle(num_classes=None):
 
     torch.manual_seed(0)
     model = build_model("tiny", num_classes=num_classes).eval()
-    return ModelBundle(model, NoiseSchedule(ScheduleConfig()), "eps", 16, num_classes,
-                       None, 0, "tiny", "untrained", torch.device("cpu"))
+    return ModelBundle(
+        model,
+        NoiseSchedule(ScheduleConfig()),
+        "eps",
+        16,
+        num_classes,
+        None,
+        0,
+        "tiny",
+        "untrained",
+        torch.device("cpu"),
+    )
 
 
 def test_evaluate_bundle_of_an_untrained_model(clf, data):

@@ -52,7 +52,11 @@ class GraphedDenoiser(nn.Module):
     @staticmethod
     def _key(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> tuple:
         return (
-            tuple(x.shape), x.dtype, str(x.device), tuple(t.shape), t.dtype,
+            tuple(x.shape),
+            x.dtype,
+            str(x.device),
+            tuple(t.shape),
+            t.dtype,
             None if y is None else (tuple(y.shape), y.dtype),
         )
 
@@ -89,7 +93,9 @@ class GraphedDenoiser(nn.Module):
                 entry = self._capture(x, t, y)
             except Exception as exc:  # noqa: BLE001 - any capture problem: run eagerly instead
                 self._failed.add(key)
-                self.fallback_reason = f"CUDA graph capture failed ({type(exc).__name__}: {exc}); running eagerly"
+                self.fallback_reason = (
+                    f"CUDA graph capture failed ({type(exc).__name__}: {exc}); running eagerly"
+                )
                 torch.cuda.synchronize(x.device)
                 return eager()
             self._graphs[key] = entry

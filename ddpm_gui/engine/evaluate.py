@@ -116,10 +116,16 @@ class ShapeClassifier(nn.Module):
         self.num_classes = num_classes
         self.width = width
         self.body = nn.Sequential(
-            *conv(image_channels, w // 2, 1), *conv(w // 2, w, 2), *conv(w, w, 1), *conv(w, 2 * w, 2),
+            *conv(image_channels, w // 2, 1),
+            *conv(w // 2, w, 2),
+            *conv(w, w, 1),
+            *conv(w, 2 * w, 2),
             *conv(2 * w, 2 * w, 1),
-            *conv(2 * w, 4 * w, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-            nn.Linear(4 * w, self.FEATURES), nn.ReLU(inplace=True),
+            *conv(2 * w, 4 * w, 2),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(4 * w, self.FEATURES),
+            nn.ReLU(inplace=True),
         )
         self.head = nn.Linear(self.FEATURES, num_classes + 1)
 
@@ -202,7 +208,9 @@ class ClassifierSpec:
     seed: int = 0
 
 
-def classifier_cache_path(data, spec: ClassifierSpec = ClassifierSpec(), cache_dir: str | Path | None = None) -> Path:
+def classifier_cache_path(
+    data, spec: ClassifierSpec = ClassifierSpec(), cache_dir: str | Path | None = None
+) -> Path:
     """The cache file for `data` (key: the source, image size, number of images, a content fingerprint,
     the classes, the training spec and EVAL_VERSION) in the data cache folder."""
     from ddpm_gui.data.cache import cache_path
@@ -295,8 +303,18 @@ def train_classifier(
             progress(step + 1, spec.steps, f"Training the quality classifier: step {step + 1}/{spec.steps}")
     secs = time.perf_counter() - t0
     net.eval()
-    clf = RealClassifier(net, list(data.class_names or [str(i) for i in range(K)]), data.size, 0.0, 0.0, held,
-                         np.zeros(0, np.int64), np.zeros(0), np.zeros((0, 0)), secs)
+    clf = RealClassifier(
+        net,
+        list(data.class_names or [str(i) for i in range(K)]),
+        data.size,
+        0.0,
+        0.0,
+        held,
+        np.zeros(0, np.int64),
+        np.zeros(0),
+        np.zeros((0, 0)),
+        secs,
+    )
     probs, _ = clf.predict(images[torch.from_numpy(held).to(dev)])
     clf.accuracy = float((probs.argmax(1) == data.labels[held]).mean())
     clf.real_recognisable = float((probs[:, :K].max(1) >= CONFIDENT).mean())
@@ -320,9 +338,14 @@ def save_classifier(clf: RealClassifier, path: Path) -> None:
         ref_sigma=torch.from_numpy(np.ascontiguousarray(clf.ref_sigma)),
     )
     meta = {
-        "version": EVAL_VERSION, "num_classes": clf.num_classes, "width": clf.net.width,
-        "class_names": clf.class_names, "image_size": clf.image_size, "accuracy": clf.accuracy,
-        "real_recognisable": clf.real_recognisable, "train_seconds": clf.train_seconds,
+        "version": EVAL_VERSION,
+        "num_classes": clf.num_classes,
+        "width": clf.net.width,
+        "class_names": clf.class_names,
+        "image_size": clf.image_size,
+        "accuracy": clf.accuracy,
+        "real_recognisable": clf.real_recognisable,
+        "train_seconds": clf.train_seconds,
     }
     atomic_write_bytes(path, save(tensors, metadata={META_KEY: json.dumps(meta)}))
 
@@ -341,9 +364,18 @@ def load_classifier(path: Path, device: str | torch.device = "cpu") -> RealClass
     net.load_state_dict({k[4:]: v for k, v in t.items() if k.startswith("net.")})
     net.to(device).eval()
     return RealClassifier(
-        net, list(meta["class_names"]), int(meta["image_size"]), float(meta["accuracy"]),
-        float(meta["real_recognisable"]), t["heldout"].numpy(), t["reference"].numpy(), t["ref_mu"].double().numpy(),
-        t["ref_sigma"].double().numpy(), float(meta["train_seconds"]), path, True,
+        net,
+        list(meta["class_names"]),
+        int(meta["image_size"]),
+        float(meta["accuracy"]),
+        float(meta["real_recognisable"]),
+        t["heldout"].numpy(),
+        t["reference"].numpy(),
+        t["ref_mu"].double().numpy(),
+        t["ref_sigma"].double().numpy(),
+        float(meta["train_seconds"]),
+        path,
+        True,
     )
 
 
@@ -363,7 +395,11 @@ def get_classifier(
     if not retrain and path.is_file():
         try:
             clf = load_classifier(path, device)
-            if clf.num_classes == data.num_classes and clf.image_size == data.size and clf.heldout.max() < len(data):
+            if (
+                clf.num_classes == data.num_classes
+                and clf.image_size == data.size
+                and clf.heldout.max() < len(data)
+            ):
                 return clf
         except Exception:  # noqa: BLE001 - any unreadable cache is rebuilt
             pass
@@ -455,11 +491,18 @@ def generate(
     for label, idx in groups:
         for i in range(0, len(idx), chunk):
             part = idx[i : i + chunk]
-            cfg = SampleConfig(n=len(part), sampler=sampler, steps=steps, seed=seed * 100_003 + done,
-                               class_label=label, guidance=guidance, every=10**9)
+            cfg = SampleConfig(
+                n=len(part),
+                sampler=sampler,
+                steps=steps,
+                seed=seed * 100_003 + done,
+                class_label=label,
+                guidance=guidance,
+                every=10**9,
+            )
             last = None
-            for last in sample_frames(b, cfg, stop=stop):
-                pass
+            for frame in sample_frames(b, cfg, stop=stop):
+                last = frame
             if stop is not None and stop.is_set():
                 raise EvalCancelled("The quality check was stopped while sampling.")
             assert last is not None
@@ -503,8 +546,9 @@ def evaluate_bundle(
     clf = classifier or get_classifier(data, device=bundle.device, progress=progress, stop=stop)
     clf.to(bundle.device)
     t0 = time.perf_counter()
-    images, requested = generate(bundle, n, sampler, steps, guidance, seed, sample_mode=sample_mode,
-                                 progress=progress, stop=stop)
+    images, requested = generate(
+        bundle, n, sampler, steps, guidance, seed, sample_mode=sample_mode, progress=progress, stop=stop
+    )
     sample_secs = time.perf_counter() - t0
     res = score_images(clf, images, requested, data)
     res.update(
@@ -560,8 +604,9 @@ def evaluate_run(
     ds = load_data(spec, image_size=bundle.image_size, limit=limit)
     _check_data(ds)
     clf = get_classifier(ds, device=bundle.device, retrain=retrain, progress=progress)
-    res = evaluate_bundle(bundle, ds, n, sampler, steps, guidance, seed, clf, sample_mode, progress,
-                          keep_samples=bool(grid))
+    res = evaluate_bundle(
+        bundle, ds, n, sampler, steps, guidance, seed, clf, sample_mode, progress, keep_samples=bool(grid)
+    )
     if grid:
         from ddpm_gui.engine.images import make_grid, save_png
 
@@ -581,13 +626,18 @@ def format_report(res: dict) -> str:
         f"{res['confident_threshold']})"
         + ("" if res["classifier_from_cache"] else f"; trained in {res['classifier_train_seconds']:.0f} s"),
         f"samples:     {res['n']} drawn with {res['sampler']} ({res['sampling_steps']} steps"
-        + (f", guidance {res['guidance']}" if res["conditional"] else "") + f") in {res['sample_seconds']:.1f} s",
+        + (f", guidance {res['guidance']}" if res["conditional"] else "")
+        + f") in {res['sample_seconds']:.1f} s",
     ]
     if res["conditional"]:
-        lines.append(f"accuracy:    {pct(res['accuracy'])} of samples classified as the class asked for "
-                     f"({pct(res['accuracy_confident'])} with probability >= {res['confident_threshold']})")
-    lines.append(f"recognisable: {pct(res['recognisable'])} of samples are confidently one class "
-                 f"(real images: {pct(res['real_recognisable'])})")
+        lines.append(
+            f"accuracy:    {pct(res['accuracy'])} of samples classified as the class asked for "
+            f"({pct(res['accuracy_confident'])} with probability >= {res['confident_threshold']})"
+        )
+    lines.append(
+        f"recognisable: {pct(res['recognisable'])} of samples are confidently one class "
+        f"(real images: {pct(res['real_recognisable'])})"
+    )
     hist = res["class_histogram"]
     lines.append("classes:     " + ", ".join(f"{k} {v}" for k, v in hist.items()))
     floor = res.get("frechet_distance_real")

@@ -244,10 +244,16 @@ class DenoisePanel(QWidget):
             self._file_image = None
         images, labels, names, _desc = self._pool()
         start = (index // STRIP) * STRIP
-        if start != self._strip_start:
-            self._strip_start = start
-            chunk = images[start : start + STRIP]
-            self.strip.set_images(chunk, captions=[str(start + j) for j in range(len(chunk))])
+        self._strip_start = start
+        chunk = images[start : start + STRIP]
+        marked = self._file_image is None
+        self.strip.set_images(
+            chunk,
+            captions=[
+                f"[{start + j}]" if marked and start + j == index else str(start + j)
+                for j in range(len(chunk))
+            ],
+        )
         self._show_original()
 
     def open_image(self, path: str | Path | None = None) -> bool:
@@ -275,7 +281,7 @@ class DenoisePanel(QWidget):
             return False
         self._file_name = Path(path).name
         self.source_label.setText(f"File: {self._file_name} (pick an index to go back to the dataset)")
-        self._show_original()
+        self._on_index_changed(self.index_spin.value(), keep_file=True)  # unmarks the strip
         return True
 
     def model_size(self) -> int:
