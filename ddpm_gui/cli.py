@@ -227,24 +227,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args) -> int:
+    import signal
+
     from tqdm import tqdm
 
     from ddpm_gui.engine import events as ev
-    from ddpm_gui.engine.config import TrainConfig
+    from ddpm_gui.engine.config import TrainConfig, load_run_config
     from ddpm_gui.engine.trainer import Trainer
-    from ddpm_gui.errors import CheckpointError
 
     out = Path(args.out)
     if args.resume:
-        cfg_path = out / "config.json"
-        if not cfg_path.exists():
-            raise CheckpointError(f"{out} is not a run folder (no config.json): nothing to resume.")
-        try:
-            cfg = TrainConfig.from_dict(json.loads(cfg_path.read_text()))
-        except json.JSONDecodeError as exc:
-            raise CheckpointError(f"{cfg_path} is damaged: {exc}.") from exc
+        cfg = load_run_config(out)  # a one-line error when missing, damaged or from a newer version
         # on resume only the length of the run (and where/how it runs) may change
-        given = {a[2:].split("=")[0].replace("-", "_") for a in args.argv if a.startswith("--")}
+        given = {a[2:].split("=")[0] for a in args.argv if a.startswith("--")}
+        ignored = sorted(given - {"steps", "device", "out", "resume"})
+        if ignored:
+            print("warning: a resumed run keeps its own settings; ignored: " + ", ".join(f"--{a}" for a in ignored),
+                  file=sys.stderr)
         changes = {}
         if "steps" in given:
             changes["steps"] = args.steps
@@ -264,6 +263,23 @@ def cmd_train(args) -> int:
     trainer = Trainer(cfg, out, resume=args.resume)
     bar = None
     code = 0
+    interrupted: list[int] = []
+
+    def graceful(signum, _frame):
+        # Ctrl+C / SIGTERM: finish the current step, save a checkpoint, exit; a second one aborts at once
+        if interrupted:
+            raise KeyboardInterrupt
+        interrupted.append(signum)
+        trainer.stop()
+        tqdm.write("stopping: saving a checkpoint after this step (press Ctrl+C again to abort without saving)")
+
+    old_handlers = {}
+    for sig in (signal.SIGINT, getattr(signal, "SIGTERM", None)):
+        if sig is not None:
+            try:
+                old_handlers[sig] = signal.signal(sig, graceful)
+            except ValueError:  # not the main thread (cli.main called from a thread): keep the defaults
+                pass
     try:
         for e in trainer.run():
             if isinstance(e, ev.Started):
@@ -291,10 +307,14 @@ def cmd_train(args) -> int:
                 print(f"error: {e.message}", file=sys.stderr)
                 code = 1
     except KeyboardInterrupt:
-        # Ctrl+C: ask the trainer to stop and let it save
-        trainer.stop()
-        print("\nstopping, saving a checkpoint…", file=sys.stderr)
+        # a second Ctrl+C: abort now; the last checkpoint on disk is intact
+        print(f"\naborted; the last checkpoint is {trainer.last_checkpoint}", file=sys.stderr)
         return 130
+    finally:
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)
+    if interrupted and code == 0:
+        return 128 + int(interrupted[0])
     return code
 
 

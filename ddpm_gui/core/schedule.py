@@ -33,21 +33,31 @@ class ScheduleConfig:
     rescale_zero_snr: bool = False  # rescale so alpha_bar_T = 0 exactly (Lin et al. 2023)
 
     def validate(self) -> ScheduleConfig:
-        if self.kind not in SCHEDULE_KINDS:
-            raise ConfigError(f"Unknown schedule '{self.kind}': choose one of {', '.join(SCHEDULE_KINDS)}.")
-        if not isinstance(self.T, int) or self.T < 1 or self.T > 10000:
-            raise ConfigError(f"T must be a whole number from 1 to 10000, got {self.T}.")
+        def real(v) -> bool:  # a finite number, not a bool (any other value is a ConfigError, never a TypeError)
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                return False
+            try:
+                return math.isfinite(v)
+            except OverflowError:  # an int too large for a float
+                return False
+
+        if not isinstance(self.kind, str) or self.kind not in SCHEDULE_KINDS:
+            raise ConfigError(f"Unknown schedule {self.kind!r}: choose one of {', '.join(SCHEDULE_KINDS)}.")
+        if not isinstance(self.T, int) or isinstance(self.T, bool) or self.T < 1 or self.T > 10000:
+            raise ConfigError(f"T must be a whole number from 1 to 10000, got {self.T!r}.")
         if self.kind in ("linear", "quadratic"):
             for name in ("beta_start", "beta_end"):
                 v = getattr(self, name)
-                if not (0.0 < v < 1.0) or not math.isfinite(v):
-                    raise ConfigError(f"{name} must lie strictly between 0 and 1, got {v}.")
+                if not real(v) or not (0.0 < v < 1.0):
+                    raise ConfigError(f"{name} must lie strictly between 0 and 1, got {v!r}.")
             if self.beta_end < self.beta_start:
                 raise ConfigError(
                     f"beta_end ({self.beta_end}) must not be smaller than beta_start ({self.beta_start})."
                 )
-        if self.kind == "cosine" and not (0.0 <= self.cosine_s < 1.0):
-            raise ConfigError(f"cosine_s must lie in [0, 1), got {self.cosine_s}.")
+        if self.kind == "cosine" and not (real(self.cosine_s) and 0.0 <= self.cosine_s < 1.0):
+            raise ConfigError(f"cosine_s must lie in [0, 1), got {self.cosine_s!r}.")
+        if not isinstance(self.rescale_zero_snr, bool):
+            raise ConfigError(f"rescale_zero_snr must be true or false, got {self.rescale_zero_snr!r}.")
         return self
 
     def to_dict(self) -> dict:
@@ -55,6 +65,8 @@ class ScheduleConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ScheduleConfig:
+        if not isinstance(d, dict):
+            raise ConfigError(f"A noise schedule must be a JSON object, got {type(d).__name__}.")
         known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
         return cls(**known).validate()
 

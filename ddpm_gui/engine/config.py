@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from ddpm_gui.core.diffusion import PREDICTIONS
@@ -10,6 +12,21 @@ from ddpm_gui.core.schedule import ScheduleConfig
 from ddpm_gui.errors import ConfigError
 
 CONFIG_VERSION = 1  # bump when a field changes meaning; older run folders are migrated in from_dict
+
+
+def is_int(v) -> bool:
+    """A whole number (a bool is not one, though Python says it is an int)."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_number(v) -> bool:
+    """A finite real number (not a bool, not an int too large for a float)."""
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
 
 
 @dataclass
@@ -47,7 +64,8 @@ class TrainConfig:
     version: int = CONFIG_VERSION
 
     def validate(self) -> TrainConfig:
-        """Raise ConfigError with a message that says what to change."""
+        """Raise ConfigError with a message that says what to change (never another exception, whatever
+        the field values: tests/test_properties.py feeds it arbitrary ones)."""
 
         def need(cond: bool, msg: str) -> None:
             if not cond:
@@ -55,53 +73,88 @@ class TrainConfig:
 
         def finite(name: str) -> float:
             v = getattr(self, name)
-            need(isinstance(v, int | float) and math.isfinite(v), f"{name} must be a number, got {v!r}.")
+            need(is_number(v), f"{name} must be a number, got {v!r}.")
             return float(v)
 
-        need(isinstance(self.data, str) and self.data.strip() != "", "Choose a dataset (for example 'builtin').")
-        need(
-            isinstance(self.image_size, int) and 8 <= self.image_size <= 256,
-            f"image_size must be a whole number from 8 to 256, got {self.image_size}.",
-        )
-        need(
-            self.data_limit is None or (isinstance(self.data_limit, int) and self.data_limit >= 1),
-            f"data_limit must be empty or at least 1, got {self.data_limit}.",
-        )
-        from ddpm_gui.models.presets import check_image_size, get_preset
+        def whole(name: str, lo: int, hi: int | None = None, what: str | None = None) -> int:
+            v = getattr(self, name)
+            ok = is_int(v) and v >= lo and (hi is None or v <= hi)
+            rng = f"from {lo} to {hi}" if hi is not None else f"of at least {lo}"
+            need(ok, what or f"{name} must be a whole number {rng}, got {v!r}.")
+            return v
 
+        need(
+            isinstance(self.data, str) and self.data.strip() != "",
+            "Choose a dataset (for example 'builtin').",
+        )
+        whole(
+            "image_size", 8, 256, f"image_size must be a whole number from 8 to 256, got {self.image_size!r}."
+        )
+        need(
+            self.data_limit is None or (is_int(self.data_limit) and self.data_limit >= 1),
+            f"data_limit must be empty or at least 1, got {self.data_limit!r}.",
+        )
+        from ddpm_gui.models.presets import PRESETS, check_image_size, get_preset
+
+        need(
+            isinstance(self.preset, str) and self.preset in PRESETS,
+            f"Unknown preset {self.preset!r}: choose one of {', '.join(PRESETS)}.",
+        )
         check_image_size(get_preset(self.preset), self.image_size)
+        need(
+            isinstance(self.conditional, bool),
+            f"conditional must be true or false, got {self.conditional!r}.",
+        )
         need(0.0 <= finite("cond_drop") < 1.0, f"cond_drop must lie in [0, 1), got {self.cond_drop}.")
         if not isinstance(self.schedule, ScheduleConfig):
             raise ConfigError("schedule must be a ScheduleConfig.")
         self.schedule.validate()
-        need(self.prediction in PREDICTIONS, f"prediction must be one of {', '.join(PREDICTIONS)}, got {self.prediction!r}.")
+        need(
+            isinstance(self.prediction, str) and self.prediction in PREDICTIONS,
+            f"prediction must be one of {', '.join(PREDICTIONS)}, got {self.prediction!r}.",
+        )
         lr = finite("lr")
-        need(0.0 < lr <= 1.0, f"The learning rate must be positive and at most 1 (the tutorial uses 3e-4), got {lr}.")
         need(
-            isinstance(self.batch_size, int) and 1 <= self.batch_size <= 65536,
-            f"The batch size must be a whole number of at least 1, got {self.batch_size}.",
+            0.0 < lr <= 1.0,
+            f"The learning rate must be positive and at most 1 (the tutorial uses 3e-4), got {lr}.",
+        )
+        whole(
+            "batch_size",
+            1,
+            65536,
+            f"The batch size must be a whole number from 1 to 65536, got {self.batch_size!r}.",
+        )
+        whole(
+            "steps",
+            1,
+            100_000_000,
+            f"The number of training steps must be from 1 to 100,000,000, got {self.steps!r}.",
         )
         need(
-            isinstance(self.steps, int) and 1 <= self.steps <= 100_000_000,
-            f"The number of training steps must be at least 1, got {self.steps}.",
+            0.0 <= finite("weight_decay") < 1.0, f"weight_decay must lie in [0, 1), got {self.weight_decay}."
         )
-        need(0.0 <= finite("weight_decay") < 1.0, f"weight_decay must lie in [0, 1), got {self.weight_decay}.")
-        need(isinstance(self.warmup_steps, int) and self.warmup_steps >= 0, "warmup_steps must be 0 or more.")
-        need(finite("grad_clip") >= 0.0, f"grad_clip must be 0 (off) or positive, got {self.grad_clip}.")
-        need(0.0 <= finite("ema_decay") < 1.0, f"ema_decay must lie in [0, 1) (0 turns EMA off), got {self.ema_decay}.")
-        need(isinstance(self.seed, int) and self.seed >= 0, f"seed must be a whole number >= 0, got {self.seed}.")
+        whole("warmup_steps", 0, 100_000_000)
+        need(
+            0.0 <= finite("grad_clip") <= 1e6, f"grad_clip must be 0 (off) or positive, got {self.grad_clip}."
+        )
+        need(
+            0.0 <= finite("ema_decay") < 1.0,
+            f"ema_decay must lie in [0, 1) (0 turns EMA off), got {self.ema_decay}.",
+        )
+        need(isinstance(self.amp, bool), f"amp must be true or false, got {self.amp!r}.")
+        whole("seed", 0, 2**63 - 1, f"seed must be a whole number >= 0, got {self.seed!r}.")
         for name in ("log_every", "preview_every", "checkpoint_every", "preview_steps"):
-            v = getattr(self, name)
-            need(isinstance(v, int) and v >= 0, f"{name} must be a whole number >= 0, got {v!r}.")
+            whole(name, 0, 100_000_000)
         need(self.log_every >= 1, "log_every must be at least 1.")
-        need(isinstance(self.preview_n, int) and 1 <= self.preview_n <= 256, "preview_n must be from 1 to 256.")
-        need(finite("checkpoint_minutes") >= 0.0, "checkpoint_minutes must be 0 (off) or positive.")
-        need(isinstance(self.keep_checkpoints, int) and self.keep_checkpoints >= 1, "keep_checkpoints must be at least 1.")
+        whole("preview_n", 1, 256, "preview_n must be from 1 to 256.")
+        need(0.0 <= finite("checkpoint_minutes") <= 1e7, "checkpoint_minutes must be 0 (off) or positive.")
+        whole("keep_checkpoints", 1, 1_000_000, "keep_checkpoints must be at least 1.")
         dev = self.device
         need(
-            isinstance(dev, str) and (dev in ("auto", "cpu", "cuda", "mps") or dev.startswith("cuda:")),
+            isinstance(dev, str) and re.fullmatch(r"auto|cpu|cuda|mps|cuda:\d{1,3}", dev) is not None,
             f"device must be auto, cpu, cuda, cuda:N or mps, got {dev!r}.",
         )
+        need(is_int(self.version), f"version must be a whole number, got {self.version!r}.")
         if self.schedule.rescale_zero_snr and self.prediction == "eps":
             raise ConfigError(
                 "A zero-terminal-SNR schedule leaves no signal at the last step, where predicting the noise "
@@ -116,8 +169,13 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
-        """Read a config written by this or an older version; refuse a newer one clearly."""
-        version = int(d.get("version", 1))
+        """Read a config written by this or an older version (missing fields take their defaults, unknown
+        ones are ignored); refuse a newer one clearly. Values are not checked here: call validate()."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"A training config must be a JSON object, got {type(d).__name__}.")
+        version = d.get("version", 1)
+        if not is_int(version) or version < 1:
+            raise ConfigError(f"The config has a damaged version field ({version!r}).")
         if version > CONFIG_VERSION:
             raise ConfigError(
                 f"This run was written by a newer DDPM Studio (config version {version}, this one reads up to "
@@ -132,3 +190,32 @@ class TrainConfig:
 
     def replace(self, **changes) -> TrainConfig:
         return replace(self, **changes)
+
+
+def load_run_config(run_dir) -> TrainConfig:
+    """The validated TrainConfig of a run folder (its config.json), or a DDPMError that says what is wrong:
+    not a run folder, a damaged file, a newer version. An older config.json loads with defaults for the
+    fields it lacks."""
+    from pathlib import Path
+
+    from ddpm_gui.errors import CheckpointError
+
+    path = Path(run_dir).expanduser() / "config.json"
+    if not path.is_file():
+        raise CheckpointError(
+            f"{path.parent} is not a DDPM Studio run folder (no config.json): nothing to resume."
+        )
+    try:
+        d = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise CheckpointError(f"{path} cannot be read ({exc.strerror or exc}).") from exc
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise CheckpointError(
+            f"{path} is damaged ({str(exc)[:120]}): restore it, or start a new run folder."
+        ) from None
+    try:
+        return TrainConfig.from_dict(d).validate()
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    except (TypeError, ValueError) as exc:  # a field of an impossible type in a hand-edited file
+        raise ConfigError(f"{path} holds an invalid setting ({exc}).") from None

@@ -15,9 +15,9 @@ from torch import nn
 from ddpm_gui.core.diffusion import VARIANCES, from_uint8, noise_to, reverse_process, to_uint8
 from ddpm_gui.core.schedule import NoiseSchedule, ScheduleConfig
 from ddpm_gui.engine.checkpoint import (
-    latest_checkpoint,
     load_checkpoint,
     load_foreign_state_dict,
+    load_latest_checkpoint,
     unprefixed,
 )
 from ddpm_gui.engine.device import pick_device
@@ -215,21 +215,33 @@ def bundle_from_state(
     """Build the model a checkpoint describes and load its (EMA) weights."""
     from ddpm_gui.models.presets import ModelConfig, build_model
 
-    cfg = meta.get("config", {})
-    mcfg = ModelConfig.from_dict(meta["model_config"])
-    num_classes = meta.get("num_classes")
+    try:  # a damaged or hand-made header is a CheckpointError naming the file, never a traceback
+        cfg = meta.get("config", {})
+        mcfg = ModelConfig.from_dict(meta["model_config"]).validate()
+        num_classes = meta.get("num_classes")
+        schedule = NoiseSchedule(ScheduleConfig.from_dict(cfg.get("schedule", {})))
+        prediction = cfg.get("prediction", "eps")
+        if prediction not in ("eps", "v"):
+            raise ValueError(f"prediction {prediction!r}")
+        image_size = int(cfg.get("image_size", 32))
+        weights = unprefixed("ema", tensors) if use_ema else {}
+        if not weights:
+            weights = unprefixed("model", tensors)
+        # shapes first, on the meta device: a file that describes a huge model is refused before any memory
+        # is spent on it (a file must not be able to take the machine over)
+        with torch.device("meta"):
+            probe = build_model(mcfg, num_classes=num_classes)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"{Path(source).name} describes a model this version cannot build ({exc}).") from None
+    check_fit(probe, weights, source)
     model = build_model(mcfg, num_classes=num_classes)
-    weights = unprefixed("ema", tensors) if use_ema else {}
-    if not weights:
-        weights = unprefixed("model", tensors)
-    check_fit(model, weights, source)
     model.load_state_dict(weights)
     model.to(device).eval()
     return ModelBundle(
         model=model,
-        schedule=NoiseSchedule(ScheduleConfig.from_dict(cfg.get("schedule", {}))),
-        prediction=cfg.get("prediction", "eps"),
-        image_size=int(cfg.get("image_size", 32)),
+        schedule=schedule,
+        prediction=prediction,
+        image_size=image_size,
         num_classes=num_classes,
         class_names=meta.get("class_names"),
         step=int(meta.get("step", 0)),
@@ -248,6 +260,13 @@ def check_fit(model: nn.Module, weights: dict[str, torch.Tensor], source: str) -
     wrong = [(k, tuple(weights[k].shape), tuple(v.shape)) for k, v in own.items() if k in weights and weights[k].shape != v.shape]
     if missing or unexpected or wrong:
         parts = []
+        shapes = {k: (got, want) for k, got, want in wrong}
+        if "image_proj.weight" in shapes and shapes["image_proj.weight"][0][1:2] != shapes["image_proj.weight"][1][1:2]:
+            got, want = shapes["image_proj.weight"]
+            parts.append(f"its model takes {got[1]}-channel images, this one {want[1]}-channel images")
+        if "class_emb.weight" in shapes:
+            got, want = shapes["class_emb.weight"]
+            parts.append(f"it has {got[0] - 1} classes, this model {want[0] - 1}")
         if wrong:
             k, got, want = wrong[0]
             parts.append(f"{len(wrong)} tensors have other shapes (e.g. {k}: file {got}, model {want})")
@@ -269,12 +288,12 @@ def load_bundle(
     `preset`) a foreign .pt/.pth/.safetensors state dict of our UNet."""
     path = Path(path).expanduser()
     dev = pick_device(device)
-    if path.is_dir():
-        ckpt, problems = latest_checkpoint(path)
-        if ckpt is None:
-            extra = f" ({problems[0]})" if problems else ""
-            raise CheckpointError(f"No readable checkpoint in {path}{extra}. Train first, or pick a .safetensors file.")
-        path = ckpt
+    if path.is_dir():  # the newest checkpoint that fully loads (every byte checked against its digest)
+        try:
+            ckpt, tensors, meta, _skipped = load_latest_checkpoint(path)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{exc} Train first, or pick a .safetensors file.") from None
+        return bundle_from_state(tensors, meta, str(ckpt), dev, use_ema=use_ema)
     if not path.exists():
         raise CheckpointError(f"No such file: {path}.")
     if path.suffix in (".pt", ".pth", ".bin", ".ckpt") or preset is not None:
@@ -286,9 +305,15 @@ def load_bundle(
         from ddpm_gui.models.presets import get_preset
 
         if path.suffix == ".safetensors":
+            from safetensors import SafetensorError
             from safetensors.torch import load_file
 
-            sd = load_file(str(path))
+            try:
+                sd = load_file(str(path))
+            except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+                raise CheckpointError(
+                    f"{path.name} is not a readable safetensors file (it may be truncated or corrupt): {str(exc)[:200]}."
+                ) from None
         else:
             sd = load_foreign_state_dict(path)
         meta = {

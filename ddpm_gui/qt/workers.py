@@ -18,6 +18,8 @@ Usage (in a GUI-thread object):
 `make_iterator` runs IN THE WORKER THREAD (heavy imports, data loading and model building happen
 there, never in the GUI thread). Events are delivered in order; with throttling, consecutive events
 of a "coalescable" type (see `coalesce`) are merged so the GUI sees at most ~1/throttle_s per second.
+`holdable(ev)` says which events may be held back for merging (default: all); the others are sent at
+once, after whatever was held, so e.g. a Paused event shows while the paused trainer blocks.
 `request_stop()` sets `stop_event` and calls `on_stop` (e.g. Trainer.stop); with close_on_stop=True
 the iterator is also closed after its next item (for samplers that have no stop of their own), with
 False it is left to finish by itself (the Trainer saves a checkpoint, then ends).
@@ -55,8 +57,10 @@ class _Runner(QObject):
     finished = Signal()
 
     def __init__(self, factory: Callable[[], Iterable], stop_event: threading.Event, throttle_s: float,
-                 coalesce: Callable[[object, object], object | None] | None, close_on_stop: bool):
+                 coalesce: Callable[[object, object], object | None] | None, close_on_stop: bool,
+                 holdable: Callable[[object], bool] | None = None):
         super().__init__()
+        self._holdable = holdable or (lambda ev: True)
         self._close_on_stop = close_on_stop
         self._factory = factory
         self._stop = stop_event
@@ -70,20 +74,26 @@ class _Runner(QObject):
             last_emit = 0.0
             it: Iterator = iter(self._factory())
             for ev in it:
-                if self._coalesce is not None and pending is not None:
-                    merged = self._coalesce(pending, ev)
-                    if merged is not None:
-                        pending = merged
-                    else:
-                        self.item.emit(pending)
-                        pending = ev
+                if self._coalesce is None:
+                    self.item.emit(ev)
                 else:
-                    pending = ev
-                now = time.monotonic()
-                if self._coalesce is None or now - last_emit >= self._throttle_s:
-                    self.item.emit(pending)
-                    pending = None
-                    last_emit = now
+                    if pending is not None:
+                        merged = self._coalesce(pending, ev)
+                        if merged is not None:
+                            pending, ev = merged, None
+                        else:  # ev cannot merge: what was held goes first, in order
+                            self.item.emit(pending)
+                            pending = None
+                    if ev is not None:
+                        if self._holdable(ev):
+                            pending = ev
+                        else:
+                            self.item.emit(ev)  # e.g. Paused: never held back behind a blocked iterator
+                    now = time.monotonic()
+                    if pending is not None and now - last_emit >= self._throttle_s:
+                        self.item.emit(pending)
+                        pending = None
+                        last_emit = now
                 if self._stop.is_set() and self._close_on_stop:
                     # iterators that don't handle stop themselves are closed here
                     close = getattr(it, "close", None)
@@ -110,12 +120,13 @@ class Job(QObject):
 
     def __init__(self, factory: Callable[[], Iterable], parent: QObject | None = None, throttle_s: float = 0.0,
                  coalesce: Callable[[object, object], object | None] | None = None,
-                 on_stop: Callable[[], None] | None = None, close_on_stop: bool = True):
+                 on_stop: Callable[[], None] | None = None, close_on_stop: bool = True,
+                 holdable: Callable[[object], bool] | None = None):
         super().__init__(parent)
         self.stop_event = threading.Event()
         self._on_stop = on_stop
         self._thread = QThread()
-        self._runner = _Runner(factory, self.stop_event, throttle_s, coalesce, close_on_stop)
+        self._runner = _Runner(factory, self.stop_event, throttle_s, coalesce, close_on_stop, holdable)
         self._runner.moveToThread(self._thread)
         self._thread.started.connect(self._runner.run)
         # bound slots of this GUI-thread object: queued into the GUI thread

@@ -257,7 +257,7 @@ def test_resume_run(qtbot, panel, tmp_path):
     (run_dir / "config.json").write_text(json.dumps(cfg))
     assert panel.resume_run(run_dir) is True
     qtbot.waitUntil(lambda: not panel.is_busy(), timeout=60_000)
-    assert panel.last_finished is not None and panel.last_finished.step == 10
+    assert panel.last_finished is not None and panel.last_finished.step == 10, panel.error_label.text()
     assert panel.steps_spin.value() == 10  # the form shows the resumed run's settings
 
 

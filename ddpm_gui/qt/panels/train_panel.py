@@ -793,6 +793,7 @@ class TrainPanel(QWidget):
             parent=self,
             throttle_s=0.05,
             coalesce=coalesce_progress,
+            holdable=_is_progress,
             on_stop=trainer.stop,
             close_on_stop=False,
         )
@@ -1042,16 +1043,9 @@ def _device_iter():
         yield out
 
 
-class _Flush:
-    """A no-op marker yielded after every event that is not a Progress.
-
-    Job's throttle holds an event back when it follows the previous emit within throttle_s, and only
-    sends it when the next one arrives. After Paused the Trainer blocks until resumed, so Paused would
-    never show; after Notice("Loading data…") it would wait for the data. The marker takes the
-    held-back place instead (the GUI ignores it); consecutive Progress events still coalesce."""
-
-
-FLUSH = _Flush()
+def _is_progress(e: object) -> bool:
+    """Only Progress events are held back for merging; the rest (Paused, Notice...) show at once."""
+    return isinstance(e, ev.Progress)
 
 
 def _train_iter(trainer):
@@ -1060,8 +1054,6 @@ def _train_iter(trainer):
     for e in trainer.run():
         failed = failed or isinstance(e, ev.Failed)
         yield e
-        if not isinstance(e, ev.Progress):
-            yield FLUSH
     if not failed:
         try:
             yield BundleReady(trainer.bundle())
