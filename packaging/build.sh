@@ -151,25 +151,8 @@ Description: DDPM Studio: train and explore denoising diffusion models
  Self-contained: Python, PyTorch (CPU build) and Qt are inside
  /opt/ddpm-gui. Run "ddpm-gui --self-test" to check an installation.
 EOF
-cat > "$STAGE/DEBIAN/postinst" <<'EOF'
-#!/bin/sh
-set -e
-if [ "$1" = configure ]; then
-  command -v update-desktop-database >/dev/null 2>&1 && update-desktop-database -q /usr/share/applications || true
-  command -v gtk-update-icon-cache >/dev/null 2>&1 && gtk-update-icon-cache -q -t -f /usr/share/icons/hicolor || true
-fi
-exit 0
-EOF
-cat > "$STAGE/DEBIAN/postrm" <<'EOF'
-#!/bin/sh
-set -e
-if [ "$1" = remove ] || [ "$1" = purge ]; then
-  command -v update-desktop-database >/dev/null 2>&1 && update-desktop-database -q /usr/share/applications || true
-  command -v gtk-update-icon-cache >/dev/null 2>&1 && gtk-update-icon-cache -q -t -f /usr/share/icons/hicolor || true
-fi
-exit 0
-EOF
-chmod 755 "$STAGE/DEBIAN/postinst" "$STAGE/DEBIAN/postrm"
+# No maintainer scripts: the icon cache and the desktop database are refreshed by the dpkg triggers
+# of hicolor-icon-theme and desktop-file-utils, and without a postrm `dpkg -r` leaves nothing behind.
 comp=($DEB_COMPRESSION)
 comp_type=${comp[0]}
 comp_args=("-Z$comp_type" "${comp[@]:1}")

@@ -42,9 +42,10 @@ ARCH=$(dpkg --print-architecture)
 DEB="$ROOT/dist/ddpm-gui_${VERSION}_${ARCH}.deb"
 [ -f "$DEB" ] || { echo "no $DEB: run packaging/build.sh first" >&2; exit 1; }
 
-if dpkg -s ddpm-gui >/dev/null 2>&1; then
+installed() { dpkg-query -W -f='${Status}' ddpm-gui 2>/dev/null | grep -q 'install ok installed'; }
+if dpkg-query -W ddpm-gui >/dev/null 2>&1; then
   echo "removing the ddpm-gui installed before"
-  $SUDO dpkg -r ddpm-gui >/dev/null
+  $SUDO dpkg --purge ddpm-gui >/dev/null
 fi
 
 printf '\n== dpkg -i %s\n' "$DEB"
@@ -54,10 +55,10 @@ if ! $SUDO dpkg -i "$DEB"; then
   $SUDO apt-get install -f -y -q --no-install-recommends >/dev/null 2>&1 \
     || { $SUDO apt-get update -q >/dev/null 2>&1 && $SUDO apt-get install -f -y -q --no-install-recommends; }
 fi
-dpkg -s ddpm-gui | grep -q '^Status: install ok installed' || { echo "ddpm-gui is not installed" >&2; exit 1; }
+installed || { echo "ddpm-gui is not installed" >&2; exit 1; }
 timings+=("dpkg -i: $(since "$t") s")
 
-cleanup() { dpkg -s ddpm-gui >/dev/null 2>&1 && $SUDO dpkg -r ddpm-gui >/dev/null 2>&1 || true; }
+cleanup() { if installed; then $SUDO dpkg -r ddpm-gui >/dev/null 2>&1 || true; fi; }
 trap cleanup EXIT
 
 printf '\n== the installed app: /usr/bin/ddpm-gui\n'
@@ -80,6 +81,10 @@ for p in /opt/ddpm-gui /usr/bin/ddpm-gui /usr/share/applications/ddpm-gui.deskto
   if [ -e "$p" ] || [ -L "$p" ]; then left="$left $p"; fi
 done
 [ -z "$left" ] || { echo "left behind after dpkg -r:$left" >&2; exit 1; }
+if dpkg-query -W ddpm-gui >/dev/null 2>&1; then
+  echo "dpkg still lists ddpm-gui after dpkg -r: $(dpkg-query -W -f='${Status}' ddpm-gui)" >&2
+  exit 1
+fi
 timings+=("dpkg -r: $(since "$t") s")
 
 printf '\n== smoke test passed\n'

@@ -65,6 +65,10 @@ SLEEP_ENV = "DDPM_GUI_FAULT_SLEEP_IN_SAVE"
 _fault_counts: dict[str, int] = {}
 
 
+class NewerVersionError(CheckpointError):
+    """A checkpoint written by a newer DDPM Studio: refused, never skipped or set aside (it is not damaged)."""
+
+
 # ----------------------------------------------------------------------------- atomic files
 
 
@@ -433,7 +437,7 @@ def _check_meta(path: Path, meta) -> dict:
     if type(fv) is not int:
         raise bad("format_version")
     if fv > FORMAT_VERSION:
-        raise CheckpointError(
+        raise NewerVersionError(
             f"{path.name} was written by a newer DDPM Studio (checkpoint format {fv}, "
             f"this one reads up to {FORMAT_VERSION}): update DDPM Studio to open it."
         )
@@ -444,7 +448,7 @@ def _check_meta(path: Path, meta) -> dict:
             raise bad(key)
     cv = meta["config"].get("version", 1)
     if type(cv) is int and cv > CONFIG_VERSION:
-        raise CheckpointError(
+        raise NewerVersionError(
             f"{path.name} was written by a newer DDPM Studio (config version {cv}, this one reads up to "
             f"{CONFIG_VERSION}): update DDPM Studio to open it."
         )
@@ -550,6 +554,8 @@ def latest_checkpoint(run_dir: str | Path) -> tuple[Path | None, list[str]]:
         try:
             read_meta(p)
             return p, problems
+        except NewerVersionError:
+            raise
         except CheckpointError as exc:
             problems.append(str(exc))
     return None, problems
@@ -565,6 +571,8 @@ def load_latest_checkpoint(
         try:
             tensors, meta = load_checkpoint(p)
             return p, tensors, meta, skipped
+        except NewerVersionError:
+            raise  # the run continued in a newer DDPM Studio: resuming an older state here would lose that work
         except CheckpointError as exc:
             skipped.append((p, str(exc)))
     extra = f" ({skipped[0][1]})" if skipped else ""

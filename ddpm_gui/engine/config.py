@@ -71,9 +71,9 @@ class TrainConfig:
             if not cond:
                 raise ConfigError(msg)
 
-        def finite(name: str) -> float:
+        def finite(name: str, label: str | None = None) -> float:
             v = getattr(self, name)
-            need(is_number(v), f"{name} must be a number, got {v!r}.")
+            need(is_number(v), f"{label or name} must be a (finite) number, got {v!r}.")
             return float(v)
 
         def whole(name: str, lo: int, hi: int | None = None, what: str | None = None) -> int:
@@ -113,7 +113,7 @@ class TrainConfig:
             isinstance(self.prediction, str) and self.prediction in PREDICTIONS,
             f"prediction must be one of {', '.join(PREDICTIONS)}, got {self.prediction!r}.",
         )
-        lr = finite("lr")
+        lr = finite("lr", "The learning rate (lr)")
         need(
             0.0 < lr <= 1.0,
             f"The learning rate must be positive and at most 1 (the tutorial uses 3e-4), got {lr}.",

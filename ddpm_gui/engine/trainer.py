@@ -36,6 +36,7 @@ from ddpm_gui.core.diffusion import from_uint8, q_sample, reverse_process, to_ui
 from ddpm_gui.core.schedule import NoiseSchedule
 from ddpm_gui.engine import events as ev
 from ddpm_gui.engine.checkpoint import (
+    NewerVersionError,
     RunLock,
     atomic_write_bytes,
     atomic_write_json,
@@ -200,7 +201,9 @@ class Trainer:
             if self.nan_guard != "auto"
             else ("device" if self.device.type == "cuda" else "host")
         )
-        fused = self.device.type == "cuda" or guard == "device"
+        # fused AdamW wherever torch has it (CUDA, CPU; measured 4.5x faster than for-each on this CPU:
+        # 28 vs 126 ms per step for the tutorial model); for-each elsewhere
+        fused = self.device.type in ("cuda", "cpu")
         self._device_guard = guard == "device" and fused
         self.optim = torch.optim.AdamW(
             self.model.parameters(),
@@ -278,6 +281,8 @@ class Trainer:
             return notes
         try:
             ckpt, tensors, meta, skipped = load_latest_checkpoint(self.run_dir)
+        except NewerVersionError:
+            raise
         except CheckpointError as exc:
             raise CheckpointError(
                 f"Nothing to resume in {self.run_dir}: no checkpoint loads ({exc}). Start a new run folder."
@@ -688,7 +693,7 @@ class Trainer:
                 loss = self._train_step(images, labels)
             except NonFiniteStep as bad:  # host guard: nothing was updated
                 if pending:
-                    yield self._read(pending, t0)
+                    yield from self._read(pending, t0)
                 yield self._failed(self._nonfinite_message(bad.step, bad.what, bad.value, bad.loss))
                 return
             except Exception as exc:
@@ -715,11 +720,11 @@ class Trainer:
                 continue
             # the one host-device sync: read the pending losses. Nothing is saved before this read says
             # that every step since the last one was finite.
-            progress = self._read(pending, t0)
-            if isinstance(progress, ev.Failed):
-                yield progress
+            read = self._read(pending, t0)
+            yield from read
+            if isinstance(read[-1], ev.Failed):
                 return
-            yield progress
+            progress = read[-1]
             if (
                 not told_estimate
                 and self.step - (hist_steps[-1] if len(hist_steps) else 0) >= 2 * c.log_every
@@ -760,9 +765,9 @@ class Trainer:
                 yield ev.CheckpointSaved(self.step, str(path))
         # completed or stopped: always leave a checkpoint of the last good state
         if pending:  # not read yet (stopped between two reads)
-            progress = self._read(pending, t0)
-            yield progress
-            if isinstance(progress, ev.Failed):
+            read = self._read(pending, t0)
+            yield from read
+            if isinstance(read[-1], ev.Failed):
                 return
         if self.last_checkpoint is None or not self.last_checkpoint.name.endswith(
             f"{self.step:08d}.safetensors"
@@ -772,23 +777,21 @@ class Trainer:
         reason = "completed" if self.step >= c.steps else "stopped"
         yield ev.Finished(self.step, str(self.run_dir), reason, str(self.last_checkpoint))
 
-    def _read(self, pending: list[tuple[int, torch.Tensor]], t0: float) -> ev.Progress | ev.Failed:
-        """Read the pending losses (one sync), log them, and return the Progress event; Failed when one is
-        not finite (the device guard kept it out of the weights; the good ones before it are still logged)."""
+    def _read(self, pending: list[tuple[int, torch.Tensor]], t0: float) -> list[ev.Event]:
+        """Read the pending losses (one sync), log them, and return [Progress]; when one is not finite
+        (the device guard kept it out of the weights), [Progress of the good ones before it, if any, Failed]."""
         vals = torch.stack([loss for _, loss in pending]).float().cpu().numpy()
         steps = np.asarray([s for s, _ in pending], np.int64)
         pending.clear()
         bad = ~np.isfinite(vals)
         if bad.any():
             first = int(np.argmax(bad))
-            if first:
-                self._record(steps[:first], vals[:first], t0)
-            return self._failed(
-                self._nonfinite_message(
-                    int(steps[first]), "The loss or its gradient", float(vals[first]), None
-                )
+            good = [self._record(steps[:first], vals[:first], t0)] if first else []
+            msg = self._nonfinite_message(
+                int(steps[first]), "The loss or its gradient", float(vals[first]), None
             )
-        return self._record(steps, vals, t0)
+            return [*good, self._failed(msg)]
+        return [self._record(steps, vals, t0)]
 
     def _record(self, steps: np.ndarray, vals: np.ndarray, t0: float) -> ev.Progress:
         c = self.config
