@@ -58,6 +58,14 @@ def _add_schedule_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--zero-snr", action="store_true", default=None, help="rescale to zero terminal SNR")
 
 
+def _add_foreign_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("foreign weights (a plain state dict of a DDPM Studio UNet, read with "
+                             "torch.load(weights_only=True): never unpickled code)")
+    g.add_argument("--preset", default=None, help="the model preset the --checkpoint weights were trained with")
+    g.add_argument("--image-size", dest="model_image_size", type=_positive_int, default=32, metavar="N",
+                   help="the image size the --preset weights were trained at (a run or checkpoint knows its own)")
+
+
 def _schedule_from_args(args):
     from dataclasses import replace
 
@@ -98,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--image-size", type=_positive_int, default=32)
     t.add_argument("--limit", type=_positive_int, default=None, help="use only the first N images")
     t.add_argument("--preset", default="tiny", help="model preset: tutorial (the article's 42M UNet), small, tiny")
+    t.add_argument("--recipe", default=None, metavar="NAME",
+                   help="start from a named set of settings (options given here still win): quick-cpu (recognisable "
+                        "built-in shapes in about 10 minutes on a 2-core CPU), tutorial (the article's)")
     t.add_argument("--conditional", action="store_true", help="class-conditional (classifier-free guidance)")
     t.add_argument("--prediction", choices=["eps", "v"], default="eps")
     t.add_argument("--steps", type=_positive_int, default=2000, help="total training steps")
@@ -122,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sample", help="sample images from a trained model", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     src = s.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", help="run folder (its newest checkpoint)")
-    src.add_argument("--checkpoint", help="a .safetensors checkpoint")
+    src.add_argument("--checkpoint", help="a .safetensors checkpoint, or a plain .pt/.pth state dict with --preset")
+    _add_foreign_args(s)
     s.add_argument("--n", type=_positive_int, default=16)
     s.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm")
     s.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps")
@@ -158,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     dsrc = d.add_mutually_exclusive_group(required=True)
     dsrc.add_argument("--run")
-    dsrc.add_argument("--checkpoint")
+    dsrc.add_argument("--checkpoint", help="a .safetensors checkpoint, or a plain .pt/.pth state dict with --preset")
+    _add_foreign_args(d)
     d.add_argument("--data", default="builtin")
     d.add_argument("--image", default=None)
     d.add_argument("--index", type=_nonneg_int, default=4)
@@ -226,6 +239,21 @@ def build_parser() -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------------- commands
 
 
+# TrainConfig field -> the train options that set it (an option given on the command line wins over --recipe)
+_RECIPE_FLAGS = {
+    "preset": {"preset"}, "image_size": {"image-size"}, "batch_size": {"batch-size"}, "steps": {"steps"},
+    "lr": {"lr"}, "ema_decay": {"ema"}, "warmup_steps": {"warmup"}, "preview_every": {"preview-every"},
+    "schedule": {"schedule", "schedule-kind", "T", "beta-start", "beta-end", "zero-snr"}, "prediction": {"prediction"},
+}  # fmt: skip
+
+
+def _recipe_changes(name: str, given: set[str]) -> dict:
+    from ddpm_gui.engine.recipes import recipe_fields
+
+    fields = recipe_fields(name)
+    return {k: v for k, v in fields.items() if not (_RECIPE_FLAGS.get(k, set()) & given)}
+
+
 def cmd_train(args) -> int:
     import signal
 
@@ -251,6 +279,7 @@ def cmd_train(args) -> int:
             changes["device"] = args.device
         cfg = cfg.replace(**changes)
     else:
+        given = {a[2:].split("=")[0] for a in args.argv if a.startswith("--")}
         cfg = TrainConfig(
             data=args.data, image_size=args.image_size, data_limit=args.limit, preset=args.preset,
             conditional=args.conditional, schedule=_schedule_from_args(args), prediction=args.prediction,
@@ -259,6 +288,8 @@ def cmd_train(args) -> int:
             log_every=args.log_every, preview_every=args.preview_every, checkpoint_every=args.checkpoint_every,
             checkpoint_minutes=args.checkpoint_minutes, keep_checkpoints=args.keep,
         )
+        if args.recipe:
+            cfg = cfg.replace(**_recipe_changes(args.recipe, given))
     cfg.validate()
     trainer = Trainer(cfg, out, resume=args.resume)
     bar = None
@@ -320,8 +351,12 @@ def cmd_train(args) -> int:
 
 def _load_bundle(args):
     from ddpm_gui.engine.sampler import load_bundle
+    from ddpm_gui.errors import ConfigError
 
-    return load_bundle(args.run or args.checkpoint, device=args.device, use_ema=not getattr(args, "no_ema", False))
+    if args.run and args.preset:
+        raise ConfigError("--preset is for a --checkpoint file of foreign weights: a run folder describes its own model.")
+    return load_bundle(args.run or args.checkpoint, device=args.device, use_ema=not getattr(args, "no_ema", False),
+                       preset=args.preset, image_size=args.model_image_size)
 
 
 def cmd_sample(args) -> int:

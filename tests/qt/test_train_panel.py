@@ -213,6 +213,17 @@ def test_short_training_run(qtbot, panel, state, tmp_path):
     assert str(panel.last_checkpoint) in state.recent()
     assert panel.start_btn.isEnabled() and not panel.stop_btn.isEnabled()
     assert panel.log_list.count() > 0
+    # the quality check on the finished run's weights: classifier trained on the run's data, 10 samples
+    assert panel.eval_btn.isEnabled()
+    panel.eval_n_spin.setValue(10)
+    assert panel.evaluate_quality() is True
+    assert not panel.eval_btn.isEnabled()  # one at a time
+    qtbot.waitUntil(lambda: panel._eval_job is None, timeout=180_000)
+    q = panel.last_quality
+    assert q is not None, panel.quality_label.text()
+    assert q["n"] == 10 and q["model_step"] == 30 and q["dataset_images"] == 256
+    assert 0.0 <= q["recognisable"] <= 1.0 and q["frechet_distance"] >= 0.0
+    assert "Quality at step 30" in panel.quality_label.text() and panel.eval_btn.isEnabled()
 
 
 def test_pause_resume_stop(qtbot, panel, state, tmp_path):
@@ -313,3 +324,29 @@ def test_conditional_run_on_data_panel_data(qtbot, panel, state, builtin_data, t
     qtbot.waitUntil(lambda: s._job is None, timeout=60_000)
     assert s.error_label.isHidden(), s.error_label.text()
     assert s.frames()[-1].final and s.xt_grid.count() == 2
+
+
+def test_recipes_fill_the_form_and_edits_make_it_custom(panel):
+    from ddpm_gui.engine.recipes import RECIPES
+
+    panel.apply_recipe("tutorial")
+    cfg = panel.build_config()
+    want = RECIPES["tutorial"]
+    assert (cfg.preset, cfg.batch_size, cfg.steps, cfg.lr, cfg.ema_decay) == (
+        "tutorial", want["batch_size"], want["steps"], want["lr"], want["ema_decay"]
+    )  # fmt: skip
+    assert cfg.schedule.kind == "linear" and cfg.schedule.beta_end == 0.04
+    panel.recipe_combo.setCurrentIndex(panel.recipe_combo.findData("quick-cpu"))  # as a user picks it
+    cfg = panel.build_config()
+    assert (cfg.preset, cfg.batch_size, cfg.schedule.kind) == ("tiny", 64, "cosine")
+    assert cfg.warmup_steps == RECIPES["quick-cpu"]["warmup_steps"]
+    assert "10 minutes" in panel.recipe_note.text()
+    panel.batch_spin.setValue(32)  # a hand edit
+    assert panel.recipe_combo.currentData() == "custom"
+    panel.batch_spin.setValue(64)  # back to the recipe's value: the recipe again
+    assert panel.recipe_combo.currentData() == "quick-cpu"
+
+
+def test_new_user_gets_the_quick_cpu_recipe(panel):
+    assert panel.recipe_combo.currentData() == tp.DEFAULT_RECIPE == "quick-cpu"
+    assert panel.build_config().preset == "tiny"

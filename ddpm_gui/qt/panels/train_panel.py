@@ -41,6 +41,7 @@ from PySide6.QtWidgets import (
 from ddpm_gui.core.schedule import SCHEDULE_PRESETS
 from ddpm_gui.engine import events as ev
 from ddpm_gui.engine.config import TrainConfig
+from ddpm_gui.engine.recipes import RECIPE_NOTES, RECIPES
 from ddpm_gui.errors import DDPMError
 from ddpm_gui.models.presets import PRESET_NOTES
 from ddpm_gui.qt.imageview import ImageGrid
@@ -53,6 +54,7 @@ from ddpm_gui.qt.workers import Job
 SHOW_DIALOGS = True
 
 PRESET_NAMES = ("tutorial", "small", "tiny")
+DEFAULT_RECIPE = "quick-cpu"  # what a new user gets; a GPU user picks "tutorial" (one click)
 PRESET_HINTS = {
     "tutorial": "the article's UNet (n_channels=32, labml.ai): slow on a CPU",
     "small": "a smaller UNet: minutes per thousand steps on a CPU",
@@ -148,6 +150,8 @@ class TrainPanel(QWidget):
         self._info_cache: dict[tuple, tuple[int, float | None]] = {}
         self._device_job: Job | None = None
         self._snapshot_job: Job | None = None
+        self._eval_job: Job | None = None
+        self.last_quality: dict | None = None
         self._run_dir_auto = True
         self._failed = False
         self._last_checkpoint: str | None = None
@@ -156,6 +160,7 @@ class TrainPanel(QWidget):
         self._devices: list[tuple[str, str]] = [("auto", "auto (detecting…)"), ("cpu", "cpu")]
         self._build_ui()
         self._load_settings()
+        self._mark_custom()
         self.state.dataChanged.connect(self._on_data_changed)
         self._on_data_changed(self.state.data)
         self._detect_devices()
@@ -167,6 +172,25 @@ class TrainPanel(QWidget):
         # --- settings (left column, scrollable)
         form = QFormLayout()
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+
+        self.recipe_combo = QComboBox()
+        for name, note in RECIPE_NOTES.items():
+            self.recipe_combo.addItem(name, name)
+            self.recipe_combo.setItemData(self.recipe_combo.count() - 1, note, Qt.ItemDataRole.ToolTipRole)
+        self.recipe_combo.addItem("custom", "custom")
+        self.recipe_combo.setItemData(
+            self.recipe_combo.count() - 1, "your own settings below", Qt.ItemDataRole.ToolTipRole
+        )
+        self.recipe_combo.setToolTip(
+            "Fill in the settings below at once:\n"
+            + "\n".join(f"{k}: {v}" for k, v in RECIPE_NOTES.items())
+            + "\nChanging a setting below makes it 'custom'."
+        )
+        self.recipe_note = QLabel()
+        self.recipe_note.setWordWrap(True)
+        self.recipe_note.setStyleSheet(INFO_STYLE)
+        form.addRow("Re&cipe:", self.recipe_combo)
+        form.addRow("", self.recipe_note)
 
         self.data_edit = QLineEdit("builtin")
         self.data_edit.setToolTip(
@@ -296,6 +320,24 @@ class TrainPanel(QWidget):
         buttons.addWidget(self.stop_btn, 0, 2)
         buttons.addWidget(self.resume_btn, 1, 0, 1, 2)
         buttons.addWidget(self.use_btn, 1, 2)
+        self.eval_btn = QPushButton("E&valuate quality")
+        self.eval_btn.setToolTip(
+            "Sample images from the current weights and score them with a small classifier trained on the\n"
+            "real images (trained once per dataset, then cached): the share of recognisable samples (for a\n"
+            "class-conditional model, the accuracy on the class asked for) and the Fréchet distance of the\n"
+            "classifier's features. Needs a labelled dataset. Runs beside training, which it slows a little."
+        )
+        self.eval_btn.clicked.connect(self.evaluate_quality)
+        self.eval_n_spin = QSpinBox()
+        self.eval_n_spin.setRange(10, 5000)
+        self.eval_n_spin.setValue(200)
+        self.eval_n_spin.setSuffix(" samples")
+        self.eval_n_spin.setToolTip("How many samples the quality check draws (DDIM, 20 steps)")
+        self.eval_auto_check = QCheckBox("at each checkpoint")
+        self.eval_auto_check.setToolTip("Evaluate again whenever training saves a checkpoint")
+        buttons.addWidget(self.eval_btn, 2, 0)
+        buttons.addWidget(self.eval_n_spin, 2, 1)
+        buttons.addWidget(self.eval_auto_check, 2, 2)
 
         left = QWidget()
         lv = QVBoxLayout(left)
@@ -331,6 +373,11 @@ class TrainPanel(QWidget):
         self.error_label.setStyleSheet(ERROR_STYLE)
         self.error_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.error_label.hide()
+        self.quality_label = QLabel()
+        self.quality_label.setWordWrap(True)
+        self.quality_label.setStyleSheet(INFO_STYLE)
+        self.quality_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.quality_label.hide()
 
         # --- plots, preview, log
         self.loss_plot = LossPlot()
@@ -376,6 +423,7 @@ class TrainPanel(QWidget):
         rv.addWidget(self.run_label)
         rv.addWidget(self.estimate_label)
         rv.addWidget(self.error_label)
+        rv.addWidget(self.quality_label)
         rv.addWidget(main_split, 1)
 
         outer = QHBoxLayout(self)
@@ -395,6 +443,15 @@ class TrainPanel(QWidget):
         self.schedule_combo.currentIndexChanged.connect(self._validate)
         self.device_combo.currentIndexChanged.connect(self._on_device_changed)
         self.amp_check.toggled.connect(self._validate)
+        self.recipe_combo.currentIndexChanged.connect(self._on_recipe_chosen)
+        for sig in (
+            self.preset_combo.currentIndexChanged, self.schedule_combo.currentIndexChanged,
+            self.size_spin.valueChanged, self.batch_spin.valueChanged, self.steps_spin.valueChanged,
+            self.lr_edit.textEdited, self.ema_edit.textEdited, self.preview_spin.valueChanged,
+        ):  # fmt: skip
+            sig.connect(self._mark_custom)
+        self._applying_recipe = False
+        self.apply_recipe(DEFAULT_RECIPE)
         self._fill_devices()
         self._update_buttons()
 
@@ -445,6 +502,68 @@ class TrainPanel(QWidget):
         s.setValue("size", self.size_spin.value())
         s.setValue("device", self.device_combo.currentData())
         s.endGroup()
+
+    # ------------------------------------------------------------------ recipes
+    def apply_recipe(self, name: str) -> None:
+        """Fill the form with recipe `name` (see ddpm_gui.engine.recipes); "custom" changes nothing."""
+        if name not in RECIPES:
+            name = "custom"
+        self._applying_recipe = True
+        try:
+            if name != "custom":
+                r = RECIPES[name]
+                self.preset_combo.setCurrentIndex(max(0, self.preset_combo.findData(r["preset"])))
+                self.schedule_combo.setCurrentIndex(max(0, self.schedule_combo.findData(r["schedule"])))
+                if self.size_spin.isEnabled():
+                    self.size_spin.setValue(r["image_size"])
+                self.batch_spin.setValue(r["batch_size"])
+                self.steps_spin.setValue(r["steps"])
+                self.lr_edit.setText(f"{r['lr']:g}")
+                self.ema_edit.setText(f"{r['ema_decay']:g}")
+                self.preview_spin.setValue(r["preview_every"])
+                self.set_overrides(warmup_steps=r["warmup_steps"])
+            self.recipe_combo.blockSignals(True)
+            self.recipe_combo.setCurrentIndex(max(0, self.recipe_combo.findData(name)))
+            self.recipe_combo.blockSignals(False)
+            self.recipe_note.setText(RECIPE_NOTES.get(name, "Your own settings."))
+        finally:
+            self._applying_recipe = False
+        self._validate()
+
+    @Slot()
+    def _on_recipe_chosen(self, *_args) -> None:
+        self.apply_recipe(self.recipe_combo.currentData())
+
+    def _matching_recipe(self) -> str:
+        """The recipe whose settings the form shows, or "custom"."""
+        for name, r in RECIPES.items():
+            try:
+                same = (
+                    self.preset_combo.currentData() == r["preset"]
+                    and self.schedule_combo.currentData() == r["schedule"]
+                    and self.size_spin.value() == r["image_size"]
+                    and self.batch_spin.value() == r["batch_size"]
+                    and self.steps_spin.value() == r["steps"]
+                    and math.isclose(float(self.lr_edit.text()), r["lr"])
+                    and math.isclose(float(self.ema_edit.text()), r["ema_decay"])
+                    and self.preview_spin.value() == r["preview_every"]
+                )
+            except ValueError:
+                same = False
+            if same:
+                return name
+        return "custom"
+
+    @Slot()
+    def _mark_custom(self, *_args) -> None:
+        """A setting changed by hand: show which recipe (if any) the form now matches."""
+        if self._applying_recipe:
+            return
+        name = self._matching_recipe()
+        self.recipe_combo.blockSignals(True)
+        self.recipe_combo.setCurrentIndex(self.recipe_combo.findData(name))
+        self.recipe_combo.blockSignals(False)
+        self.recipe_note.setText(RECIPE_NOTES.get(name, "Your own settings."))
 
     # ------------------------------------------------------------------ devices
     def _detect_devices(self) -> None:
@@ -666,6 +785,7 @@ class TrainPanel(QWidget):
         self.use_btn.setEnabled(
             running and self._trainer is not None and self._last_step > 0 and self._snapshot_job is None
         )
+        self.eval_btn.setEnabled(self._eval_job is None and self._eval_source() is not None)
         self.pause_btn.setText("&Resume" if self.is_paused() else "&Pause")
         # the form stays readable but not editable while a run is active
         for w in (self.preset_combo, self.schedule_combo, self.batch_spin, self.steps_spin):
@@ -865,9 +985,73 @@ class TrainPanel(QWidget):
         self._snapshot_job = None
         self._update_buttons()
 
+    # ------------------------------------------------------------------ quality check
+    def _eval_source(self):
+        """What the quality check would score: the run being trained (its EMA weights), else the model the
+        last run published; None when there is neither."""
+        if self._trainer is not None and getattr(self._trainer, "model", None) is not None:
+            return self._trainer
+        return self.state.bundle
+
+    @Slot()
+    def evaluate_quality(self) -> bool:
+        """Score the current weights in a worker (classifier trained and cached on first use)."""
+        source = self._eval_source()
+        if source is None or self._eval_job is not None:
+            return False
+        data = getattr(self._trainer, "data", None) if self._trainer is not None else self.state.data
+        n = self.eval_n_spin.value()
+        job = Job(lambda: _eval_iter(source, data, n, job.stop_event), parent=self)
+        job.event.connect(self._on_eval_event)
+        job.failed.connect(self._on_eval_failed)
+        job.done.connect(self._on_eval_done)
+        self._eval_job = job
+        self.quality_label.setText("Quality check: preparing…")
+        self.quality_label.show()
+        self._update_buttons()
+        job.start()
+        return True
+
+    @Slot(object)
+    def _on_eval_event(self, e: object) -> None:
+        if isinstance(e, tuple):  # (done, total, what)
+            done, total, what = e
+            self.quality_label.setText(f"Quality check: {what} {done:,}/{total:,}…")
+            return
+        res = e
+        self.last_quality = res
+        pct = lambda v: f"{100 * v:.0f}%"  # noqa: E731
+        if res["conditional"]:
+            head = f"{pct(res['accuracy'])} of samples are the class asked for"
+        else:
+            head = f"{pct(res['recognisable'])} of samples are recognisable (real images: {pct(res['real_recognisable'])})"
+        floor = res.get("frechet_distance_real")
+        text = (
+            f"Quality at step {res['model_step']:,}: {head} · Fréchet distance {res['frechet_distance']:.2f}"
+            + (f" (real vs real: {floor:.2f})" if floor is not None else "")
+            + f" · {res['n']} samples, classifier {pct(res['classifier_accuracy'])} accurate on real images"
+        )
+        self.quality_label.setText(text)
+        self._log(text)
+
+    @Slot(str)
+    def _on_eval_failed(self, message: str) -> None:
+        self.quality_label.setText(f"Quality check failed: {message}")
+        self.quality_label.show()
+        self._log(f"Quality check failed: {message}", warn=True)
+
+    @Slot()
+    def _on_eval_done(self) -> None:
+        self._eval_job = None
+        self._update_buttons()
+
     def shutdown(self, timeout_ms: int = 60000) -> None:
         """Stop every job (a training run saves its checkpoint) and wait for the threads to end."""
-        jobs = [j for j in (self._job, self._info_job, self._device_job, self._snapshot_job) if j is not None]
+        jobs = [
+            j
+            for j in (self._job, self._info_job, self._device_job, self._snapshot_job, self._eval_job)
+            if j is not None
+        ]
         for j in jobs:
             if j.is_running():
                 j.request_stop()
@@ -891,6 +1075,8 @@ class TrainPanel(QWidget):
         elif isinstance(e, ev.CheckpointSaved):
             self._last_checkpoint = e.path
             self._log(f"Checkpoint saved at step {e.step:,}: {e.path}")
+            if self.eval_auto_check.isChecked() and self._eval_job is None:
+                self.evaluate_quality()
         elif isinstance(e, ev.Paused):
             self.stats_label.setText(f"Paused at step {e.step:,}.")
             self._log(f"Paused at step {e.step:,}")
@@ -1046,6 +1232,65 @@ def _device_iter():
 def _is_progress(e: object) -> bool:
     """Only Progress events are held back for merging; the rest (Paused, Notice...) show at once."""
     return isinstance(e, ev.Progress)
+
+
+def _eval_iter(source, data, n: int, stop):
+    """Worker: the quality check. `source` is a running Trainer (snapshot of its EMA weights) or a
+    ModelBundle; `data` the labelled ImageData to score against (reloaded from the checkpoint's own
+    config when missing or of another size). Yields (done, total, what) progress, then the result dict."""
+    import queue
+
+    from ddpm_gui.engine.evaluate import evaluate_bundle
+
+    bundle = source.bundle() if hasattr(source, "bundle") and callable(source.bundle) else source
+    if data is None or getattr(data, "size", None) != bundle.image_size:
+        from ddpm_gui.data import load_data
+        from ddpm_gui.engine.checkpoint import read_meta
+        from ddpm_gui.errors import ConfigError
+
+        try:
+            spec = read_meta(bundle.source).get("config", {}).get("data")
+        except Exception:  # noqa: BLE001 - not a checkpoint file (a training run's snapshot)
+            spec = None
+        if not spec:
+            raise ConfigError(
+                "Load the dataset this model was trained on in the Data tab (at the model's image size) first."
+            )
+        data = load_data(spec, image_size=bundle.image_size)
+    q: queue.SimpleQueue = queue.SimpleQueue()
+    result: list = []
+    err: list = []
+
+    def work():
+        try:
+            result.append(
+                evaluate_bundle(
+                    bundle,
+                    data,
+                    n=n,
+                    sampler="ddim",
+                    steps=20,
+                    progress=lambda d, t, w: q.put((d, t, w)),
+                    stop=stop,
+                )
+            )
+        except BaseException as exc:  # noqa: BLE001 - handed to the worker thread below
+            err.append(exc)
+        finally:
+            q.put(None)
+
+    import threading
+
+    th = threading.Thread(target=work, name="ddpm-eval", daemon=True)
+    th.start()
+    try:
+        while (item := q.get()) is not None:
+            yield item
+    finally:  # also when the job is stopped: `stop` is set, so the evaluation ends at its next check
+        th.join()
+    if err:
+        raise err[0]
+    yield result[0]
 
 
 def _train_iter(trainer):

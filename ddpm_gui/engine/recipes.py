@@ -1,0 +1,60 @@
+"""Training recipes: named sets of TrainConfig fields that the Train tab and `ddpm-gui train --recipe` offer.
+
+- `quick-cpu`: what a 2-core CPU can do in about ten minutes: the tiny UNet, batch 64, a higher learning rate
+  (1e-3, the tiny model tolerates it), a short EMA (0.995: a 0.999 average still remembers the first
+  noisy weights after 1,700 steps) and the cosine schedule. The cosine schedule matters as much as the
+  rest: the tutorial's linear schedule ends at alpha_bar_T = 0.131, so x_T still holds the image, while
+  sampling starts from pure noise; on the built-in shapes (dark backgrounds) the samples then come out
+  grey and washed out, and the quality classifier recognises almost none of them (docs/benchmarks.md).
+- `tutorial`: the article's own settings: its 42M-parameter UNet, batch 128, lr 3e-4, linear beta
+  1e-4..0.04 over T=100, EMA 0.999. Hours on a CPU; minutes on a GPU.
+
+Figures measured for these recipes are in docs/benchmarks.md (with the commands).
+"""
+
+from __future__ import annotations
+
+from ddpm_gui.core.schedule import SCHEDULE_PRESETS
+from ddpm_gui.errors import ConfigError
+
+RECIPES: dict[str, dict] = {
+    "quick-cpu": dict(
+        preset="tiny",
+        image_size=32,
+        batch_size=64,
+        steps=1700,
+        lr=1e-3,
+        ema_decay=0.995,
+        warmup_steps=100,
+        schedule="cosine",
+        preview_every=250,
+    ),  # fmt: skip
+    "tutorial": dict(
+        preset="tutorial",
+        image_size=32,
+        batch_size=128,
+        steps=2000,
+        lr=3e-4,
+        ema_decay=0.999,
+        warmup_steps=100,
+        schedule="tutorial",
+        preview_every=250,
+    ),  # fmt: skip
+}
+
+RECIPE_NOTES = {
+    "quick-cpu": "tiny UNet, batch 64, lr 1e-3, cosine schedule, 1,700 steps: recognisable built-in shapes in "
+    "about 10 minutes on a 2-core CPU",
+    "tutorial": "the article's settings: its 42M UNet, batch 128, lr 3e-4, linear beta over T=100 "
+    "(hours on a CPU, minutes on a GPU)",
+}
+
+
+def recipe_fields(name: str) -> dict:
+    """The TrainConfig fields of recipe `name` (the schedule as a ScheduleConfig)."""
+    if name not in RECIPES:
+        raise ConfigError(f"Unknown recipe {name!r}: choose one of {', '.join(RECIPES)}.")
+    fields = dict(RECIPES[name])
+    fields["schedule"] = SCHEDULE_PRESETS[fields["schedule"]]
+    fields["prediction"] = "v" if fields["schedule"].rescale_zero_snr else "eps"
+    return fields

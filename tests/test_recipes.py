@@ -1,0 +1,55 @@
+"""Training recipes: valid configs, and `ddpm-gui train --recipe` with options that override it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ddpm_gui import cli
+from ddpm_gui.engine.config import TrainConfig
+from ddpm_gui.engine.recipes import RECIPES, recipe_fields
+from ddpm_gui.errors import ConfigError
+
+
+@pytest.mark.parametrize("name", list(RECIPES))
+def test_every_recipe_is_a_valid_config(name):
+    cfg = TrainConfig().replace(**recipe_fields(name)).validate()
+    assert cfg.preset == RECIPES[name]["preset"] and cfg.steps == RECIPES[name]["steps"]
+
+
+def test_quick_cpu_ends_in_noise_and_tutorial_keeps_the_articles_schedule():
+    from ddpm_gui.core.schedule import NoiseSchedule
+
+    quick = NoiseSchedule(recipe_fields("quick-cpu")["schedule"])
+    tut = NoiseSchedule(recipe_fields("tutorial")["schedule"])
+    assert float(quick.alpha_bars[-1]) < 1e-3  # x_T is noise: sampling from N(0, I) matches training
+    assert float(tut.alpha_bars[-1]) == pytest.approx(0.131, abs=0.002)
+
+
+def test_unknown_recipe_is_a_clear_error():
+    with pytest.raises(ConfigError, match="quick-cpu"):
+        recipe_fields("fast")
+
+
+def test_cli_recipe_with_an_option_that_wins(tmp_path):
+    out = tmp_path / "run"
+    code = cli.main(
+        ["train", "--recipe", "quick-cpu", "--data", "builtin:64", "--image-size", "16", "--steps", "2",
+         "--batch-size", "4", "--device", "cpu", "--out", str(out)]
+    )  # fmt: skip
+    assert code == 0
+    cfg = json.loads((out / "config.json").read_text())
+    cfg = cfg.get("config", cfg)
+    # from the recipe
+    assert cfg["preset"] == "tiny" and cfg["lr"] == 1e-3 and cfg["ema_decay"] == 0.995
+    assert cfg["schedule"]["kind"] == "cosine"
+    # given on the command line: wins over the recipe
+    assert cfg["steps"] == 2 and cfg["batch_size"] == 4 and cfg["image_size"] == 16
+
+
+def test_cli_unknown_recipe_is_one_line(tmp_path, capsys):
+    code = cli.main(["train", "--recipe", "fast", "--out", str(tmp_path / "r"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Unknown recipe" in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
