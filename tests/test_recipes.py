@@ -43,7 +43,7 @@ def test_cli_recipe_with_an_option_that_wins(tmp_path):
     cfg = cfg.get("config", cfg)
     # from the recipe
     assert cfg["preset"] == "tiny" and cfg["lr"] == 1e-3 and cfg["ema_decay"] == 0.995
-    assert cfg["schedule"]["kind"] == "cosine"
+    assert cfg["schedule"]["kind"] == "cosine" and cfg["prediction"] == "v"
     # given on the command line: wins over the recipe
     assert cfg["steps"] == 2 and cfg["batch_size"] == 4 and cfg["image_size"] == 16
 

@@ -27,6 +27,8 @@ RECIPES: dict[str, dict] = {
         ema_decay=0.995,
         warmup_steps=100,
         schedule="cosine",
+        prediction="v",
+        conditional=False,
         preview_every=250,
     ),  # fmt: skip
     "tutorial": dict(
@@ -38,6 +40,8 @@ RECIPES: dict[str, dict] = {
         ema_decay=0.999,
         warmup_steps=100,
         schedule="tutorial",
+        prediction="eps",
+        conditional=False,
         preview_every=250,
     ),  # fmt: skip
 }
@@ -56,5 +60,6 @@ def recipe_fields(name: str) -> dict:
         raise ConfigError(f"Unknown recipe {name!r}: choose one of {', '.join(RECIPES)}.")
     fields = dict(RECIPES[name])
     fields["schedule"] = SCHEDULE_PRESETS[fields["schedule"]]
-    fields["prediction"] = "v" if fields["schedule"].rescale_zero_snr else "eps"
+    if fields["schedule"].rescale_zero_snr:
+        fields["prediction"] = "v"
     return fields

@@ -335,10 +335,10 @@ def test_recipes_fill_the_form_and_edits_make_it_custom(panel):
     assert (cfg.preset, cfg.batch_size, cfg.steps, cfg.lr, cfg.ema_decay) == (
         "tutorial", want["batch_size"], want["steps"], want["lr"], want["ema_decay"]
     )  # fmt: skip
-    assert cfg.schedule.kind == "linear" and cfg.schedule.beta_end == 0.04
+    assert cfg.schedule.kind == "linear" and cfg.schedule.beta_end == 0.04 and cfg.prediction == "eps"
     panel.recipe_combo.setCurrentIndex(panel.recipe_combo.findData("quick-cpu"))  # as a user picks it
     cfg = panel.build_config()
-    assert (cfg.preset, cfg.batch_size, cfg.schedule.kind) == ("tiny", 64, "cosine")
+    assert (cfg.preset, cfg.batch_size, cfg.schedule.kind, cfg.prediction) == ("tiny", 64, "cosine", "v")
     assert cfg.warmup_steps == RECIPES["quick-cpu"]["warmup_steps"]
     assert "10 minutes" in panel.recipe_note.text()
     panel.batch_spin.setValue(32)  # a hand edit
@@ -350,3 +350,13 @@ def test_recipes_fill_the_form_and_edits_make_it_custom(panel):
 def test_new_user_gets_the_quick_cpu_recipe(panel):
     assert panel.recipe_combo.currentData() == tp.DEFAULT_RECIPE == "quick-cpu"
     assert panel.build_config().preset == "tiny"
+
+
+def test_zero_snr_schedule_forces_v_prediction(panel):
+    panel.schedule_combo.setCurrentIndex(panel.schedule_combo.findData("tutorial-zero-snr"))
+    assert panel.prediction_combo.currentData() == "v" and not panel.prediction_combo.isEnabled()
+    assert panel.build_config().prediction == "v"
+    panel.schedule_combo.setCurrentIndex(panel.schedule_combo.findData("tutorial"))
+    assert panel.prediction_combo.isEnabled()
+    panel.prediction_combo.setCurrentIndex(panel.prediction_combo.findData("eps"))
+    assert panel.build_config().prediction == "eps"

@@ -237,6 +237,15 @@ class TrainPanel(QWidget):
                 tip += ", rescaled to zero terminal SNR (trains with v-prediction)"
             self.schedule_combo.setItemData(self.schedule_combo.count() - 1, tip, Qt.ItemDataRole.ToolTipRole)
         form.addRow("Sc&hedule:", self.schedule_combo)
+        self.prediction_combo = QComboBox()
+        self.prediction_combo.addItem("ε (noise, the tutorial)", "eps")
+        self.prediction_combo.addItem("v (velocity)", "v")
+        self.prediction_combo.setToolTip(
+            "What the UNet learns to predict. ε is the tutorial's. v = sqrt(ᾱ)·ε − sqrt(1−ᾱ)·x0 stays\n"
+            "well-posed where x_t is almost pure noise, so it suits schedules that end in noise (cosine,\n"
+            "zero terminal SNR, which requires it)."
+        )
+        form.addRow("&Predict:", self.prediction_combo)
 
         self.lr_edit = QLineEdit("3e-4")
         self.lr_edit.setToolTip("AdamW learning rate (the tutorial: 3e-4).")
@@ -330,9 +339,9 @@ class TrainPanel(QWidget):
         self.eval_btn.clicked.connect(self.evaluate_quality)
         self.eval_n_spin = QSpinBox()
         self.eval_n_spin.setRange(10, 5000)
-        self.eval_n_spin.setValue(200)
+        self.eval_n_spin.setValue(100)
         self.eval_n_spin.setSuffix(" samples")
-        self.eval_n_spin.setToolTip("How many samples the quality check draws (DDIM, 20 steps)")
+        self.eval_n_spin.setToolTip("How many samples the quality check draws (DDPM, the full chain)")
         self.eval_auto_check = QCheckBox("at each checkpoint")
         self.eval_auto_check.setToolTip("Evaluate again whenever training saves a checkpoint")
         buttons.addWidget(self.eval_btn, 2, 0)
@@ -440,12 +449,13 @@ class TrainPanel(QWidget):
         self.preset_combo.currentIndexChanged.connect(self._on_model_changed)
         self.size_spin.valueChanged.connect(self._on_model_changed)
         self.cond_check.toggled.connect(self._on_model_changed)
-        self.schedule_combo.currentIndexChanged.connect(self._validate)
+        self.schedule_combo.currentIndexChanged.connect(self._on_schedule_changed)
         self.device_combo.currentIndexChanged.connect(self._on_device_changed)
         self.amp_check.toggled.connect(self._validate)
         self.recipe_combo.currentIndexChanged.connect(self._on_recipe_chosen)
         for sig in (
             self.preset_combo.currentIndexChanged, self.schedule_combo.currentIndexChanged,
+            self.prediction_combo.currentIndexChanged,
             self.size_spin.valueChanged, self.batch_spin.valueChanged, self.steps_spin.valueChanged,
             self.lr_edit.textEdited, self.ema_edit.textEdited, self.preview_spin.valueChanged,
         ):  # fmt: skip
@@ -463,6 +473,9 @@ class TrainPanel(QWidget):
             v = s.value("preset")
             if v in PRESET_NAMES:
                 self.preset_combo.setCurrentIndex(PRESET_NAMES.index(v))
+            v = s.value("prediction")
+            if v is not None and self.prediction_combo.findData(v) >= 0:
+                self.prediction_combo.setCurrentIndex(self.prediction_combo.findData(v))
             v = s.value("schedule")
             if v is not None and self.schedule_combo.findData(v) >= 0:
                 self.schedule_combo.setCurrentIndex(self.schedule_combo.findData(v))
@@ -492,6 +505,7 @@ class TrainPanel(QWidget):
         s.beginGroup("train")
         s.setValue("preset", self.preset_combo.currentData())
         s.setValue("schedule", self.schedule_combo.currentData())
+        s.setValue("prediction", self.prediction_combo.currentData())
         s.setValue("lr", self.lr_edit.text())
         s.setValue("ema", self.ema_edit.text())
         s.setValue("data", self.data_edit.text())
@@ -502,6 +516,16 @@ class TrainPanel(QWidget):
         s.setValue("size", self.size_spin.value())
         s.setValue("device", self.device_combo.currentData())
         s.endGroup()
+
+    @Slot()
+    def _on_schedule_changed(self, *_args) -> None:
+        """A zero-terminal-SNR schedule needs v-prediction (ε cannot be learned where x_t is pure noise)."""
+        name = self.schedule_combo.currentData()
+        zero = bool(name in SCHEDULE_PRESETS and SCHEDULE_PRESETS[name].rescale_zero_snr)
+        if zero:
+            self.prediction_combo.setCurrentIndex(self.prediction_combo.findData("v"))
+        self.prediction_combo.setEnabled(not zero and not self.is_busy())
+        self._validate()
 
     # ------------------------------------------------------------------ recipes
     def apply_recipe(self, name: str) -> None:
@@ -514,6 +538,9 @@ class TrainPanel(QWidget):
                 r = RECIPES[name]
                 self.preset_combo.setCurrentIndex(max(0, self.preset_combo.findData(r["preset"])))
                 self.schedule_combo.setCurrentIndex(max(0, self.schedule_combo.findData(r["schedule"])))
+                self.prediction_combo.setCurrentIndex(max(0, self.prediction_combo.findData(r["prediction"])))
+                if self.cond_check.isEnabled():
+                    self.cond_check.setChecked(r["conditional"])
                 if self.size_spin.isEnabled():
                     self.size_spin.setValue(r["image_size"])
                 self.batch_spin.setValue(r["batch_size"])
@@ -541,6 +568,7 @@ class TrainPanel(QWidget):
                 same = (
                     self.preset_combo.currentData() == r["preset"]
                     and self.schedule_combo.currentData() == r["schedule"]
+                    and self.prediction_combo.currentData() == r["prediction"]
                     and self.size_spin.value() == r["image_size"]
                     and self.batch_spin.value() == r["batch_size"]
                     and self.steps_spin.value() == r["steps"]
@@ -730,7 +758,7 @@ class TrainPanel(QWidget):
             preset=self.preset_combo.currentData(),
             conditional=self.cond_check.isChecked() and self.cond_check.isEnabled(),
             schedule=sched,
-            prediction="v" if sched.rescale_zero_snr else "eps",
+            prediction="v" if sched.rescale_zero_snr else (self.prediction_combo.currentData() or "eps"),
             lr=number(self.lr_edit, "The learning rate"),
             batch_size=self.batch_spin.value(),
             steps=self.steps_spin.value(),
@@ -790,6 +818,9 @@ class TrainPanel(QWidget):
         # the form stays readable but not editable while a run is active
         for w in (self.preset_combo, self.schedule_combo, self.batch_spin, self.steps_spin):
             w.setEnabled(not running)
+        name = self.schedule_combo.currentData()
+        zero = bool(name in SCHEDULE_PRESETS and SCHEDULE_PRESETS[name].rescale_zero_snr)
+        self.prediction_combo.setEnabled(not running and not zero)
         # data loaded in the Data tab has its own size (reload it there to change it)
         self.size_spin.setEnabled(not running and self.state.data is None)
         for w in (self.lr_edit, self.ema_edit, self.run_edit):
@@ -1268,8 +1299,7 @@ def _eval_iter(source, data, n: int, stop):
                     bundle,
                     data,
                     n=n,
-                    sampler="ddim",
-                    steps=20,
+                    sampler="ddpm",  # the full chain: DDIM with 20 steps scores much lower (docs/benchmarks.md)
                     progress=lambda d, t, w: q.put((d, t, w)),
                     stop=stop,
                 )
