@@ -10,7 +10,7 @@
 #   PYTHON           the Python whose environment is frozen (default: .venv/bin/python if present, else python3);
 #                    it needs the app installed (pip install -e .) with the CPU build of torch (torch==2.13.0)
 #   DEB_COMPRESSION  dpkg-deb compression, "zstd -z6" by default (see packaging/README.md for the measurements;
-#                    zstd or high levels take minutes to tens of minutes on 2 cores for ~1 GB)
+#                    xz or high zstd levels take minutes to tens of minutes on 2 cores for ~1 GB)
 #   DEB_MAINTAINER   the Maintainer field
 #
 # Prints each phase's wall time and the sizes; exits non-zero on the first failure.
@@ -121,9 +121,12 @@ Comment: /opt/ddpm-gui bundles a Python interpreter and the
 EOF
 chmod -R u+rwX,go+rX,go-w "$STAGE"
 
-# Depends: what Qt's xcb platform plugin and Qt GUI link from the system (readelf NEEDED of
-# libQt6XcbQpa, libqxcb, libQt6Gui; PyInstaller deliberately leaves libGL/libEGL out), plus the C
-# library version the bundle's binaries need. Qt 6 no longer links libxcb-xinerama.
+# Depends: what Qt's xcb platform plugin and Qt GUI link (readelf NEEDED of libQt6XcbQpa, libqxcb,
+# libQt6Gui), plus the C library version the bundle's binaries need. Qt 6 no longer links
+# libxcb-xinerama. Of these, the bundle itself carries copies of everything but libc, libGL, libEGL
+# and libxcb (PyInstaller leaves those out on purpose: they must match the system's X server and GPU
+# driver); the rest are listed too: every X11 desktop has them, and they keep the package right should
+# a later PyInstaller stop bundling them.
 glibc=$(find "$BUNDLE" -type f \( -name '*.so*' -o -name ddpm-gui \) -print0 \
   | xargs -0 objdump -T 2>/dev/null | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -1 || true)
 depends="libc6 (>= ${glibc:-2.28}), libgl1, libegl1, libfontconfig1, libfreetype6, libglib2.0-0, libdbus-1-3, \

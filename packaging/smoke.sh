@@ -42,6 +42,15 @@ ARCH=$(dpkg --print-architecture)
 DEB="$ROOT/dist/ddpm-gui_${VERSION}_${ARCH}.deb"
 [ -f "$DEB" ] || { echo "no $DEB: run packaging/build.sh first" >&2; exit 1; }
 
+# One smoke test at a time on this machine: two CI runs would install and remove the same package
+# under each other (and the second dpkg would fail on dpkg's own lock).
+LOCK=${DDPM_GUI_SMOKE_LOCK:-/tmp/ddpm-gui-smoke.lock}
+exec 9>>"$LOCK"
+if ! flock -n 9; then
+  echo "waiting for another smoke test on this machine ($LOCK)"
+  flock -w 1200 9 || { echo "smoke.sh: $LOCK still held after 20 minutes" >&2; exit 1; }
+fi
+
 installed() { dpkg-query -W -f='${Status}' ddpm-gui 2>/dev/null | grep -q 'install ok installed'; }
 if dpkg-query -W ddpm-gui >/dev/null 2>&1; then
   echo "removing the ddpm-gui installed before"
