@@ -277,7 +277,13 @@ def one_run(i: int, mode: str, rng: random.Random, workdir: Path, ref: dict, ste
             step = int(stopped[-1].split()[3].rstrip(";")) if stopped else None
             from ddpm_gui.engine.checkpoint import checkpoint_path
 
-            if killed_rc not in (130, 0) or step is None or not checkpoint_path(run, step).exists():
+            late = bool(stopped) and stopped[-1].startswith("completed at step") and killed_rc == -signal.SIGINT
+            if late:
+                # the run had completed and saved; the signal came while the interpreter exited, when Python
+                # has already given SIGINT back its default action (killed by SIGINT, nothing left to stop)
+                row["landed"] = False
+                row["detail"] += ", after the run completed"
+            elif killed_rc not in (130, 0) or step is None or not checkpoint_path(run, step).exists():
                 row["violations"].append(
                     f"SIGINT: rc {killed_rc}, last line {stopped[-1:]}, no checkpoint at the stop"
                 )
@@ -289,7 +295,9 @@ def one_run(i: int, mode: str, rng: random.Random, workdir: Path, ref: dict, ste
     row.update(temp_files=res["temp_files"], cut_line=res["cut_line"], checkpoints=res["checkpoints"],
                newest=res["newest"])  # fmt: skip
     row["violations"] += res["violations"]
-    # resume to the end
+    # resume to the end, without the fault: the injected one is for the interrupted process only (with it
+    # left set, the resumed process would die or fail at its own n-th save again)
+    env = base_env(workdir)
     p = resume(run, steps, ce, env)
     rc = p.finish()
     row["resume_rc"] = rc

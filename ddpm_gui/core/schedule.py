@@ -19,6 +19,14 @@ import torch
 from ddpm_gui.errors import ConfigError
 
 SCHEDULE_KINDS = ("linear", "cosine", "quadratic")
+# The smallest beta accepted: below about 1e-16, 1 - beta rounds to 1 even in float64 and the posterior
+# variance at t=0 becomes 0/0 = NaN (found by tests/test_properties.py); 1e-8 leaves a wide margin and is
+# still 10,000x below the smallest beta in the DDPM paper.
+BETA_MIN = 1e-8
+# The largest: a beta of 1 leaves no signal after one step (alpha_bar = 0), and the quadratic schedule
+# rounds betas just below 1 up to exactly 1 (sqrt, then square). 0.999 is the cosine schedule's own clip
+# (Nichol & Dhariwal 2021).
+BETA_MAX = 0.999
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,10 @@ class ScheduleConfig:
                 v = getattr(self, name)
                 if not real(v) or not (0.0 < v < 1.0):
                     raise ConfigError(f"{name} must lie strictly between 0 and 1, got {v!r}.")
+                if not BETA_MIN <= v <= BETA_MAX:
+                    raise ConfigError(
+                        f"{name} must lie in [{BETA_MIN:g}, {BETA_MAX:g}] (the tutorial uses 1e-4 to 0.04), got {v}."
+                    )
             if self.beta_end < self.beta_start:
                 raise ConfigError(
                     f"beta_end ({self.beta_end}) must not be smaller than beta_start ({self.beta_start})."
@@ -58,6 +70,9 @@ class ScheduleConfig:
             raise ConfigError(f"cosine_s must lie in [0, 1), got {self.cosine_s!r}.")
         if not isinstance(self.rescale_zero_snr, bool):
             raise ConfigError(f"rescale_zero_snr must be true or false, got {self.rescale_zero_snr!r}.")
+        if self.rescale_zero_snr and self.T < 2:
+            # the rescale maps alpha_bar_1 to itself and alpha_bar_T to 0: with one step that is 0/0
+            raise ConfigError("A zero-terminal-SNR schedule needs T of at least 2.")
         return self
 
     def to_dict(self) -> dict:
@@ -116,7 +131,10 @@ class NoiseSchedule:
         if c.rescale_zero_snr:
             alpha_bars = _rescale_zero_terminal_snr(alpha_bars)
             prev = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bars[:-1]])
-            betas = 1 - alpha_bars / prev
+            # where alpha_bar already underflowed to 0 before T (large betas, long schedules) the step ratio
+            # is 0/0: no signal is left there, so beta = 1 (found by tests/test_properties.py)
+            has_signal = prev > 0
+            betas = 1 - torch.where(has_signal, alpha_bars / torch.where(has_signal, prev, 1.0), 0.0)
         self._set(betas, alpha_bars, device)
 
     def _set(self, betas: torch.Tensor, alpha_bars: torch.Tensor, device) -> None:

@@ -339,7 +339,13 @@ def _foreign_kind(head: bytes) -> str | None:
 
 
 class _Damaged(Exception):
-    pass
+    def __init__(self, msg: str, foreign: str | None = None):
+        super().__init__(msg)
+        self.foreign = foreign  # what the file is, when it is not damaged but another kind of file
+
+
+def _not_safetensors(kind: str) -> _Damaged:
+    return _Damaged(f"it is {kind}, not a safetensors file", foreign=kind)
 
 
 def _parse_header(path: Path) -> tuple[dict, int, int]:
@@ -355,7 +361,9 @@ def _parse_header(path: Path) -> tuple[dict, int, int]:
                 if n < 2 or n > MAX_HEADER_BYTES or 8 + n > size:
                     kind = _foreign_kind(head)
                     if kind:
-                        raise _Damaged(f"it is {kind}, not a safetensors file")
+                        raise _not_safetensors(kind)
+                    if 2 <= n <= MAX_HEADER_BYTES:  # a plausible header length: the file was cut inside it
+                        raise _Damaged(f"it is truncated ({size:,} bytes; its header alone needs {8 + n:,})")
                     raise _Damaged("its header length does not fit the file")
                 raw = f.read(n)
                 if len(raw) != n:
@@ -364,9 +372,8 @@ def _parse_header(path: Path) -> tuple[dict, int, int]:
                     header = json.loads(raw.decode("utf-8"))
                 except (UnicodeDecodeError, ValueError, RecursionError):
                     kind = _foreign_kind(head)
-                    raise _Damaged(
-                        f"it is {kind}, not a safetensors file" if kind else "its header is not valid JSON"
-                    ) from None
+                    damage = _not_safetensors(kind) if kind else _Damaged("its header is not valid JSON")
+                    raise damage from None
                 if not isinstance(header, dict):
                     raise _Damaged("its header is not a JSON object")
                 end = 0
@@ -391,10 +398,16 @@ def _parse_header(path: Path) -> tuple[dict, int, int]:
                 if 8 + n + end < size:
                     raise _Damaged(f"it has {size - 8 - n - end:,} unexpected bytes at the end")
             except _Damaged as exc:
-                raise CheckpointError(
-                    f"{path.name} is not a readable checkpoint: {exc}. It may be truncated or corrupt; "
-                    "pick another checkpoint of the run."
-                ) from None
+                if exc.foreign and ("PyTorch" in exc.foreign or "pickle" in exc.foreign):
+                    hint = (
+                        "A plain PyTorch state dict of a DDPM Studio UNet opens with the preset it was trained "
+                        "with (ddpm-gui sample --checkpoint FILE --preset NAME); it is never unpickled here."
+                    )
+                elif exc.foreign:
+                    hint = "Pick a .safetensors checkpoint or a run folder."
+                else:
+                    hint = "It may be truncated or corrupt; pick another checkpoint of the run."
+                raise CheckpointError(f"{path.name} is not a readable checkpoint: {exc}. {hint}") from None
     except FileNotFoundError as exc:
         raise CheckpointError(f"No checkpoint at {path}.") from exc
     except IsADirectoryError as exc:
@@ -501,6 +514,16 @@ def read_meta(path: str | Path) -> dict:
     return _read(Path(path))[0]
 
 
+def is_ddpm_checkpoint(path: str | Path) -> bool:
+    """Whether a file is laid out as a DDPM Studio checkpoint (a safetensors header carrying our metadata),
+    damaged or not: loading one with load_checkpoint then gives the precise reason it does not load."""
+    try:
+        header, _n, _size = _parse_header(Path(path))
+    except CheckpointError:
+        return False
+    return META_KEY in (header.get("__metadata__") or {})
+
+
 def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """(tensors, meta) of a checkpoint, every byte checked against its digest; CheckpointError with a
     readable message if it is damaged."""
@@ -602,21 +625,70 @@ def prune_checkpoints(run_dir: str | Path, keep: int, protect: Iterable[Path] = 
             pass
 
 
+_ANSI_RE = re.compile(r"\x1b\[[0-9;]*m")
+_GLOBAL_RE = re.compile(r"GLOBAL ([\w.]+)")
+_OPERAND_RE = re.compile(r"Unsupported operand (\d+)")
+
+
+def _torch_load_refusal(path: Path, head: bytes, exc: BaseException) -> CheckpointError:
+    """A one-sentence reason why torch.load(weights_only=True) refused a file, without torch's advice to
+    retry with weights_only=False (which is exactly what must never be done with an untrusted file)."""
+    text = _ANSI_RE.sub("", str(exc))
+    only = "Only safetensors files and plain PyTorch state dicts of tensors are opened."
+    m = _GLOBAL_RE.search(text)
+    if m:
+        return CheckpointError(
+            f"{path.name} was refused: unpickling it would call Python code ({m.group(1)}), which was not run. "
+            + only
+        )
+    m = _OPERAND_RE.search(text)
+    if m and head[:1] == b"\x80":  # a pickle (PROTO first), with an instruction the safe reader does not take
+        return CheckpointError(
+            f"{path.name} was refused: it is a pickle using an instruction ({m.group(1)}) that the safe "
+            "weights-only reader does not accept; nothing in it was run. " + only
+        )
+    if m or _foreign_kind(head) is None:
+        detail = "it is neither a PyTorch zip archive nor a pickle"
+    elif isinstance(exc, EOFError) or not text.strip():
+        detail = "it ends early"
+    else:
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        detail = lines[0][:160] if lines else type(exc).__name__
+    return CheckpointError(
+        f"{path.name} is not a readable PyTorch weights file ({detail}); it may be truncated or corrupt. " + only
+    )
+
+
 def load_foreign_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Weights from a foreign .pt/.pth file, through torch.load(weights_only=True) only: a file
     crafted to run code when unpickled is refused, never executed."""
+    import warnings
+
     path = Path(path)
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        size = path.stat().st_size
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"No such file: {path}.") from exc
+    except OSError as exc:
+        raise CheckpointError(f"{path.name} cannot be read ({exc.strerror or exc}).") from exc
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a weights file.")
+    if size == 0:
+        raise CheckpointError(f"{path.name} is empty (0 bytes): it is not a weights file.")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as exc:
+        raise CheckpointError(f"{path.name} cannot be read ({exc.strerror or exc}).") from exc
+    try:
+        # torch warns about pickle protocols on stderr; the CLI prints one line
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except FileNotFoundError as exc:
         raise CheckpointError(f"No such file: {path}.") from exc
     except Exception as exc:  # noqa: BLE001 - the unpickler raises many kinds
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise CheckpointError(
-            f"{path.name} was refused: it is not a plain weights file (torch.load with weights_only=True "
-            f"failed: {first}). Only safetensors files and plain PyTorch state dicts are opened, never "
-            "pickled code."
-        ) from exc
+        raise _torch_load_refusal(path, head, exc) from exc
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):

@@ -154,7 +154,10 @@ class TrainConfig:
             isinstance(dev, str) and re.fullmatch(r"auto|cpu|cuda|mps|cuda:\d{1,3}", dev) is not None,
             f"device must be auto, cpu, cuda, cuda:N or mps, got {dev!r}.",
         )
-        need(is_int(self.version), f"version must be a whole number, got {self.version!r}.")
+        need(
+            is_int(self.version) and 1 <= self.version <= CONFIG_VERSION,
+            f"version must be a whole number from 1 to {CONFIG_VERSION}, got {self.version!r}.",
+        )
         if self.schedule.rescale_zero_snr and self.prediction == "eps":
             raise ConfigError(
                 "A zero-terminal-SNR schedule leaves no signal at the last step, where predicting the noise "

@@ -15,6 +15,7 @@ from torch import nn
 from ddpm_gui.core.diffusion import VARIANCES, from_uint8, noise_to, reverse_process, to_uint8
 from ddpm_gui.core.schedule import NoiseSchedule, ScheduleConfig
 from ddpm_gui.engine.checkpoint import (
+    is_ddpm_checkpoint,
     load_checkpoint,
     load_foreign_state_dict,
     load_latest_checkpoint,
@@ -166,8 +167,8 @@ def sample_frames(
 def sample_images(bundle: ModelBundle, cfg: SampleConfig | None = None) -> np.ndarray:
     """The final images only: (N, H, W, 3) uint8."""
     last = None
-    for last in sample_frames(bundle, cfg):
-        pass
+    for frame in sample_frames(bundle, cfg):
+        last = frame
     assert last is not None
     return last.xt
 
@@ -210,10 +211,11 @@ def denoise_frames(
 
 
 def bundle_from_state(
-    tensors: dict[str, torch.Tensor], meta: dict, source: str, device: torch.device, use_ema: bool = True
+    tensors: dict[str, torch.Tensor], meta: dict, source: str, device: torch.device, use_ema: bool = True,
+    target: str = "the model it describes",
 ) -> ModelBundle:
     """Build the model a checkpoint describes and load its (EMA) weights."""
-    from ddpm_gui.models.presets import ModelConfig, build_model
+    from ddpm_gui.models.presets import ModelConfig, build_model, check_image_size
 
     try:  # a damaged or hand-made header is a CheckpointError naming the file, never a traceback
         cfg = meta.get("config", {})
@@ -224,6 +226,7 @@ def bundle_from_state(
         if prediction not in ("eps", "v"):
             raise ValueError(f"prediction {prediction!r}")
         image_size = int(cfg.get("image_size", 32))
+        check_image_size(mcfg, image_size)  # a size the UNet cannot halve would fail only when sampling
         weights = unprefixed("ema", tensors) if use_ema else {}
         if not weights:
             weights = unprefixed("model", tensors)
@@ -233,7 +236,7 @@ def bundle_from_state(
             probe = build_model(mcfg, num_classes=num_classes)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"{Path(source).name} describes a model this version cannot build ({exc}).") from None
-    check_fit(probe, weights, source)
+    check_fit(probe, weights, source, target)
     model = build_model(mcfg, num_classes=num_classes)
     model.load_state_dict(weights)
     model.to(device).eval()
@@ -252,7 +255,9 @@ def bundle_from_state(
     )
 
 
-def check_fit(model: nn.Module, weights: dict[str, torch.Tensor], source: str) -> None:
+def check_fit(
+    model: nn.Module, weights: dict[str, torch.Tensor], source: str, target: str = "the model it describes"
+) -> None:
     """A message naming the mismatch when weights were made for another architecture."""
     own = model.state_dict()
     missing = [k for k in own if k not in weights]
@@ -275,7 +280,7 @@ def check_fit(model: nn.Module, weights: dict[str, torch.Tensor], source: str) -
         if unexpected:
             parts.append(f"{len(unexpected)} weights are unknown to this model (e.g. {unexpected[0]})")
         raise CheckpointError(
-            f"{Path(source).name} does not fit the model it describes: {'; '.join(parts)}. "
+            f"{Path(source).name} does not fit {target}: {'; '.join(parts)}. "
             "It was made for another architecture, channel count or class count."
         )
 
@@ -296,14 +301,18 @@ def load_bundle(
         return bundle_from_state(tensors, meta, str(ckpt), dev, use_ema=use_ema)
     if not path.exists():
         raise CheckpointError(f"No such file: {path}.")
+    if preset is not None and path.suffix == ".safetensors" and is_ddpm_checkpoint(path):
+        preset = None  # a DDPM Studio checkpoint describes its own model: that description wins
     if path.suffix in (".pt", ".pth", ".bin", ".ckpt") or preset is not None:
         if preset is None:
             raise CheckpointError(
-                f"{path.name} is a plain PyTorch file with no description of its model: "
-                "say which preset it was trained with (--preset)."
+                f"{path.name} is a plain PyTorch file with no description of its model: say which preset it "
+                "was trained with (ddpm-gui sample --checkpoint FILE --preset NAME)."
             )
-        from ddpm_gui.models.presets import get_preset
+        from ddpm_gui.models.presets import check_image_size, get_preset
 
+        mcfg = get_preset(preset)  # ConfigError naming the presets for an unknown one
+        check_image_size(mcfg, image_size)
         if path.suffix == ".safetensors":
             from safetensors import SafetensorError
             from safetensors.torch import load_file
@@ -316,12 +325,19 @@ def load_bundle(
                 ) from None
         else:
             sd = load_foreign_state_dict(path)
+        # a class-conditional UNet: its number of classes (+ the null row) from the file
+        emb = sd.get("class_emb.weight")
+        conditional = torch.is_tensor(emb) and emb.ndim == 2 and emb.shape[0] > 1
+        num_classes = int(emb.shape[0]) - 1 if conditional else None
         meta = {
             "config": {"preset": preset, "image_size": image_size},
-            "model_config": get_preset(preset).to_dict(),
-            "num_classes": None,
+            "model_config": mcfg.to_dict(),
+            "num_classes": num_classes,
         }
-        return bundle_from_state(prefixed_model(sd), meta, str(path), dev, use_ema=False)
+        return bundle_from_state(
+            prefixed_model(sd), meta, str(path), dev, use_ema=False,
+            target=f"the preset {preset!r} (try the preset it was trained with)",
+        )
     tensors, meta = load_checkpoint(path)
     return bundle_from_state(tensors, meta, str(path), dev, use_ema=use_ema)
 

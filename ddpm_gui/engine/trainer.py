@@ -304,7 +304,16 @@ class Trainer:
             if "rng.torch" in tensors:
                 torch.set_rng_state(tensors["rng.torch"])
             if "rng.gen" in tensors:
-                self.gen.set_state(tensors["rng.gen"].to(self.gen.get_state().device))
+                own = self.gen.get_state()
+                if tensors["rng.gen"].numel() == own.numel():
+                    self.gen.set_state(tensors["rng.gen"].to(own.device))
+                else:  # saved on another kind of device (CPU <-> CUDA generators keep different states)
+                    self.gen.manual_seed((int(self.config.seed) * 1_000_003 + int(meta["step"])) % 2**63)
+                    notes.append(
+                        f"{ckpt.name} was saved on another kind of device: the noise and batch order go on "
+                        "from a new random stream (seeded from the run's seed and step), so the result is not "
+                        "bitwise the one an uninterrupted run would give."
+                    )
             if "rng.cuda" in tensors and self.device.type == "cuda":
                 torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
             if "stats.t_loss_sum" in tensors:
