@@ -79,14 +79,26 @@ def as_hw3_batch(images) -> np.ndarray:
 
 
 class _GridView(pg.GraphicsLayoutWidget):
+    def __init__(self, grid: ImageGrid):
+        super().__init__(grid)
+        self._grid = grid
+
     def sizeHint(self) -> QSize:  # noqa: N802 - Qt API
         return QSize(320, 240)
+
+    def wheelEvent(self, event) -> None:  # noqa: N802 - Qt API
+        # the view never zooms (mouse interaction is off): the wheel turns pages where the owner pages
+        steps = event.angleDelta().y() // 120
+        if steps:
+            self._grid.wheeled.emit(-int(steps))  # wheel down (negative delta): the next page
+        event.accept()
 
 
 class ImageGrid(QWidget):
     """N images as one nearest-neighbour mosaic with optional captions under each image."""
 
     clicked = Signal(int)
+    wheeled = Signal(int)  # mouse-wheel notches over the grid: +1 = down (next page), -1 = up
 
     PAD = 2  # mosaic pixels between tiles
     CAPTION_PX = 16  # screen pixels reserved under each tile for its caption

@@ -7,6 +7,7 @@ import time
 import numpy as np
 import pytest
 from PIL import Image
+from PySide6.QtCore import Qt
 
 from ddpm_gui.qt.panels.data_panel import BUILTIN, FOLDER, HUB, DataPanel
 from tests.qt.conftest import grab_variance
@@ -59,6 +60,35 @@ def test_paging_and_class_filter(qtbot, panel, state, builtin_data):
     assert set(panel.grid.captions()) == {name}
     assert all(builtin_data.labels[panel.shown_indices()] == 2)
     assert not panel.prev_btn.isEnabled()
+
+
+def _wheel(widget, notches: int) -> None:
+    """A real mouse-wheel event (120 units a notch; positive = away from the user = up)."""
+    from PySide6.QtCore import QPoint, QPointF
+    from PySide6.QtGui import QWheelEvent
+    from PySide6.QtWidgets import QApplication
+
+    pos = QPointF(widget.width() / 2, widget.height() / 2)
+    ev = QWheelEvent(
+        pos, widget.mapToGlobal(pos), QPoint(0, 0), QPoint(0, 120 * notches),
+        Qt.MouseButton.NoButton, Qt.KeyboardModifier.NoModifier, Qt.ScrollPhase.NoScrollPhase, False,
+    )  # fmt: skip
+    QApplication.sendEvent(widget.viewport(), ev)
+
+
+def test_mouse_wheel_scrolls_pages(qtbot, panel, state, builtin_data):
+    state.set_data(builtin_data)
+    n = panel.page_size()
+    view = panel.grid._view_widget
+    _wheel(view, -1)  # one notch down: the next page
+    np.testing.assert_array_equal(panel.shown_indices(), np.arange(n, min(2 * n, 300)))
+    np.testing.assert_array_equal(panel.grid.images(), builtin_data.images[n : min(2 * n, 300)])
+    _wheel(view, 1)  # and back up
+    np.testing.assert_array_equal(panel.shown_indices(), np.arange(0, n))
+    _wheel(view, 5)  # past the first page: stays there
+    assert panel.page_label.text().startswith("1")
+    _wheel(view, -100)  # past the last: stays on the last
+    assert not panel.next_btn.isEnabled() and panel.shown_indices()[-1] == 299
 
 
 def test_offline_hub_id_shows_error_fast(qtbot, panel, state):

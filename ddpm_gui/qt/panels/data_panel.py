@@ -286,6 +286,7 @@ class DataPanel(QWidget):
         self.grid.setMinimumSize(320, 240)
         self.grid.setToolTip("Click an image to see its index and class in the status bar")
         self.grid.clicked.connect(self._on_grid_clicked)
+        self.grid.wheeled.connect(self._on_grid_wheeled)
         pv.addWidget(self.grid, 1)
         self.placeholder = QLabel("Load a dataset to see its images here.", prev_box)
         self.placeholder.setAlignment(Qt.AlignmentFlag.AlignCenter)
@@ -626,6 +627,11 @@ class DataPanel(QWidget):
             self.page_label.setText("")
         self.prev_btn.setEnabled(self._page > 0)
         self.next_btn.setEnabled(self._page < self.pages() - 1)
+
+    @Slot(int)
+    def _on_grid_wheeled(self, notches: int) -> None:
+        """The mouse wheel over the grid scrolls through the pages (a notch a page)."""
+        self.set_page(self._page + notches)
 
     @Slot(int)
     def _on_grid_clicked(self, i: int) -> None:

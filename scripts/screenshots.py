@@ -1,0 +1,125 @@
+#!/usr/bin/env python3
+"""Take the README's screenshots (docs/img/*.png) from the real app, driven the way a person would.
+
+    xvfb-run -a -s "-screen 0 1280x800x24" python scripts/screenshots.py --run runs/quick
+    QT_QPA_PLATFORM=offscreen python scripts/screenshots.py --run runs/quick      # no X server needed
+
+`--run` is a finished run folder (e.g. from `ddpm-gui train --recipe quick-cpu --out runs/quick`): the Train
+tab resumes a copy of it for `--extra-steps` more steps (so the loss curve and the previews of a trained
+model are on screen), then the Sample and Denoise tabs use its weights. Everything else (settings, data
+cache, the copy of the run) lives in a temporary folder; only the PNGs in --out are written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--run", required=True, help="a finished run folder whose weights the tabs use")
+    ap.add_argument("--out", default="docs/img", help="folder for the PNGs")
+    ap.add_argument("--extra-steps", type=int, default=60, help="steps the Train tab runs on the copy")
+    args = ap.parse_args(argv)
+
+    tmp = Path(tempfile.mkdtemp(prefix="ddpm-gui-shots-"))
+    os.environ.setdefault("DDPM_GUI_CACHE", str(tmp / "cache"))
+    os.environ["HOME"] = str(tmp / "home")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    # the Train tab resumes a copy for a few more steps (a finished run has nothing left to do)
+    run = tmp / "run"
+    shutil.copytree(args.run, run)
+    cfg_path = run / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["steps"] = int(cfg["steps"]) + args.extra_steps
+    cfg["preview_every"] = max(10, args.extra_steps // 2)
+    cfg_path.write_text(json.dumps(cfg))
+
+    from PySide6.QtCore import QSettings
+    from PySide6.QtWidgets import QApplication
+
+    from ddpm_gui.qt.app import APP_NAME
+    from ddpm_gui.qt.main_window import MainWindow
+
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    app.setApplicationName(APP_NAME)
+    settings = QSettings(str(tmp / "settings.ini"), QSettings.Format.IniFormat)
+    win = MainWindow(settings=settings)
+    win.resize(1280, 800)
+    win.show()
+    win.start_engine()
+
+    def wait(cond, timeout: float, what: str) -> None:
+        end = time.monotonic() + timeout
+        while not cond():
+            if time.monotonic() > end:
+                raise SystemExit(f"timed out waiting for {what}")
+            app.processEvents()
+            time.sleep(0.01)
+
+    def settle(seconds: float = 0.5) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            app.processEvents()
+            time.sleep(0.01)
+
+    def shot(tab: int, name: str) -> None:
+        win.tabs.setCurrentIndex(tab)
+        settle()
+        path = out / f"{name}.png"
+        win.grab().save(str(path))
+        print(f"wrote {path}")
+
+    wait(win.is_ready, 120, "the engine")
+    wait(lambda: win.state.data is not None and not win.is_busy(), 120, "the built-in data")
+    shot(0, "data")
+
+    fwd = win.panel("ForwardPanel")
+    fwd.index_spin.setValue(3)
+    wait(lambda: not fwd.is_busy() and fwd.frame_count() > 30, 60, "the forward frames")
+    fwd.player.set_current(30)
+    shot(1, "forward")
+
+    train = win.panel("TrainPanel")
+    win.tabs.setCurrentIndex(2)
+    if not train.resume_run(run):
+        raise SystemExit("the Train tab could not resume the run: " + train.error_label.text())
+    wait(lambda: not train.is_busy(), 900, "the training run")
+    shot(2, "train")
+
+    sample = win.panel("SamplePanel")
+    win.tabs.setCurrentIndex(3)
+    settle()
+    sample.n_spin.setValue(16)
+    if not sample.generate():
+        raise SystemExit("the Sample tab could not generate")
+    wait(lambda: not sample.is_busy(), 900, "sampling")
+    sample.player.set_current(int(sample.player.count() * 0.7))
+    shot(3, "sample")
+
+    den = win.panel("DenoisePanel")
+    win.tabs.setCurrentIndex(4)
+    settle()
+    if not den.run():
+        raise SystemExit("the Denoise tab could not run: " + den.error_label.text())
+    wait(lambda: not den.is_busy(), 900, "denoising")
+    shot(4, "denoise")
+
+    win.close_without_asking()
+    settle(0.5)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
