@@ -51,19 +51,51 @@ def _nonneg_int(v: str) -> int:
 def _add_schedule_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("noise schedule (default: the tutorial's, linear 1e-4..0.04 over T=100)")
     g.add_argument("--schedule", default=None, help="preset: tutorial, ddpm-paper, cosine, tutorial-zero-snr")
-    g.add_argument("--schedule-kind", choices=["linear", "cosine", "quadratic"], default=None)
+    g.add_argument(
+        "--schedule-kind",
+        choices=["linear", "cosine", "quadratic"],
+        default=None,
+        help="how beta grows with t (overrides the preset's)",
+    )
     g.add_argument("--T", type=int, default=None, help="number of diffusion steps")
-    g.add_argument("--beta-start", type=float, default=None)
-    g.add_argument("--beta-end", type=float, default=None)
+    g.add_argument(
+        "--beta-start", type=float, default=None, help="first beta of the schedule (linear, quadratic)"
+    )
+    g.add_argument("--beta-end", type=float, default=None, help="last beta, at t=T (linear, quadratic)")
     g.add_argument("--zero-snr", action="store_true", default=None, help="rescale to zero terminal SNR")
 
 
 def _add_foreign_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("foreign weights (a plain state dict of a DDPM Studio UNet, read with "
-                             "torch.load(weights_only=True): never unpickled code)")
-    g.add_argument("--preset", default=None, help="the model preset the --checkpoint weights were trained with")
-    g.add_argument("--image-size", dest="model_image_size", type=_positive_int, default=32, metavar="N",
-                   help="the image size the --preset weights were trained at (a run or checkpoint knows its own)")
+    g = p.add_argument_group(
+        "foreign weights (a plain state dict of a DDPM Studio UNet, read with "
+        "torch.load(weights_only=True): never unpickled code)"
+    )
+    g.add_argument(
+        "--preset", default=None, help="the model preset the --checkpoint weights were trained with"
+    )
+    g.add_argument(
+        "--image-size",
+        dest="model_image_size",
+        type=_positive_int,
+        default=32,
+        metavar="N",
+        help="the image size the --preset weights were trained at (a run or checkpoint knows its own)",
+    )
+
+
+def _add_sample_mode_arg(p: argparse.ArgumentParser) -> None:
+    modes = [
+        "eager",
+        "auto",
+        "cuda-graph",
+        "compile",
+    ]  # ddpm_gui.engine.accel.MODES (not imported here: torch)
+    p.add_argument(
+        "--sample-mode",
+        choices=modes,
+        default="auto",
+        help="sampling acceleration (auto: CUDA graphs on CUDA, eager elsewhere; any failure runs eagerly)",
+    )
 
 
 def _schedule_from_args(args):
@@ -75,19 +107,33 @@ def _schedule_from_args(args):
     base = ScheduleConfig()
     if args.schedule:
         if args.schedule not in SCHEDULE_PRESETS:
-            raise ConfigError(f"Unknown schedule '{args.schedule}': choose one of {', '.join(SCHEDULE_PRESETS)}.")
+            raise ConfigError(
+                f"Unknown schedule '{args.schedule}': choose one of {', '.join(SCHEDULE_PRESETS)}."
+            )
         base = SCHEDULE_PRESETS[args.schedule]
     changes = {}
-    for name, attr in (("schedule_kind", "kind"), ("T", "T"), ("beta_start", "beta_start"),
-                       ("beta_end", "beta_end"), ("zero_snr", "rescale_zero_snr")):
+    for name, attr in (
+        ("schedule_kind", "kind"),
+        ("T", "T"),
+        ("beta_start", "beta_start"),
+        ("beta_end", "beta_end"),
+        ("zero_snr", "rescale_zero_snr"),
+    ):
         v = getattr(args, name, None)
         if v is not None:
             changes[attr] = v
     return replace(base, **changes).validate()
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors as one line on stderr (exit 2), like every other error of the CLI."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="ddpm-gui",
         description="DDPM Studio: train and explore denoising diffusion models on small images. "
         "With no command, opens the desktop app.",
@@ -95,144 +141,237 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"ddpm-gui {__version__}")
-    p.add_argument("--self-test", action="store_true", help="open the window offscreen, train and sample a few "
-                   "steps in a temporary folder, print what was checked, exit 0 on success")
+    p.add_argument(
+        "--self-test",
+        action="store_true",
+        help="open the window offscreen, train and sample a few "
+        "steps in a temporary folder, print what was checked, exit 0 on success",
+    )
     sub = p.add_subparsers(dest="command", metavar="command")
 
     # --- train
-    t = sub.add_parser("train", help="train a model (headless)", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                       description="Train a DDPM. Writes a run folder: config.json, metrics.jsonl, checkpoints/, samples/.")
-    t.add_argument("--data", default="builtin", help="builtin, builtin:N, a Hugging Face id (cifar10), a folder or a parquet/arrow file")
-    t.add_argument("--image-size", type=_positive_int, default=32)
+    t = sub.add_parser(
+        "train",
+        help="train a model (headless)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Train a DDPM. Writes a run folder: config.json, metrics.jsonl, checkpoints/, samples/.",
+    )
+    t.add_argument(
+        "--data",
+        default="builtin",
+        help="builtin, builtin:N, a Hugging Face id (cifar10), a folder or a parquet/arrow file",
+    )
+    t.add_argument(
+        "--image-size", type=_positive_int, default=32, help="train at NxN pixels (images are resized)"
+    )
     t.add_argument("--limit", type=_positive_int, default=None, help="use only the first N images")
-    t.add_argument("--preset", default="tiny", help="model preset: tutorial (the article's 42M UNet), small, tiny")
-    t.add_argument("--recipe", default=None, metavar="NAME",
-                   help="start from a named set of settings (options given here still win): quick-cpu (recognisable "
-                        "built-in shapes in about 10 minutes on a 2-core CPU), tutorial (the article's)")
+    t.add_argument(
+        "--preset", default="tiny", help="model preset: tutorial (the article's 42M UNet), small, tiny"
+    )
+    t.add_argument(
+        "--recipe",
+        default=None,
+        metavar="NAME",
+        help="start from a named set of settings (options given here still win): quick-cpu (recognisable "
+        "built-in shapes in about 10 minutes on a 2-core CPU), tutorial (the article's)",
+    )
     t.add_argument("--conditional", action="store_true", help="class-conditional (classifier-free guidance)")
-    t.add_argument("--prediction", choices=["eps", "v"], default="eps")
+    t.add_argument(
+        "--prediction", choices=["eps", "v"], default="eps", help="what the network predicts: the noise or v"
+    )
     t.add_argument("--steps", type=_positive_int, default=2000, help="total training steps")
-    t.add_argument("--batch-size", type=_positive_int, default=128)
-    t.add_argument("--lr", type=float, default=3e-4)
+    t.add_argument("--batch-size", type=_positive_int, default=128, help="images per training step")
+    t.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (AdamW)")
     t.add_argument("--ema", type=float, default=0.999, help="EMA decay (0 = off)")
-    t.add_argument("--grad-clip", type=float, default=1.0)
+    t.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm to this (0 = off)")
     t.add_argument("--warmup", type=_nonneg_int, default=100, help="lr warm-up steps")
     t.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
-    t.add_argument("--seed", type=_nonneg_int, default=0)
-    t.add_argument("--preview-every", type=_nonneg_int, default=0, help="save a sample grid every N steps (0 = off)")
-    t.add_argument("--checkpoint-every", type=_nonneg_int, default=500)
-    t.add_argument("--checkpoint-minutes", type=float, default=5.0)
+    t.add_argument("--seed", type=_nonneg_int, default=0, help="random seed (weights, batches, noise)")
+    t.add_argument(
+        "--preview-every", type=_nonneg_int, default=0, help="save a sample grid every N steps (0 = off)"
+    )
+    t.add_argument(
+        "--checkpoint-every", type=_nonneg_int, default=500, help="save a checkpoint every N steps (0 = off)"
+    )
+    t.add_argument(
+        "--checkpoint-minutes", type=float, default=5.0, help="also save one every M minutes (0 = off)"
+    )
     t.add_argument("--keep", type=_positive_int, default=3, help="rolling number of checkpoints kept")
-    t.add_argument("--log-every", type=_positive_int, default=10)
+    t.add_argument(
+        "--log-every",
+        type=_positive_int,
+        default=10,
+        help="read the loss and log it to metrics.jsonl every N steps",
+    )
     t.add_argument("--out", required=True, help="run folder")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out (steps, optimizer, EMA, RNG)")
+    t.add_argument(
+        "--resume", action="store_true", help="continue the run in --out (steps, optimizer, EMA, RNG)"
+    )
     _add_schedule_args(t)
 
     # --- sample
-    s = sub.add_parser("sample", help="sample images from a trained model", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    s = sub.add_parser(
+        "sample",
+        help="sample images from a trained model",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     src = s.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", help="run folder (its newest checkpoint)")
-    src.add_argument("--checkpoint", help="a .safetensors checkpoint, or a plain .pt/.pth state dict with --preset")
+    src.add_argument(
+        "--checkpoint", help="a .safetensors checkpoint, or a plain .pt/.pth state dict with --preset"
+    )
     _add_foreign_args(s)
-    s.add_argument("--n", type=_positive_int, default=16)
-    s.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm")
+    s.add_argument("--n", type=_positive_int, default=16, help="number of images")
+    s.add_argument(
+        "--sampler",
+        choices=["ddpm", "ddim"],
+        default="ddpm",
+        help="ddpm: the full ancestral chain; ddim: --steps steps",
+    )
     s.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps")
     s.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
-    s.add_argument("--variance", choices=["beta", "posterior"], default="beta", help="DDPM: sigma^2 = beta_t or beta~_t")
-    s.add_argument("--seed", type=_nonneg_int, default=0)
-    s.add_argument("--class", dest="class_label", default=None, help="class index or name (conditional models)")
+    s.add_argument(
+        "--variance", choices=["beta", "posterior"], default="beta", help="DDPM: sigma^2 = beta_t or beta~_t"
+    )
+    s.add_argument("--seed", type=_nonneg_int, default=0, help="random seed of the noise")
+    s.add_argument(
+        "--class", dest="class_label", default=None, help="class index or name (conditional models)"
+    )
     s.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale")
     s.add_argument("--no-clip", action="store_true", help="do not clip the predicted x0")
     s.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
-    s.add_argument("--device", default="auto")
+    s.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
+    _add_sample_mode_arg(s)
     s.add_argument("--out", default="samples.png", help="PNG grid of the final samples")
     s.add_argument("--gif", default=None, help="animated GIF of the reverse process")
     s.add_argument("--scale", type=_positive_int, default=2, help="pixel scale of the outputs")
 
     # --- forward
-    f = sub.add_parser("forward", help="show the forward (noising) process of one image", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    f = sub.add_parser(
+        "forward",
+        help="show the forward (noising) process of one image",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     fsrc = f.add_mutually_exclusive_group()
     fsrc.add_argument("--data", default="builtin", help="dataset to take the image from")
     fsrc.add_argument("--image", help="an image file instead")
     f.add_argument("--index", type=_nonneg_int, default=3, help="image index in the dataset")
-    f.add_argument("--image-size", type=_positive_int, default=32)
+    f.add_argument("--image-size", type=_positive_int, default=32, help="resize the image to NxN pixels")
     f.add_argument("--frames", type=_positive_int, default=6, help="frames in the strip")
-    f.add_argument("--closed-form", action="store_true", help="use q(x_t|x_0) instead of iterating q(x_t|x_(t-1))")
-    f.add_argument("--seed", type=_nonneg_int, default=0)
-    f.add_argument("--out", default="forward.png")
-    f.add_argument("--gif", default=None)
-    f.add_argument("--scale", type=_positive_int, default=4)
+    f.add_argument(
+        "--closed-form", action="store_true", help="use q(x_t|x_0) instead of iterating q(x_t|x_(t-1))"
+    )
+    f.add_argument("--seed", type=_nonneg_int, default=0, help="random seed of the noise")
+    f.add_argument("--out", default="forward.png", help="PNG strip of --frames steps")
+    f.add_argument("--gif", default=None, help="animated GIF of every step, x_0 to x_T")
+    f.add_argument("--scale", type=_positive_int, default=4, help="pixel scale of the outputs")
     _add_schedule_args(f)
 
     # --- denoise
-    d = sub.add_parser("denoise", help="the tutorial's experiment: noise an image to t and denoise it K ways",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d = sub.add_parser(
+        "denoise",
+        help="the tutorial's experiment: noise an image to t and denoise it K ways",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     dsrc = d.add_mutually_exclusive_group(required=True)
-    dsrc.add_argument("--run")
-    dsrc.add_argument("--checkpoint", help="a .safetensors checkpoint, or a plain .pt/.pth state dict with --preset")
+    dsrc.add_argument("--run", help="run folder (its newest checkpoint)")
+    dsrc.add_argument(
+        "--checkpoint", help="a .safetensors checkpoint, or a plain .pt/.pth state dict with --preset"
+    )
     _add_foreign_args(d)
-    d.add_argument("--data", default="builtin")
-    d.add_argument("--image", default=None)
-    d.add_argument("--index", type=_nonneg_int, default=4)
-    d.add_argument("--t", type=_nonneg_int, default=50)
-    d.add_argument("--k", type=_positive_int, default=10)
-    d.add_argument("--seed", type=_nonneg_int, default=0)
-    d.add_argument("--device", default="auto")
-    d.add_argument("--out", default="denoise.png")
-    d.add_argument("--scale", type=_positive_int, default=3)
+    d.add_argument("--data", default="builtin", help="dataset to take the image from")
+    d.add_argument("--image", default=None, help="an image file instead of --data/--index")
+    d.add_argument("--index", type=_nonneg_int, default=4, help="image index in the dataset")
+    d.add_argument("--t", type=_nonneg_int, default=50, help="timestep to noise the image to")
+    d.add_argument("--k", type=_positive_int, default=10, help="number of independent denoisings")
+    d.add_argument("--seed", type=_nonneg_int, default=0, help="random seed of the noise")
+    d.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
+    _add_sample_mode_arg(d)
+    d.add_argument("--out", default="denoise.png", help="PNG row: original, noised, denoised")
+    d.add_argument("--scale", type=_positive_int, default=3, help="pixel scale of the output")
 
     # --- bench
-    b = sub.add_parser("bench", help="time DDPM Studio's training and sampling against the tutorial's own loop",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                       description="In one process: the tutorial's training loop and DDPM Studio's trainer on the same "
-                       "model and batch (img/s, speedup, FLOPs, TFLOP/s, fraction of the measured matmul peak), "
-                       "sampling time for the full DDPM chain, peak memory. See docs/benchmarks.md.")
+    b = sub.add_parser(
+        "bench",
+        help="time DDPM Studio's training and sampling against the tutorial's own loop",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="In one process: the tutorial's training loop and DDPM Studio's trainer on the same "
+        "model and batch (img/s, speedup, FLOPs, TFLOP/s, fraction of the measured matmul peak), "
+        "sampling time for the full DDPM chain, peak memory. See docs/benchmarks.md.",
+    )
     b.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     b.add_argument("--preset", default="tutorial", help="model preset for both loops")
-    b.add_argument("--batch-size", type=_positive_int, default=128)
-    b.add_argument("--image-size", type=_positive_int, default=32)
+    b.add_argument("--batch-size", type=_positive_int, default=128, help="training batch size of both loops")
+    b.add_argument("--image-size", type=_positive_int, default=32, help="image size (NxN) of both loops")
     b.add_argument("--iters", type=_positive_int, default=5, help="timed steps of each loop (median)")
     b.add_argument("--warmup", type=_nonneg_int, default=2, help="untimed steps of each loop first")
     b.add_argument("--data", default="builtin", help="dataset both loops read")
-    b.add_argument("--sample-batches", default="1,16,64", help="batch sizes for the sampling times, comma-separated")
-    b.add_argument("--sample-repeats", type=_positive_int, default=1, help="timed sampling runs per batch size (median)")
-    b.add_argument("--sample-mode", choices=["eager", "auto", "cuda-graph", "compile"], default="auto",
-                   help="sampling acceleration (auto: CUDA graphs on CUDA, eager elsewhere)")
+    b.add_argument(
+        "--sample-batches", default="1,16,64", help="batch sizes for the sampling times, comma-separated"
+    )
+    b.add_argument(
+        "--sample-repeats", type=_positive_int, default=1, help="timed sampling runs per batch size (median)"
+    )
+    _add_sample_mode_arg(b)
     b.add_argument("--skip-sampling", action="store_true", help="time training only")
-    b.add_argument("--variants", action="store_true", help="also time training with channels_last and torch.compile")
-    b.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's choice)")
-    b.add_argument("--quick", action="store_true", help="a smoke run: tiny preset, 16x16, batch 16, few steps")
+    b.add_argument(
+        "--variants", action="store_true", help="also time training with channels_last and torch.compile"
+    )
+    b.add_argument(
+        "--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
+    b.add_argument(
+        "--quick", action="store_true", help="a smoke run: tiny preset, 16x16, batch 16, few steps"
+    )
     b.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
 
     # --- eval
-    e = sub.add_parser("eval", help="sample quality without a network: a classifier trained on the real images",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                       description="Draw samples from a run, classify them with a small CNN trained on the run's "
-                       "(labelled) dataset and cached, and print the classifier's held-out accuracy, the share of "
-                       "recognisable samples (conditional: accuracy on the requested class) and the Frechet distance "
-                       "of its features, real vs generated and real vs real.")
+    e = sub.add_parser(
+        "eval",
+        help="sample quality without a network: a classifier trained on the real images",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Draw samples from a run, classify them with a small CNN trained on the run's "
+        "(labelled) dataset and cached, and print the classifier's held-out accuracy, the share of "
+        "recognisable samples (conditional: accuracy on the requested class) and the Frechet distance "
+        "of its features, real vs generated and real vs real.",
+    )
     esrc = e.add_mutually_exclusive_group(required=True)
     esrc.add_argument("--run", help="run folder (its newest checkpoint)")
     esrc.add_argument("--checkpoint", help="a .safetensors checkpoint")
     e.add_argument("--data", default=None, help="labelled dataset (default: the one the run trained on)")
     e.add_argument("--n", type=_positive_int, default=500, help="number of samples")
-    e.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm")
+    e.add_argument(
+        "--sampler",
+        choices=["ddpm", "ddim"],
+        default="ddpm",
+        help="ddpm: the full ancestral chain; ddim: --steps steps",
+    )
     e.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps")
-    e.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (conditional models)")
-    e.add_argument("--seed", type=_nonneg_int, default=0)
+    e.add_argument(
+        "--guidance", type=float, default=1.0, help="classifier-free guidance scale (conditional models)"
+    )
+    e.add_argument("--seed", type=_nonneg_int, default=0, help="random seed of the samples")
     e.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
-    e.add_argument("--device", default="auto")
-    e.add_argument("--sample-mode", choices=["eager", "auto", "cuda-graph", "compile"], default="auto")
-    e.add_argument("--retrain", action="store_true", help="train the classifier again instead of using the cache")
+    e.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
+    _add_sample_mode_arg(e)
+    e.add_argument(
+        "--retrain", action="store_true", help="train the classifier again instead of using the cache"
+    )
     e.add_argument("--grid", default=None, metavar="PNG", help="also save the first 64 samples as a grid")
-    e.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE",
-                   help="write the results as JSON (to FILE, or to stdout when no FILE is given)")
+    e.add_argument(
+        "--json",
+        nargs="?",
+        const="-",
+        default=None,
+        metavar="FILE",
+        help="write the results as JSON (to FILE, or to stdout when no FILE is given)",
+    )
 
     # --- info
     i = sub.add_parser("info", help="devices, versions, and every model preset with parameters and FLOPs")
     i.add_argument("--json", action="store_true", help="print JSON")
-    i.add_argument("--image-size", type=_positive_int, default=32)
+    i.add_argument("--image-size", type=_positive_int, default=32, help="image size (NxN) for the FLOPs")
     return p
 
 
@@ -271,8 +410,11 @@ def cmd_train(args) -> int:
         given = {a[2:].split("=")[0] for a in args.argv if a.startswith("--")}
         ignored = sorted(given - {"steps", "device", "out", "resume"})
         if ignored:
-            print("warning: a resumed run keeps its own settings; ignored: " + ", ".join(f"--{a}" for a in ignored),
-                  file=sys.stderr)
+            print(
+                "warning: a resumed run keeps its own settings; ignored: "
+                + ", ".join(f"--{a}" for a in ignored),
+                file=sys.stderr,
+            )
         changes = {}
         if "steps" in given:
             changes["steps"] = args.steps
@@ -282,12 +424,27 @@ def cmd_train(args) -> int:
     else:
         given = {a[2:].split("=")[0] for a in args.argv if a.startswith("--")}
         cfg = TrainConfig(
-            data=args.data, image_size=args.image_size, data_limit=args.limit, preset=args.preset,
-            conditional=args.conditional, schedule=_schedule_from_args(args), prediction=args.prediction,
-            lr=args.lr, batch_size=args.batch_size, steps=args.steps, warmup_steps=args.warmup,
-            grad_clip=args.grad_clip, ema_decay=args.ema, amp=not args.no_amp, device=args.device, seed=args.seed,
-            log_every=args.log_every, preview_every=args.preview_every, checkpoint_every=args.checkpoint_every,
-            checkpoint_minutes=args.checkpoint_minutes, keep_checkpoints=args.keep,
+            data=args.data,
+            image_size=args.image_size,
+            data_limit=args.limit,
+            preset=args.preset,
+            conditional=args.conditional,
+            schedule=_schedule_from_args(args),
+            prediction=args.prediction,
+            lr=args.lr,
+            batch_size=args.batch_size,
+            steps=args.steps,
+            warmup_steps=args.warmup,
+            grad_clip=args.grad_clip,
+            ema_decay=args.ema,
+            amp=not args.no_amp,
+            device=args.device,
+            seed=args.seed,
+            log_every=args.log_every,
+            preview_every=args.preview_every,
+            checkpoint_every=args.checkpoint_every,
+            checkpoint_minutes=args.checkpoint_minutes,
+            keep_checkpoints=args.keep,
         )
         if args.recipe:
             cfg = cfg.replace(**_recipe_changes(args.recipe, given))
@@ -303,7 +460,9 @@ def cmd_train(args) -> int:
             raise KeyboardInterrupt
         interrupted.append(signum)
         trainer.stop()
-        tqdm.write("stopping: saving a checkpoint after this step (press Ctrl+C again to abort without saving)")
+        tqdm.write(
+            "stopping: saving a checkpoint after this step (press Ctrl+C again to abort without saving)"
+        )
 
     old_handlers = {}
     for sig in (signal.SIGINT, getattr(signal, "SIGTERM", None)):
@@ -355,9 +514,32 @@ def _load_bundle(args):
     from ddpm_gui.errors import ConfigError
 
     if args.run and args.preset:
-        raise ConfigError("--preset is for a --checkpoint file of foreign weights: a run folder describes its own model.")
-    return load_bundle(args.run or args.checkpoint, device=args.device, use_ema=not getattr(args, "no_ema", False),
-                       preset=args.preset, image_size=args.model_image_size)
+        raise ConfigError(
+            "--preset is for a --checkpoint file of foreign weights: a run folder describes its own model."
+        )
+    return load_bundle(
+        args.run or args.checkpoint,
+        device=args.device,
+        use_ema=not getattr(args, "no_ema", False),
+        preset=args.preset,
+        image_size=args.model_image_size,
+    )
+
+
+def _accelerated(bundle, mode: str):
+    """The bundle with its model wrapped for fast inference (`ddpm_gui.engine.accel`, as bench and eval do);
+    the wrapper runs eagerly wherever it cannot accelerate, so sampling never fails because of it."""
+    import dataclasses
+
+    from ddpm_gui.engine.accel import accelerate
+
+    return dataclasses.replace(bundle, model=accelerate(bundle.model, mode))
+
+
+def _note_fallback(bundle) -> None:
+    reason = getattr(bundle.model, "fallback_reason", None)
+    if reason:
+        print(f"note: {reason}", file=sys.stderr)
 
 
 def cmd_sample(args) -> int:
@@ -367,7 +549,7 @@ def cmd_sample(args) -> int:
     from ddpm_gui.engine.sampler import SampleConfig, sample_frames
     from ddpm_gui.errors import ConfigError
 
-    bundle = _load_bundle(args)
+    bundle = _accelerated(_load_bundle(args), args.sample_mode)
     label = args.class_label
     if label is not None:
         if bundle.num_classes is None:
@@ -379,9 +561,20 @@ def cmd_sample(args) -> int:
             try:
                 label = int(label)
             except ValueError:
-                raise ConfigError(f"Unknown class '{label}': use an index or one of {', '.join(names)}.") from None
-    cfg = SampleConfig(n=args.n, sampler=args.sampler, steps=args.steps, eta=args.eta, variance=args.variance,
-                       seed=args.seed, class_label=label, guidance=args.guidance, clip_x0=not args.no_clip)
+                raise ConfigError(
+                    f"Unknown class '{label}': use an index or one of {', '.join(names)}."
+                ) from None
+    cfg = SampleConfig(
+        n=args.n,
+        sampler=args.sampler,
+        steps=args.steps,
+        eta=args.eta,
+        variance=args.variance,
+        seed=args.seed,
+        class_label=label,
+        guidance=args.guidance,
+        clip_x0=not args.no_clip,
+    )
     frames = []
     total = None
     bar = None
@@ -399,6 +592,7 @@ def cmd_sample(args) -> int:
     if args.gif:
         save_gif(args.gif, frames)
         print(f"wrote {args.gif} ({len(frames)} frames)")
+    _note_fallback(bundle)
     return 0
 
 
@@ -415,12 +609,14 @@ def _one_image(args) -> tuple:
         try:
             with Image.open(args.image) as im:
                 im = im.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
-                return np.asarray(im), Path(args.image).name
+                return np.array(im), Path(args.image).name  # a writable copy (torch.from_numpy)
         except (OSError, UnidentifiedImageError) as exc:
             raise DataError(f"Cannot read the image {args.image}: {exc}.") from exc
     from ddpm_gui.data import load_data
 
-    data = load_data(args.data, image_size=size, limit=max(args.index + 1, 16) if args.data == "builtin" else None)
+    data = load_data(
+        args.data, image_size=size, limit=max(args.index + 1, 16) if args.data == "builtin" else None
+    )
     if args.index >= len(data):
         raise DataError(f"Index {args.index} is out of range: {data.name} has {len(data)} images.")
     return data.images[args.index], data.name
@@ -450,8 +646,10 @@ def cmd_forward(args) -> int:
     strip = make_grid(np.stack([frames[i] for i in idx]), columns=len(idx), scale=args.scale)
     save_png(args.out, strip)
     s = sched.summary()
-    print(f"wrote {args.out}: steps {idx.tolist()} of T={sched.T}; alpha_bar_T = {s['alpha_bar_T']:.3f} "
-          f"(x_T keeps {100 * s['signal_left_at_T']:.0f}% of the image)")
+    print(
+        f"wrote {args.out}: steps {idx.tolist()} of T={sched.T}; alpha_bar_T = {s['alpha_bar_T']:.3f} "
+        f"(x_T keeps {100 * s['signal_left_at_T']:.0f}% of the image)"
+    )
     if args.gif:
         save_gif(args.gif, [f.repeat(args.scale, 0).repeat(args.scale, 1) for f in frames])
         print(f"wrote {args.gif} ({len(frames)} frames)")
@@ -464,7 +662,7 @@ def cmd_denoise(args) -> int:
     from ddpm_gui.engine.images import make_grid, save_png
     from ddpm_gui.engine.sampler import denoise_frames
 
-    bundle = _load_bundle(args)
+    bundle = _accelerated(_load_bundle(args), args.sample_mode)
     args.image_size = bundle.image_size
     img, name = _one_image(args)
     start = last = None
@@ -475,6 +673,7 @@ def cmd_denoise(args) -> int:
     row = np.concatenate([img[None], start[:1], last.xt])
     save_png(args.out, make_grid(row, columns=len(row), scale=args.scale))
     print(f"wrote {args.out}: original, noised to t={args.t}, then {args.k} denoised continuations")
+    _note_fallback(bundle)
     return 0
 
 
@@ -497,11 +696,17 @@ def cmd_info(args) -> int:
     for name, cfg in PRESETS.items():
         n = count_parameters(build_model(cfg))
         fl = flops_per_image(cfg, args.image_size)
-        info["presets"][name] = {"parameters": n, "gflop_forward": fl["forward"] / 1e9, "gflop_train": fl["train"] / 1e9}
+        info["presets"][name] = {
+            "parameters": n,
+            "gflop_forward": fl["forward"] / 1e9,
+            "gflop_train": fl["train"] / 1e9,
+        }
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    print(f"DDPM Studio {info['ddpm_gui']}  (Python {info['python']}, torch {info['torch']}, CUDA {info['cuda']})")
+    print(
+        f"DDPM Studio {info['ddpm_gui']}  (Python {info['python']}, torch {info['torch']}, CUDA {info['cuda']})"
+    )
     print("devices: " + ", ".join(info["devices"]))
     print(f"model presets at {args.image_size}x{args.image_size}:")
     print(f"  {'preset':10s} {'parameters':>12s} {'GFLOP fwd':>10s} {'GFLOP train':>12s}")
@@ -516,7 +721,9 @@ def _int_list(text: str, what: str) -> tuple[int, ...]:
     try:
         vals = tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise ConfigError(f"{what} must be whole numbers separated by commas, like 1,16,64; got {text!r}.") from None
+        raise ConfigError(
+            f"{what} must be whole numbers separated by commas, like 1,16,64; got {text!r}."
+        ) from None
     if not vals or min(vals) < 1:
         raise ConfigError(f"{what} must be whole numbers of at least 1, like 1,16,64; got {text!r}.")
     return vals
@@ -537,9 +744,15 @@ def cmd_bench(args) -> int:
         cfg = BenchConfig.quick_config(args.device)
     else:
         cfg = BenchConfig(
-            preset=args.preset, batch_size=args.batch_size, image_size=args.image_size, iters=args.iters,
-            warmup=args.warmup, device=args.device, data=args.data,
-            sample_batches=_int_list(args.sample_batches, "--sample-batches"), sample_repeats=args.sample_repeats,
+            preset=args.preset,
+            batch_size=args.batch_size,
+            image_size=args.image_size,
+            iters=args.iters,
+            warmup=args.warmup,
+            device=args.device,
+            data=args.data,
+            sample_batches=_int_list(args.sample_batches, "--sample-batches"),
+            sample_repeats=args.sample_repeats,
         )
     cfg.sample_mode = args.sample_mode
     cfg.skip_sampling = args.skip_sampling
@@ -565,9 +778,19 @@ def cmd_eval(args) -> int:
             print(f"  {msg}", file=sys.stderr, flush=True)
 
     res = evaluate_run(
-        args.run or args.checkpoint, data=args.data, n=args.n, sampler=args.sampler, steps=args.steps,
-        guidance=args.guidance, seed=args.seed, device=args.device, use_ema=not args.no_ema,
-        sample_mode=args.sample_mode, retrain=args.retrain, grid=args.grid, progress=progress,
+        args.run or args.checkpoint,
+        data=args.data,
+        n=args.n,
+        sampler=args.sampler,
+        steps=args.steps,
+        guidance=args.guidance,
+        seed=args.seed,
+        device=args.device,
+        use_ema=not args.no_ema,
+        sample_mode=args.sample_mode,
+        retrain=args.retrain,
+        grid=args.grid,
+        progress=progress,
     )
     if args.json == "-":
         print(json.dumps(res, indent=2))
@@ -581,8 +804,15 @@ def cmd_eval(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "forward": cmd_forward, "denoise": cmd_denoise, "info": cmd_info,
-            "bench": cmd_bench, "eval": cmd_eval}
+COMMANDS = {
+    "train": cmd_train,
+    "sample": cmd_sample,
+    "forward": cmd_forward,
+    "denoise": cmd_denoise,
+    "info": cmd_info,
+    "bench": cmd_bench,
+    "eval": cmd_eval,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -613,5 +843,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         if os.environ.get("DDPM_GUI_DEBUG"):
             raise
-        print(f"error: {exc.strerror or exc}: {getattr(exc, 'filename', '') or ''}".rstrip(": "), file=sys.stderr)
+        print(
+            f"error: {exc.strerror or exc}: {getattr(exc, 'filename', '') or ''}".rstrip(": "),
+            file=sys.stderr,
+        )
         return 2

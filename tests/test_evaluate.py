@@ -194,3 +194,46 @@ def test_evaluate_bundle_refuses_mismatches(clf, data):
         evaluate_bundle(_bundle(), load_data("builtin:64", image_size=8), n=4, classifier=clf)
     with pytest.raises(ConfigError, match="classes"):
         evaluate_bundle(_bundle(3), data, n=4, classifier=clf)
+
+
+# ----------------------------------------------------------------------------- ddpm-gui eval
+
+
+def test_cli_eval_of_a_tiny_run_writes_its_scores(tmp_path, monkeypatch, capsys):
+    """`ddpm-gui eval --run RUN --n 4 --sampler ddim --steps 2 --json F` on a real (3-step) run."""
+    import math
+    from functools import partial
+
+    from ddpm_gui import cli
+    from ddpm_gui.engine import evaluate
+
+    # eval has no option for the classifier's size: a short training keeps this test to seconds (the full
+    # default spec, 300 steps of 128, adds about 5 s on a 2-core CPU)
+    monkeypatch.setattr(
+        evaluate, "get_classifier", partial(get_classifier, spec=ClassifierSpec(steps=20, batch_size=32))
+    )
+    monkeypatch.setenv("DDPM_GUI_CACHE", str(tmp_path / "cache"))  # the classifier's cache too
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    run = tmp_path / "run"
+    assert cli.main(["train", "--data", "builtin:64", "--preset", "tiny", "--steps", "3", "--batch-size", "8",
+                     "--image-size", "16", "--warmup", "0", "--device", "cpu", "--out", str(run)]) == 0  # fmt: skip
+    out = tmp_path / "eval.json"
+    argv = ["eval", "--run", str(run), "--n", "4", "--sampler", "ddim", "--steps", "2", "--device", "cpu",
+            "--json", str(out)]  # fmt: skip
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "Frechet distance" in printed and f"wrote {out}" in printed
+    res = json.loads(out.read_text())
+    assert res["n"] == 4 and res["sampler"] == "ddim" and res["sampling_steps"] == 2
+    assert res["model_step"] == 3 and res["model_preset"] == "tiny" and not res["conditional"]
+    assert res["dataset_images"] == 64 and not res["classifier_from_cache"]
+    for key in ("classifier_accuracy", "real_recognisable", "recognisable", "sample_accuracy"):
+        assert 0.0 <= res[key] <= 1.0, (key, res[key])
+    # unconditional: the headline figure is the recognisable share
+    assert res["sample_accuracy"] == res["recognisable"]
+    for key in ("frechet_distance", "frechet_distance_real"):
+        assert math.isfinite(res[key]) and res[key] >= 0.0, (key, res[key])
+    assert sum(res["class_histogram"].values()) == 4
+    # a second eval reads the cached classifier
+    assert cli.main(argv) == 0
+    assert json.loads(out.read_text())["classifier_from_cache"]
