@@ -5,8 +5,10 @@ imports no torch and no datasets: the window appears in a "Loading engine…" st
 imports the engine in a background Job right after it is shown.
 
 Environment variables (for measurements and tests):
-    DDPM_GUI_TIMING=1       print "window shown after X.XXX s" (process start -> first expose) and
-                            "engine ready after X.XXX s"
+    DDPM_GUI_TIMING=1       print "window shown after X.XXX s" (process start -> first expose),
+                            "torch imported at first paint: False" and "datasets imported at first
+                            paint: False" (True would mean the window waited for a heavy import),
+                            and "engine ready after X.XXX s"
     DDPM_GUI_STALL_PROBE=1  a 10 ms GUI timer records the longest gap between its ticks (the longest the
                             GUI thread was blocked); printed at exit as "stall probe: longest gap ..."
     DDPM_GUI_EXIT_AFTER=S   quit after S seconds (a clean close, as if the user closed the window)
@@ -175,6 +177,8 @@ def run_app(argv: list[str] | None = None, *, settings_path: str | None = None) 
     def on_shown() -> None:
         if timing:
             print(f"window shown after {process_age_s():.3f} s", flush=True)
+            for mod in ("torch", "datasets"):  # checked before the engine job starts importing them
+                print(f"{mod} imported at first paint: {mod in sys.modules}", flush=True)
         win.start_engine()
 
     watcher = _ExposeWatcher(on_shown, win)

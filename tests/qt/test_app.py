@@ -107,6 +107,64 @@ def test_close_asks_while_training(qtbot, window, monkeypatch):
     window.state.set_training(False)
 
 
+def test_close_while_training_saves_a_checkpoint(qtbot, window, tmp_path, monkeypatch, no_thread_leaks):
+    """The real thing: a running training run, "Yes" to the close question, and the window closes after
+    the run stopped and saved a checkpoint of the very step it stopped at."""
+    import threading
+
+    import torch
+
+    from ddpm_gui.engine.checkpoint import list_checkpoints, read_meta
+    from ddpm_gui.qt.panels import train_panel as tp
+
+    monkeypatch.setattr(tp, "SHOW_DIALOGS", False)
+    asked = []
+
+    def question(parent, title, text, *args, **kwargs):
+        asked.append(text)
+        return QMessageBox.StandardButton.Yes
+
+    monkeypatch.setattr(QMessageBox, "question", staticmethod(question))
+    n_threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # see test_train_panel.one_torch_thread
+    try:
+        panel = window.panel("TrainPanel")
+        run_dir = tmp_path / "closing"
+        panel.preset_combo.setCurrentIndex(panel.preset_combo.findData("tiny"))
+        panel.batch_spin.setValue(4)
+        panel.steps_spin.setValue(100_000)
+        panel.preview_spin.setValue(0)
+        panel.set_run_dir(run_dir)
+        panel.set_overrides(log_every=1, checkpoint_every=0, checkpoint_minutes=0)
+        assert panel.start()
+        qtbot.waitUntil(lambda: panel.last_step >= 3, timeout=60_000)
+        assert window.state.training and list_checkpoints(run_dir) == []
+        window.close()
+        assert asked == [CLOSE_QUESTION]
+        assert not window.isVisible()
+        assert panel._job is not None and panel._job.wait(0)  # close returned after the worker ended
+        qtbot.waitUntil(lambda: not panel.is_busy() and panel.last_finished is not None, timeout=30_000)
+    finally:
+        torch.set_num_threads(n_threads)
+    stopped = panel.last_finished
+    assert stopped.reason == "stopped" and 3 <= stopped.step < 100_000
+    assert stopped.step == panel.trainer.step
+    ckpts = list_checkpoints(run_dir)
+    assert [s for s, _ in ckpts] == [stopped.step]
+    path = ckpts[-1][1]
+    assert path.name.startswith("step_") and path.suffix == ".safetensors"
+    assert read_meta(path)["step"] == stopped.step
+    assert not window.state.training
+    alive = []
+    for t in no_thread_leaks:
+        try:
+            alive += [t] if t.isRunning() else []
+        except RuntimeError:  # already deleted: it had stopped
+            pass
+    assert not alive
+    assert not [t for t in threading.enumerate() if t.name.startswith("ddpm-") and t.is_alive()]
+
+
 def test_bad_checkpoint_shows_a_message_and_keeps_running(qtbot, window, tmp_path):
     bad = tmp_path / "broken.safetensors"
     bad.write_bytes(b"not a checkpoint")
@@ -156,18 +214,26 @@ def test_run_app_reports_timing_and_stalls(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "window shown after" in proc.stdout
+    # the window is painted before the heavy imports (the engine job starts them after the first paint)
+    assert "torch imported at first paint: False" in proc.stdout, proc.stdout
+    assert "datasets imported at first paint: False" in proc.stdout, proc.stdout
     # "engine ready after" follows when the engine and the panels are loaded within those 4 s (a busy
     # CPU may take longer: then this also checks that closing during start-up is clean)
     assert "stall probe: longest gap" in proc.stdout
     print(proc.stdout)
 
 
-def test_every_control_is_reachable_by_tab(window):
+def test_every_control_is_reachable_by_tab(qtbot, window):
+    """Every control of every panel takes Tab focus, and pressing Tab through the visible tab reaches
+    each of its enabled, visible controls (no control is skipped and none traps the Tab key)."""
     from PySide6.QtWidgets import QAbstractButton, QAbstractSpinBox, QComboBox, QLineEdit, QSlider
 
     kinds = (QAbstractButton, QAbstractSpinBox, QComboBox, QLineEdit, QSlider)
-    for name in ("DataPanel", "ForwardPanel"):
+    window.activateWindow()
+    qtbot.waitUntil(lambda: QApplication.activeWindow() is window, timeout=2000)
+    for name in ("DataPanel", "ForwardPanel", "TrainPanel", "SamplePanel", "DenoisePanel"):
         panel = window.panel(name)
+        assert panel is not None, name
         controls = [
             w
             for w in panel.findChildren(QWidget)
@@ -177,6 +243,23 @@ def test_every_control_is_reachable_by_tab(window):
         assert controls
         missing = [w for w in controls if not (w.focusPolicy() & Qt.FocusPolicy.TabFocus)]
         assert not missing, [f"{type(w).__name__} {w.text() if hasattr(w, 'text') else ''}" for w in missing]
+        # the real keyboard: Tab from the first control until focus comes back to it
+        window.tabs.setCurrentWidget(panel)
+        usable = [w for w in controls if w.isEnabled() and w.isVisible()]
+        first = usable[0]
+        first.setFocus(Qt.FocusReason.TabFocusReason)
+        qtbot.waitUntil(lambda w=first: QApplication.focusWidget() is w, timeout=2000)
+        reached = set()
+        for _ in range(4 * len(controls) + 50):
+            qtbot.keyClick(QApplication.focusWidget(), Qt.Key.Key_Tab)
+            reached.add(QApplication.focusWidget())
+            if QApplication.focusWidget() is first:
+                break
+        skipped = [w for w in usable if w not in reached]
+        assert not skipped, (
+            name,
+            [f"{type(w).__name__} {getattr(w, 'text', lambda: '')()}" for w in skipped],
+        )
 
 
 def test_engine_loads_once(qtbot, settings, monkeypatch):

@@ -45,6 +45,14 @@ def test_needs_a_model(panel):
     assert panel.original_view.count() == 1
 
 
+def test_defaults_are_the_tutorials(panel, bundle):
+    panel.state.set_bundle(bundle)
+    assert bundle.schedule.T == 100
+    assert panel.t_spin.value() == 50 and panel.t_slider.value() == 50  # noise to t = 50 of 100
+    assert panel.k_spin.value() == 10
+    assert panel.run_btn.isEnabled()
+
+
 def test_denoise_k3_t10(qtbot, panel, bundle):
     panel.state.set_bundle(bundle)
     assert panel.t_spin.maximum() == bundle.schedule.T - 1

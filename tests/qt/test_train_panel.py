@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -180,6 +181,22 @@ def test_invalid_lr_disables_start(panel):
     assert panel.config_error.isHidden()
 
 
+def test_image_size_the_unet_cannot_halve_disables_start(panel):
+    assert panel.start_btn.isEnabled()
+    panel.size_spin.setValue(12)  # tiny halves the image 3 times: the size must be a multiple of 8
+    assert panel.size_spin.value() == 12
+    assert not panel.start_btn.isEnabled() and not panel.config_error.isHidden()
+    assert "Image size 12" in panel.config_error.text() and "multiple of 8" in panel.config_error.text()
+    assert panel.start() is False
+    panel.size_spin.setValue(16)
+    assert panel.start_btn.isEnabled() and panel.config_error.isHidden()
+    # a batch size or a step count of 0 cannot be entered at all (T comes with the chosen schedule)
+    for spin in (panel.batch_spin, panel.steps_spin):
+        spin.setValue(0)
+        assert spin.value() == 1
+    assert panel.start_btn.isEnabled()
+
+
 def test_amp_disabled_on_cpu_and_model_info_shown(panel):
     if panel._device_is_cuda():
         pytest.skip("a CUDA device is present")
@@ -197,6 +214,10 @@ def test_short_training_run(qtbot, panel, state, tmp_path):
     state.trainingChanged.connect(trainings.append)
     assert panel.start() is True
     assert panel.is_busy() and state.training
+    seen = []  # (event, the stats text and whether the CPU estimate shows, right after the panel handled it)
+    panel._job.event.connect(  # emitted in the GUI thread, after the panel's own slot
+        lambda e: seen.append((e, panel.stats_label.text(), panel.estimate_label.isVisible()))
+    )
     qtbot.waitUntil(lambda: not panel.is_busy(), timeout=120_000)
     assert panel.error_label.isHidden(), panel.error_label.text()
     assert panel.last_finished is not None and panel.last_finished.reason == "completed"
@@ -213,6 +234,18 @@ def test_short_training_run(qtbot, panel, state, tmp_path):
     assert str(panel.last_checkpoint) in state.recent()
     assert panel.start_btn.isEnabled() and not panel.stop_btn.isEnabled()
     assert panel.log_list.count() > 0
+    # live stats while it ran: throughput and ETA, one curve point per loss point sent, loss by timestep
+    progress = [(e, text, est) for e, text, est in seen if isinstance(e, ev.Progress)]
+    assert progress
+    assert any(re.search(r"[\d.,]+ img/s · ETA \d", text) for _e, text, _est in progress), progress[-1][1]
+    assert panel.loss_plot.n_points == sum(len(e.steps) for e, _t, _s in progress) == 30  # every step
+    assert any(isinstance(e, ev.TimestepLoss) for e, _t, _s in seen)
+    assert len(panel.t_plot.values) == 100 and np.isfinite(panel.t_plot.values).any()
+    started = next(e for e, _t, _s in seen if isinstance(e, ev.Started))
+    if started.device.startswith("cpu"):
+        assert any(est for _e, _t, est in progress)  # the CPU time estimate was shown
+        assert "Training on the CPU" in panel.estimate_label.text()
+    assert len([e for e, _t, _s in seen if isinstance(e, ev.Preview)]) == 3  # steps 10, 20, 30
     # the quality check on the finished run's weights: classifier trained on the run's data, 10 samples
     assert panel.eval_btn.isEnabled()
     panel.eval_n_spin.setValue(10)
