@@ -434,15 +434,143 @@ def test_hub_offline_without_cache_fails_fast():
     assert "'cifar10'" in str(e.value) and "no cached copy" in str(e.value)
 
 
-def test_hub_reachable_times_out_quickly(monkeypatch):
-    monkeypatch.delenv("HF_HUB_OFFLINE")
-    monkeypatch.delenv("HF_DATASETS_OFFLINE")
-    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # discard port: nothing listens
-    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY"):
+PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def _online_env(monkeypatch, endpoint: str) -> None:
+    """As on a machine that is not set to work offline, with the Hub at `endpoint` and no proxy."""
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", *PROXY_VARS):
         monkeypatch.delenv(var, raising=False)
-    t = time.perf_counter()
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+
+
+@pytest.fixture
+def silent_endpoint():
+    """A server (a proxy, a captive portal, a hung Hub) that accepts connections and never sends a byte."""
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    server.settimeout(0.05)
+    stop, held = threading.Event(), []
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])  # kept open, never answered
+            except OSError:
+                pass
+
+    th = threading.Thread(target=accept, daemon=True)
+    th.start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    stop.set()
+    th.join(5)
+    for conn in held:
+        conn.close()
+    server.close()
+
+
+@pytest.fixture
+def closed_endpoint():
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now: connections are refused
+    return f"http://127.0.0.1:{port}"
+
+
+def test_hub_reachable_times_out_quickly(monkeypatch, closed_endpoint):
+    _online_env(monkeypatch, closed_endpoint)
+    t = time.monotonic()
     assert hub_reachable(timeout=0.5) is False
-    assert time.perf_counter() - t < 1.0
+    assert time.monotonic() - t < 1.0
+
+
+@pytest.mark.parametrize("where", ["silent", "closed", "unresolvable"])
+def test_unreachable_hub_fails_fast_naming_the_alternatives(
+    where, cache, monkeypatch, silent_endpoint, closed_endpoint
+):
+    """No offline variables set: the probe alone (name lookup, connect and answer in one budget) decides."""
+    endpoint = {
+        "silent": silent_endpoint,
+        "closed": closed_endpoint,
+        "unresolvable": "http://nonexistent.invalid",
+    }[where]
+    _online_env(monkeypatch, endpoint)
+    t = time.monotonic()
+    with pytest.raises(DataError) as e:
+        load_data("cifar10", cache_dir=cache)
+    elapsed = time.monotonic() - t
+    assert elapsed < 2.0, elapsed
+    msg = str(e.value)
+    assert "\n" not in msg and "'cifar10'" in msg and "no cached copy" in msg, msg
+    assert "('builtin')" in msg and "a local folder of images" in msg and "cached copy" in msg, msg
+    if where == "silent":
+        assert "did not answer within 1.5 s" in msg and "retry" in msg, msg
+    elif where == "closed":
+        assert "refused the connection" in msg, msg
+    else:  # a resolver that answers says so; one that hangs is "did not answer" like a silent server
+        assert "nonexistent.invalid" in msg, msg
+
+
+def test_hub_that_answers_any_status_is_online(monkeypatch):
+    """The probe does not always say "offline": an HTTP answer, even a 404, means the Hub is there."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from ddpm_gui.data.hub import check_hub
+
+    paths = []
+
+    class NotFound(BaseHTTPRequestHandler):
+        def do_HEAD(self):  # noqa: N802 - http.server's name
+            paths.append(self.path)
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    th = threading.Thread(target=server.serve_forever, daemon=True)
+    th.start()
+    try:
+        _online_env(monkeypatch, f"http://127.0.0.1:{server.server_address[1]}")
+        status = check_hub("uoft-cs/cifar10")
+        assert status.online and not status.slow, status
+        assert paths == ["/api/datasets/uoft-cs/cifar10"]
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # an offline setting wins, without a request
+        t = time.monotonic()
+        assert check_hub("uoft-cs/cifar10").online is False and time.monotonic() - t < 0.1
+        assert len(paths) == 1
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_unknown_hub_id_when_the_hub_answers(monkeypatch, cache):
+    import datasets
+    from datasets.exceptions import DatasetNotFoundError
+
+    import ddpm_gui.data.hub as hub
+
+    asked = []
+
+    def not_found(name, config=None, **kw):
+        asked.append(name)
+        raise DatasetNotFoundError(f"Dataset '{name}' doesn't exist on the Hub or cannot be accessed.")
+
+    monkeypatch.setattr(hub, "_start_check", lambda repo="", budget=None: lambda: hub.HubStatus(True))
+    monkeypatch.setattr(datasets, "load_dataset_builder", not_found)
+    with pytest.raises(DataError) as e:
+        load_data("nobody/no-such-dataset", cache_dir=cache)
+    msg = str(e.value)
+    assert "'nobody/no-such-dataset' was not found on the Hugging Face Hub" in msg, msg
+    assert "check the name (e.g. 'cifar10'" in msg and "'builtin'" in msg and "local folder" in msg, msg
+    assert asked == ["nobody/no-such-dataset"]  # asked once, online (offline would also try the alias)
 
 
 def _fake_hub_cache(tmp_path: Path, name: str) -> None:
@@ -472,7 +600,7 @@ def _fake_hub_cache(tmp_path: Path, name: str) -> None:
     built.rename(target)
 
 
-def test_hub_offline_uses_cached_copy(tmp_path, cache, monkeypatch):
+def test_hub_offline_uses_cached_copy(tmp_path, cache, monkeypatch, silent_endpoint):
     import datasets.config
     import huggingface_hub.constants
 
@@ -490,38 +618,14 @@ def test_hub_offline_uses_cached_copy(tmp_path, cache, monkeypatch):
     assert len(d) == 20 and d.class_names == NAMES and d.name == "cifar10 (train)"
     te = load_data("uoft-cs/cifar10", split="test", cache_dir=cache)  # the alias finds the same cached copy
     assert len(te) == 5 and te.name == "uoft-cs/cifar10 (test)"
+    # a Hub that accepts connections and never answers: the same cached copy, after the probe's budget
+    monkeypatch.setenv("HF_ENDPOINT", silent_endpoint)
+    t = time.monotonic()
+    te = load_data("cifar10", split="test", cache_dir=cache)
+    assert time.monotonic() - t < 5.0
+    assert len(te) == 5 and te.name == "cifar10 (test)"
     # the offline switch was only for the call
     assert datasets.config.HF_HUB_OFFLINE is False and huggingface_hub.constants.HF_HUB_OFFLINE is False
-
-
-def test_hub_that_never_answers_counts_as_offline(tmp_path, cache, monkeypatch):
-    """A server (proxy, captive portal) that accepts connections and never replies: no long retries."""
-    import socket
-
-    import datasets.config
-    import huggingface_hub.constants
-
-    import ddpm_gui.data.hub as hub
-
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(8)  # connections complete in the kernel's backlog; nobody ever answers
-    endpoint = f"http://127.0.0.1:{server.getsockname()[1]}"
-    try:
-        monkeypatch.delenv("HF_HUB_OFFLINE")
-        monkeypatch.delenv("HF_DATASETS_OFFLINE")
-        monkeypatch.setenv("HF_ENDPOINT", endpoint)
-        monkeypatch.setattr(datasets.config, "HF_ENDPOINT", endpoint)  # read at import: patch it too
-        monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
-        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-        monkeypatch.setattr(hub, "HTTP_PROBE_TIMEOUT", 0.5)
-        assert hub_reachable() is True  # the TCP probe alone is fooled
-        t = time.perf_counter()
-        with pytest.raises(DataError, match="no cached copy"):
-            load_data("mnist", cache_dir=cache)
-        assert time.perf_counter() - t < 4.0
-    finally:
-        server.close()
 
 
 def test_hub_spec_forms():

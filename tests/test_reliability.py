@@ -154,6 +154,32 @@ def test_damaged_newest_checkpoint_is_set_aside_and_temp_files_cleaned(tmp_path,
     assert isinstance(events[-1], ev.Finished)
 
 
+def test_rolling_keep_leaves_the_two_newest_checkpoints_and_both_load(tmp_path, data):
+    """checkpoint_every=2, keep_checkpoints=2 over 10 steps: five saves, the three oldest pruned on the way."""
+    run = tmp_path / "run"
+    events = run_all(Trainer(cfg(steps=10, checkpoint_every=2, keep_checkpoints=2), run, data=data))
+    assert isinstance(events[-1], ev.Finished) and events[-1].step == 10
+    assert [e.step for e in events if isinstance(e, ev.CheckpointSaved)] == [2, 4, 6, 8, 10]
+    assert [s for s, _ in list_checkpoints(run)] == [8, 10]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "step_00000008.safetensors",
+        "step_00000010.safetensors",
+    ]  # nothing else left behind (no temp files, no pruned ones)
+    loaded = {}
+    for step in (8, 10):
+        _, meta = load_checkpoint(checkpoint_path(run, step))  # every byte checked against its digest
+        assert meta["step"] == step
+        loaded[step] = state(checkpoint_path(run, step))
+    assert loaded[8].keys() == loaded[10].keys()
+    assert any(not torch.equal(loaded[8][k], loaded[10][k]) for k in loaded[8] if k.startswith("model."))
+    # and the run resumes from the newest
+    events = run_all(
+        Trainer(cfg(steps=12, checkpoint_every=2, keep_checkpoints=2), run, resume=True, data=data)
+    )
+    assert next(e for e in events if isinstance(e, ev.Started)).step == 10
+    assert [s for s, _ in list_checkpoints(run)] == [10, 12]
+
+
 # ----------------------------------------------------------------------------- non-finite loss
 
 

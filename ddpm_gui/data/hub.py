@@ -10,8 +10,11 @@ What `datasets` (5.2, the behaviour is the same since about 2.18) does, and how 
   which holds the prepared Arrow files of any dataset loaded before. Without the offline flag it
   first retries the network: about 23 s when the name does not resolve, 6.6 minutes measured here
   against a server that accepts connections and never answers.
-- Hence two probes: `hub_reachable` (a TCP connect, 1.5 s) and `_hub_answers` (one HTTP HEAD
-  through huggingface_hub's own session, HTTP_PROBE_TIMEOUT s). Either failing means offline.
+- Hence one probe with one total budget (`check_hub`, HUB_PROBE_BUDGET s): the name lookup, the
+  connection and one HTTP answer share it. A TCP connect alone is not enough: a proxy or captive
+  portal that accepts connections and never answers made `datasets` retry for 6.6 minutes. Failing the
+  probe means offline; the probe runs in a helper thread while `datasets` is imported, so an
+  unreachable Hub is an error (or the cached copy) in about that budget.
 - That cache is keyed by the name passed: `cifar10` and `uoft-cs/cifar10` are two entries, so offline
   we also try the well-known alias of the name (`_ALIASES`).
 - With no cached copy, offline it raises ConnectionError ("Couldn't reach 'x' on the Hub
@@ -33,7 +36,9 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from urllib.parse import urlparse
 
 import numpy as np
@@ -45,10 +50,9 @@ from ddpm_gui.errors import DataError
 log = logging.getLogger(__name__)
 
 _BATCH = 256  # rows per Arrow batch: one progress report and one cancel check each
-# Seconds the Hub gets to answer one HTTP request before we work offline. A TCP connect is not enough:
-# a proxy or captive portal that accepts connections and never answers made `datasets` retry for
-# 6.6 minutes here (10 s timeouts, 5 retries, several requests) before it fell back to the cache.
-HTTP_PROBE_TIMEOUT = 5.0
+# Seconds the whole reachability decision may take: name lookup, connect and one HTTP answer together.
+# The Hub answers in a fraction of that; a link too slow for it is told so and can retry.
+HUB_PROBE_BUDGET = 1.5
 _TRUE = {"1", "ON", "YES", "TRUE"}
 _LABEL_NAMES = ("label", "labels", "class", "category", "target", "fine_label")
 
@@ -83,51 +87,103 @@ def _probe_address() -> tuple[str, int]:
     return host, port
 
 
-def hub_reachable(timeout: float = 1.5) -> bool:
-    """True when a TCP connection to the Hub (HF_ENDPOINT's host, or the HTTPS proxy) opens in `timeout` s.
+@dataclass(frozen=True)
+class HubStatus:
+    online: bool
+    why: str = ""  # when offline, for the message: "offline mode is set", "... refused the connection"
+    slow: bool = False  # something may be there but gave no answer within the budget
 
-    False at once when HF_HUB_OFFLINE=1 or HF_DATASETS_OFFLINE=1. The name lookup runs in a helper
-    thread as well, because a DNS timeout is not bounded by the socket timeout.
+
+def _endpoint() -> str:
+    return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+
+
+def _probe_thread(url: str, timeout: float, result: list) -> threading.Thread:
+    """Start one HEAD request to `url` in a daemon thread; it appends a HubStatus to `result`.
+
+    Only what is imported here runs in the thread (urllib, through the environment's proxies): it
+    imports no module itself, so it can run while the caller imports `datasets`. Any HTTP status
+    counts as an answer; the certificate is not checked, as nothing is sent but the probe itself
+    (`datasets` checks it when it downloads).
     """
-    if _offline_requested():
-        return False
+    import encodings.idna  # noqa: F401 - the name lookup's codec, imported here rather than in the thread
+    import ssl
+    import urllib.error
+    import urllib.request
+
     host, port = _probe_address()
-    ok = threading.Event()
-
-    def probe() -> None:
-        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=timeout):
-            ok.set()
-
-    t = threading.Thread(target=probe, name="hub-probe", daemon=True)
-    t.start()
-    t.join(timeout)
-    return ok.is_set()
-
-
-def _hub_answers(repo: str, timeout: float | None = None) -> bool:
-    """True when the Hub answers an HTTP request about `repo` (any status) within `timeout` seconds.
-
-    Uses huggingface_hub's own session (its proxies, certificates and endpoint as `datasets` will),
-    from a helper thread so that a slow name lookup cannot hold us either.
-    """
-    import datasets.config
-    from huggingface_hub.utils import get_session
-
-    timeout = HTTP_PROBE_TIMEOUT if timeout is None else timeout
-    url = f"{datasets.config.HF_ENDPOINT.rstrip('/')}/api/datasets/{repo}"
-    ok = threading.Event()
+    where = f"{host}:{port}"
+    context = ssl._create_unverified_context()
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler(), urllib.request.HTTPSHandler(context=context)
+    )
 
     def probe() -> None:
         try:
-            get_session().head(url, timeout=timeout)  # a 401/404 still proves the Hub is there
-            ok.set()
-        except Exception as e:  # noqa: BLE001 - offline mode, timeouts, refused, TLS...: all "no answer"
+            opener.open(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
+            status = HubStatus(True)
+        except urllib.error.HTTPError:  # a 401/404 still proves the Hub is there
+            status = HubStatus(True)
+        except Exception as e:  # noqa: BLE001 - every failure is "offline", with its reason
+            err = (
+                e.reason
+                if isinstance(e, urllib.error.URLError) and isinstance(e.reason, BaseException)
+                else e
+            )
+            if isinstance(err, TimeoutError):
+                status = HubStatus(False, f"{where} did not answer within {timeout:g} s", slow=True)
+            elif isinstance(err, socket.gaierror):
+                status = HubStatus(False, f"the name {host} cannot be resolved")
+            elif isinstance(err, ConnectionRefusedError):
+                status = HubStatus(False, f"{where} refused the connection")
+            elif isinstance(err, ssl.SSLError):
+                status = HubStatus(False, f"{where} did not answer over TLS ({err.reason or err})")
+            else:
+                status = HubStatus(False, f"{where}: {getattr(err, 'strerror', None) or err}")
             log.info("The Hub did not answer %s: %s: %s", url, type(e).__name__, e)
+        result.append(status)
 
-    t = threading.Thread(target=probe, name="hub-http-probe", daemon=True)
+    t = threading.Thread(target=probe, name="hub-probe", daemon=True)
     t.start()
-    t.join(timeout + 1.0)
-    return ok.is_set()
+    return t
+
+
+def _wait(t: threading.Thread, result: list, deadline: float, budget: float) -> HubStatus:
+    t.join(max(0.0, deadline - time.monotonic()))
+    if result:
+        return result[0]
+    host, port = _probe_address()
+    return HubStatus(False, f"{host}:{port} did not answer within {budget:g} s", slow=True)
+
+
+_OFFLINE_SET = "HF_HUB_OFFLINE or HF_DATASETS_OFFLINE is set"
+
+
+def _start_check(repo: str = "", budget: float | None = None) -> Callable[[], HubStatus]:
+    """Start the probe of check_hub; the returned function waits for its answer (up to the budget)."""
+    if _offline_requested():
+        return lambda: HubStatus(False, _OFFLINE_SET)
+    from urllib.parse import quote
+
+    budget = HUB_PROBE_BUDGET if budget is None else budget
+    deadline = time.monotonic() + budget
+    result: list = []
+    t = _probe_thread(f"{_endpoint()}/api/datasets/{quote(repo, safe='/')}", budget, result)
+    return lambda: _wait(t, result, deadline, budget)
+
+
+def check_hub(repo: str = "", budget: float | None = None) -> HubStatus:
+    """Whether the Hub (HF_ENDPOINT, through the HTTPS proxy when one is set) answers an HTTP request
+    about `repo` within `budget` seconds (default HUB_PROBE_BUDGET), all of it included: the name
+    lookup, the connection and the answer. Offline at once when HF_HUB_OFFLINE=1 or
+    HF_DATASETS_OFFLINE=1.
+    """
+    return _start_check(repo, budget)()
+
+
+def hub_reachable(timeout: float | None = None) -> bool:
+    """True when the Hub answers within `timeout` seconds (default HUB_PROBE_BUDGET); see check_hub."""
+    return check_hub(budget=timeout).online
 
 
 @contextlib.contextmanager
@@ -166,12 +222,20 @@ def _hf_datasets_cache() -> str | None:
     return None
 
 
-def _offline_message(repo: str) -> str:
-    return (
-        f"Cannot reach the Hugging Face Hub to download '{repo}' and no cached copy was found. "
-        "Use the built-in dataset ('builtin'), a local folder of images, or a parquet/arrow file; "
-        "or connect and try again."
+def _offline_message(repo: str, status: HubStatus | None = None) -> str:
+    alternatives = (
+        "use the built-in dataset ('builtin'), a local folder of images or a parquet/arrow file, or load "
+        f"'{repo}' once while online (later loads use that cached copy)"
     )
+    if status is not None and status.slow:
+        return (
+            f"The Hugging Face Hub did not answer in time ({status.why}) and no cached copy of '{repo}' "
+            f"was found: retry, or {alternatives}."
+        )
+    if status is not None and status.why == _OFFLINE_SET:
+        return f"Working offline ({_OFFLINE_SET}) and no cached copy of '{repo}' was found: {alternatives}."
+    why = f" ({status.why})" if status is not None and status.why else ""
+    return f"Cannot reach the Hugging Face Hub{why} and no cached copy of '{repo}' was found: {alternatives}."
 
 
 def _choose_split(available: list[str], split: str, what: str) -> tuple[str, str]:
@@ -339,8 +403,12 @@ def load_hub(
     repo: str, config: str | None, split: str, size: int, limit: int | None, rep: Reporter
 ) -> Cached:
     """A dataset from the Hub, or from the local datasets cache when the Hub cannot be reached."""
-    online = hub_reachable() and _hub_answers(repo)
     label = repo + (f":{config}" if config else "")
+    wait = _start_check(repo)  # the probe runs while datasets is imported: its budget covers both
+    import datasets
+
+    status = wait()
+    online = status.online
     rep(
         0,
         0,
@@ -348,7 +416,6 @@ def load_hub(
         if online
         else f"Offline: looking for a cached copy of '{label}'",
     )
-    import datasets  # after the probe: importing is fine offline, the first request is what waits
 
     try:
         from datasets.exceptions import DatasetNotFoundError
@@ -365,8 +432,9 @@ def load_hub(
                 break
             except DatasetNotFoundError as e:  # unknown, private or gated: datasets' text says which
                 raise DataError(
-                    f"Cannot load '{repo}' from the Hugging Face Hub ({e}): check the name (e.g. 'cifar10', "
-                    "'mnist', 'fashion_mnist', 'uoft-cs/cifar10') or use 'builtin' or a local folder."
+                    f"'{repo}' was not found on the Hugging Face Hub, or it is private or gated ({e}): check "
+                    "the name (e.g. 'cifar10', 'mnist', 'fashion_mnist', 'uoft-cs/cifar10'), or use 'builtin' "
+                    "or a local folder of images."
                 ) from e
             except ConnectionError as e:  # offline (or the network failed) and nothing cached
                 error = e
@@ -382,7 +450,7 @@ def load_hub(
                     f"'{label}' was not found on the Hugging Face Hub or in the cache: check the name."
                 ) from e
         if builder is None:
-            raise DataError(_offline_message(label)) from error
+            raise DataError(_offline_message(label, status)) from error
 
         features = builder.info.features
         if features is not None:  # known before downloading: refuse a dataset without images early
@@ -398,7 +466,7 @@ def load_hub(
         try:
             builder.download_and_prepare()
         except ConnectionError as e:
-            raise DataError(_offline_message(label)) from e
+            raise DataError(_offline_message(label, status)) from e
         rep.check()
         chosen, note = _choose_split(list(builder.info.splits or {}), split, label)
         ds = builder.as_dataset(split=chosen)
