@@ -402,11 +402,6 @@ def test_progress_rates_eta_and_loss_per_timestep(tmp_path, small_data):
     np.testing.assert_allclose(first[n > 0], s[n > 0] / n[n > 0], rtol=1e-5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="trainer.py divides the decayed sums by np.maximum(count, 1): a timestep drawn once reads "
-    "0.9x its loss after one decay (0.9**k after k); dividing by the count itself fixes it",
-)
 def test_loss_per_timestep_stays_a_mean_after_the_decay(tmp_path, small_data):
     """After each emission sums and counts both decay by 0.9: what is shown stays a weighted mean of the
     losses drawn at that timestep (recent ones weigh more), never a shrunken one."""

@@ -747,7 +747,10 @@ class Trainer:
                 )
             if self.step % (c.log_every * 5) == 0 or last:
                 cnt = self.t_loss_cnt.cpu().numpy()
-                by_t = np.where(cnt > 0, self.t_loss_sum.cpu().numpy() / np.maximum(cnt, 1), np.nan)
+                # a decayed count can be below 1: divide by the count itself (a weighted mean), never by max(cnt, 1)
+                by_t = np.divide(
+                    self.t_loss_sum.cpu().numpy(), cnt, out=np.full(cnt.shape, np.nan), where=cnt > 0
+                )
                 yield ev.TimestepLoss(self.step, by_t.astype(np.float32))
                 # decay the sums so the plot follows the recent loss
                 self.t_loss_sum.mul_(0.9)
