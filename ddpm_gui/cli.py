@@ -175,7 +175,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="start from a named set of settings (options given here still win): quick-cpu (recognisable "
         "built-in shapes in about 10 minutes on a 2-core CPU), tutorial (the article's)",
     )
-    t.add_argument("--conditional", action="store_true", help="class-conditional (classifier-free guidance)")
+    cond = t.add_mutually_exclusive_group()
+    cond.add_argument(
+        "--conditional", action="store_true", help="class-conditional (classifier-free guidance)"
+    )
+    cond.add_argument(
+        "--unconditional",
+        action="store_true",
+        help="not class-conditional, also where the recipe is (for data without class labels)",
+    )
     t.add_argument(
         "--prediction", choices=["eps", "v"], default="eps", help="what the network predicts: the noise or v"
     )
@@ -383,7 +391,7 @@ _RECIPE_FLAGS = {
     "preset": {"preset"}, "image_size": {"image-size"}, "batch_size": {"batch-size"}, "steps": {"steps"},
     "lr": {"lr"}, "ema_decay": {"ema"}, "warmup_steps": {"warmup"}, "preview_every": {"preview-every"},
     "schedule": {"schedule", "schedule-kind", "T", "beta-start", "beta-end", "zero-snr"}, "prediction": {"prediction"},
-    "conditional": {"conditional"},
+    "conditional": {"conditional", "unconditional"},
 }  # fmt: skip
 
 

@@ -44,8 +44,41 @@ def test_cli_recipe_with_an_option_that_wins(tmp_path):
     # from the recipe
     assert cfg["preset"] == "tiny" and cfg["lr"] == 1e-3 and cfg["ema_decay"] == 0.995
     assert cfg["schedule"]["kind"] == "cosine" and cfg["prediction"] == "v"
+    assert cfg["conditional"] is True  # the built-in shapes have labels: the recipe conditions on them
     # given on the command line: wins over the recipe
     assert cfg["steps"] == 2 and cfg["batch_size"] == 4 and cfg["image_size"] == 16
+
+
+def _image_folder_without_classes(root, n=8):
+    import numpy as np
+    from PIL import Image
+
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(root / f"img{i}.png")
+    return root
+
+
+def test_cli_recipe_on_unlabelled_data_says_to_use_unconditional(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DDPM_GUI_CACHE", str(tmp_path / "cache"))
+    folder = _image_folder_without_classes(tmp_path / "imgs")
+    base = ["train", "--recipe", "quick-cpu", "--data", str(folder), "--image-size", "16", "--steps", "2",
+            "--batch-size", "4", "--device", "cpu"]  # fmt: skip
+    code = cli.main([*base, "--out", str(tmp_path / "r1")])
+    err = capsys.readouterr().err
+    assert code != 0 and "no class labels" in err and "--unconditional" in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    code = cli.main([*base, "--unconditional", "--out", str(tmp_path / "r2")])
+    assert code == 0
+    cfg = json.loads((tmp_path / "r2" / "config.json").read_text())
+    assert cfg.get("config", cfg)["conditional"] is False
+
+
+def test_cli_conditional_and_unconditional_exclude_each_other(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["train", "--conditional", "--unconditional", "--out", str(tmp_path / "r")])
+    assert exc.value.code == 2 and "not allowed with" in capsys.readouterr().err
 
 
 def test_cli_unknown_recipe_is_one_line(tmp_path, capsys):

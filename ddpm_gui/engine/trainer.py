@@ -181,7 +181,10 @@ class Trainer:
             )
         if self.config.conditional:
             if d.labels is None or not d.num_classes:
-                raise ConfigError("This dataset has no class labels: turn class-conditional training off.")
+                raise ConfigError(
+                    "This dataset has no class labels: turn class-conditional training off (the Train tab's "
+                    "checkbox; on the command line, --unconditional beside a recipe)."
+                )
             self.num_classes = int(d.num_classes)
             self.class_names = list(d.class_names) if d.class_names else None
         return d
