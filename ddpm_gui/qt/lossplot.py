@@ -40,7 +40,14 @@ def _plot_widget(title: str, xlabel: str, ylabel: str) -> pg.PlotWidget:
         pi.getAxis(ax).setPen(fg)
         pi.getAxis(ax).setTextPen(fg)
         pi.getAxis(ax).enableAutoSIPrefix(False)  # "mean loss (x0.001)" reads worse than 0.8
-    pi.showGrid(x=True, y=True, alpha=0.25)
+    # A GridItem, not the axes' own grid (showGrid): with that, every curve update repaints both axes
+    # (their grid lines cover the view) and replays their tick-label pictures, about 20 ms a redraw here;
+    # the GridItem draws lines only (measured in docs/benchmarks.md, "The GUI stays light").
+    grid = pg.GridItem(textPen=None)
+    grid.setTickSpacing(x=[None, None], y=[None, None])  # two levels (about 10 lines a side), not three
+    grid.setPen(pg.mkPen(color=fg, width=1))  # the item sets the alpha by line density itself
+    grid.setZValue(-100)
+    pi.addItem(grid, ignoreBounds=True)
     pi.setMenuEnabled(False)
     return w
 
