@@ -535,13 +535,11 @@ def _load_bundle(args):
 
 
 def _accelerated(bundle, mode: str):
-    """The bundle with its model wrapped for fast inference (`ddpm_gui.engine.accel`, as bench and eval do);
-    the wrapper runs eagerly wherever it cannot accelerate, so sampling never fails because of it."""
-    import dataclasses
+    """The bundle with its model wrapped for fast inference (ddpm_gui.engine.sampler.accelerated, as the
+    Sample tab, bench and eval do); it runs eagerly wherever it cannot accelerate."""
+    from ddpm_gui.engine.sampler import accelerated
 
-    from ddpm_gui.engine.accel import accelerate
-
-    return dataclasses.replace(bundle, model=accelerate(bundle.model, mode))
+    return accelerated(bundle, mode)
 
 
 def _note_fallback(bundle) -> None:

@@ -46,13 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     cfg_path.write_text(json.dumps(cfg))
 
     from PySide6.QtCore import QSettings
-    from PySide6.QtWidgets import QApplication
 
-    from ddpm_gui.qt.app import APP_NAME
+    from ddpm_gui.qt.app import make_application
     from ddpm_gui.qt.main_window import MainWindow
 
-    app = QApplication.instance() or QApplication(sys.argv[:1])
-    app.setApplicationName(APP_NAME)
+    app = make_application(sys.argv[:1])  # the app's own style, palette and icon, as `ddpm-gui` has them
     settings = QSettings(str(tmp / "settings.ini"), QSettings.Format.IniFormat)
     win = MainWindow(settings=settings)
     win.resize(1280, 800)

@@ -268,7 +268,7 @@ def noise_to(
 # ----------------------------------------------------------------------------- image conversion
 
 
-def to_uint8(x: torch.Tensor) -> "torch.Tensor":
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
     """[-1, 1] float (B, C, H, W) -> uint8 (B, H, W, 3) on the CPU, ready for a viewer."""
     x = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     if x.shape[1] == 1:

@@ -476,11 +476,9 @@ def generate(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """n samples (N, H, W, 3) uint8; for a class-conditional model the classes in turn (0, 1, ..., K-1,
     0, ...), returned as the second value (None for an unconditional model)."""
-    from ddpm_gui.engine.accel import accelerate
-    from ddpm_gui.engine.sampler import SampleConfig, sample_frames
+    from ddpm_gui.engine.sampler import SampleConfig, accelerated, sample_frames
 
-    model = accelerate(bundle.model, sample_mode)
-    b = dataclasses.replace(bundle, model=model)
+    b = accelerated(bundle, sample_mode)
     K = bundle.num_classes
     requested = None if K is None else np.arange(n) % K
     groups: list[tuple[int | None, np.ndarray]] = (

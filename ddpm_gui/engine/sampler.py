@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -78,7 +78,9 @@ class SampleConfig:
             if bundle.num_classes is None:
                 raise ConfigError("This model is not class-conditional: leave the class empty.")
             if not 0 <= self.class_label < bundle.num_classes:
-                raise ConfigError(f"The class must lie in 0..{bundle.num_classes - 1}, got {self.class_label}.")
+                raise ConfigError(
+                    f"The class must lie in 0..{bundle.num_classes - 1}, got {self.class_label}."
+                )
         return self
 
 
@@ -142,7 +144,9 @@ def _frames(
             last = st.index == st.total - 1
             if last or st.index % cfg.every == 0:
                 # the only host syncs: the frames the viewer asked for
-                yield SampleFrame(st.index, st.total, st.t, to_uint8(st.x).numpy(), to_uint8(st.x0).numpy(), last)
+                yield SampleFrame(
+                    st.index, st.total, st.t, to_uint8(st.x).numpy(), to_uint8(st.x0).numpy(), last
+                )
             if stop is not None and stop.is_set():
                 return
 
@@ -162,6 +166,15 @@ def sample_frames(
     s = bundle.image_size
     x = torch.randn((cfg.n, bundle.image_channels, s, s), generator=gen, device=bundle.device)
     yield from _frames(bundle, cfg, x, None, gen, stop)
+
+
+def accelerated(bundle: ModelBundle, mode: str = "auto") -> ModelBundle:
+    """The bundle with its model wrapped for faster inference (engine/accel.py: CUDA graphs on CUDA, eager
+    elsewhere, falling back to eager on any capture error). Call it in the thread that samples: a CUDA graph
+    is captured on the first call of each batch shape."""
+    from ddpm_gui.engine.accel import accelerate
+
+    return replace(bundle, model=accelerate(bundle.model, mode))
 
 
 def sample_images(bundle: ModelBundle, cfg: SampleConfig | None = None) -> np.ndarray:
@@ -211,7 +224,11 @@ def denoise_frames(
 
 
 def bundle_from_state(
-    tensors: dict[str, torch.Tensor], meta: dict, source: str, device: torch.device, use_ema: bool = True,
+    tensors: dict[str, torch.Tensor],
+    meta: dict,
+    source: str,
+    device: torch.device,
+    use_ema: bool = True,
     target: str = "the model it describes",
 ) -> ModelBundle:
     """Build the model a checkpoint describes and load its (EMA) weights."""
@@ -235,7 +252,9 @@ def bundle_from_state(
         with torch.device("meta"):
             probe = build_model(mcfg, num_classes=num_classes)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise CheckpointError(f"{Path(source).name} describes a model this version cannot build ({exc}).") from None
+        raise CheckpointError(
+            f"{Path(source).name} describes a model this version cannot build ({exc})."
+        ) from None
     check_fit(probe, weights, source, target)
     model = build_model(mcfg, num_classes=num_classes)
     model.load_state_dict(weights)
@@ -262,11 +281,18 @@ def check_fit(
     own = model.state_dict()
     missing = [k for k in own if k not in weights]
     unexpected = [k for k in weights if k not in own]
-    wrong = [(k, tuple(weights[k].shape), tuple(v.shape)) for k, v in own.items() if k in weights and weights[k].shape != v.shape]
+    wrong = [
+        (k, tuple(weights[k].shape), tuple(v.shape))
+        for k, v in own.items()
+        if k in weights and weights[k].shape != v.shape
+    ]
     if missing or unexpected or wrong:
         parts = []
         shapes = {k: (got, want) for k, got, want in wrong}
-        if "image_proj.weight" in shapes and shapes["image_proj.weight"][0][1:2] != shapes["image_proj.weight"][1][1:2]:
+        if (
+            "image_proj.weight" in shapes
+            and shapes["image_proj.weight"][0][1:2] != shapes["image_proj.weight"][1][1:2]
+        ):
             got, want = shapes["image_proj.weight"]
             parts.append(f"its model takes {got[1]}-channel images, this one {want[1]}-channel images")
         if "class_emb.weight" in shapes:
@@ -286,7 +312,10 @@ def check_fit(
 
 
 def load_bundle(
-    path: str | Path, device: str = "auto", use_ema: bool = True, preset: str | None = None,
+    path: str | Path,
+    device: str = "auto",
+    use_ema: bool = True,
+    preset: str | None = None,
     image_size: int = 32,
 ) -> ModelBundle:
     """A run folder (its newest readable checkpoint), a DDPM Studio .safetensors checkpoint, or (with
@@ -335,7 +364,11 @@ def load_bundle(
             "num_classes": num_classes,
         }
         return bundle_from_state(
-            prefixed_model(sd), meta, str(path), dev, use_ema=False,
+            prefixed_model(sd),
+            meta,
+            str(path),
+            dev,
+            use_ema=False,
             target=f"the preset {preset!r} (try the preset it was trained with)",
         )
     tensors, meta = load_checkpoint(path)

@@ -366,7 +366,7 @@ class DenoisePanel(QWidget):
             return False
         if self._job is not None:
             return False
-        from ddpm_gui.engine.sampler import SampleConfig, denoise_frames
+        from ddpm_gui.engine.sampler import SampleConfig, accelerated, denoise_frames
 
         image = self.image()
         t = min(self.t_spin.value(), b.schedule.T - 1)
@@ -387,7 +387,7 @@ class DenoisePanel(QWidget):
         self.status_label.setText(f"Noising to t = {t}, then {chain} reverse steps for {k} images…")
         stop = threading.Event()
         job = Job(
-            lambda: denoise_frames(b, image, t=t, k=k, seed=seed, cfg=cfg, stop=stop),
+            lambda: denoise_frames(accelerated(b), image, t=t, k=k, seed=seed, cfg=cfg, stop=stop),
             parent=self,
             on_stop=stop.set,
             close_on_stop=True,

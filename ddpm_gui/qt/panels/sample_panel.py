@@ -437,7 +437,7 @@ class SamplePanel(QWidget):
         b = self.bundle()
         if b is None or self._job is not None:
             return False
-        from ddpm_gui.engine.sampler import sample_frames
+        from ddpm_gui.engine.sampler import accelerated, sample_frames
         from ddpm_gui.errors import DDPMError
 
         cfg = self.sample_config()
@@ -456,7 +456,12 @@ class SamplePanel(QWidget):
         self._run_info = f"{sampler}, {chain} steps, seed {cfg.seed}"
         self.status_label.setText(f"Sampling {cfg.n} images ({self._run_info})…")
         stop = threading.Event()
-        job = Job(lambda: sample_frames(b, cfg, stop=stop), parent=self, on_stop=stop.set, close_on_stop=True)
+        job = Job(
+            lambda: sample_frames(accelerated(b), cfg, stop=stop),
+            parent=self,
+            on_stop=stop.set,
+            close_on_stop=True,
+        )
         job.event.connect(self._on_frame)
         job.failed.connect(self._on_failed)
         job.done.connect(self._on_done)
