@@ -49,6 +49,17 @@ def user_message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+_CLOSING = "ddpm_gui_closing"
+
+
+def refuse_new_jobs(owner: QObject) -> None:
+    """From now on, Jobs owned by `owner` do not start. A panel calls this first in its shutdown: a job
+    started after it (a slot that chains a job when another one ends, a checkpoint that triggers a quality
+    check) would still be running when the panel is destroyed, and Qt aborts the process then
+    ("QThread: Destroyed while thread is still running")."""
+    owner.setProperty(_CLOSING, True)
+
+
 class _Runner(QObject):
     """Lives in the worker thread; pulls the iterator and emits its items."""
 
@@ -56,9 +67,15 @@ class _Runner(QObject):
     failed = Signal(str, str)  # message, traceback
     finished = Signal()
 
-    def __init__(self, factory: Callable[[], Iterable], stop_event: threading.Event, throttle_s: float,
-                 coalesce: Callable[[object, object], object | None] | None, close_on_stop: bool,
-                 holdable: Callable[[object], bool] | None = None):
+    def __init__(
+        self,
+        factory: Callable[[], Iterable],
+        stop_event: threading.Event,
+        throttle_s: float,
+        coalesce: Callable[[object, object], object | None] | None,
+        close_on_stop: bool,
+        holdable: Callable[[object], bool] | None = None,
+    ):
         super().__init__()
         self._holdable = holdable or (lambda ev: True)
         self._close_on_stop = close_on_stop
@@ -118,10 +135,16 @@ class Job(QObject):
     failed = Signal(str)
     done = Signal()
 
-    def __init__(self, factory: Callable[[], Iterable], parent: QObject | None = None, throttle_s: float = 0.0,
-                 coalesce: Callable[[object, object], object | None] | None = None,
-                 on_stop: Callable[[], None] | None = None, close_on_stop: bool = True,
-                 holdable: Callable[[object], bool] | None = None):
+    def __init__(
+        self,
+        factory: Callable[[], Iterable],
+        parent: QObject | None = None,
+        throttle_s: float = 0.0,
+        coalesce: Callable[[object, object], object | None] | None = None,
+        on_stop: Callable[[], None] | None = None,
+        close_on_stop: bool = True,
+        holdable: Callable[[object], bool] | None = None,
+    ):
         super().__init__(parent)
         self.stop_event = threading.Event()
         self._on_stop = on_stop
@@ -138,6 +161,9 @@ class Job(QObject):
         self._running = False
 
     def start(self) -> None:
+        owner = self.parent()
+        if owner is not None and owner.property(_CLOSING):
+            return  # the owner is shutting down (refuse_new_jobs): start nothing that would outlive it
         self._running = True
         self._thread.start()
 

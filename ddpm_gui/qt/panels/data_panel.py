@@ -37,7 +37,7 @@ from PySide6.QtWidgets import (
 from ddpm_gui.qt.imageview import ImageGrid
 from ddpm_gui.qt.state import AppState
 from ddpm_gui.qt.style import ERROR_STYLE, INFO_STYLE, WARNING_STYLE
-from ddpm_gui.qt.workers import Job
+from ddpm_gui.qt.workers import Job, refuse_new_jobs
 
 # source kinds, in the order of the combo
 BUILTIN, HUB, FOLDER, FILE = "builtin", "hub", "folder", "file"
@@ -437,6 +437,7 @@ class DataPanel(QWidget):
 
     def shutdown(self, timeout_ms: int = 60000) -> None:
         """Stop loading and wait for the thread; no new loads start afterwards."""
+        refuse_new_jobs(self)
         self._shut_down = True
         if self._job is not None:
             self._cancelled = True

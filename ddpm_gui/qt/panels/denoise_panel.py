@@ -33,7 +33,7 @@ from ddpm_gui.qt.imageview import ImageGrid
 from ddpm_gui.qt.panels.sample_panel import NO_MODEL_TEXT, SamplerForm, describe_bundle
 from ddpm_gui.qt.state import AppState
 from ddpm_gui.qt.style import ERROR_STYLE, INFO_STYLE
-from ddpm_gui.qt.workers import Job
+from ddpm_gui.qt.workers import Job, refuse_new_jobs
 
 # Tests set this to False: errors are then shown in the panel only, never in a modal dialog.
 SHOW_DIALOGS = True
@@ -439,6 +439,7 @@ class DenoisePanel(QWidget):
         self._update_buttons()
 
     def shutdown(self, timeout_ms: int = 60000) -> None:
+        refuse_new_jobs(self)
         if self._job is not None:
             self._job.request_stop()
             self._job.wait(timeout_ms)

@@ -43,7 +43,7 @@ from ddpm_gui.errors import ConfigError, DDPMError
 from ddpm_gui.qt.imageview import FramePlayer, ImageGrid, as_hw3_batch
 from ddpm_gui.qt.state import AppState
 from ddpm_gui.qt.style import ERROR_STYLE, INFO_STYLE, PLOT_PENS, WARNING_STYLE, plot_colors
-from ddpm_gui.qt.workers import Job
+from ddpm_gui.qt.workers import Job, refuse_new_jobs
 
 WARN_SIGNAL = 0.05  # warn when sqrt(alpha_bar_T) is above this: x_T is visibly not pure noise
 MAX_FRAME_BYTES = 256 * 1024 * 1024  # above this, keep every k-th step only (both processes)
@@ -682,6 +682,7 @@ class ForwardPanel(QWidget):
 
     def shutdown(self, timeout_ms: int = 60000) -> None:
         """Stop computing frames and wait for the thread; nothing new starts afterwards."""
+        refuse_new_jobs(self)
         self._shut_down = True
         self._recompute_timer.stop()
         self._pending = False

@@ -37,7 +37,7 @@ from PySide6.QtWidgets import (
 from ddpm_gui.qt.imageview import FramePlayer, ImageGrid
 from ddpm_gui.qt.state import AppState
 from ddpm_gui.qt.style import ERROR_STYLE, INFO_STYLE
-from ddpm_gui.qt.workers import Job
+from ddpm_gui.qt.workers import Job, refuse_new_jobs
 
 # Tests set this to False: errors are then shown in the panel only, never in a modal dialog.
 SHOW_DIALOGS = True
@@ -497,6 +497,7 @@ class SamplePanel(QWidget):
         self._update_buttons()
 
     def shutdown(self, timeout_ms: int = 60000) -> None:
+        refuse_new_jobs(self)
         jobs = [j for j in (self._job, self._load_job) if j is not None]
         for j in jobs:
             j.request_stop()

@@ -48,7 +48,7 @@ from ddpm_gui.qt.imageview import ImageGrid
 from ddpm_gui.qt.lossplot import LossPlot, TimestepLossPlot
 from ddpm_gui.qt.state import AppState
 from ddpm_gui.qt.style import ERROR_STYLE, INFO_STYLE, WARNING_STYLE
-from ddpm_gui.qt.workers import Job
+from ddpm_gui.qt.workers import Job, refuse_new_jobs
 
 # Tests set this to False: failures are then shown in the panel only, never in a modal dialog.
 SHOW_DIALOGS = True
@@ -1078,6 +1078,7 @@ class TrainPanel(QWidget):
 
     def shutdown(self, timeout_ms: int = 60000) -> None:
         """Stop every job (a training run saves its checkpoint) and wait for the threads to end."""
+        refuse_new_jobs(self)
         jobs = [
             j
             for j in (self._job, self._info_job, self._device_job, self._snapshot_job, self._eval_job)
