@@ -388,3 +388,26 @@ def test_unmutated_files_load():
         assert ck.load_checkpoint(p)[1]["step"] == 3
         p.write_bytes(without_digest(GOOD))
         assert ck.load_checkpoint(p)[1]["step"] == 3
+
+
+def test_renamed_checksum_entry_is_refused(tmp_path):
+    """Found with HYPOTHESIS_EXAMPLES=2000: two flipped letters turned the checksum entry's name and
+    "format_version" into unknown names, and the file loaded as an old file without checksums (so a flipped
+    tensor byte beside them would have loaded as different weights)."""
+    bad = GOOD.replace(ck.DIGEST_KEY.encode(), b"e" + ck.DIGEST_KEY.encode()[1:], 1)
+    n = len(bad) - 1
+    flipped = bad[:n] + bytes([bad[n] ^ 1])  # and one flipped bit in the tensor bytes
+    for i, data in enumerate(
+        (bad, flipped, bad.replace(b'\\"format_version\\"', b'\\"gormat_version\\"', 1))
+    ):
+        p = tmp_path / f"c{i}.safetensors"
+        p.write_bytes(data)
+        with pytest.raises(CheckpointError, match="damaged DDPM Studio header"):
+            ck.load_checkpoint(p)
+
+
+def test_checkpoint_without_format_version_is_refused(tmp_path):
+    p = tmp_path / "c.safetensors"
+    p.write_bytes(without_digest(GOOD, lambda m: m.pop("format_version")))
+    with pytest.raises(CheckpointError, match="format_version"):
+        ck.load_checkpoint(p)

@@ -446,8 +446,8 @@ def _check_meta(path: Path, meta) -> dict:
 
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{path.name} is not a DDPM Studio checkpoint.")
-    fv = meta.get("format_version", 0)
-    if type(fv) is not int:
+    fv = meta.get("format_version")  # written by every version since the first
+    if type(fv) is not int or fv < 1:
         raise bad("format_version")
     if fv > FORMAT_VERSION:
         raise NewerVersionError(
@@ -488,6 +488,14 @@ def _read(path: Path) -> tuple[dict, dict, int]:
         raise CheckpointError(
             f"{path.name} is a safetensors file but not a DDPM Studio checkpoint (no '{META_KEY}' header): "
             "to sample from foreign weights, give the preset they were trained with."
+        )
+    unknown = sorted(k for k in md if k not in (META_KEY, DIGEST_KEY))
+    if unknown:
+        # our files carry exactly these two entries: another one is a damaged name (a renamed checksum entry
+        # would otherwise pass as an older file without checksums, and damaged weights with it)
+        raise CheckpointError(
+            f"{path.name} has a damaged DDPM Studio header (unknown entry {unknown[0]!r}): the file is "
+            "corrupt. Pick another checkpoint of the run."
         )
     digest = _digest(path, header)
     if digest is not None and _sha256([_canonical(header)]) != digest["header"]:
@@ -655,7 +663,8 @@ def _torch_load_refusal(path: Path, head: bytes, exc: BaseException) -> Checkpoi
         lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
         detail = lines[0][:160] if lines else type(exc).__name__
     return CheckpointError(
-        f"{path.name} is not a readable PyTorch weights file ({detail}); it may be truncated or corrupt. " + only
+        f"{path.name} is not a readable PyTorch weights file ({detail}); it may be truncated or corrupt. "
+        + only
     )
 
 
