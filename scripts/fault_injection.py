@@ -1,6 +1,6 @@
 """Fault injection: SIGKILL `ddpm-gui train` at random moments (and exactly inside a save), then resume.
 
-    python scripts/fault_injection.py --runs 100 --seed 1            # the long count (docs/reliability.md)
+    python scripts/fault_injection.py --runs 70 --seed 21           # the long count (docs/reliability.md)
     python scripts/fault_injection.py --runs 5 --modes in-save,training --steps 12
 
 Every run trains the tiny preset on 256 built-in 16x16 images in a fresh run folder, with a checkpoint
