@@ -534,14 +534,6 @@ def _load_bundle(args):
     )
 
 
-def _accelerated(bundle, mode: str):
-    """The bundle with its model wrapped for fast inference (ddpm_gui.engine.sampler.accelerated, as the
-    Sample tab, bench and eval do); it runs eagerly wherever it cannot accelerate."""
-    from ddpm_gui.engine.sampler import accelerated
-
-    return accelerated(bundle, mode)
-
-
 def _note_fallback(bundle) -> None:
     reason = getattr(bundle.model, "fallback_reason", None)
     if reason:
@@ -552,10 +544,10 @@ def cmd_sample(args) -> int:
     from tqdm import tqdm
 
     from ddpm_gui.engine.images import make_grid, save_gif, save_png
-    from ddpm_gui.engine.sampler import SampleConfig, sample_frames
+    from ddpm_gui.engine.sampler import SampleConfig, accelerated, sample_frames
     from ddpm_gui.errors import ConfigError
 
-    bundle = _accelerated(_load_bundle(args), args.sample_mode)
+    bundle = accelerated(_load_bundle(args), args.sample_mode)
     label = args.class_label
     if label is not None:
         if bundle.num_classes is None:
@@ -666,9 +658,9 @@ def cmd_denoise(args) -> int:
     import numpy as np
 
     from ddpm_gui.engine.images import make_grid, save_png
-    from ddpm_gui.engine.sampler import denoise_frames
+    from ddpm_gui.engine.sampler import accelerated, denoise_frames
 
-    bundle = _accelerated(_load_bundle(args), args.sample_mode)
+    bundle = accelerated(_load_bundle(args), args.sample_mode)
     args.image_size = bundle.image_size
     img, name = _one_image(args)
     start = last = None
