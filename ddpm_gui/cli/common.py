@@ -1,0 +1,154 @@
+"""Argument types and option groups shared by several sub-commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def positive_int(v: str) -> int:
+    try:
+        n = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {v!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
+def nonneg_int(v: str) -> int:
+    try:
+        n = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {v!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {n}")
+    return n
+
+
+def add_schedule_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("noise schedule (default: the tutorial's, linear 1e-4..0.04 over T=100)")
+    g.add_argument("--schedule", default=None, help="preset: tutorial, ddpm-paper, cosine, tutorial-zero-snr")
+    g.add_argument(
+        "--schedule-kind",
+        choices=["linear", "cosine", "quadratic"],
+        default=None,
+        help="how beta grows with t (overrides the preset's)",
+    )
+    g.add_argument("--T", type=int, default=None, help="number of diffusion steps")
+    g.add_argument(
+        "--beta-start", type=float, default=None, help="first beta of the schedule (linear, quadratic)"
+    )
+    g.add_argument("--beta-end", type=float, default=None, help="last beta, at t=T (linear, quadratic)")
+    g.add_argument("--zero-snr", action="store_true", default=None, help="rescale to zero terminal SNR")
+
+
+def add_foreign_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "foreign weights (a plain state dict of a DDPM Studio UNet, read with "
+        "torch.load(weights_only=True): never unpickled code)"
+    )
+    g.add_argument(
+        "--preset", default=None, help="the model preset the --checkpoint weights were trained with"
+    )
+    g.add_argument(
+        "--image-size",
+        dest="model_image_size",
+        type=positive_int,
+        default=32,
+        metavar="N",
+        help="the image size the --preset weights were trained at (a run or checkpoint knows its own)",
+    )
+
+
+def add_sample_mode_arg(p: argparse.ArgumentParser) -> None:
+    modes = [
+        "eager",
+        "auto",
+        "cuda-graph",
+        "compile",
+    ]  # ddpm_gui.engine.accel.MODES (not imported here: torch)
+    p.add_argument(
+        "--sample-mode",
+        choices=modes,
+        default="auto",
+        help="sampling acceleration (auto: CUDA graphs on CUDA, eager elsewhere; any failure runs eagerly)",
+    )
+
+
+def schedule_from_args(args):
+    from dataclasses import replace
+
+    from ddpm_gui.core.schedule import SCHEDULE_PRESETS, ScheduleConfig
+    from ddpm_gui.errors import ConfigError
+
+    base = ScheduleConfig()
+    if args.schedule:
+        if args.schedule not in SCHEDULE_PRESETS:
+            raise ConfigError(
+                f"Unknown schedule '{args.schedule}': choose one of {', '.join(SCHEDULE_PRESETS)}."
+            )
+        base = SCHEDULE_PRESETS[args.schedule]
+    changes = {}
+    for name, attr in (
+        ("schedule_kind", "kind"),
+        ("T", "T"),
+        ("beta_start", "beta_start"),
+        ("beta_end", "beta_end"),
+        ("zero_snr", "rescale_zero_snr"),
+    ):
+        v = getattr(args, name, None)
+        if v is not None:
+            changes[attr] = v
+    return replace(base, **changes).validate()
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors as one line on stderr (exit 2), like every other error of the CLI."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def load_bundle(args):
+    from ddpm_gui.engine.sampler import load_bundle
+    from ddpm_gui.errors import ConfigError
+
+    if args.run and args.preset:
+        raise ConfigError(
+            "--preset is for a --checkpoint file of foreign weights: a run folder describes its own model."
+        )
+    return load_bundle(
+        args.run or args.checkpoint,
+        device=args.device,
+        use_ema=not getattr(args, "no_ema", False),
+        preset=args.preset,
+        image_size=args.model_image_size,
+    )
+
+
+def note_fallback(bundle) -> None:
+    reason = getattr(bundle.model, "fallback_reason", None)
+    if reason:
+        print(f"note: {reason}", file=sys.stderr)
+
+
+def int_list(text: str, what: str) -> tuple[int, ...]:
+    from ddpm_gui.errors import ConfigError
+
+    try:
+        vals = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(
+            f"{what} must be whole numbers separated by commas, like 1,16,64; got {text!r}."
+        ) from None
+    if not vals or min(vals) < 1:
+        raise ConfigError(f"{what} must be whole numbers of at least 1, like 1,16,64; got {text!r}.")
+    return vals
+
+
+def write_json(path: str, obj: dict) -> None:
+    from ddpm_gui.engine.checkpoint import atomic_write_bytes
+
+    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())

@@ -1,0 +1,235 @@
+"""`ddpm-gui sample`, `forward` and `denoise`: images from a model or a schedule."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ddpm_gui.cli.common import (
+    add_foreign_args,
+    add_sample_mode_arg,
+    add_schedule_args,
+    load_bundle,
+    nonneg_int,
+    note_fallback,
+    positive_int,
+    schedule_from_args,
+)
+
+
+def add_parsers(sub) -> None:
+    # --- sample
+    s = sub.add_parser(
+        "sample",
+        help="sample images from a trained model",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    src = s.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", help="run folder (its newest checkpoint)")
+    src.add_argument(
+        "--checkpoint", help="a .safetensors checkpoint, or a plain .pt/.pth state dict with --preset"
+    )
+    add_foreign_args(s)
+    s.add_argument("--n", type=positive_int, default=16, help="number of images")
+    s.add_argument(
+        "--sampler",
+        choices=["ddpm", "ddim"],
+        default="ddpm",
+        help="ddpm: the full ancestral chain; ddim: --steps steps",
+    )
+    s.add_argument("--steps", type=positive_int, default=50, help="DDIM steps")
+    s.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
+    s.add_argument(
+        "--variance", choices=["beta", "posterior"], default="beta", help="DDPM: sigma^2 = beta_t or beta~_t"
+    )
+    s.add_argument("--seed", type=nonneg_int, default=0, help="random seed of the noise")
+    s.add_argument(
+        "--class", dest="class_label", default=None, help="class index or name (conditional models)"
+    )
+    s.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale")
+    s.add_argument("--no-clip", action="store_true", help="do not clip the predicted x0")
+    s.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    s.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
+    add_sample_mode_arg(s)
+    s.add_argument("--out", default="samples.png", help="PNG grid of the final samples")
+    s.add_argument("--gif", default=None, help="animated GIF of the reverse process")
+    s.add_argument("--scale", type=positive_int, default=2, help="pixel scale of the outputs")
+
+    # --- forward
+    f = sub.add_parser(
+        "forward",
+        help="show the forward (noising) process of one image",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    fsrc = f.add_mutually_exclusive_group()
+    fsrc.add_argument("--data", default="builtin", help="dataset to take the image from")
+    fsrc.add_argument("--image", help="an image file instead")
+    f.add_argument("--index", type=nonneg_int, default=3, help="image index in the dataset")
+    f.add_argument("--image-size", type=positive_int, default=32, help="resize the image to NxN pixels")
+    f.add_argument("--frames", type=positive_int, default=6, help="frames in the strip")
+    f.add_argument(
+        "--closed-form", action="store_true", help="use q(x_t|x_0) instead of iterating q(x_t|x_(t-1))"
+    )
+    f.add_argument("--seed", type=nonneg_int, default=0, help="random seed of the noise")
+    f.add_argument("--out", default="forward.png", help="PNG strip of --frames steps")
+    f.add_argument("--gif", default=None, help="animated GIF of every step, x_0 to x_T")
+    f.add_argument("--scale", type=positive_int, default=4, help="pixel scale of the outputs")
+    add_schedule_args(f)
+
+    # --- denoise
+    d = sub.add_parser(
+        "denoise",
+        help="the tutorial's experiment: noise an image to t and denoise it K ways",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    dsrc = d.add_mutually_exclusive_group(required=True)
+    dsrc.add_argument("--run", help="run folder (its newest checkpoint)")
+    dsrc.add_argument(
+        "--checkpoint", help="a .safetensors checkpoint, or a plain .pt/.pth state dict with --preset"
+    )
+    add_foreign_args(d)
+    d.add_argument("--data", default="builtin", help="dataset to take the image from")
+    d.add_argument("--image", default=None, help="an image file instead of --data/--index")
+    d.add_argument("--index", type=nonneg_int, default=4, help="image index in the dataset")
+    d.add_argument("--t", type=nonneg_int, default=50, help="timestep to noise the image to")
+    d.add_argument("--k", type=positive_int, default=10, help="number of independent denoisings")
+    d.add_argument("--seed", type=nonneg_int, default=0, help="random seed of the noise")
+    d.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
+    add_sample_mode_arg(d)
+    d.add_argument("--out", default="denoise.png", help="PNG row: original, noised, denoised")
+    d.add_argument("--scale", type=positive_int, default=3, help="pixel scale of the output")
+
+
+def cmd_sample(args) -> int:
+    from tqdm import tqdm
+
+    from ddpm_gui.engine.images import make_grid, save_gif, save_png
+    from ddpm_gui.engine.sampler import SampleConfig, accelerated, sample_frames
+    from ddpm_gui.errors import ConfigError
+
+    bundle = accelerated(load_bundle(args), args.sample_mode)
+    label = args.class_label
+    if label is not None:
+        if bundle.num_classes is None:
+            raise ConfigError("This model is not class-conditional: drop --class.")
+        names = bundle.class_names or []
+        if label in names:
+            label = names.index(label)
+        else:
+            try:
+                label = int(label)
+            except ValueError:
+                raise ConfigError(
+                    f"Unknown class '{label}': use an index or one of {', '.join(names)}."
+                ) from None
+    cfg = SampleConfig(
+        n=args.n,
+        sampler=args.sampler,
+        steps=args.steps,
+        eta=args.eta,
+        variance=args.variance,
+        seed=args.seed,
+        class_label=label,
+        guidance=args.guidance,
+        clip_x0=not args.no_clip,
+    )
+    frames = []
+    total = None
+    bar = None
+    for fr in sample_frames(bundle, cfg):
+        if bar is None:
+            total = fr.total
+            bar = tqdm(total=total, unit="step", desc=f"{args.sampler} sampling")
+        bar.update(1)
+        if args.gif:
+            frames.append(make_grid(fr.xt, scale=args.scale))
+        last = fr
+    bar.close()
+    save_png(args.out, make_grid(last.xt, scale=args.scale))
+    print(f"wrote {args.out} ({args.n} samples, model step {bundle.step}, {total} steps)")
+    if args.gif:
+        save_gif(args.gif, frames)
+        print(f"wrote {args.gif} ({len(frames)} frames)")
+    note_fallback(bundle)
+    return 0
+
+
+def _one_image(args) -> tuple:
+    """(uint8 HxWx3 image, caption) from --image or --data/--index."""
+    import numpy as np
+
+    from ddpm_gui.errors import DataError
+
+    size = getattr(args, "image_size", 32)
+    if args.image:
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(args.image) as im:
+                im = im.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
+                return np.array(im), Path(args.image).name  # a writable copy (torch.from_numpy)
+        except (OSError, UnidentifiedImageError) as exc:
+            raise DataError(f"Cannot read the image {args.image}: {exc}.") from exc
+    from ddpm_gui.data import load_data
+
+    data = load_data(
+        args.data, image_size=size, limit=max(args.index + 1, 16) if args.data == "builtin" else None
+    )
+    if args.index >= len(data):
+        raise DataError(f"Index {args.index} is out of range: {data.name} has {len(data)} images.")
+    return data.images[args.index], data.name
+
+
+def cmd_forward(args) -> int:
+    import numpy as np
+    import torch
+
+    from ddpm_gui.core.diffusion import from_uint8, q_sample, q_step, to_uint8
+    from ddpm_gui.core.schedule import NoiseSchedule
+    from ddpm_gui.engine.images import make_grid, save_gif, save_png
+
+    sched = NoiseSchedule(schedule_from_args(args))
+    img, _ = _one_image(args)
+    x0 = from_uint8(torch.from_numpy(np.ascontiguousarray(img))[None])
+    gen = torch.Generator().manual_seed(args.seed)
+    frames = [to_uint8(x0)[0].numpy()]
+    x = x0
+    for t in range(sched.T):
+        if args.closed_form:
+            x, _ = q_sample(x0, t, sched, generator=gen)
+        else:
+            x = q_step(x, t, sched, generator=gen)
+        frames.append(to_uint8(x)[0].numpy())
+    idx = np.linspace(0, sched.T, args.frames).round().astype(int)
+    strip = make_grid(np.stack([frames[i] for i in idx]), columns=len(idx), scale=args.scale)
+    save_png(args.out, strip)
+    s = sched.summary()
+    print(
+        f"wrote {args.out}: steps {idx.tolist()} of T={sched.T}; alpha_bar_T = {s['alpha_bar_T']:.3f} "
+        f"(x_T keeps {100 * s['signal_left_at_T']:.0f}% of the image)"
+    )
+    if args.gif:
+        save_gif(args.gif, [f.repeat(args.scale, 0).repeat(args.scale, 1) for f in frames])
+        print(f"wrote {args.gif} ({len(frames)} frames)")
+    return 0
+
+
+def cmd_denoise(args) -> int:
+    import numpy as np
+
+    from ddpm_gui.engine.images import make_grid, save_png
+    from ddpm_gui.engine.sampler import accelerated, denoise_frames
+
+    bundle = accelerated(load_bundle(args), args.sample_mode)
+    args.image_size = bundle.image_size
+    img, name = _one_image(args)
+    start = last = None
+    for fr in denoise_frames(bundle, img, t=args.t, k=args.k, seed=args.seed):
+        if fr.index == -1:
+            start = fr.xt
+        last = fr
+    row = np.concatenate([img[None], start[:1], last.xt])
+    save_png(args.out, make_grid(row, columns=len(row), scale=args.scale))
+    print(f"wrote {args.out}: original, noised to t={args.t}, then {args.k} denoised continuations")
+    note_fallback(bundle)
+    return 0

@@ -1,0 +1,200 @@
+"""`ddpm-gui info`, `bench` and `eval`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ddpm_gui import __version__
+from ddpm_gui.cli.common import add_sample_mode_arg, int_list, nonneg_int, positive_int, write_json
+
+
+def add_parsers(sub) -> None:
+    # --- bench
+    b = sub.add_parser(
+        "bench",
+        help="time DDPM Studio's training and sampling against the tutorial's own loop",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="In one process: the tutorial's training loop and DDPM Studio's trainer on the same "
+        "model and batch (img/s, speedup, FLOPs, TFLOP/s, fraction of the measured matmul peak), "
+        "sampling time for the full DDPM chain, peak memory. See docs/benchmarks.md.",
+    )
+    b.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    b.add_argument("--preset", default="tutorial", help="model preset for both loops")
+    b.add_argument("--batch-size", type=positive_int, default=128, help="training batch size of both loops")
+    b.add_argument("--image-size", type=positive_int, default=32, help="image size (NxN) of both loops")
+    b.add_argument("--iters", type=positive_int, default=5, help="timed steps of each loop (median)")
+    b.add_argument("--warmup", type=nonneg_int, default=2, help="untimed steps of each loop first")
+    b.add_argument("--data", default="builtin", help="dataset both loops read")
+    b.add_argument(
+        "--sample-batches", default="1,16,64", help="batch sizes for the sampling times, comma-separated"
+    )
+    b.add_argument(
+        "--sample-repeats", type=positive_int, default=1, help="timed sampling runs per batch size (median)"
+    )
+    add_sample_mode_arg(b)
+    b.add_argument("--skip-sampling", action="store_true", help="time training only")
+    b.add_argument(
+        "--variants", action="store_true", help="also time training with channels_last and torch.compile"
+    )
+    b.add_argument(
+        "--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
+    b.add_argument(
+        "--quick", action="store_true", help="a smoke run: tiny preset, 16x16, batch 16, few steps"
+    )
+    b.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
+
+    # --- eval
+    e = sub.add_parser(
+        "eval",
+        help="sample quality without a network: a classifier trained on the real images",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Draw samples from a run, classify them with a small CNN trained on the run's "
+        "(labelled) dataset and cached, and print the classifier's held-out accuracy, the share of "
+        "recognisable samples (conditional: accuracy on the requested class) and the Frechet distance "
+        "of its features, real vs generated and real vs real.",
+    )
+    esrc = e.add_mutually_exclusive_group(required=True)
+    esrc.add_argument("--run", help="run folder (its newest checkpoint)")
+    esrc.add_argument("--checkpoint", help="a .safetensors checkpoint")
+    e.add_argument("--data", default=None, help="labelled dataset (default: the one the run trained on)")
+    e.add_argument("--n", type=positive_int, default=500, help="number of samples")
+    e.add_argument(
+        "--sampler",
+        choices=["ddpm", "ddim"],
+        default="ddpm",
+        help="ddpm: the full ancestral chain; ddim: --steps steps",
+    )
+    e.add_argument("--steps", type=positive_int, default=50, help="DDIM steps")
+    e.add_argument(
+        "--guidance", type=float, default=1.0, help="classifier-free guidance scale (conditional models)"
+    )
+    e.add_argument("--seed", type=nonneg_int, default=0, help="random seed of the samples")
+    e.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    e.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
+    add_sample_mode_arg(e)
+    e.add_argument(
+        "--retrain", action="store_true", help="train the classifier again instead of using the cache"
+    )
+    e.add_argument("--grid", default=None, metavar="PNG", help="also save the first 64 samples as a grid")
+    e.add_argument(
+        "--json",
+        nargs="?",
+        const="-",
+        default=None,
+        metavar="FILE",
+        help="write the results as JSON (to FILE, or to stdout when no FILE is given)",
+    )
+
+    # --- info
+    i = sub.add_parser("info", help="devices, versions, and every model preset with parameters and FLOPs")
+    i.add_argument("--json", action="store_true", help="print JSON")
+
+
+def cmd_info(args) -> int:
+    import platform
+
+    import torch
+
+    from ddpm_gui.engine.device import describe_devices
+    from ddpm_gui.models.presets import PRESETS, build_model, count_parameters, flops_per_image
+
+    info = {
+        "ddpm_gui": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "devices": [label for _, label in describe_devices()[1:]],
+        "presets": {},
+    }
+    for name, cfg in PRESETS.items():
+        n = count_parameters(build_model(cfg))
+        fl = flops_per_image(cfg, args.image_size)
+        info["presets"][name] = {
+            "parameters": n,
+            "gflop_forward": fl["forward"] / 1e9,
+            "gflop_train": fl["train"] / 1e9,
+        }
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(
+        f"DDPM Studio {info['ddpm_gui']}  (Python {info['python']}, torch {info['torch']}, CUDA {info['cuda']})"
+    )
+    print("devices: " + ", ".join(info["devices"]))
+    print(f"model presets at {args.image_size}x{args.image_size}:")
+    print(f"  {'preset':10s} {'parameters':>12s} {'GFLOP fwd':>10s} {'GFLOP train':>12s}")
+    for name, d in info["presets"].items():
+        print(f"  {name:10s} {d['parameters']:>12,d} {d['gflop_forward']:>10.3f} {d['gflop_train']:>12.3f}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    import torch
+
+    from ddpm_gui.bench import BenchConfig, run_bench
+
+    if args.quick:
+        cfg = BenchConfig.quick_config(args.device)
+    else:
+        cfg = BenchConfig(
+            preset=args.preset,
+            batch_size=args.batch_size,
+            image_size=args.image_size,
+            iters=args.iters,
+            warmup=args.warmup,
+            device=args.device,
+            data=args.data,
+            sample_batches=int_list(args.sample_batches, "--sample-batches"),
+            sample_repeats=args.sample_repeats,
+        )
+    cfg.sample_mode = args.sample_mode
+    cfg.skip_sampling = args.skip_sampling
+    cfg.variants = args.variants
+    if args.threads:
+        cfg.threads = args.threads
+    from ddpm_gui.models.presets import check_image_size, get_preset
+
+    check_image_size(get_preset(cfg.preset), cfg.image_size)
+    with torch.random.fork_rng(devices=[]):
+        res = run_bench(cfg)
+    if args.json:
+        write_json(args.json, res)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from ddpm_gui.engine.evaluate import evaluate_run, format_report
+
+    def progress(done: int, total: int, msg: str) -> None:
+        if args.json != "-":
+            print(f"  {msg}", file=sys.stderr, flush=True)
+
+    res = evaluate_run(
+        args.run or args.checkpoint,
+        data=args.data,
+        n=args.n,
+        sampler=args.sampler,
+        steps=args.steps,
+        guidance=args.guidance,
+        seed=args.seed,
+        device=args.device,
+        use_ema=not args.no_ema,
+        sample_mode=args.sample_mode,
+        retrain=args.retrain,
+        grid=args.grid,
+        progress=progress,
+    )
+    if args.json == "-":
+        print(json.dumps(res, indent=2))
+        return 0
+    print(format_report(res))
+    if args.grid:
+        print(f"wrote {args.grid}")
+    if args.json:
+        write_json(args.json, res)
+        print(f"wrote {args.json}")
+    return 0
