@@ -123,22 +123,22 @@ def test_damaged_cache_is_rebuilt(data, tmp_path):
 def test_real_images_score_high_and_noise_scores_low(clf, data):
     held = clf.heldout
     real = score_images(clf, data.images[held], requested=data.labels[held], data=data)
-    assert real["accuracy"] > 0.9 and real["recognisable"] > 0.8
-    assert real["classes_drawn"] == 10
+    assert real.accuracy > 0.9 and real.recognisable > 0.8
+    assert real.classes_drawn == 10
     rng = np.random.default_rng(0)
     noise = rng.integers(0, 256, size=(len(held), 16, 16, 3), dtype=np.uint8)
     bad = score_images(clf, noise, requested=data.labels[held], data=data)
-    assert bad["accuracy"] < 0.3 and bad["recognisable"] < 0.2
+    assert bad.accuracy < 0.3 and bad.recognisable < 0.2
     # the real-vs-real floor is the same set here, so it equals the distance of the real "samples"
-    assert real["frechet_distance"] == pytest.approx(real["frechet_distance_real"], rel=1e-6)
-    assert bad["frechet_distance"] > 10 * real["frechet_distance"] + 1.0
-    json.dumps(real), json.dumps(bad)  # JSON-able
+    assert real.frechet_distance == pytest.approx(real.frechet_distance_real, rel=1e-6)
+    assert bad.frechet_distance > 10 * real.frechet_distance + 1.0
+    json.dumps(real.to_dict()), json.dumps(bad.to_dict())  # JSON-able
 
 
 def test_blends_of_two_shapes_are_not_recognisable(clf, data):
     a, b = data.images[clf.heldout[:100]], data.images[clf.heldout[100:200]]
     blend = ((a.astype(np.uint16) + b) // 2).astype(np.uint8)
-    assert score_images(clf, blend, data=data, floor=False)["recognisable"] < 0.5
+    assert score_images(clf, blend, data=data, floor=False).recognisable < 0.5
 
 
 def test_unlabelled_data_is_a_clear_error(data):
@@ -175,18 +175,42 @@ def _bundle(num_classes=None):
 
 def test_evaluate_bundle_of_an_untrained_model(clf, data):
     res = evaluate_bundle(_bundle(), data, n=12, sampler="ddim", steps=3, classifier=clf)
-    assert res["n"] == 12 and not res["conditional"] and res["sampling_steps"] == 3
-    assert res["sample_accuracy"] == res["recognisable"] < 0.5  # noise from an untrained model
-    assert res["frechet_distance"] > res["frechet_distance_real"]
+    assert res.n == 12 and not res.conditional and res.sampling_steps == 3
+    assert res.sample_accuracy == res.recognisable < 0.5  # noise from an untrained model
+    assert res.frechet_distance > res.frechet_distance_real
+    assert res.samples is None
     assert "Frechet distance" in format_report(res)
-    json.dumps(res)
+    json.dumps(res.to_dict())
 
 
 def test_evaluate_conditional_bundle_asks_for_every_class(clf, data):
     res = evaluate_bundle(_bundle(10), data, n=20, sampler="ddim", steps=2, classifier=clf, keep_samples=True)
-    assert res["conditional"] and "accuracy" in res and len(res["per_class_accuracy"]) == 10
-    assert res.pop("samples").shape == (20, 16, 16, 3)
+    assert res.conditional and res.accuracy is not None and len(res.per_class_accuracy) == 10
+    assert res.sample_accuracy == res.accuracy
+    assert res.samples.shape == (20, 16, 16, 3)
+    assert "samples" not in res.to_dict()
     assert "asked for" in format_report(res)
+
+
+# the keys `ddpm-gui eval --json` has always written, in order; JSON consumers read them by name
+SCORE_KEYS = ["n", "recognisable", "real_recognisable", "classifier_accuracy", "class_histogram",
+              "classes_drawn", "frechet_distance"]  # fmt: skip
+CONDITIONAL_KEYS = ["accuracy", "accuracy_confident", "per_class_accuracy"]
+RUN_KEYS = ["frechet_distance_real", "n_real", "conditional", "sampler", "sampling_steps", "guidance",
+            "sample_seconds", "model_step", "model_preset", "model_source", "dataset", "dataset_images",
+            "classifier_heldout", "classifier_cache", "classifier_train_seconds", "classifier_from_cache",
+            "confident_threshold", "sample_accuracy"]  # fmt: skip
+
+
+def test_eval_result_json_keys_are_unchanged(clf, data):
+    uncond = evaluate_bundle(_bundle(), data, n=4, sampler="ddim", steps=1, classifier=clf, keep_samples=True)
+    assert list(uncond.to_dict()) == SCORE_KEYS + RUN_KEYS  # no "accuracy": null, no samples
+    assert uncond.to_dict()["guidance"] is None  # present, as null, for an unconditional model
+    cond = evaluate_bundle(_bundle(10), data, n=10, sampler="ddim", steps=1, classifier=clf)
+    assert list(cond.to_dict()) == SCORE_KEYS + CONDITIONAL_KEYS + RUN_KEYS
+    back = json.loads(json.dumps(cond.to_dict()))
+    assert back["per_class_accuracy"] == cond.per_class_accuracy and back["n"] == 10
+    assert back["frechet_distance"] == cond.frechet_distance
 
 
 def test_evaluate_bundle_refuses_mismatches(clf, data):
@@ -224,6 +248,7 @@ def test_cli_eval_of_a_tiny_run_writes_its_scores(tmp_path, monkeypatch, capsys)
     printed = capsys.readouterr().out
     assert "Frechet distance" in printed and f"wrote {out}" in printed
     res = json.loads(out.read_text())
+    assert list(res) == SCORE_KEYS + RUN_KEYS
     assert res["n"] == 4 and res["sampler"] == "ddim" and res["sampling_steps"] == 2
     assert res["model_step"] == 3 and res["model_preset"] == "tiny" and not res["conditional"]
     assert res["dataset_images"] == 64 and not res["classifier_from_cache"]

@@ -2,34 +2,34 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from ddpm_gui import cli
-from ddpm_gui.engine.config import TrainConfig
-from ddpm_gui.engine.recipes import RECIPES, recipe_fields
+from ddpm_gui.engine.config import SETTINGS, load_run_config
+from ddpm_gui.engine.recipes import RECIPES, get_recipe, matching_recipe
 from ddpm_gui.errors import ConfigError
 
 
 @pytest.mark.parametrize("name", list(RECIPES))
 def test_every_recipe_is_a_valid_config(name):
-    cfg = TrainConfig().replace(**recipe_fields(name)).validate()
-    assert cfg.preset == RECIPES[name]["preset"] and cfg.steps == RECIPES[name]["steps"]
+    cfg = RECIPES[name].apply().validate()
+    assert cfg.preset == RECIPES[name].changes["preset"] and cfg.steps == RECIPES[name].changes["steps"]
+    assert set(RECIPES[name].changes) <= set(SETTINGS)  # a partial of TrainConfig, nothing else
+    assert matching_recipe(cfg) == name and matching_recipe(cfg.replace(lr=0.123)) is None
 
 
 def test_quick_cpu_ends_in_noise_and_tutorial_keeps_the_articles_schedule():
     from ddpm_gui.core.schedule import NoiseSchedule
 
-    quick = NoiseSchedule(recipe_fields("quick-cpu")["schedule"])
-    tut = NoiseSchedule(recipe_fields("tutorial")["schedule"])
+    quick = NoiseSchedule(get_recipe("quick-cpu").changes["schedule"])
+    tut = NoiseSchedule(get_recipe("tutorial").changes["schedule"])
     assert float(quick.alpha_bars[-1]) < 1e-3  # x_T is noise: sampling from N(0, I) matches training
     assert float(tut.alpha_bars[-1]) == pytest.approx(0.131, abs=0.002)
 
 
 def test_unknown_recipe_is_a_clear_error():
     with pytest.raises(ConfigError, match="quick-cpu"):
-        recipe_fields("fast")
+        get_recipe("fast")
 
 
 def test_cli_recipe_with_an_option_that_wins(tmp_path):
@@ -39,14 +39,13 @@ def test_cli_recipe_with_an_option_that_wins(tmp_path):
          "--batch-size", "4", "--device", "cpu", "--out", str(out)]
     )  # fmt: skip
     assert code == 0
-    cfg = json.loads((out / "config.json").read_text())
-    cfg = cfg.get("config", cfg)
+    cfg = load_run_config(out)
     # from the recipe
-    assert cfg["preset"] == "tiny" and cfg["lr"] == 1e-3 and cfg["ema_decay"] == 0.995
-    assert cfg["schedule"]["kind"] == "cosine" and cfg["prediction"] == "v"
-    assert cfg["conditional"] is True  # the built-in shapes have labels: the recipe conditions on them
+    assert cfg.preset == "tiny" and cfg.lr == 1e-3 and cfg.ema_decay == 0.995
+    assert cfg.schedule.kind == "cosine" and cfg.prediction == "v"
+    assert cfg.conditional is True  # the built-in shapes have labels: the recipe conditions on them
     # given on the command line: wins over the recipe
-    assert cfg["steps"] == 2 and cfg["batch_size"] == 4 and cfg["image_size"] == 16
+    assert cfg.steps == 2 and cfg.batch_size == 4 and cfg.image_size == 16
 
 
 def _image_folder_without_classes(root, n=8):
@@ -71,8 +70,7 @@ def test_cli_recipe_on_unlabelled_data_says_to_use_unconditional(tmp_path, capsy
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     code = cli.main([*base, "--unconditional", "--out", str(tmp_path / "r2")])
     assert code == 0
-    cfg = json.loads((tmp_path / "r2" / "config.json").read_text())
-    assert cfg.get("config", cfg)["conditional"] is False
+    assert load_run_config(tmp_path / "r2").conditional is False
 
 
 def test_cli_conditional_and_unconditional_exclude_each_other(tmp_path, capsys):

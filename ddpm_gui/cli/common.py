@@ -77,13 +77,23 @@ def add_sample_mode_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
-def schedule_from_args(args):
+SCHEDULE_OPTIONS = ("schedule", "schedule_kind", "T", "beta_start", "beta_end", "zero_snr")
+
+
+def schedule_given(args) -> bool:
+    """Whether any noise-schedule option was given (argparse's own record: the defaults are None)."""
+    return any(getattr(args, name, None) is not None for name in SCHEDULE_OPTIONS)
+
+
+def schedule_from_args(args, base=None):
+    """The schedule the options describe: a --schedule preset (else `base`, else the tutorial's) with the
+    --schedule-kind/--T/--beta-start/--beta-end/--zero-snr edits on top."""
     from dataclasses import replace
 
-    from ddpm_gui.core.schedule import SCHEDULE_PRESETS, ScheduleConfig
+    from ddpm_gui.core.spec import SCHEDULE_PRESETS, ScheduleConfig
     from ddpm_gui.errors import ConfigError
 
-    base = ScheduleConfig()
+    base = base or ScheduleConfig()
     if args.schedule:
         if args.schedule not in SCHEDULE_PRESETS:
             raise ConfigError(
@@ -102,13 +112,6 @@ def schedule_from_args(args):
         if v is not None:
             changes[attr] = v
     return replace(base, **changes).validate()
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with its usage errors as one line on stderr (exit 2), like every other error of the CLI."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def load_bundle(args):

@@ -155,21 +155,14 @@ def cmd_sample(args) -> int:
 
 
 def _one_image(args) -> tuple:
-    """(uint8 HxWx3 image, caption) from --image or --data/--index."""
-    import numpy as np
-
+    """(uint8 HxWx3 image, caption) from --image (the app's one image loader) or --data/--index."""
     from ddpm_gui.errors import DataError
 
     size = getattr(args, "image_size", 32)
     if args.image:
-        from PIL import Image, UnidentifiedImageError
+        from ddpm_gui.data.imageio import load_image
 
-        try:
-            with Image.open(args.image) as im:
-                im = im.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
-                return np.array(im), Path(args.image).name  # a writable copy (torch.from_numpy)
-        except (OSError, UnidentifiedImageError) as exc:
-            raise DataError(f"Cannot read the image {args.image}: {exc}.") from exc
+        return load_image(args.image, size), Path(args.image).name
     from ddpm_gui.data import load_data
 
     data = load_data(
@@ -182,26 +175,19 @@ def _one_image(args) -> tuple:
 
 def cmd_forward(args) -> int:
     import numpy as np
-    import torch
 
-    from ddpm_gui.core.diffusion import from_uint8, q_sample, q_step, to_uint8
     from ddpm_gui.core.schedule import NoiseSchedule
-    from ddpm_gui.engine.images import make_grid, save_gif, save_png
+    from ddpm_gui.engine.forward import forward_frames, kept_steps
+    from ddpm_gui.engine.images import make_grid, save_gif, save_png, upscale
 
     sched = NoiseSchedule(schedule_from_args(args))
     img, _ = _one_image(args)
-    x0 = from_uint8(torch.from_numpy(np.ascontiguousarray(img))[None])
-    gen = torch.Generator().manual_seed(args.seed)
-    frames = [to_uint8(x0)[0].numpy()]
-    x = x0
-    for t in range(sched.T):
-        if args.closed_form:
-            x, _ = q_sample(x0, t, sched, generator=gen)
-        else:
-            x = q_step(x, t, sched, generator=gen)
-        frames.append(to_uint8(x)[0].numpy())
+    process = "closed" if args.closed_form else "iterative"
     idx = np.linspace(0, sched.T, args.frames).round().astype(int)
-    strip = make_grid(np.stack([frames[i] for i in idx]), columns=len(idx), scale=args.scale)
+    steps = np.union1d(kept_steps(sched.T, img.nbytes), idx) if args.gif else idx
+    fr = forward_frames(img, sched, args.seed, steps=steps, processes=(process,))
+    frames = getattr(fr, process)
+    strip = make_grid(frames[np.searchsorted(fr.ts, idx)], columns=len(idx), scale=args.scale)
     save_png(args.out, strip)
     s = sched.summary()
     print(
@@ -209,7 +195,7 @@ def cmd_forward(args) -> int:
         f"(x_T keeps {100 * s['signal_left_at_T']:.0f}% of the image)"
     )
     if args.gif:
-        save_gif(args.gif, [f.repeat(args.scale, 0).repeat(args.scale, 1) for f in frames])
+        save_gif(args.gif, upscale(frames, args.scale))
         print(f"wrote {args.gif} ({len(frames)} frames)")
     return 0
 

@@ -189,12 +189,12 @@ def cmd_eval(args) -> int:
         progress=progress,
     )
     if args.json == "-":
-        print(json.dumps(res, indent=2))
+        print(json.dumps(res.to_dict(), indent=2))
         return 0
     print(format_report(res))
     if args.grid:
         print(f"wrote {args.grid}")
     if args.json:
-        write_json(args.json, res)
+        write_json(args.json, res.to_dict())
         print(f"wrote {args.json}")
     return 0

@@ -1,4 +1,6 @@
-"""`ddpm-gui train`."""
+"""`ddpm-gui train`: its options are generated from TrainConfig's settings (engine/config.py), so a
+setting, its default, its range and its help are written once. Which options the user gave comes from
+argparse itself (every generated option defaults to SUPPRESS), so abbreviations and `--opt=value` count."""
 
 from __future__ import annotations
 
@@ -6,29 +8,77 @@ import argparse
 import sys
 from pathlib import Path
 
-from ddpm_gui.cli.common import add_schedule_args, nonneg_int, positive_int, schedule_from_args
+from ddpm_gui.cli.common import add_schedule_args, schedule_from_args, schedule_given
+from ddpm_gui.engine.config import SETTING_TYPES, SETTINGS, TrainConfig
+
+
+def _number(kind: type, lo, hi):
+    """An argparse type: a whole number or a finite number within [lo, hi], a one-line error otherwise."""
+    import math
+
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {'a whole number' if kind is int else 'a number'}, got {text!r}"
+            ) from None
+        if kind is float and not math.isfinite(v):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            rng = f"from {lo:g} to {hi:g}" if hi is not None else f"at least {lo:g}"
+            raise argparse.ArgumentTypeError(f"must be {rng}, got {text}")
+        return v
+
+    return parse
+
+
+def add_setting_options(p: argparse.ArgumentParser) -> None:
+    """One option per TrainConfig setting (the schedule through the shared schedule options)."""
+    defaults = TrainConfig()
+    for name, s in SETTINGS.items():
+        kind = SETTING_TYPES[name]
+        default = getattr(defaults, name)
+        if name == "schedule":
+            continue
+        if kind is bool:
+            g = p.add_mutually_exclusive_group()
+            g.add_argument(
+                s.flag,
+                dest=name,
+                action="store_const",
+                const=True,
+                default=argparse.SUPPRESS,
+                help=f"{s.help}{' (the default)' if default else ''}",
+            )
+            g.add_argument(
+                s.negative,
+                dest=name,
+                action="store_const",
+                const=False,
+                default=argparse.SUPPRESS,
+                help=f"the opposite of {s.flag}{' (the default)' if not default else ''}",
+            )
+            continue
+        shown = "" if default is None else f" (default: {default})"
+        kw: dict = {"dest": name, "default": argparse.SUPPRESS, "help": s.help + shown}
+        if kind in (int, float):
+            kw["type"] = _number(kind, s.lo, s.hi)
+            kw["metavar"] = "N" if kind is int else "X"
+        if s.choices:
+            kw["choices"] = s.choices
+        p.add_argument(s.flag, **kw)  # fmt: skip
+    add_schedule_args(p)
 
 
 def add_parsers(sub) -> None:
-    # --- train
     t = sub.add_parser(
         "train",
         help="train a model (headless)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Train a DDPM. Writes a run folder: config.json, metrics.jsonl, checkpoints/, samples/.",
+        description="Train a DDPM. Writes a run folder: config.toml, metrics.jsonl, checkpoints/, samples/. "
+        "Settings come from the defaults, then --recipe, then --config FILE, then the options given here.",
     )
-    t.add_argument(
-        "--data",
-        default="builtin",
-        help="builtin, builtin:N, a Hugging Face id (cifar10), a folder or a parquet/arrow file",
-    )
-    t.add_argument(
-        "--image-size", type=positive_int, default=32, help="train at NxN pixels (images are resized)"
-    )
-    t.add_argument("--limit", type=positive_int, default=None, help="use only the first N images")
-    t.add_argument(
-        "--preset", default="tiny", help="model preset: tutorial (the article's 42M UNet), small, tiny"
-    )
+    t.add_argument("--out", required=True, help="run folder (new, empty, or a run to --resume)")
     t.add_argument(
         "--recipe",
         default=None,
@@ -36,64 +86,81 @@ def add_parsers(sub) -> None:
         help="start from a named set of settings (options given here still win): quick-cpu (recognisable "
         "built-in shapes in about 10 minutes on a 2-core CPU), tutorial (the article's)",
     )
-    cond = t.add_mutually_exclusive_group()
-    cond.add_argument(
-        "--conditional", action="store_true", help="class-conditional (classifier-free guidance)"
+    t.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help="start from the settings in a TOML file (options still win)",
     )
-    cond.add_argument(
-        "--unconditional",
+    t.add_argument(
+        "--resume",
         action="store_true",
-        help="not class-conditional, also where the recipe is (for data without class labels)",
+        help="continue the run in --out (steps, optimizer, EMA, RNG); settings that are safe to change "
+        "mid-run ("
+        + ", ".join(SETTINGS[n].flag for n in SETTINGS if SETTINGS[n].resumable)
+        + ") may be given",
     )
     t.add_argument(
-        "--prediction", choices=["eps", "v"], default="eps", help="what the network predicts: the noise or v"
-    )
-    t.add_argument("--steps", type=positive_int, default=2000, help="total training steps")
-    t.add_argument("--batch-size", type=positive_int, default=128, help="images per training step")
-    t.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (AdamW)")
-    t.add_argument("--ema", type=float, default=0.999, help="EMA decay (0 = off)")
-    t.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm to this (0 = off)")
-    t.add_argument("--warmup", type=nonneg_int, default=100, help="lr warm-up steps")
-    t.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
-    t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
-    t.add_argument("--seed", type=nonneg_int, default=0, help="random seed (weights, batches, noise)")
-    t.add_argument(
-        "--preview-every", type=nonneg_int, default=0, help="save a sample grid every N steps (0 = off)"
+        "--restart",
+        action="store_true",
+        help="with --resume, when the run's checkpoints are gone: train again from step 0 (its old metrics are kept)",
     )
     t.add_argument(
-        "--checkpoint-every", type=nonneg_int, default=500, help="save a checkpoint every N steps (0 = off)"
+        "--allow-data-change",
+        action="store_true",
+        help="with --resume, go on although the training data differs from the data the run started with",
     )
-    t.add_argument(
-        "--checkpoint-minutes", type=float, default=5.0, help="also save one every M minutes (0 = off)"
-    )
-    t.add_argument("--keep", type=positive_int, default=3, help="rolling number of checkpoints kept")
-    t.add_argument(
-        "--log-every",
-        type=positive_int,
-        default=10,
-        help="read the loss and log it to metrics.jsonl every N steps",
-    )
-    t.add_argument("--out", required=True, help="run folder")
-    t.add_argument(
-        "--resume", action="store_true", help="continue the run in --out (steps, optimizer, EMA, RNG)"
-    )
-    add_schedule_args(t)
+    add_setting_options(t)
 
 
-# TrainConfig field -> the train options that set it (an option given on the command line wins over --recipe)
-_RECIPE_FLAGS = {
-    "preset": {"preset"}, "image_size": {"image-size"}, "batch_size": {"batch-size"}, "steps": {"steps"},
-    "lr": {"lr"}, "ema_decay": {"ema"}, "warmup_steps": {"warmup"}, "preview_every": {"preview-every"},
-    "schedule": {"schedule", "schedule-kind", "T", "beta-start", "beta-end", "zero-snr"}, "prediction": {"prediction"},
-    "conditional": {"conditional", "unconditional"},
-}  # fmt: skip
+def given_settings(args) -> dict:
+    """The TrainConfig fields the user gave on the command line (the schedule excluded)."""
+    return {name: getattr(args, name) for name in SETTINGS if name != "schedule" and hasattr(args, name)}
 
 
-def _recipe_changes(name: str, given: set[str]) -> dict:
-    from ddpm_gui.engine.recipes import recipe_fields
+def config_from_args(args) -> TrainConfig:
+    """A new run's config: defaults <- --recipe <- --config FILE <- the options given."""
+    from ddpm_gui.engine.config import read_config_toml
+    from ddpm_gui.engine.recipes import get_recipe
 
-    fields = recipe_fields(name)
-    return {k: v for k, v in fields.items() if not (_RECIPE_FLAGS.get(k, set()) & given)}
+    cfg = TrainConfig()
+    if args.recipe:
+        cfg = get_recipe(args.recipe).apply(cfg)
+    if args.config:
+        cfg = cfg.replace(**read_config_toml(args.config))
+    cfg = cfg.replace(**given_settings(args))
+    if schedule_given(args):
+        cfg = cfg.replace(schedule=schedule_from_args(args, base=cfg.schedule))
+    if cfg.schedule.rescale_zero_snr and "prediction" not in given_settings(args):
+        cfg = cfg.replace(prediction="v")  # eps cannot be learnt where no signal is left at t = T
+    return cfg
+
+
+def resumed_config(args, saved: TrainConfig) -> TrainConfig:
+    """The saved config with the changes the user asked for; a change that a resumed run cannot take is a
+    ConfigError that names it, never silently ignored."""
+    from ddpm_gui.engine.config import RESUMABLE
+    from ddpm_gui.errors import ConfigError
+
+    if args.recipe or args.config:
+        raise ConfigError(
+            "A resumed run keeps its own settings: drop --recipe/--config and give only the options to change."
+        )
+    changes = given_settings(args)
+    if schedule_given(args):
+        changes["schedule"] = schedule_from_args(args, base=saved.schedule)
+    fixed = [
+        f"{SETTINGS[k].flag} ({getattr(saved, k)!r} in the run, {v!r} given)"
+        for k, v in changes.items()
+        if k not in RESUMABLE and v != getattr(saved, k)
+    ]
+    if fixed:
+        raise ConfigError(
+            "A resumed run cannot change "
+            + "; ".join(fixed)
+            + ": leave those out, or start a new run folder."
+        )
+    return saved.replace(**changes)
 
 
 def cmd_train(args) -> int:
@@ -102,56 +169,15 @@ def cmd_train(args) -> int:
     from tqdm import tqdm
 
     from ddpm_gui.engine import events as ev
-    from ddpm_gui.engine.config import TrainConfig, load_run_config
+    from ddpm_gui.engine.config import load_run_config
     from ddpm_gui.engine.trainer import Trainer
 
     out = Path(args.out)
-    if args.resume:
-        cfg = load_run_config(out)  # a one-line error when missing, damaged or from a newer version
-        # on resume only the length of the run (and where/how it runs) may change
-        given = {a[2:].split("=")[0] for a in args.argv if a.startswith("--")}
-        ignored = sorted(given - {"steps", "device", "out", "resume"})
-        if ignored:
-            print(
-                "warning: a resumed run keeps its own settings; ignored: "
-                + ", ".join(f"--{a}" for a in ignored),
-                file=sys.stderr,
-            )
-        changes = {}
-        if "steps" in given:
-            changes["steps"] = args.steps
-        if "device" in given:
-            changes["device"] = args.device
-        cfg = cfg.replace(**changes)
-    else:
-        given = {a[2:].split("=")[0] for a in args.argv if a.startswith("--")}
-        cfg = TrainConfig(
-            data=args.data,
-            image_size=args.image_size,
-            data_limit=args.limit,
-            preset=args.preset,
-            conditional=args.conditional,
-            schedule=schedule_from_args(args),
-            prediction=args.prediction,
-            lr=args.lr,
-            batch_size=args.batch_size,
-            steps=args.steps,
-            warmup_steps=args.warmup,
-            grad_clip=args.grad_clip,
-            ema_decay=args.ema,
-            amp=not args.no_amp,
-            device=args.device,
-            seed=args.seed,
-            log_every=args.log_every,
-            preview_every=args.preview_every,
-            checkpoint_every=args.checkpoint_every,
-            checkpoint_minutes=args.checkpoint_minutes,
-            keep_checkpoints=args.keep,
-        )
-        if args.recipe:
-            cfg = cfg.replace(**_recipe_changes(args.recipe, given))
+    cfg = resumed_config(args, load_run_config(out)) if args.resume else config_from_args(args)
     cfg.validate()
-    trainer = Trainer(cfg, out, resume=args.resume)
+    trainer = Trainer(
+        cfg, out, resume=args.resume, restart=args.restart, allow_data_change=args.allow_data_change
+    )
     bar = None
     code = 0
     interrupted: list[int] = []

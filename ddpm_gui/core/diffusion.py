@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import torch
 
 from ddpm_gui.core.schedule import NoiseSchedule, gather
+from ddpm_gui.core.spec import PREDICTIONS
 from ddpm_gui.errors import ConfigError
 
-PREDICTIONS = ("eps", "v")
 VARIANCES = ("beta", "posterior")
 
 # A denoiser: (x_t, t as a (B,) long tensor) -> the model's output (eps or v, same shape as x_t).

@@ -12,87 +12,16 @@ the two standard fixes (Nichol & Dhariwal 2021; Lin et al. 2023).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 
 import torch
 
-from ddpm_gui.errors import ConfigError
-
-SCHEDULE_KINDS = ("linear", "cosine", "quadratic")
-# The smallest beta accepted: below about 1e-16, 1 - beta rounds to 1 even in float64 and the posterior
-# variance at t=0 becomes 0/0 = NaN (found by tests/test_properties.py); 1e-8 leaves a wide margin and is
-# still 10,000x below the smallest beta in the DDPM paper.
-BETA_MIN = 1e-8
-# The largest: a beta of 1 leaves no signal after one step (alpha_bar = 0), and the quadratic schedule
-# rounds betas just below 1 up to exactly 1 (sqrt, then square). 0.999 is the cosine schedule's own clip
-# (Nichol & Dhariwal 2021).
-BETA_MAX = 0.999
-
-
-@dataclass(frozen=True)
-class ScheduleConfig:
-    """A noise schedule, as a person edits it."""
-
-    kind: str = "linear"  # linear | cosine | quadratic
-    T: int = 100  # number of diffusion steps; the tutorial uses 100, the DDPM paper 1000
-    beta_start: float = 1e-4  # linear/quadratic only
-    beta_end: float = 0.04  # linear/quadratic only (the DDPM paper: 0.02 at T=1000)
-    cosine_s: float = 0.008  # cosine only: offset that keeps beta_1 from being too small
-    rescale_zero_snr: bool = False  # rescale so alpha_bar_T = 0 exactly (Lin et al. 2023)
-
-    def validate(self) -> ScheduleConfig:
-        def real(v) -> bool:  # a finite number, not a bool (any other value is a ConfigError, never a TypeError)
-            if isinstance(v, bool) or not isinstance(v, int | float):
-                return False
-            try:
-                return math.isfinite(v)
-            except OverflowError:  # an int too large for a float
-                return False
-
-        if not isinstance(self.kind, str) or self.kind not in SCHEDULE_KINDS:
-            raise ConfigError(f"Unknown schedule {self.kind!r}: choose one of {', '.join(SCHEDULE_KINDS)}.")
-        if not isinstance(self.T, int) or isinstance(self.T, bool) or self.T < 1 or self.T > 10000:
-            raise ConfigError(f"T must be a whole number from 1 to 10000, got {self.T!r}.")
-        if self.kind in ("linear", "quadratic"):
-            for name in ("beta_start", "beta_end"):
-                v = getattr(self, name)
-                if not real(v) or not (0.0 < v < 1.0):
-                    raise ConfigError(f"{name} must lie strictly between 0 and 1, got {v!r}.")
-                if not BETA_MIN <= v <= BETA_MAX:
-                    raise ConfigError(
-                        f"{name} must lie in [{BETA_MIN:g}, {BETA_MAX:g}] (the tutorial uses 1e-4 to 0.04), got {v}."
-                    )
-            if self.beta_end < self.beta_start:
-                raise ConfigError(
-                    f"beta_end ({self.beta_end}) must not be smaller than beta_start ({self.beta_start})."
-                )
-        if self.kind == "cosine" and not (real(self.cosine_s) and 0.0 <= self.cosine_s < 1.0):
-            raise ConfigError(f"cosine_s must lie in [0, 1), got {self.cosine_s!r}.")
-        if not isinstance(self.rescale_zero_snr, bool):
-            raise ConfigError(f"rescale_zero_snr must be true or false, got {self.rescale_zero_snr!r}.")
-        if self.rescale_zero_snr and self.T < 2:
-            # the rescale maps alpha_bar_1 to itself and alpha_bar_T to 0: with one step that is 0/0
-            raise ConfigError("A zero-terminal-SNR schedule needs T of at least 2.")
-        return self
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ScheduleConfig:
-        if not isinstance(d, dict):
-            raise ConfigError(f"A noise schedule must be a JSON object, got {type(d).__name__}.")
-        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
-        return cls(**known).validate()
-
-
-# Named presets a person can pick.
-SCHEDULE_PRESETS: dict[str, ScheduleConfig] = {
-    "tutorial": ScheduleConfig(),  # the article: linear 1e-4..0.04, T=100
-    "ddpm-paper": ScheduleConfig(kind="linear", T=1000, beta_start=1e-4, beta_end=0.02),
-    "cosine": ScheduleConfig(kind="cosine", T=100),
-    "tutorial-zero-snr": ScheduleConfig(rescale_zero_snr=True),
-}
+from ddpm_gui.core.spec import (  # noqa: F401 - re-exported: the schedule's public names
+    BETA_MAX,
+    BETA_MIN,
+    SCHEDULE_KINDS,
+    SCHEDULE_PRESETS,
+    ScheduleConfig,
+)
 
 
 def _rescale_zero_terminal_snr(alpha_bars: torch.Tensor) -> torch.Tensor:

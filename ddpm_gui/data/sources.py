@@ -5,9 +5,9 @@ same thing:
 
     "builtin"            the generated shapes dataset, BUILTIN_DEFAULT_COUNT (20,000) images
     "builtin:N"          the same, N images
-    an existing folder   a `save_to_disk` folder (it holds dataset_info.json, state.json or
-                         dataset_dict.json), otherwise an image folder: one sub-folder per class,
-                         or the images directly inside it for an unlabelled dataset
+    an existing folder   a `save_to_disk` folder (`saved_layout` checks its whole signature),
+                         otherwise an image folder: one sub-folder per class, or the images
+                         directly inside it for an unlabelled dataset
     an existing file     a .parquet or .arrow file
     anything else        a Hugging Face Hub dataset id: "cifar10", "mnist", "uoft-cs/cifar10",
                          optionally with a config: "id:config"
@@ -42,7 +42,14 @@ ProgressFn = Callable[[int, int, str], None]  # (done, total, message); total ==
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 TABLE_EXTENSIONS = (".parquet", ".arrow")
-SAVED_MARKERS = ("dataset_dict.json", "dataset_info.json", "state.json")  # what save_to_disk writes
+# What datasets' save_to_disk writes: a Dataset folder holds the first two and the .arrow shards that
+# state.json lists; a DatasetDict folder holds the third and one Dataset folder per split it names.
+DATASET_INFO, DATASET_STATE, DATASET_DICT = "dataset_info.json", "state.json", "dataset_dict.json"
+_MAX_JSON_BYTES = 1024 * 1024  # save_to_disk's JSON files are small; a larger one is someone else's
+ACCEPTED = (
+    f"a folder of images ({', '.join(IMAGE_EXTENSIONS)}; one sub-folder per class, or the images directly "
+    "inside), a folder written by datasets' save_to_disk, a .parquet or .arrow file, 'builtin' or a Hub id"
+)
 MAX_FILE_BYTES = 50 * 1024 * 1024  # larger image files are skipped (and counted in `skipped`)
 MAX_PIXELS = 40_000_000  # larger images are skipped: a guard against decompression bombs
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 1024
@@ -220,8 +227,80 @@ def stack(arrays: Sequence[np.ndarray], size: int) -> np.ndarray:
 # Spec parsing
 
 
-def _is_saved_dir(path: str) -> bool:
-    return any(os.path.isfile(os.path.join(path, m)) for m in SAVED_MARKERS)
+def _read_small_json(path: str) -> object:
+    """The JSON in `path`, or None when it is missing, too large or not JSON."""
+    import json
+
+    try:
+        if os.path.getsize(path) > _MAX_JSON_BYTES:
+            return None
+        with open(path, "rb") as f:
+            return json.loads(f.read())
+    except (OSError, ValueError):  # ValueError: not JSON, or not UTF-8
+        return None
+
+
+def _plain_name(name: object) -> bool:
+    """A file or folder name inside the folder itself (no separators, not '.', '..' or hidden)."""
+    return (
+        isinstance(name, str) and bool(name) and os.path.basename(name) == name and not name.startswith(".")
+    )
+
+
+def _missing_shards(path: str) -> list[str] | None:
+    """The .arrow shards that `path`/state.json lists and that are missing (an empty list: none is), or None
+    when `path` lacks dataset_info.json or its state.json is not one that save_to_disk writes."""
+    state = _read_small_json(os.path.join(path, DATASET_STATE))
+    if not isinstance(state, dict) or not os.path.isfile(os.path.join(path, DATASET_INFO)):
+        return None
+    files = state.get("_data_files")
+    if not isinstance(files, list) or not files:
+        return None
+    names = [f.get("filename") if isinstance(f, dict) else None for f in files]
+    if not all(_plain_name(n) and n.endswith(".arrow") for n in names):
+        return None
+    return [n for n in names if not os.path.isfile(os.path.join(path, n))]
+
+
+def saved_layout(path: str) -> str | None:
+    """ "dataset" or "dict" when the folder `path` was written by Dataset.save_to_disk or
+    DatasetDict.save_to_disk, else None.
+
+    Decided on the whole signature, never on one file name, so that an image folder holding a stray
+    state.json (many tools write one) is still read as images: a Dataset folder has dataset_info.json
+    and a state.json whose `_data_files` lists .arrow shards that are all there; a DatasetDict folder
+    has a dataset_dict.json whose `splits` are sub-folders that are each a Dataset folder.
+    """
+    if _missing_shards(path) == []:
+        return "dataset"
+    info = _read_small_json(os.path.join(path, DATASET_DICT))
+    splits = info.get("splits") if isinstance(info, dict) else None
+    if (
+        isinstance(splits, list)
+        and splits
+        and all(_plain_name(s) and _missing_shards(os.path.join(path, s)) == [] for s in splits)
+    ):
+        return "dict"
+    return None
+
+
+def _nothing_to_load(path: str) -> str:
+    """The message for a folder that is neither an image folder nor a save_to_disk folder: what is
+    accepted, and what in the folder looks close to it."""
+    try:
+        names = sorted(os.listdir(path))
+    except OSError:
+        names = []
+    hint = ""
+    tables = [n for n in names if n.lower().endswith(TABLE_EXTENSIONS)]
+    missing = _missing_shards(path)
+    if tables:
+        hint = f" It holds {', '.join(tables[:3])}: give that file itself."
+    elif missing:
+        hint = f" Its {DATASET_STATE} lists {', '.join(missing[:3])}, which is missing: save it again."
+    elif any(n in (DATASET_INFO, DATASET_STATE, DATASET_DICT) for n in names):
+        hint = " Its dataset JSON files are not a complete save_to_disk folder."
+    return f"'{path}' holds no images and no dataset: give {ACCEPTED}.{hint}"
 
 
 def describe_source(spec: str) -> str:
@@ -236,7 +315,7 @@ def describe_source(spec: str) -> str:
         return "builtin"
     p = os.path.expanduser(s)
     if os.path.isdir(p):
-        return "saved" if _is_saved_dir(p) else "folder"
+        return "saved" if saved_layout(p) else "folder"
     if os.path.isfile(p):
         return "file"
     if _HUB_ID.match(s) and not s.lower().endswith(TABLE_EXTENSIONS + IMAGE_EXTENSIONS):
@@ -347,7 +426,12 @@ def load_data(
         from ddpm_gui.data.folder import scan_folder
 
         rep(0, 0, f"Scanning {path}")
-        scan = scan_folder(path, rep)
+        try:
+            scan = scan_folder(path, rep)
+        except Cancelled:
+            raise
+        except DataError as e:  # no image file in it
+            raise DataError(_nothing_to_load(path)) from e
         key.update(path=path, stamp=scan.digest, split=None)
         slug = f"folder-{os.path.basename(path)}-{image_size}"
 

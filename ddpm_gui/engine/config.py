@@ -7,8 +7,7 @@ import math
 import re
 from dataclasses import asdict, dataclass, field, fields, replace
 
-from ddpm_gui.core.diffusion import PREDICTIONS
-from ddpm_gui.core.schedule import ScheduleConfig
+from ddpm_gui.core.spec import PREDICTIONS, ScheduleConfig
 from ddpm_gui.errors import ConfigError
 
 CONFIG_VERSION = 1  # bump when a field changes meaning; older run folders are migrated in from_dict
@@ -29,71 +28,204 @@ def is_number(v) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class Setting:
+    """How one TrainConfig field is offered to a person: its `ddpm-gui train` option, its Train-tab label,
+    its help line (also the widget's tooltip), its range, and whether a resumed run may change it. The
+    CLI's options, the Train tab's rows and the TOML files are all generated from these."""
+
+    flag: str  # the `ddpm-gui train` option
+    label: str  # the Train tab's label
+    help: str
+    lo: float | None = None  # smallest accepted value (numbers)
+    hi: float | None = None  # largest accepted value (numbers)
+    choices: tuple[str, ...] = ()
+    negative: str | None = None  # true/false settings: the option that sets False
+    # Safe to change when a run is resumed: it changes how the run goes on, not what the saved weights
+    # and optimizer state mean (a new learning rate after a NaN, more steps, another device).
+    resumable: bool = False
+
+
+def setting(default, flag: str, label: str, help: str, **kw):
+    """A dataclass field of TrainConfig with its Setting; `default` may be a zero-argument factory."""
+    md = {"setting": Setting(flag, label, help, **kw)}
+    if callable(default):
+        return field(default_factory=default, metadata=md)
+    return field(default=default, metadata=md)
+
+
 @dataclass
 class TrainConfig:
     # --- data
-    data: str = "builtin"  # builtin | builtin:N | a folder | a .parquet/.arrow file | a Hub id (cifar10)
-    image_size: int = 32  # images are resized to image_size x image_size
-    data_limit: int | None = None  # use only the first N images
+    data: str = setting(
+        "builtin",
+        "--data",
+        "Data",
+        "builtin, builtin:N, a folder of images, a .parquet/.arrow file or a Hub id",
+    )
+    image_size: int = setting(
+        32, "--image-size", "Image size", "train at NxN pixels (images are resized)", lo=8, hi=256
+    )
+    data_limit: int | None = setting(
+        None, "--limit", "Use only", "use only the first N images (empty: all)", lo=1
+    )
     # --- model
-    preset: str = "tiny"  # tutorial (the article's 42M UNet) | small | tiny
-    conditional: bool = False  # class-conditional (needs labels), with classifier-free guidance
-    cond_drop: float = 0.1  # fraction of training examples whose class is dropped (the "null" class)
+    preset: str = setting(
+        "tiny", "--preset", "Model", "model preset: tutorial (the article's 42M UNet), small, tiny"
+    )
+    conditional: bool = setting(
+        False,
+        "--conditional",
+        "Class-conditional",
+        "class-conditional (needs labels), with classifier-free guidance",
+        negative="--unconditional",
+    )
+    # fraction of training examples whose class is dropped (the "null" class that guidance needs)
+    cond_drop: float = setting(
+        0.1,
+        "--cond-drop",
+        "Class dropout",
+        "fraction of examples trained without their class",
+        lo=0.0,
+        hi=0.99,
+    )
     # --- diffusion
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)  # the tutorial's by default
-    prediction: str = "eps"  # eps (the tutorial) | v (needed for a zero-terminal-SNR schedule)
+    schedule: ScheduleConfig = setting(
+        ScheduleConfig,
+        "--schedule",
+        "Noise schedule",
+        "a schedule preset (tutorial, ddpm-paper, cosine, tutorial-zero-snr)",
+    )  # the tutorial's by default; the CLI's --schedule-kind, --T, --beta-start, --beta-end, --zero-snr edit it
+    prediction: str = setting(
+        "eps",
+        "--prediction",
+        "Prediction",
+        "what the network predicts: the noise (eps, the tutorial) or v",
+        choices=PREDICTIONS,
+    )  # v is needed for a zero-terminal-SNR schedule
     # --- optimisation (the tutorial: AdamW, lr 3e-4, batch 128)
-    lr: float = 3e-4
-    batch_size: int = 128
-    steps: int = 2000
-    weight_decay: float = 0.01  # AdamW's default
-    warmup_steps: int = 100  # linear lr warm-up; stabilises the first steps of a fresh model
-    grad_clip: float = 1.0  # max gradient norm; 0 disables
-    ema_decay: float = 0.999  # EMA of the weights, used for samples; 0 disables
-    amp: bool = True  # bf16 autocast on CUDA only (20x slower on this CPU, so never on CPU)
-    device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps
-    seed: int = 0
+    lr: float = setting(
+        3e-4, "--lr", "Learning rate", "peak learning rate (AdamW)", lo=1e-8, hi=1.0, resumable=True
+    )
+    batch_size: int = setting(
+        128, "--batch-size", "Batch size", "images per training step", lo=1, hi=65536, resumable=True
+    )
+    steps: int = setting(
+        2000, "--steps", "Steps", "total training steps", lo=1, hi=100_000_000, resumable=True
+    )
+    weight_decay: float = setting(
+        0.01, "--weight-decay", "Weight decay", "AdamW weight decay", lo=0.0, hi=0.99, resumable=True
+    )
+    # a linear warm-up stabilises the first steps of a fresh model
+    warmup_steps: int = setting(
+        100, "--warmup", "Warm-up", "linear learning-rate warm-up steps", lo=0, hi=100_000_000, resumable=True
+    )
+    grad_clip: float = setting(
+        1.0,
+        "--grad-clip",
+        "Clip gradients",
+        "clip the gradient norm to this (0 = off)",
+        lo=0.0,
+        hi=1e6,
+        resumable=True,
+    )
+    # the EMA of the weights is what samples use: most of the quality of published DDPM samples
+    ema_decay: float = setting(
+        0.999,
+        "--ema",
+        "EMA decay",
+        "EMA decay of the weights used for samples (0 = off)",
+        lo=0.0,
+        hi=0.99999,
+        resumable=True,
+    )
+    # bf16 autocast on CUDA only: on a CPU it is far slower than fp32
+    amp: bool = setting(
+        True, "--amp", "Mixed precision", "bf16 autocast on CUDA", negative="--no-amp", resumable=True
+    )
+    device: str = setting(
+        "auto",
+        "--device",
+        "Device",
+        "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps",
+        resumable=True,
+    )
+    seed: int = setting(0, "--seed", "Seed", "random seed (weights, batches, noise)", lo=0, hi=2**63 - 1)
     # --- what the run shows and keeps
-    log_every: int = 10  # read the loss every N steps (each read syncs the device)
-    preview_every: int = 250  # sample a preview grid every N steps; 0 disables
-    preview_n: int = 16
-    preview_steps: int = 20  # DDIM steps for previews (0 = the full DDPM chain)
-    checkpoint_every: int = 500  # steps; 0 disables step-based autosave
-    checkpoint_minutes: float = 5.0  # also autosave every N minutes; 0 disables
-    keep_checkpoints: int = 3  # rolling number of step checkpoints kept
+    # each loss read syncs the device, so it is read every N steps, not every step
+    log_every: int = setting(
+        10,
+        "--log-every",
+        "Log every",
+        "read the loss and log it every N steps",
+        lo=1,
+        hi=100_000_000,
+        resumable=True,
+    )
+    preview_every: int = setting(
+        250,
+        "--preview-every",
+        "Preview every",
+        "sample a preview grid every N steps (0 = off)",
+        lo=0,
+        hi=100_000_000,
+        resumable=True,
+    )
+    preview_n: int = setting(
+        16, "--preview-n", "Preview images", "images in a preview grid", lo=1, hi=256, resumable=True
+    )
+    preview_steps: int = setting(
+        20,
+        "--preview-steps",
+        "Preview steps",
+        "DDIM steps of a preview (0 = the full DDPM chain)",
+        lo=0,
+        hi=100_000_000,
+        resumable=True,
+    )
+    checkpoint_every: int = setting(
+        500,
+        "--checkpoint-every",
+        "Checkpoint every",
+        "save a checkpoint every N steps (0 = off)",
+        lo=0,
+        hi=100_000_000,
+        resumable=True,
+    )
+    checkpoint_minutes: float = setting(
+        5.0,
+        "--checkpoint-minutes",
+        "Checkpoint minutes",
+        "also save one every M minutes (0 = off)",
+        lo=0.0,
+        hi=1e7,
+        resumable=True,
+    )
+    keep_checkpoints: int = setting(
+        3,
+        "--keep",
+        "Keep checkpoints",
+        "rolling number of checkpoints kept",
+        lo=1,
+        hi=1_000_000,
+        resumable=True,
+    )
     version: int = CONFIG_VERSION
 
     def validate(self) -> TrainConfig:
         """Raise ConfigError with a message that says what to change (never another exception, whatever
-        the field values: tests/test_properties.py feeds it arbitrary ones)."""
+        the field values: tests/test_properties.py feeds it arbitrary ones). Ranges come from SETTINGS."""
 
         def need(cond: bool, msg: str) -> None:
             if not cond:
                 raise ConfigError(msg)
 
-        def finite(name: str, label: str | None = None) -> float:
-            v = getattr(self, name)
-            need(is_number(v), f"{label or name} must be a (finite) number, got {v!r}.")
-            return float(v)
-
-        def whole(name: str, lo: int, hi: int | None = None, what: str | None = None) -> int:
-            v = getattr(self, name)
-            ok = is_int(v) and v >= lo and (hi is None or v <= hi)
-            rng = f"from {lo} to {hi}" if hi is not None else f"of at least {lo}"
-            need(ok, what or f"{name} must be a whole number {rng}, got {v!r}.")
-            return v
-
         need(
             isinstance(self.data, str) and self.data.strip() != "",
             "Choose a dataset (for example 'builtin').",
         )
-        whole(
-            "image_size", 8, 256, f"image_size must be a whole number from 8 to 256, got {self.image_size!r}."
-        )
-        need(
-            self.data_limit is None or (is_int(self.data_limit) and self.data_limit >= 1),
-            f"data_limit must be empty or at least 1, got {self.data_limit!r}.",
-        )
+        for name, s in SETTINGS.items():
+            _check_value(name, s, getattr(self, name))
         from ddpm_gui.models.presets import PRESETS, check_image_size, get_preset
 
         need(
@@ -101,54 +233,9 @@ class TrainConfig:
             f"Unknown preset {self.preset!r}: choose one of {', '.join(PRESETS)}.",
         )
         check_image_size(get_preset(self.preset), self.image_size)
-        need(
-            isinstance(self.conditional, bool),
-            f"conditional must be true or false, got {self.conditional!r}.",
-        )
-        need(0.0 <= finite("cond_drop") < 1.0, f"cond_drop must lie in [0, 1), got {self.cond_drop}.")
         if not isinstance(self.schedule, ScheduleConfig):
             raise ConfigError("schedule must be a ScheduleConfig.")
         self.schedule.validate()
-        need(
-            isinstance(self.prediction, str) and self.prediction in PREDICTIONS,
-            f"prediction must be one of {', '.join(PREDICTIONS)}, got {self.prediction!r}.",
-        )
-        lr = finite("lr", "The learning rate (lr)")
-        need(
-            0.0 < lr <= 1.0,
-            f"The learning rate must be positive and at most 1 (the tutorial uses 3e-4), got {lr}.",
-        )
-        whole(
-            "batch_size",
-            1,
-            65536,
-            f"The batch size must be a whole number from 1 to 65536, got {self.batch_size!r}.",
-        )
-        whole(
-            "steps",
-            1,
-            100_000_000,
-            f"The number of training steps must be from 1 to 100,000,000, got {self.steps!r}.",
-        )
-        need(
-            0.0 <= finite("weight_decay") < 1.0, f"weight_decay must lie in [0, 1), got {self.weight_decay}."
-        )
-        whole("warmup_steps", 0, 100_000_000)
-        need(
-            0.0 <= finite("grad_clip") <= 1e6, f"grad_clip must be 0 (off) or positive, got {self.grad_clip}."
-        )
-        need(
-            0.0 <= finite("ema_decay") < 1.0,
-            f"ema_decay must lie in [0, 1) (0 turns EMA off), got {self.ema_decay}.",
-        )
-        need(isinstance(self.amp, bool), f"amp must be true or false, got {self.amp!r}.")
-        whole("seed", 0, 2**63 - 1, f"seed must be a whole number >= 0, got {self.seed!r}.")
-        for name in ("log_every", "preview_every", "checkpoint_every", "preview_steps"):
-            whole(name, 0, 100_000_000)
-        need(self.log_every >= 1, "log_every must be at least 1.")
-        whole("preview_n", 1, 256, "preview_n must be from 1 to 256.")
-        need(0.0 <= finite("checkpoint_minutes") <= 1e7, "checkpoint_minutes must be 0 (off) or positive.")
-        whole("keep_checkpoints", 1, 1_000_000, "keep_checkpoints must be at least 1.")
         dev = self.device
         need(
             isinstance(dev, str) and re.fullmatch(r"auto|cpu|cuda|mps|cuda:\d{1,3}", dev) is not None,
@@ -195,30 +282,194 @@ class TrainConfig:
         return replace(self, **changes)
 
 
+# name -> Setting, in the order of the dataclass: what the CLI, the Train tab and TOML files are made from
+SETTINGS: dict[str, Setting] = {
+    f.name: f.metadata["setting"] for f in fields(TrainConfig) if "setting" in f.metadata
+}
+# the Python type of each setting (int, float, str or bool; None-able ones by their non-None type)
+SETTING_TYPES: dict[str, type] = {
+    name: {"int": int, "float": float, "str": str, "bool": bool}.get(
+        str(f.type).split(" |")[0], ScheduleConfig
+    )
+    for name, f in ((f.name, f) for f in fields(TrainConfig))
+    if name in SETTINGS
+}
+RESUMABLE = frozenset(name for name, s in SETTINGS.items() if s.resumable)
+
+
+def _check_value(name: str, s: Setting, v) -> None:
+    """One setting's type and range, as a ConfigError that names the option and the range."""
+    kind = SETTING_TYPES[name]
+    what = f"{s.label} ({s.flag})"
+    if v is None and name == "data_limit":
+        return
+    if kind is bool:
+        ok = isinstance(v, bool)
+        expected = "true or false"
+    elif kind is int:
+        ok = is_int(v) and (s.lo is None or v >= s.lo) and (s.hi is None or v <= s.hi)
+        expected = "a whole number" + _range_text(s)
+    elif kind is float:
+        ok = is_number(v) and (s.lo is None or v >= s.lo) and (s.hi is None or v <= s.hi)
+        expected = "a number" + _range_text(s)
+    elif kind is str:
+        ok = isinstance(v, str) and (not s.choices or v in s.choices)
+        expected = "one of " + ", ".join(s.choices) if s.choices else "text"
+    else:
+        return
+    if not ok:
+        raise ConfigError(f"{what} must be {expected}, got {v!r}.")
+
+
+def _range_text(s: Setting) -> str:
+    if s.lo is not None and s.hi is not None:
+        return f" from {s.lo:g} to {s.hi:g}"
+    if s.lo is not None:
+        return f" of at least {s.lo:g}"
+    return ""
+
+
+# ----------------------------------------------------------------------------- TOML files
+# A recipe file, the file given to `ddpm-gui train --config`, and the record of what a run used (its
+# config.toml) are one format: TrainConfig fields by name, the schedule as a preset name or a [schedule] table.
+
+RUN_CONFIG = "config.toml"
+LEGACY_RUN_CONFIG = "config.json"  # run folders written before config.toml; still read
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return repr(v)  # shortest round-trip form; TOML reads 1e-05 and 0.0003 alike
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)  # JSON's escapes are all valid in a TOML basic string
+    raise ConfigError(f"Cannot write {v!r} to a TOML file.")
+
+
+def config_toml(values: TrainConfig | dict, comment: str = "") -> str:
+    """TOML text of a whole config or of a partial (a dict of TrainConfig fields); tomllib reads it back
+    with `read_config_toml`. Unset values (None) are left out: they mean the default."""
+    d = values.to_dict() if isinstance(values, TrainConfig) else dict(values)
+    version = d.pop("version", None)
+    schedule = d.pop("schedule", None)
+    lines = [f"# {line}" for line in comment.splitlines()]
+    if version is not None:
+        lines.append(f"version = {int(version)}")
+    lines += [f"{k} = {_toml_value(v)}" for k, v in d.items() if v is not None and k in SETTINGS]
+    if isinstance(schedule, str):
+        lines.append(f"schedule = {_toml_value(schedule)}")
+    elif schedule is not None:
+        sd = schedule.to_dict() if isinstance(schedule, ScheduleConfig) else schedule
+        lines += ["", "[schedule]"] + [f"{k} = {_toml_value(v)}" for k, v in sd.items()]
+    return "\n".join(lines) + "\n"
+
+
+def parse_config_toml(text: str, source: str = "the config file") -> dict:
+    """The TrainConfig fields a TOML text sets (a partial, typed: the schedule a ScheduleConfig). An unknown
+    name is refused (a misspelt setting must not be silently ignored); values are checked by validate()."""
+    import tomllib
+
+    try:
+        d = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(
+            f"{source} is not valid TOML ({exc}): fix it, or save the settings again."
+        ) from None
+    version = d.pop("version", CONFIG_VERSION)
+    if not is_int(version) or version < 1:
+        raise ConfigError(f"{source} has a damaged version field ({version!r}).")
+    if version > CONFIG_VERSION:
+        raise ConfigError(
+            f"{source} was written by a newer DDPM Studio (config version {version}, this one reads up to "
+            f"{CONFIG_VERSION}): update DDPM Studio to open it."
+        )
+    unknown = sorted(set(d) - set(SETTINGS))
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown setting(s) {', '.join(unknown)}; known settings are {', '.join(SETTINGS)}."
+        )
+    out = dict(d)
+    if "schedule" in out:
+        from ddpm_gui.core.spec import SCHEDULE_PRESETS
+
+        sch = out["schedule"]
+        if isinstance(sch, str):
+            if sch not in SCHEDULE_PRESETS:
+                raise ConfigError(
+                    f"{source}: unknown schedule {sch!r}: choose one of {', '.join(SCHEDULE_PRESETS)}."
+                )
+            out["schedule"] = SCHEDULE_PRESETS[sch]
+        elif isinstance(sch, dict):
+            wrong = sorted(set(sch) - set(ScheduleConfig.__dataclass_fields__))
+            if wrong:
+                raise ConfigError(
+                    f"{source}: unknown [schedule] key(s) {', '.join(wrong)}; known keys are "
+                    f"{', '.join(ScheduleConfig.__dataclass_fields__)}."
+                )
+            try:
+                out["schedule"] = ScheduleConfig.from_dict(sch)
+            except TypeError as exc:
+                raise ConfigError(f"{source}: the [schedule] table is invalid ({exc}).") from None
+        else:
+            raise ConfigError(f"{source}: schedule must be a preset name or a [schedule] table.")
+    return out
+
+
+def read_config_toml(path) -> dict:
+    """The TrainConfig partial in a TOML file, or a ConfigError that says what is wrong with it."""
+    from pathlib import Path
+
+    p = Path(path).expanduser()
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except IsADirectoryError:
+        raise ConfigError(f"{p} is a folder, not a settings file: give a .toml file.") from None
+    except FileNotFoundError:
+        raise ConfigError(f"{p} does not exist: give a .toml settings file.") from None
+    except OSError as exc:
+        raise ConfigError(f"{p} cannot be read ({exc.strerror or exc}).") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p} is not a text (UTF-8) TOML file.") from None
+    return parse_config_toml(text, str(p))
+
+
 def load_run_config(run_dir) -> TrainConfig:
-    """The validated TrainConfig of a run folder (its config.json), or a DDPMError that says what is wrong:
-    not a run folder, a damaged file, a newer version. An older config.json loads with defaults for the
-    fields it lacks."""
+    """The validated TrainConfig of a run folder (its config.toml, or the config.json of an older run), or
+    a DDPMError that says what is wrong: not a run folder, a damaged file, a newer version. An older config
+    loads with defaults for the fields it lacks."""
     from pathlib import Path
 
     from ddpm_gui.errors import CheckpointError
 
-    path = Path(run_dir).expanduser() / "config.json"
-    if not path.is_file():
+    folder = Path(run_dir).expanduser()
+    path = folder / RUN_CONFIG
+    legacy = folder / LEGACY_RUN_CONFIG
+    if not path.is_file() and not legacy.is_file():
+        for p in (path, legacy):
+            if p.exists() or p.is_symlink():
+                raise CheckpointError(f"{p} is not a regular file: restore the run's settings file.")
         raise CheckpointError(
-            f"{path.parent} is not a DDPM Studio run folder (no config.json): nothing to resume."
+            f"{folder} is not a DDPM Studio run folder (no {RUN_CONFIG}): nothing to resume."
         )
+    if path.is_file():
+        try:
+            return TrainConfig().replace(**read_config_toml(path)).validate()
+        except ConfigError as exc:
+            raise ConfigError(f"{exc} (in the run's {RUN_CONFIG})") from None
     try:
-        d = json.loads(path.read_bytes().decode("utf-8"))
+        d = json.loads(legacy.read_bytes().decode("utf-8"))
     except OSError as exc:
-        raise CheckpointError(f"{path} cannot be read ({exc.strerror or exc}).") from exc
+        raise CheckpointError(f"{legacy} cannot be read ({exc.strerror or exc}).") from exc
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise CheckpointError(
-            f"{path} is damaged ({str(exc)[:120]}): restore it, or start a new run folder."
+            f"{legacy} is damaged ({str(exc)[:120]}): restore it, or start a new run folder."
         ) from None
     try:
         return TrainConfig.from_dict(d).validate()
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        raise ConfigError(f"{legacy}: {exc}") from None
     except (TypeError, ValueError) as exc:  # a field of an impossible type in a hand-edited file
-        raise ConfigError(f"{path} holds an invalid setting ({exc}).") from None
+        raise ConfigError(f"{legacy} holds an invalid setting ({exc}).") from None

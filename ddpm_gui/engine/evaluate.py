@@ -1,7 +1,8 @@
 """Sample quality without a network: a small classifier trained by the app on the real images.
 
     clf = get_classifier(data)                   # trained once per dataset (~1 min on a 2-core CPU), cached
-    res = evaluate_bundle(bundle, data, n=500)   # samples, then the numbers below, as a JSON-able dict
+    res = evaluate_bundle(bundle, data, n=500)   # samples, then the numbers below: an EvalResult
+    res.frechet_distance, res.to_dict()          # attributes; the JSON-able dict `ddpm-gui eval --json` writes
 
 What the numbers mean
 - `classifier_accuracy`: the classifier's accuracy on real images it never saw (a held-out tenth of the
@@ -41,6 +42,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ddpm_gui.engine.scores import (  # noqa: F401 - format_report: re-exported with the result types
+    EvalResult,
+    SampleScores,
+    feature_stats,
+    format_report,
+    frechet_distance,
+)
 from ddpm_gui.errors import ConfigError, DataError, DDPMError
 
 EVAL_VERSION = 1  # bump when the classifier, its training or its data split change: old caches stop matching
@@ -55,44 +63,6 @@ ProgressFn = Callable[[int, int, str], None]
 
 class EvalCancelled(DDPMError):
     """The evaluation was stopped through its `stop` event."""
-
-
-# ----------------------------------------------------------------------------- Fréchet distance
-
-
-def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and covariance (float64) of (N, D) features."""
-    f = np.asarray(features, dtype=np.float64)
-    if f.ndim != 2 or len(f) < 2:
-        raise ValueError(f"need (N >= 2, D) features, got {f.shape}")
-    return f.mean(axis=0), np.cov(f, rowvar=False)
-
-
-def _sqrt_psd(a: np.ndarray) -> np.ndarray:
-    w, v = np.linalg.eigh((a + a.T) / 2)
-    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-
-
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
-    """d^2 between N(mu1, sigma1) and N(mu2, sigma2) (Dowson & Landau 1982; the formula of FID):
-
-        |mu1 - mu2|^2 + tr(sigma1) + tr(sigma2) - 2 tr((sigma1 sigma2)^(1/2))
-
-    sigma1 sigma2 is not symmetric, but it is similar to S sigma2 S with S = sigma1^(1/2), which is symmetric
-    positive semi-definite: both have the same eigenvalues, so tr((sigma1 sigma2)^(1/2)) is the sum of the
-    square roots of the eigenvalues of S sigma2 S. Two symmetric eigen-decompositions, no scipy.
-    """
-    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
-    s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
-    if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (len(mu1), len(mu1)):
-        raise ValueError(f"shapes do not match: {mu1.shape}, {s1.shape}, {mu2.shape}, {s2.shape}")
-    root = _sqrt_psd(s1)
-    m = root @ s2 @ root
-    ev = np.linalg.eigvalsh((m + m.T) / 2)
-    tr_covmean = float(np.sqrt(np.clip(ev, 0, None)).sum())
-    diff = mu1 - mu2
-    d = float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
-    return max(d, 0.0)
 
 
 # ----------------------------------------------------------------------------- the classifier
@@ -421,7 +391,7 @@ def score_images(
     requested: np.ndarray | None = None,
     data=None,
     floor: bool = True,
-) -> dict:
+) -> SampleScores:
     """Quality numbers for (N, H, W, 3) uint8 `images` (generated ones, or anything to compare):
     recognisable share, class histogram, accuracy on `requested` classes (conditional), Fréchet distance
     to the reference real features and, with `data` and `floor`, the real-vs-real floor for the same N."""
@@ -436,29 +406,29 @@ def score_images(
     names = clf.class_names + ["none of these"]
     hist = np.bincount(np.where(confident, pred, K), minlength=K + 1)
     mu, sigma = feature_stats(feats)
-    res: dict = {
-        "n": int(n),
-        "recognisable": float(confident.mean()),
-        "real_recognisable": clf.real_recognisable,
-        "classifier_accuracy": clf.accuracy,
-        "class_histogram": {names[i]: int(hist[i]) for i in range(K + 1)},
-        "classes_drawn": int((hist[:K] > 0).sum()),
-        "frechet_distance": frechet_distance(mu, sigma, clf.ref_mu, clf.ref_sigma),
-    }
+    res = SampleScores(
+        n=int(n),
+        recognisable=float(confident.mean()),
+        real_recognisable=clf.real_recognisable,
+        classifier_accuracy=clf.accuracy,
+        class_histogram={names[i]: int(hist[i]) for i in range(K + 1)},
+        classes_drawn=int((hist[:K] > 0).sum()),
+        frechet_distance=frechet_distance(mu, sigma, clf.ref_mu, clf.ref_sigma),
+    )
     if requested is not None:
         requested = np.asarray(requested)
         hit = pred == requested
-        res["accuracy"] = float(hit.mean())
-        res["accuracy_confident"] = float((hit & confident).mean())
-        res["per_class_accuracy"] = {
+        res.accuracy = float(hit.mean())
+        res.accuracy_confident = float((hit & confident).mean())
+        res.per_class_accuracy = {
             names[k]: float(hit[requested == k].mean()) for k in range(K) if (requested == k).any()
         }
     if data is not None and floor:
         m = min(n, len(clf.heldout))
         real = data.images[clf.heldout[np.random.default_rng(1).permutation(len(clf.heldout))[:m]]]
         _, rf = clf.predict(real)
-        res["frechet_distance_real"] = frechet_distance(*feature_stats(rf), clf.ref_mu, clf.ref_sigma)
-        res["n_real"] = int(m)
+        res.frechet_distance_real = frechet_distance(*feature_stats(rf), clf.ref_mu, clf.ref_sigma)
+        res.n_real = int(m)
     return res
 
 
@@ -524,9 +494,9 @@ def evaluate_bundle(
     progress: ProgressFn | None = None,
     stop: threading.Event | None = None,
     keep_samples: bool = False,
-) -> dict:
+) -> EvalResult:
     """Sample `n` images from `bundle` and score them against `data` (labelled, at the model's size).
-    Returns a JSON-able dict (with keep_samples, also "samples": the (N, H, W, 3) uint8 images).
+    With keep_samples, the result's `samples` holds the (N, H, W, 3) uint8 images (else None).
     For a GUI at checkpoints: a small n (100) and DDIM with 20 steps take seconds with the tiny preset."""
     _check_data(data)
     if data.size != bundle.image_size:
@@ -548,8 +518,9 @@ def evaluate_bundle(
         bundle, n, sampler, steps, guidance, seed, sample_mode=sample_mode, progress=progress, stop=stop
     )
     sample_secs = time.perf_counter() - t0
-    res = score_images(clf, images, requested, data)
-    res.update(
+    scores = score_images(clf, images, requested, data)
+    return EvalResult(
+        **{f.name: getattr(scores, f.name) for f in dataclasses.fields(scores)},
         conditional=bundle.num_classes is not None,
         sampler=sampler,
         sampling_steps=bundle.schedule.T if sampler == "ddpm" else steps,
@@ -566,11 +537,9 @@ def evaluate_bundle(
         classifier_from_cache=clf.from_cache,
         confident_threshold=CONFIDENT,
         # the headline figure: accuracy on the asked-for class (conditional) or the recognisable share
-        sample_accuracy=res["accuracy"] if requested is not None else res["recognisable"],
+        sample_accuracy=scores.accuracy if scores.accuracy is not None else scores.recognisable,
+        samples=images if keep_samples else None,
     )
-    if keep_samples:
-        res["samples"] = images
-    return res
 
 
 def evaluate_run(
@@ -587,7 +556,7 @@ def evaluate_run(
     retrain: bool = False,
     grid: str | None = None,
     progress: ProgressFn | None = None,
-) -> dict:
+) -> EvalResult:
     """`ddpm-gui eval`: a run folder or checkpoint, scored against the dataset it was trained on (or `data`)."""
     from ddpm_gui.data import load_data
     from ddpm_gui.engine.checkpoint import read_meta
@@ -608,39 +577,6 @@ def evaluate_run(
     if grid:
         from ddpm_gui.engine.images import make_grid, save_png
 
-        save_png(grid, make_grid(res.pop("samples")[:64], scale=2))
+        save_png(grid, make_grid(res.samples[:64], scale=2))
+        res.samples = None  # the grid holds what was asked for; the result stays small
     return res
-
-
-def format_report(res: dict) -> str:
-    """The lines `ddpm-gui eval` prints."""
-    pct = lambda v: f"{100 * v:.1f}%"  # noqa: E731
-    lines = [
-        f"model:       {res['model_source']} (step {res['model_step']:,}, preset {res['model_preset']}, "
-        f"{'class-conditional' if res['conditional'] else 'unconditional'})",
-        f"data:        {res['dataset']}, {res['dataset_images']:,} images",
-        f"classifier:  {pct(res['classifier_accuracy'])} accuracy on {res['classifier_heldout']:,} held-out real "
-        f"images; {pct(res['real_recognisable'])} of them recognisable (class probability >= "
-        f"{res['confident_threshold']})"
-        + ("" if res["classifier_from_cache"] else f"; trained in {res['classifier_train_seconds']:.0f} s"),
-        f"samples:     {res['n']} drawn with {res['sampler']} ({res['sampling_steps']} steps"
-        + (f", guidance {res['guidance']}" if res["conditional"] else "")
-        + f") in {res['sample_seconds']:.1f} s",
-    ]
-    if res["conditional"]:
-        lines.append(
-            f"accuracy:    {pct(res['accuracy'])} of samples classified as the class asked for "
-            f"({pct(res['accuracy_confident'])} with probability >= {res['confident_threshold']})"
-        )
-    lines.append(
-        f"recognisable: {pct(res['recognisable'])} of samples are confidently one class "
-        f"(real images: {pct(res['real_recognisable'])})"
-    )
-    hist = res["class_histogram"]
-    lines.append("classes:     " + ", ".join(f"{k} {v}" for k, v in hist.items()))
-    floor = res.get("frechet_distance_real")
-    lines.append(
-        f"Frechet distance (classifier features): {res['frechet_distance']:.3f} generated vs real"
-        + (f"; {floor:.3f} real vs real (the floor, n={res['n_real']})" if floor is not None else "")
-    )
-    return "\n".join(lines)

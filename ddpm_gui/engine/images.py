@@ -1,19 +1,36 @@
-"""Image grids, PNG and GIF output (Pillow), shared by the CLI, the trainer and the GUI's exports."""
+"""Image grids, PNG and GIF output (Pillow), shared by the CLI, the trainer and the GUI's exports.
+
+Every PNG and GIF the app writes goes through save_png / save_gif: atomic writes (a failure leaves the
+previous file as it was; see engine.checkpoint.atomic_write_bytes).
+"""
 
 from __future__ import annotations
 
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+ProgressFn = Callable[[int, int], None]  # (frames done, total)
+
+
+def upscale(images: np.ndarray, scale: int) -> np.ndarray:
+    """(..., H, W, C) -> (..., H*scale, W*scale, C), nearest neighbour: pixels stay crisp squares."""
+    images = np.asarray(images)
+    if scale <= 1:
+        return images
+    return images.repeat(scale, axis=-3).repeat(scale, axis=-2)
+
 
 def make_grid(images: np.ndarray, columns: int | None = None, pad: int = 1, scale: int = 1) -> np.ndarray:
-    """(N, H, W, 3) uint8 -> one (rows*H, cols*W, 3) uint8 mosaic with `pad` pixels between images."""
+    """(N, H, W, 3) uint8 -> one (rows*H, cols*W, 3) uint8 mosaic with `pad` pixels between images,
+    the whole mosaic (gaps included) then upscaled `scale` times."""
     images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[None]
     n, h, w, c = images.shape
     cols = columns or math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
@@ -22,9 +39,7 @@ def make_grid(images: np.ndarray, columns: int | None = None, pad: int = 1, scal
         r, k = divmod(i, cols)
         y, x = pad + r * (h + pad), pad + k * (w + pad)
         out[y : y + h, x : x + w] = images[i]
-    if scale > 1:
-        out = out.repeat(scale, 0).repeat(scale, 1)
-    return out
+    return upscale(out, scale)
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -39,17 +54,39 @@ def save_png(path: str | Path, image: np.ndarray) -> None:
     atomic_write_bytes(path, png_bytes(image))
 
 
-def gif_bytes(frames: Sequence[np.ndarray], duration_ms: int = 60, hold_last_ms: int = 1000) -> bytes:
-    """An animated GIF (looping) of HxWx3 uint8 frames; the last frame is held a little longer."""
-    pil = [Image.fromarray(f) for f in frames]
-    durations = [duration_ms] * (len(pil) - 1) + [hold_last_ms]
+def gif_bytes(
+    frames: Sequence[np.ndarray],
+    duration_ms: int = 60,
+    hold_last_ms: int = 1000,
+    progress: ProgressFn | None = None,
+) -> bytes:
+    """An animated GIF (looping) of HxWx3 uint8 frames; the last frame is held a little longer.
+
+    Frames are handed to Pillow one at a time (its palette conversion is the slow part); `progress`
+    is called as each one is taken."""
+    n = len(frames)
+    if n == 0:
+        raise ValueError("a GIF needs at least one frame")
+
+    def pil(i: int) -> Image.Image:
+        if progress is not None:
+            progress(i + 1, n)
+        return Image.fromarray(np.asarray(frames[i]))
+
+    durations = [duration_ms] * (n - 1) + [hold_last_ms]
     buf = io.BytesIO()
-    pil[0].save(buf, format="GIF", save_all=True, append_images=pil[1:], duration=durations, loop=0,
-                optimize=False, disposal=1)
+    pil(0).save(buf, format="GIF", save_all=True, append_images=(pil(i) for i in range(1, n)),
+                duration=durations, loop=0, optimize=False, disposal=1)  # fmt: skip
     return buf.getvalue()
 
 
-def save_gif(path: str | Path, frames: Sequence[np.ndarray], duration_ms: int = 60) -> None:
+def save_gif(
+    path: str | Path,
+    frames: Sequence[np.ndarray],
+    duration_ms: int = 60,
+    hold_last_ms: int = 1000,
+    progress: ProgressFn | None = None,
+) -> None:
     from ddpm_gui.engine.checkpoint import atomic_write_bytes
 
-    atomic_write_bytes(path, gif_bytes(frames, duration_ms))
+    atomic_write_bytes(path, gif_bytes(frames, duration_ms, hold_last_ms, progress))

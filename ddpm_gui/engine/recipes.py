@@ -18,52 +18,58 @@ Figures measured for these recipes are in docs/benchmarks.md (with the commands)
 
 from __future__ import annotations
 
-from ddpm_gui.core.schedule import SCHEDULE_PRESETS
+from dataclasses import dataclass, field
+
+from ddpm_gui.core.spec import SCHEDULE_PRESETS
+from ddpm_gui.engine.config import TrainConfig
 from ddpm_gui.errors import ConfigError
 
-RECIPES: dict[str, dict] = {
-    "quick-cpu": dict(
-        preset="tiny",
-        image_size=32,
-        batch_size=64,
-        steps=1700,
-        lr=1e-3,
-        ema_decay=0.995,
-        warmup_steps=100,
-        schedule="cosine",
-        prediction="v",
-        conditional=True,
-        preview_every=250,
-    ),  # fmt: skip
-    "tutorial": dict(
-        preset="tutorial",
-        image_size=32,
-        batch_size=128,
-        steps=2000,
-        lr=3e-4,
-        ema_decay=0.999,
-        warmup_steps=100,
-        schedule="tutorial",
-        prediction="eps",
-        conditional=False,
-        preview_every=250,
-    ),  # fmt: skip
-}
 
-RECIPE_NOTES = {
-    "quick-cpu": "tiny class-conditional UNet, batch 64, lr 1e-3, cosine schedule with v-prediction, 1,700 "
-    "steps: recognisable built-in shapes in about 10 minutes on a 2-core CPU",
-    "tutorial": "the article's settings: its 42M UNet, batch 128, lr 3e-4, linear beta over T=100 "
-    "(hours on a CPU, minutes on a GPU)",
-}
+@dataclass(frozen=True)
+class Recipe:
+    """A named TrainConfig partial: the fields it sets, and one line for the recipe list."""
+
+    name: str
+    note: str
+    changes: dict = field(default_factory=dict)  # TrainConfig field -> value (the schedule a ScheduleConfig)
+
+    def apply(self, cfg: TrainConfig | None = None) -> TrainConfig:
+        """`cfg` (default: the defaults) with this recipe's fields."""
+        return (cfg or TrainConfig()).replace(**self.changes)
 
 
-def recipe_fields(name: str) -> dict:
-    """The TrainConfig fields of recipe `name` (the schedule as a ScheduleConfig)."""
+RECIPES: dict[str, Recipe] = {
+    r.name: r
+    for r in (
+        Recipe(
+            "quick-cpu",
+            "tiny class-conditional UNet, batch 64, lr 1e-3, cosine schedule with v-prediction, 1,700 "
+            "steps: recognisable built-in shapes in about 10 minutes on a 2-core CPU",
+            dict(preset="tiny", image_size=32, batch_size=64, steps=1700, lr=1e-3, ema_decay=0.995,
+                 warmup_steps=100, schedule=SCHEDULE_PRESETS["cosine"], prediction="v", conditional=True,
+                 preview_every=250),
+        ),
+        Recipe(
+            "tutorial",
+            "the article's settings: its 42M UNet, batch 128, lr 3e-4, linear beta over T=100 "
+            "(hours on a CPU, minutes on a GPU)",
+            dict(preset="tutorial", image_size=32, batch_size=128, steps=2000, lr=3e-4, ema_decay=0.999,
+                 warmup_steps=100, schedule=SCHEDULE_PRESETS["tutorial"], prediction="eps", conditional=False,
+                 preview_every=250),
+        ),
+    )
+}  # fmt: skip
+
+
+def get_recipe(name: str) -> Recipe:
     if name not in RECIPES:
         raise ConfigError(f"Unknown recipe {name!r}: choose one of {', '.join(RECIPES)}.")
-    fields = dict(RECIPES[name])
-    fields["schedule"] = SCHEDULE_PRESETS[fields["schedule"]]
-    if fields["schedule"].rescale_zero_snr:
-        fields["prediction"] = "v"
-    return fields
+    return RECIPES[name]
+
+
+def matching_recipe(cfg: TrainConfig) -> str | None:
+    """The name of the recipe whose every field `cfg` has, or None (the user's own settings)."""
+    for name, r in RECIPES.items():
+        if all(getattr(cfg, k) == v for k, v in r.changes.items()):
+            return name
+    return None

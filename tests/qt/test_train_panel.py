@@ -364,7 +364,7 @@ def test_recipes_fill_the_form_and_edits_make_it_custom(panel):
 
     panel.apply_recipe("tutorial")
     cfg = panel.build_config()
-    want = RECIPES["tutorial"]
+    want = RECIPES["tutorial"].changes
     assert (cfg.preset, cfg.batch_size, cfg.steps, cfg.lr, cfg.ema_decay) == (
         "tutorial", want["batch_size"], want["steps"], want["lr"], want["ema_decay"]
     )  # fmt: skip
@@ -372,7 +372,7 @@ def test_recipes_fill_the_form_and_edits_make_it_custom(panel):
     panel.recipe_combo.setCurrentIndex(panel.recipe_combo.findData("quick-cpu"))  # as a user picks it
     cfg = panel.build_config()
     assert (cfg.preset, cfg.batch_size, cfg.schedule.kind, cfg.prediction) == ("tiny", 64, "cosine", "v")
-    assert cfg.warmup_steps == RECIPES["quick-cpu"]["warmup_steps"]
+    assert cfg.warmup_steps == RECIPES["quick-cpu"].changes["warmup_steps"]
     assert "10 minutes" in panel.recipe_note.text()
     panel.batch_spin.setValue(32)  # a hand edit
     assert panel.recipe_combo.currentData() == "custom"

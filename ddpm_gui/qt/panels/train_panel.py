@@ -41,7 +41,7 @@ from PySide6.QtWidgets import (
 from ddpm_gui.core.schedule import SCHEDULE_PRESETS
 from ddpm_gui.engine import events as ev
 from ddpm_gui.engine.config import TrainConfig
-from ddpm_gui.engine.recipes import RECIPE_NOTES, RECIPES
+from ddpm_gui.engine.recipes import RECIPES
 from ddpm_gui.errors import DDPMError
 from ddpm_gui.models.presets import PRESET_NOTES
 from ddpm_gui.qt.imageview import ImageGrid
@@ -61,6 +61,7 @@ PRESET_HINTS = {
     "tiny": "the smallest UNet: learns the built-in shapes on a CPU",
 }
 LOG_LIMIT = 300  # entries kept in the log list
+RECIPE_NOTES = {name: r.note for name, r in RECIPES.items()}
 
 
 # ----------------------------------------------------------------------------- helpers (no widgets)
@@ -535,9 +536,9 @@ class TrainPanel(QWidget):
         self._applying_recipe = True
         try:
             if name != "custom":
-                r = RECIPES[name]
+                r = RECIPES[name].changes
                 self.preset_combo.setCurrentIndex(max(0, self.preset_combo.findData(r["preset"])))
-                self.schedule_combo.setCurrentIndex(max(0, self.schedule_combo.findData(r["schedule"])))
+                self.schedule_combo.setCurrentIndex(max(0, self.schedule_combo.findData(next(k for k, v in SCHEDULE_PRESETS.items() if v == r["schedule"]))))
                 self.prediction_combo.setCurrentIndex(max(0, self.prediction_combo.findData(r["prediction"])))
                 if self.cond_check.isEnabled():
                     self.cond_check.setChecked(r["conditional"])
@@ -563,11 +564,11 @@ class TrainPanel(QWidget):
 
     def _matching_recipe(self) -> str:
         """The recipe whose settings the form shows, or "custom"."""
-        for name, r in RECIPES.items():
+        for name, r in ((n, rc.changes) for n, rc in RECIPES.items()):
             try:
                 same = (
                     self.preset_combo.currentData() == r["preset"]
-                    and self.schedule_combo.currentData() == r["schedule"]
+                    and SCHEDULE_PRESETS[self.schedule_combo.currentData()] == r["schedule"]
                     and self.prediction_combo.currentData() == r["prediction"]
                     and self.size_spin.value() == r["image_size"]
                     and self.batch_spin.value() == r["batch_size"]
@@ -1052,15 +1053,15 @@ class TrainPanel(QWidget):
         res = e
         self.last_quality = res
         pct = lambda v: f"{100 * v:.0f}%"  # noqa: E731
-        if res["conditional"]:
-            head = f"{pct(res['accuracy'])} of samples are the class asked for"
+        if res.conditional:
+            head = f"{pct(res.accuracy)} of samples are the class asked for"
         else:
-            head = f"{pct(res['recognisable'])} of samples are recognisable (real images: {pct(res['real_recognisable'])})"
-        floor = res.get("frechet_distance_real")
+            head = f"{pct(res.recognisable)} of samples are recognisable (real images: {pct(res.real_recognisable)})"
+        floor = res.frechet_distance_real
         text = (
-            f"Quality at step {res['model_step']:,}: {head} · Fréchet distance {res['frechet_distance']:.2f}"
+            f"Quality at step {res.model_step:,}: {head} · Fréchet distance {res.frechet_distance:.2f}"
             + (f" (real vs real: {floor:.2f})" if floor is not None else "")
-            + f" · {res['n']} samples, classifier {pct(res['classifier_accuracy'])} accurate on real images"
+            + f" · {res.n} samples, classifier {pct(res.classifier_accuracy)} accurate on real images"
         )
         self.quality_label.setText(text)
         self._log(text)
@@ -1269,7 +1270,7 @@ def _is_progress(e: object) -> bool:
 def _eval_iter(source, data, n: int, stop):
     """Worker: the quality check. `source` is a running Trainer (snapshot of its EMA weights) or a
     ModelBundle; `data` the labelled ImageData to score against (reloaded from the checkpoint's own
-    config when missing or of another size). Yields (done, total, what) progress, then the result dict."""
+    config when missing or of another size). Yields (done, total, what) progress, then the EvalResult."""
     import queue
 
     from ddpm_gui.engine.evaluate import evaluate_bundle
