@@ -294,6 +294,82 @@ def test_save_to_disk_dataset_and_dict(tmp_path, cache):
     assert len(only) == 3 and "no 'train' split" in only.name
 
 
+@pytest.mark.parametrize(
+    "stray",
+    [
+        {"state.json": b'{"step": 3}'},  # a tool's own state file
+        {"state.json": b"not json", "dataset_info.json": b"{}"},
+        # save_to_disk's own state.json, copied here without its shards
+        {
+            "state.json": b'{"_data_files": [{"filename": "data-00000-of-00001.arrow"}]}',
+            "dataset_info.json": b"{}",
+        },
+        {"dataset_dict.json": b'{"splits": ["cat"]}'},  # names a class folder, not a Dataset folder
+    ],
+)
+@pytest.mark.parametrize("labelled", [True, False])
+def test_image_folder_with_stray_dataset_files_is_read_as_images(tmp_path, cache, stray, labelled):
+    root = tmp_path / "pics"
+    for i in range(3):
+        _write(root / ("cat" if labelled else "") / f"c{i}.png", _png(_rgb(1)))
+        _write(root / ("dog" if labelled else "") / f"d{i}.png", _png(_rgb(2)))
+    for name, data in stray.items():
+        _write(root / name, data)
+    # what Finder, Windows Explorer and macOS archives leave beside images: neither images nor skips
+    for junk in (".DS_Store", "Thumbs.db", "._c0.png", "desktop.ini"):
+        _write(root / ("cat" if labelled else "") / junk, b"\x00\x05\x16\x07 not an image")
+    assert describe_source(str(root)) == "folder"
+    d = load_data(str(root), image_size=8, cache_dir=cache)
+    assert len(d) == 6 and d.skipped == 0
+    assert d.class_names == (["cat", "dog"] if labelled else None)
+
+
+def test_save_to_disk_folder_with_extra_files_is_still_saved(tmp_path, cache):
+    from datasets import DatasetDict
+
+    root = tmp_path / "one"
+    _cifar_like(10).save_to_disk(str(root))
+    _write(root / "README.md", b"# my data")
+    _write(root / "preview.png", _png(_rgb(9)))
+    assert describe_source(str(root)) == "saved"
+    d = load_data(str(root), image_size=8, cache_dir=cache)
+    assert len(d) == 10 and d.class_names == NAMES
+    DatasetDict({"train": _cifar_like(4)}).save_to_disk(str(tmp_path / "dict"))
+    assert describe_source(str(tmp_path / "dict")) == "saved"
+
+
+def _nothing_message(root: Path, cache: Path) -> str:
+    assert describe_source(str(root)) == "folder"
+    with pytest.raises(DataError) as info:
+        load_data(str(root), image_size=8, cache_dir=cache)
+    msg = str(info.value)
+    assert "\n" not in msg and "save_to_disk" in msg and ".parquet or .arrow file" in msg, msg
+    assert "one sub-folder per class" in msg and "'builtin'" in msg, msg
+    return msg
+
+
+def test_folder_with_nothing_to_load_says_what_is_accepted(tmp_path, cache):
+    empty = tmp_path / "empty"
+    _write(empty / ".DS_Store", b"\x00")
+    _write(empty / "Thumbs.db", b"\x00")
+    assert "holds no images and no dataset" in _nothing_message(empty, cache)
+
+    snapshot = tmp_path / "snapshot"  # a Hub repository as downloaded: the parquet files sit in data/
+    _write(snapshot / "README.md", b"---\nlicense: mit\n---\n")
+    _cifar_like(4).to_parquet(str(snapshot / "data" / "train-00000-of-00001.parquet"))
+    msg = _nothing_message(snapshot, cache)
+    assert str(Path("data") / "train-00000-of-00001.parquet") in msg and "give that file" in msg, msg
+
+
+def test_save_to_disk_folder_missing_its_shard_names_it(tmp_path, cache):
+    root = tmp_path / "broken"
+    _cifar_like(4).save_to_disk(str(root))
+    shard = next(root.glob("*.arrow"))
+    shard.unlink()
+    msg = _nothing_message(root, cache)
+    assert f"lists {shard.name}, which is missing" in msg, msg
+
+
 # ---------------------------------------------------------------------------------------------------
 # folders
 

@@ -163,12 +163,70 @@ def resumed_config(args, saved: TrainConfig) -> TrainConfig:
     return saved.replace(**changes)
 
 
+class _Console:
+    """What `train` prints for each engine event: a tqdm bar on stderr, one line per notice or checkpoint."""
+
+    def __init__(self, preset: str):
+        self.preset = preset
+        self.bar = None
+        self.code = 0
+
+    def write(self, text: str) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(text, file=sys.stderr)
+
+    def close_bar(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def show(self, e) -> None:
+        from tqdm import tqdm
+
+        from ddpm_gui.engine import events as ev
+
+        if isinstance(e, ev.Started):
+            self.write(
+                f"{'Resuming' if e.resumed else 'Training'} {self.preset} ({e.n_params:,} parameters) on "
+                f"{e.device}, {e.n_images:,} images of {e.dataset}, batch {e.batch_size}, run folder {e.run_dir}"
+            )
+            self.bar = tqdm(total=e.total_steps, initial=e.step, unit="step", dynamic_ncols=True)
+        elif isinstance(e, ev.Progress) and self.bar is not None:
+            self.bar.update(e.step - self.bar.n)
+            self.bar.set_postfix(loss=f"{e.loss_smooth:.4f}", img_s=f"{e.img_per_s:.0f}")
+        elif isinstance(e, ev.Notice):
+            self.write(("warning: " if e.level == "warning" else "") + e.message)
+        elif isinstance(e, ev.CheckpointSaved):
+            self.write(f"checkpoint: {e.path}")
+        elif isinstance(e, ev.Preview):
+            self.write(f"preview saved at step {e.step}")
+        elif isinstance(e, ev.Finished):
+            self.close_bar()
+            print(f"{e.reason} at step {e.step}; last checkpoint {e.checkpoint}")
+        elif isinstance(e, ev.Failed):
+            self.close_bar()
+            print(f"error: {e.message}", file=sys.stderr)
+            self.code = 2 if e.bad_input else 1  # the user's input, or something that failed while running
+
+
+def _on_signals(handler) -> dict:
+    """Install `handler` for Ctrl+C and SIGTERM; the old handlers, to put back."""
+    import signal
+
+    old = {}
+    for sig in (signal.SIGINT, getattr(signal, "SIGTERM", None)):
+        if sig is not None:
+            try:
+                old[sig] = signal.signal(sig, handler)
+            except ValueError:  # not the main thread (cli.main called from a thread): keep the defaults
+                pass
+    return old
+
+
 def cmd_train(args) -> int:
     import signal
 
-    from tqdm import tqdm
-
-    from ddpm_gui.engine import events as ev
     from ddpm_gui.engine.config import load_run_config
     from ddpm_gui.engine.trainer import Trainer
 
@@ -178,8 +236,7 @@ def cmd_train(args) -> int:
     trainer = Trainer(
         cfg, out, resume=args.resume, restart=args.restart, allow_data_change=args.allow_data_change
     )
-    bar = None
-    code = 0
+    console = _Console(cfg.preset)
     interrupted: list[int] = []
 
     def graceful(signum, _frame):
@@ -188,43 +245,14 @@ def cmd_train(args) -> int:
             raise KeyboardInterrupt
         interrupted.append(signum)
         trainer.stop()
-        tqdm.write(
+        console.write(
             "stopping: saving a checkpoint after this step (press Ctrl+C again to abort without saving)"
         )
 
-    old_handlers = {}
-    for sig in (signal.SIGINT, getattr(signal, "SIGTERM", None)):
-        if sig is not None:
-            try:
-                old_handlers[sig] = signal.signal(sig, graceful)
-            except ValueError:  # not the main thread (cli.main called from a thread): keep the defaults
-                pass
+    old_handlers = _on_signals(graceful)
     try:
         for e in trainer.run():
-            if isinstance(e, ev.Started):
-                tqdm.write(
-                    f"{'Resuming' if e.resumed else 'Training'} {cfg.preset} ({e.n_params:,} parameters) on {e.device}, "
-                    f"{e.n_images:,} images of {e.dataset}, batch {e.batch_size}, run folder {e.run_dir}"
-                )
-                bar = tqdm(total=e.total_steps, initial=e.step, unit="step", dynamic_ncols=True)
-            elif isinstance(e, ev.Progress) and bar is not None:
-                bar.update(e.step - bar.n)
-                bar.set_postfix(loss=f"{e.loss_smooth:.4f}", img_s=f"{e.img_per_s:.0f}")
-            elif isinstance(e, ev.Notice):
-                tqdm.write(("warning: " if e.level == "warning" else "") + e.message)
-            elif isinstance(e, ev.CheckpointSaved):
-                tqdm.write(f"checkpoint: {e.path}")
-            elif isinstance(e, ev.Preview):
-                tqdm.write(f"preview saved at step {e.step}")
-            elif isinstance(e, ev.Finished):
-                if bar is not None:
-                    bar.close()
-                print(f"{e.reason} at step {e.step}; last checkpoint {e.checkpoint}")
-            elif isinstance(e, ev.Failed):
-                if bar is not None:
-                    bar.close()
-                print(f"error: {e.message}", file=sys.stderr)
-                code = 1
+            console.show(e)
     except KeyboardInterrupt:
         # a second Ctrl+C: abort now; the last checkpoint on disk is intact
         print(f"\naborted; the last checkpoint is {trainer.last_checkpoint}", file=sys.stderr)
@@ -232,6 +260,6 @@ def cmd_train(args) -> int:
     finally:
         for sig, handler in old_handlers.items():
             signal.signal(sig, handler)
-    if interrupted and code == 0:
+    if interrupted and console.code == 0:
         return 128 + int(interrupted[0])
-    return code
+    return console.code

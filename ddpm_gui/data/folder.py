@@ -9,8 +9,9 @@ Rules (the same as torchvision's ImageFolder where they overlap):
   (.txt, .csv, ...) are ignored and *not* counted in `skipped`;
 - hidden files and folders (starting with '.') and `__MACOSX` are ignored;
 - when class sub-folders exist, images lying directly in the root are ignored (logged);
-- image files that cannot be decoded (corrupt, truncated, unsupported), files over MAX_FILE_BYTES
-  and images over MAX_PIXELS are skipped and counted in `skipped`.
+- each file is decoded by the app's one image loader (`imageio.load_image`: its crop policy, its EXIF
+  and colour-mode handling); files it refuses (corrupt, truncated, unsupported, over its MAX_FILE_BYTES
+  or MAX_PIXELS) are skipped, logged and counted in `skipped`.
 
 Order: the files of each class are sorted by path, then taken from the classes in turn (one of each
 class, then the next of each...), so that a `limit` keeps every class.
@@ -21,15 +22,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import warnings
 from dataclasses import dataclass
 from itertools import zip_longest
 
 import numpy as np
-from PIL import Image
 
 from ddpm_gui.data.cache import Cached
-from ddpm_gui.data.sources import IMAGE_EXTENSIONS, Reporter, Skip, decode_image, stack
+from ddpm_gui.data.imageio import load_image
+from ddpm_gui.data.sources import IMAGE_EXTENSIONS, Reporter, stack
 from ddpm_gui.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -113,11 +113,9 @@ def scan_folder(root: str, rep: Reporter) -> FolderScan:
 
 def _decode_one(path: str, size: int) -> np.ndarray | None:
     try:
-        return decode_image(None, path, size)
-    except Skip as e:
-        log.warning("Skipping %s: too large (%s).", path, e)
-    except Exception as e:  # noqa: BLE001 - PIL raises many types on malformed files; each is one skip
-        log.warning("Skipping %s: cannot decode it (%s: %s).", path, type(e).__name__, e)
+        return load_image(path, size)
+    except DataError as e:  # every refusal of the loader, one line each
+        log.warning("Skipping: %s", e)
     return None
 
 
@@ -131,16 +129,13 @@ def decode_folder(scan: FolderScan, size: int, limit: int | None, rep: Reporter)
     total = len(files)
     out: list[np.ndarray] = []
     keep: list[int] = []
-    with warnings.catch_warnings():
-        # Over MAX_IMAGE_PIXELS PIL only warns; we refuse those sizes ourselves (MAX_PIXELS).
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        for start in range(0, total, _BATCH):
-            rep(start, total, f"Decoding images in {os.path.basename(scan.root)}")
-            for i, f in enumerate(files[start : start + _BATCH], start):
-                a = _decode_one(f, size)
-                if a is not None:
-                    out.append(a)
-                    keep.append(i)
+    for start in range(0, total, _BATCH):
+        rep(start, total, f"Decoding images in {os.path.basename(scan.root)}")
+        for i, f in enumerate(files[start : start + _BATCH], start):
+            a = _decode_one(f, size)
+            if a is not None:
+                out.append(a)
+                keep.append(i)
     rep.check()
     skipped = total - len(out)
     if not out:

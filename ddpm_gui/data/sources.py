@@ -20,6 +20,7 @@ passes a `progress` callback and a `cancel` event, and shows errors (DataError) 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -263,8 +264,8 @@ def _missing_shards(path: str) -> list[str] | None:
 
 
 def saved_layout(path: str) -> str | None:
-    """ "dataset" or "dict" when the folder `path` was written by Dataset.save_to_disk or
-    DatasetDict.save_to_disk, else None.
+    """Which save_to_disk wrote the folder `path`: "dataset" (Dataset.save_to_disk), "dict"
+    (DatasetDict.save_to_disk) or None (neither).
 
     Decided on the whole signature, never on one file name, so that an image folder holding a stray
     state.json (many tools write one) is still read as images: a Dataset folder has dataset_info.json
@@ -293,6 +294,11 @@ def _nothing_to_load(path: str) -> str:
         names = []
     hint = ""
     tables = [n for n in names if n.lower().endswith(TABLE_EXTENSIONS)]
+    for sub in names if not tables else []:  # a Hub snapshot keeps its files in data/ or <config>/
+        if _plain_name(sub) and os.path.isdir(os.path.join(path, sub)):
+            with contextlib.suppress(OSError):
+                found = sorted(os.listdir(os.path.join(path, sub)))
+                tables += [os.path.join(sub, n) for n in found if n.lower().endswith(TABLE_EXTENSIONS)]
     missing = _missing_shards(path)
     if tables:
         hint = f" It holds {', '.join(tables[:3])}: give that file itself."

@@ -150,6 +150,12 @@ class TrainConfig:
         "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps",
         resumable=True,
     )
+    # torch's CPU kernels wait for their slowest thread: a core held by another program slows every step
+    threads: int = setting(
+        0, "--threads", "CPU threads",
+        "CPU threads for torch (0 = auto: the cores other programs leave free, re-checked while training)",
+        lo=0, hi=1024, resumable=True,
+    )  # fmt: skip
     seed: int = setting(0, "--seed", "Seed", "random seed (weights, batches, noise)", lo=0, hi=2**63 - 1)
     # --- what the run shows and keeps
     # each loss read syncs the device, so it is read every N steps, not every step

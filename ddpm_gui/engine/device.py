@@ -1,6 +1,9 @@
-"""Choosing and describing the compute device."""
+"""Choosing and describing the compute device, and how many CPU threads torch may use."""
 
 from __future__ import annotations
+
+import os
+import time
 
 import torch
 
@@ -22,10 +25,14 @@ def pick_device(name: str = "auto") -> torch.device:
         return torch.device("cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ConfigError("CUDA was asked for but no CUDA GPU is available here: choose device 'cpu' or 'auto'.")
+            raise ConfigError(
+                "CUDA was asked for but no CUDA GPU is available here: choose device 'cpu' or 'auto'."
+            )
         dev = torch.device(name)
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ConfigError(f"There is no {name}: this machine has {torch.cuda.device_count()} CUDA device(s).")
+            raise ConfigError(
+                f"There is no {name}: this machine has {torch.cuda.device_count()} CUDA device(s)."
+            )
         return dev
     if name == "mps":
         if not _mps_available():
@@ -41,16 +48,91 @@ def device_label(dev: torch.device) -> str:
         idx = dev.index if dev.index is not None else torch.cuda.current_device()
         return f"cuda:{idx} ({torch.cuda.get_device_name(idx)})"
     if dev.type == "cpu":
-        return f"cpu ({torch.get_num_threads()} threads)"
+        n = torch.get_num_threads()
+        return f"cpu ({n} thread{'s' if n != 1 else ''})"
     return str(dev)
 
 
 def describe_devices() -> list[tuple[str, str]]:
     """(value for TrainConfig.device, label) for every device present, 'auto' first."""
-    out = [("auto", f"auto ({device_label(pick_device('auto'))})"), ("cpu", device_label(torch.device("cpu")))]
+    out = [
+        ("auto", f"auto ({device_label(pick_device('auto'))})"),
+        ("cpu", device_label(torch.device("cpu"))),
+    ]
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             out.append((f"cuda:{i}", f"cuda:{i} ({torch.cuda.get_device_name(i)})"))
     if _mps_available():
         out.append(("mps", "mps (Apple GPU)"))
     return out
+
+
+# ----------------------------------------------------------------------------- CPU threads
+# torch's CPU kernels split each operation over all cores and wait for the slowest part: when another
+# process holds a core, every operation waits for it, and training ran 5x slower with 2 threads than with 1
+# on a 2-core machine with one busy core. So the app counts the cores that other processes leave free now.
+
+
+def usable_cpus() -> int:
+    """Cores this process may run on (its affinity mask where the system has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def _cpu_times() -> tuple[float, float] | None:
+    """(seconds all cores were busy, seconds this process ran) since boot, from /proc; None elsewhere."""
+    try:
+        with open("/proc/stat") as f:
+            vals = [int(v) for v in f.readline().split()[1:]]
+        with open("/proc/self/stat") as f:
+            own = f.read().rsplit(")", 1)[1].split()
+    except (OSError, ValueError, IndexError):
+        return None
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    idle = vals[3] + (vals[4] if len(vals) > 4 else 0)  # idle + iowait
+    busy = sum(vals[:8]) - idle  # user nice system idle iowait irq softirq steal
+    return busy / tick, (int(own[11]) + int(own[12])) / tick  # utime + stime
+
+
+class ThreadChooser:
+    """Picks torch's CPU thread count from the cores other processes leave free, and re-checks on demand.
+
+    `requested` > 0 fixes the count (the user's choice). Otherwise each `check()` measures how many cores
+    other processes used since the previous check (from /proc where there is one, the load average
+    elsewhere) and returns the count to use: the usable cores minus the busy ones, at least 1."""
+
+    def __init__(self, requested: int = 0):
+        self.requested = requested
+        self._last = _cpu_times()
+        self._t = time.monotonic()
+        self.threads = requested or usable_cpus()
+
+    def others_busy(self) -> float | None:
+        """Cores that other processes kept busy since the previous call (None: cannot tell here)."""
+        now, t = _cpu_times(), time.monotonic()
+        last, self._last, t0, self._t = self._last, now, self._t, t
+        if now is not None and last is not None and t - t0 > 0.05:
+            return max(0.0, ((now[0] - last[0]) - (now[1] - last[1])) / (t - t0))
+        try:
+            load = os.getloadavg()[0]  # includes this process: only a fallback
+        except (AttributeError, OSError):
+            return None
+        return max(0.0, load - self.threads)
+
+    def check(self) -> int:
+        if self.requested:
+            return self.requested
+        busy = self.others_busy()
+        if busy is not None:
+            # round: a core that others use 30% of the time is still worth a thread
+            self.threads = max(1, min(usable_cpus(), round(usable_cpus() - busy)))
+        return self.threads
+
+
+def measure_free_threads(interval: float = 0.3) -> int:
+    """The thread count the app would choose now, measured over `interval` seconds (blocks that long)."""
+    chooser = ThreadChooser()
+    time.sleep(interval)
+    return chooser.check()

@@ -59,11 +59,13 @@ def gif_bytes(
     duration_ms: int = 60,
     hold_last_ms: int = 1000,
     progress: ProgressFn | None = None,
+    scale: int = 1,
 ) -> bytes:
-    """An animated GIF (looping) of HxWx3 uint8 frames; the last frame is held a little longer.
+    """An animated GIF (looping) of HxWx3 uint8 frames, each upscaled `scale` times; the last frame is
+    held a little longer.
 
-    Frames are handed to Pillow one at a time (its palette conversion is the slow part); `progress`
-    is called as each one is taken."""
+    Frames are upscaled and handed to Pillow one at a time (its palette conversion is the slow part), so
+    only the small frames are held in memory; `progress` is called as each one is taken."""
     n = len(frames)
     if n == 0:
         raise ValueError("a GIF needs at least one frame")
@@ -71,7 +73,7 @@ def gif_bytes(
     def pil(i: int) -> Image.Image:
         if progress is not None:
             progress(i + 1, n)
-        return Image.fromarray(np.asarray(frames[i]))
+        return Image.fromarray(np.ascontiguousarray(upscale(frames[i], scale)))
 
     durations = [duration_ms] * (n - 1) + [hold_last_ms]
     buf = io.BytesIO()
@@ -86,7 +88,8 @@ def save_gif(
     duration_ms: int = 60,
     hold_last_ms: int = 1000,
     progress: ProgressFn | None = None,
+    scale: int = 1,
 ) -> None:
     from ddpm_gui.engine.checkpoint import atomic_write_bytes
 
-    atomic_write_bytes(path, gif_bytes(frames, duration_ms, hold_last_ms, progress))
+    atomic_write_bytes(path, gif_bytes(frames, duration_ms, hold_last_ms, progress, scale))

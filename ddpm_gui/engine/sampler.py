@@ -208,9 +208,9 @@ def denoise_frames(
     if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
         raise ConfigError("The image must be an H x W x 3 uint8 array.")
     if img.shape[:2] != (s, s):
-        from PIL import Image
+        from ddpm_gui.data.imageio import fit_square
 
-        img = np.asarray(Image.fromarray(img).resize((s, s), Image.Resampling.BICUBIC))
+        img = fit_square(img, s)
     gen = _generator(bundle, seed)
     x0 = from_uint8(torch.from_numpy(np.ascontiguousarray(img))[None].to(bundle.device))
     sched = bundle.schedule.to(bundle.device)

@@ -4,6 +4,9 @@ Pick an image (the current dataset, the built-in shapes, or a file), noise it to
 closed form q(x_t | x_0) K independent ways, then run the reverse chain from t for each: the K results
 show what the model "remembers" of the image at that noise level (small t: the same image; large t:
 K different images that share only the coarse layout and colours).
+
+Image files (Open, or dropped on the panel) go through the app's one image loader
+(`data.imageio.load_image`), at the model's size; when the model's size changes, the file is read again.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from ddpm_gui.data.imageio import fit_square, load_image
+from ddpm_gui.errors import DDPMError
 from ddpm_gui.qt.imageview import ImageGrid
 from ddpm_gui.qt.panels.sample_panel import NO_MODEL_TEXT, SamplerForm, describe_bundle
 from ddpm_gui.qt.state import AppState
@@ -44,23 +49,13 @@ DEFAULT_T = 50  # the tutorial noises to t = 50 of 100
 DEFAULT_K = 10
 
 
-def resize_square(img: np.ndarray, size: int) -> np.ndarray:
-    """(H, W, 3) uint8 -> (size, size, 3): centre crop to a square, bicubic resize (as the data loader)."""
-    if img.shape[:2] == (size, size):
-        return img
-    from PIL import Image
-
-    from ddpm_gui.data.sources import to_rgb_square
-
-    return to_rgb_square(Image.fromarray(img), size)
-
-
 class DenoisePanel(QWidget):
     def __init__(self, state: AppState, parent: QWidget | None = None):
         super().__init__(parent)
         self.state = state
         self._job: Job | None = None
-        self._file_image: np.ndarray | None = None  # an opened file (full resolution, RGB)
+        self._file_image: np.ndarray | None = None  # an opened file, at the model's size
+        self._file_path: Path | None = None
         self._file_name = ""
         self._builtin: tuple[np.ndarray, np.ndarray] | None = None
         self._strip_start = 0
@@ -73,6 +68,7 @@ class DenoisePanel(QWidget):
         state.bundleChanged.connect(self._on_bundle_changed)
         self._on_data_changed(state.data)
         self._on_bundle_changed(state.bundle)
+        self.setAcceptDrops(True)
 
     # ------------------------------------------------------------------ UI
     def _build_ui(self) -> None:

@@ -8,15 +8,16 @@ Above them, the schedule editor and plots of beta_t, alpha_bar_t and SNR(t) = al
 update as you type; a warning says when x_T still holds a visible part of x_0 (the tutorial's schedule
 ends at alpha_bar_T = 0.131: 36% of the image is left while sampling starts from pure noise).
 
-Frames are computed in a Job (T up to 10,000 and images up to the data's size), debounced while you
-edit; a newer request replaces an older one.
+Frames are computed by `engine.forward.forward_frames` in a Job (T up to 10,000 and images up to the
+data's size), debounced while you edit; a newer request replaces an older one. Image files (Open, or
+dropped on the panel) go through the app's one image loader, `data.imageio.load_image`.
 """
 
 from __future__ import annotations
 
 import math
 import threading
-from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyqtgraph as pg
@@ -39,6 +40,8 @@ from PySide6.QtWidgets import (
 )
 
 from ddpm_gui.core.schedule import SCHEDULE_KINDS, SCHEDULE_PRESETS, NoiseSchedule, ScheduleConfig
+from ddpm_gui.data.imageio import load_image
+from ddpm_gui.engine.forward import ForwardFrames, forward_frames
 from ddpm_gui.errors import ConfigError, DDPMError
 from ddpm_gui.qt.imageview import FramePlayer, ImageGrid, as_hw3_batch
 from ddpm_gui.qt.state import AppState
@@ -46,7 +49,6 @@ from ddpm_gui.qt.style import ERROR_STYLE, INFO_STYLE, PLOT_PENS, WARNING_STYLE,
 from ddpm_gui.qt.workers import Job, refuse_new_jobs
 
 WARN_SIGNAL = 0.05  # warn when sqrt(alpha_bar_T) is above this: x_T is visibly not pure noise
-MAX_FRAME_BYTES = 256 * 1024 * 1024  # above this, keep every k-th step only (both processes)
 STRIP_FRAMES = 6  # the tutorial's figure: 6 evenly spaced steps
 CUSTOM = "(custom)"
 IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.bmp *.gif *.webp *.tif *.tiff);;All files (*)"
@@ -63,68 +65,11 @@ def schedule_warning(summary: dict) -> str:
     )
 
 
-@dataclass
-class Frames:
-    """The forward process of one image: frame i is step ts[i] (ts[0] = 0, the clean image)."""
-
-    generation: int
-    ts: np.ndarray  # (F,) int: step numbers 0..T
-    iterative: np.ndarray  # (F, H, W, 3) uint8
-    closed: np.ndarray  # (F, H, W, 3) uint8
-
-
-def compute_frames(
-    image: np.ndarray,
-    sched: NoiseSchedule,
-    seed: int,
-    generation: int,
-    stop: threading.Event | None = None,
-    max_bytes: int = MAX_FRAME_BYTES,
-):
-    """Runs in a worker thread. Yields one Frames (nothing if stopped)."""
-    import torch
-
-    from ddpm_gui.core.diffusion import from_uint8, q_sample, q_step, to_uint8
-
-    T = sched.T
-    x0 = from_uint8(torch.from_numpy(np.ascontiguousarray(image))[None])  # (1, 3, H, W) in [-1, 1]
-    per_frame = image.nbytes * 2
-    stride = max(1, math.ceil((T + 1) * per_frame / max_bytes))
-    keep = list(range(0, T + 1, stride))
-    if keep[-1] != T:
-        keep.append(T)
-    ts = np.array(keep, np.int64)
-    g = torch.Generator().manual_seed(int(seed))
-    eps = torch.randn(x0.shape, generator=g, dtype=x0.dtype)
-    # Frames are converted to uint8 in big chunks: every to_uint8 call costs a parallel region (its
-    # round() wakes torch's thread pool, ~10 ms on a busy 2-core CPU), the arithmetic itself is tiny.
-    chunk = max(1, (16 << 20) // (x0.numel() * 4))
-    with torch.no_grad():
-        # closed form, eq. 4: x_t = sqrt(ab_t) x_0 + sqrt(1 - ab_t) eps, for every kept t at once
-        first = image[None]  # frame 0: the clean image itself
-        closed = [first]
-        t_idx = torch.from_numpy(ts[1:] - 1)  # step t uses alpha_bars[t - 1] (0-based arrays)
-        for part in torch.split(t_idx, chunk):
-            n = len(part)
-            xs, _ = q_sample(x0.expand(n, -1, -1, -1), part, sched, noise=eps.expand(n, -1, -1, -1))
-            closed.append(to_uint8(xs).numpy())
-        # iterative, eq. 2: x_t = sqrt(1 - beta_t) x_(t-1) + sqrt(beta_t) z, fresh z every step
-        iterative = [first]
-        pending: list = []
-        wanted = set(keep[1:])
-        x = x0
-        for t in range(T):
-            if stop is not None and t % 64 == 0 and stop.is_set():
-                return
-            x = q_step(x, t, sched, generator=g)
-            if t + 1 in wanted:
-                pending.append(x)
-                if len(pending) >= chunk:
-                    iterative.append(to_uint8(torch.cat(pending)).numpy())
-                    pending = []
-        if pending:
-            iterative.append(to_uint8(torch.cat(pending)).numpy())
-    yield Frames(generation, ts, np.concatenate(iterative), np.concatenate(closed))
+def _frames_job(image: np.ndarray, sched: NoiseSchedule, seed: int, generation: int, stop: threading.Event):
+    """Runs in a worker thread: yields (generation, ForwardFrames) once, nothing when stopped."""
+    frames = forward_frames(image, sched, seed, stop=stop)
+    if frames is not None:
+        yield generation, frames
 
 
 def _fallback_image(size: int = 32) -> np.ndarray:
@@ -138,23 +83,6 @@ def _fallback_image(size: int = 32) -> np.ndarray:
         return np.stack([x * 255 // size, y * 255 // size, np.full_like(x, 128)], -1).astype(np.uint8)
 
 
-def load_image_file(path: str, size: int) -> np.ndarray:
-    """An image file -> (size, size, 3) uint8 (RGB, shorter side resized, centre crop)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            img.load()
-            try:
-                from ddpm_gui.data.sources import to_rgb_square
-
-                return to_rgb_square(img, size)
-            except ImportError:
-                return np.asarray(img.convert("RGB").resize((size, size)), np.uint8)
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise DDPMError(f"Cannot read {path} as an image ({exc}). Pick a PNG or JPEG file.") from exc
-
-
 class ForwardPanel(QWidget):
     """Schedule editor + plots + the two forward processes of one image, frame by frame."""
 
@@ -166,7 +94,7 @@ class ForwardPanel(QWidget):
         self._sched = NoiseSchedule(SCHEDULE_PRESETS["tutorial"])
         self._image = _fallback_image(32)
         self._image_source = "built-in example"
-        self._frames: Frames | None = None
+        self._frames: ForwardFrames | None = None
         self._generation = 0
         self._job: Job | None = None
         self._job_stop: threading.Event | None = None
@@ -221,6 +149,11 @@ class ForwardPanel(QWidget):
         self.image_label.setStyleSheet(INFO_STYLE)
         self.image_label.setWordWrap(True)
         iv.addWidget(self.image_label)
+        self.image_error = QLabel("", img_box)  # a file that could not be opened (the image is kept)
+        self.image_error.setStyleSheet(ERROR_STYLE)
+        self.image_error.setWordWrap(True)
+        self.image_error.setVisible(False)
+        iv.addWidget(self.image_error)
 
         # --- schedule editor
         sch_box = QGroupBox("Noise schedule", self)
@@ -490,6 +423,7 @@ class ForwardPanel(QWidget):
         self._image_source = source
         h, w = self._image.shape[:2]
         self.image_label.setText(f"x₀: {source} ({w}×{h})" if source else f"x₀: {w}×{h}")
+        self.image_error.setVisible(False)
         self.request_frames()
 
     @Slot(object)
@@ -547,17 +481,22 @@ class ForwardPanel(QWidget):
         if path:
             self.open_image(path)
 
-    def open_image(self, path: str) -> bool:
+    def open_image(self, path: str | Path) -> bool:
+        """Use an image file as x_0 (centre-cropped and resized to the data's size). On failure the
+        message is shown and the current image is kept."""
         try:
-            img = load_image_file(path, self.image_size())
+            img = load_image(path, self.image_size())
         except DDPMError as exc:
             self.state.show_status(str(exc))
-            self.image_label.setText(str(exc))
+            self.image_error.setText(str(exc))
+            self.image_error.setVisible(True)
             return False
-        from pathlib import Path
-
         self.set_image(img, Path(path).name)
         return True
+
+    def image_error_text(self) -> str:
+        """The message of the last image file that could not be opened ("" after a good one)."""
+        return self.image_error.text() if self.image_error.isVisibleTo(self) else ""
 
     def dragEnterEvent(self, event) -> None:  # noqa: N802 - Qt API
         if event.mimeData().hasUrls() and any(u.isLocalFile() for u in event.mimeData().urls()):
@@ -592,15 +531,16 @@ class ForwardPanel(QWidget):
         image, sched, seed = self._image.copy(), self._sched, self.seed_spin.value()
         stop = threading.Event()
         self._job_stop = stop
-        self._job = Job(lambda: compute_frames(image, sched, seed, gen, stop), parent=self, on_stop=stop.set)
+        self._job = Job(lambda: _frames_job(image, sched, seed, gen, stop), parent=self, on_stop=stop.set)
         self._job.event.connect(self._on_frames)
         self._job.failed.connect(self._on_job_failed)
         self._job.done.connect(self._on_job_done)
         self._job.start()
 
     @Slot(object)
-    def _on_frames(self, frames: Frames) -> None:
-        if frames.generation != self._generation:
+    def _on_frames(self, item: tuple[int, ForwardFrames]) -> None:
+        generation, frames = item
+        if generation != self._generation:
             return  # superseded by a newer edit
         keep_t = (
             int(self._frames.ts[self.player.current()])
@@ -674,7 +614,7 @@ class ForwardPanel(QWidget):
     def frame_count(self) -> int:
         return 0 if self._frames is None else len(self._frames.ts)
 
-    def frames(self) -> Frames | None:
+    def frames(self) -> ForwardFrames | None:
         return self._frames
 
     def is_busy(self) -> bool:
