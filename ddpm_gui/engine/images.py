@@ -10,6 +10,7 @@ import io
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -49,23 +50,25 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 
 def save_png(path: str | Path, image: np.ndarray) -> None:
+    """png_bytes written atomically to `path` (CheckpointError if it cannot be; the old file is kept)."""
     from ddpm_gui.engine.checkpoint import atomic_write_bytes
 
     atomic_write_bytes(path, png_bytes(image))
 
 
 def gif_bytes(
-    frames: Sequence[np.ndarray],
+    frames: Sequence,
     duration_ms: int = 60,
     hold_last_ms: int = 1000,
+    render: Callable[[Any], np.ndarray] | None = None,
     progress: ProgressFn | None = None,
-    scale: int = 1,
 ) -> bytes:
-    """An animated GIF (looping) of HxWx3 uint8 frames, each upscaled `scale` times; the last frame is
-    held a little longer.
+    """An animated GIF (looping) of HxWx3 uint8 frames; the last frame is held a little longer.
 
-    Frames are upscaled and handed to Pillow one at a time (its palette conversion is the slow part), so
-    only the small frames are held in memory; `progress` is called as each one is taken."""
+    render: when given, frames[i] is anything it turns into such a frame (e.g. a batch into its mosaic,
+    or a frame into its upscaled copy). Frames are rendered and handed to Pillow one at a time (its
+    palette conversion is the slow part), so the big frames are never all in memory; `progress` is called
+    as each one is taken."""
     n = len(frames)
     if n == 0:
         raise ValueError("a GIF needs at least one frame")
@@ -73,7 +76,8 @@ def gif_bytes(
     def pil(i: int) -> Image.Image:
         if progress is not None:
             progress(i + 1, n)
-        return Image.fromarray(np.ascontiguousarray(upscale(frames[i], scale)))
+        frame = frames[i] if render is None else render(frames[i])
+        return Image.fromarray(np.ascontiguousarray(frame))
 
     durations = [duration_ms] * (n - 1) + [hold_last_ms]
     buf = io.BytesIO()
@@ -84,12 +88,13 @@ def gif_bytes(
 
 def save_gif(
     path: str | Path,
-    frames: Sequence[np.ndarray],
+    frames: Sequence,
     duration_ms: int = 60,
     hold_last_ms: int = 1000,
+    render: Callable[[Any], np.ndarray] | None = None,
     progress: ProgressFn | None = None,
-    scale: int = 1,
 ) -> None:
+    """gif_bytes written atomically to `path` (CheckpointError if it cannot be; the old file is kept)."""
     from ddpm_gui.engine.checkpoint import atomic_write_bytes
 
-    atomic_write_bytes(path, gif_bytes(frames, duration_ms, hold_last_ms, progress, scale))
+    atomic_write_bytes(path, gif_bytes(frames, duration_ms, hold_last_ms, render, progress))

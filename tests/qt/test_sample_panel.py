@@ -99,7 +99,9 @@ def test_generate_ddim_frames_and_export(qtbot, panel, bundle, tmp_path):
     assert "t = " in panel.frame_label.text()
 
     png = panel.save_png_grid(tmp_path / "grid.png")
+    qtbot.waitUntil(lambda: not panel.is_exporting(), timeout=60_000)  # written in a worker
     gif = panel.save_gif(tmp_path / "anim.gif")
+    qtbot.waitUntil(lambda: not panel.is_exporting(), timeout=60_000)
     with Image.open(png) as im:
         s = 32 * sp.export_scale(32)
         assert im.size == (2 * (s + 2) + 2, 2 * (s + 2) + 2)

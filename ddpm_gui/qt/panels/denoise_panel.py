@@ -237,7 +237,7 @@ class DenoisePanel(QWidget):
     @Slot(int)
     def _on_index_changed(self, index: int, keep_file: bool = False) -> None:
         if not keep_file:
-            self._file_image = None
+            self._file_image = self._file_path = None
         images, labels, names, _desc = self._pool()
         start = (index // STRIP) * STRIP
         self._strip_start = start
@@ -253,32 +253,52 @@ class DenoisePanel(QWidget):
         self._show_original()
 
     def open_image(self, path: str | Path | None = None) -> bool:
-        """Use an image file (any size; centre-cropped and resized to the model's size)."""
+        """Use an image file (any size; centre-cropped and resized to the model's size by the app's image
+        loader). On failure the message is shown and the current image is kept."""
         if path is None:
             path, _ = QFileDialog.getOpenFileName(
                 self,
                 "Open image",
                 str(Path.home()),
-                "Images (*.png *.jpg *.jpeg *.bmp *.gif *.webp);;All files (*)",
+                "Images (*.png *.jpg *.jpeg *.bmp *.gif *.webp *.tif *.tiff);;All files (*)",
             )
             if not path:
                 return False
-        from PIL import Image
-
         try:
-            with Image.open(path) as img:
-                img.load()
-                from ddpm_gui.data.sources import to_rgb_square
-
-                side = min(img.size)
-                self._file_image = to_rgb_square(img, min(side, 512))
-        except (OSError, ValueError) as e:
-            self._error(f"Cannot read {Path(path).name}: {e}", "Cannot open the image")
+            image = load_image(path, self.model_size())
+        except DDPMError as e:
+            self._error(str(e), "Cannot open the image")
             return False
-        self._file_name = Path(path).name
+        self.error_label.hide()
+        self._file_image, self._file_path, self._file_name = image, Path(path), Path(path).name
         self.source_label.setText(f"File: {self._file_name} (pick an index to go back to the dataset)")
         self._on_index_changed(self.index_spin.value(), keep_file=True)  # unmarks the strip
         return True
+
+    def dragEnterEvent(self, event) -> None:  # noqa: N802 - Qt API
+        if event.mimeData().hasUrls() and any(u.isLocalFile() for u in event.mimeData().urls()):
+            event.acceptProposedAction()
+
+    def dropEvent(self, event) -> None:  # noqa: N802 - Qt API
+        for url in event.mimeData().urls():
+            if url.isLocalFile() and self.open_image(url.toLocalFile()):
+                event.acceptProposedAction()
+                return
+
+    def _refit_file(self) -> None:
+        """After the model's size changed: read the opened file again at the new size (one crop and resize
+        from the file, as the CLI does, never a resize of a resize). If it cannot be read any more, say so
+        and go back to the dataset's image."""
+        size = self.model_size()
+        if self._file_image is None or self._file_image.shape[0] == size:
+            return
+        try:
+            self._file_image = load_image(self._file_path, size)
+        except DDPMError as e:
+            self._file_image = self._file_path = None
+            self.source_label.setText(self._pool()[3])
+            self._on_index_changed(self.index_spin.value())
+            self._error(f"{e} Showing the dataset's image instead.", "Cannot open the image")
 
     def model_size(self) -> int:
         b = self.state.bundle
@@ -286,11 +306,11 @@ class DenoisePanel(QWidget):
 
     def image(self) -> np.ndarray:
         """The image to noise, at the model's size ((S, S, 3) uint8)."""
-        if self._file_image is not None:
-            return resize_square(self._file_image, self.model_size())
+        if self._file_image is not None and self._file_image.shape[0] == self.model_size():
+            return self._file_image
         images, _, _, _ = self._pool()
         i = min(self.index_spin.value(), len(images) - 1)
-        return resize_square(np.ascontiguousarray(images[i]), self.model_size())
+        return fit_square(images[i], self.model_size())
 
     def _image_caption(self) -> str:
         if self._file_image is not None:
@@ -322,6 +342,7 @@ class DenoisePanel(QWidget):
             if self._builtin is not None and self._builtin[0].shape[1] != b.image_size:  # type: ignore[attr-defined]
                 self._builtin = None
                 self._on_data_changed(self.state.data)
+        self._refit_file()
         self._update_t_note()
         self._show_original()
         self._update_buttons()

@@ -3,13 +3,16 @@
 The model is either the app's current one (trained here, or opened from the File menu: AppState.bundle)
 or a checkpoint loaded in this panel. `sample_frames` runs in a Job thread and yields small uint8
 frames (x_t and the predicted x_0); at most ~100 are kept, so a finished run can be scrubbed to any
-step with the FramePlayer and exported as a PNG grid or an animated GIF.
+step with the FramePlayer and exported as a PNG grid or an animated GIF. Exports are encoded and written
+(atomically, by engine.images) in a Job, so a long GIF never freezes the window; the save dialogs open
+in the run's samples/ folder.
 """
 
 from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +29,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QMenu,
     QMessageBox,
+    QProgressBar,
     QPushButton,
     QRadioButton,
     QScrollArea,
@@ -34,6 +38,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from ddpm_gui.engine.images import make_grid, save_gif, save_png, upscale
 from ddpm_gui.qt.imageview import FramePlayer, ImageGrid
 from ddpm_gui.qt.state import AppState
 from ddpm_gui.qt.style import ERROR_STYLE, INFO_STYLE
@@ -43,6 +48,7 @@ from ddpm_gui.qt.workers import Job, refuse_new_jobs
 SHOW_DIALOGS = True
 
 MAX_FRAMES = 100  # frames kept for the player (and the GIF)
+EXPORT_DIR_KEY = "export_dir"  # QSettings: the folder of the last export
 FRAME_BUDGET_BYTES = 256 * 2**20  # ... and at most this much memory for them
 
 SAMPLERS: tuple[tuple[str, str, str], ...] = (
@@ -61,25 +67,10 @@ NO_MODEL_TEXT = "No model yet. Train a model in the Train tab or load a checkpoi
 # ----------------------------------------------------------------------------- shared helpers
 
 
-def tile(
-    images: np.ndarray, columns: int | None = None, pad: int = 2, scale: int = 1, bg: int = 0
-) -> np.ndarray:
-    """(N, H, W, 3) uint8 -> one (rows*H', cols*W', 3) mosaic, each image upscaled `scale`x (nearest)."""
-    a = np.asarray(images, dtype=np.uint8)
-    if a.ndim == 3:
-        a = a[None]
-    n, h, w = a.shape[:3]
-    if scale > 1:
-        a = a.repeat(scale, axis=1).repeat(scale, axis=2)
-        h, w = h * scale, w * scale
-    cols = columns or max(1, math.ceil(math.sqrt(n)))
-    rows = math.ceil(n / cols)
-    out = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, 3), bg, np.uint8)
-    for i in range(n):
-        r, c = divmod(i, cols)
-        y, x = pad + r * (h + pad), pad + c * (w + pad)
-        out[y : y + h, x : x + w] = a[i]
-    return out
+def tile(images: np.ndarray, columns: int | None = None, pad: int = 2, scale: int = 1) -> np.ndarray:
+    """The export mosaic: engine.images.make_grid of the images upscaled `scale`x first (nearest), so the
+    `pad` pixels between them stay thin at any scale."""
+    return make_grid(upscale(np.asarray(images, dtype=np.uint8), scale), columns=columns, pad=pad)
 
 
 def export_scale(size: int) -> int:
@@ -181,12 +172,15 @@ def frames_every(chain: int, n: int, size: int) -> int:
 
 
 class SamplePanel(QWidget):
+    exported = Signal(object)  # the Path of a finished export
+
     def __init__(self, state: AppState, parent: QWidget | None = None):
         super().__init__(parent)
         self.state = state
         self._loaded = None  # a bundle loaded in this panel
         self._job: Job | None = None
         self._load_job: Job | None = None
+        self._export_job: Job | None = None
         self._frames: list = []
         self._run_info = ""
         self._build_ui()
@@ -264,6 +258,10 @@ class SamplePanel(QWidget):
         exports = QHBoxLayout()
         exports.addWidget(self.png_btn)
         exports.addWidget(self.gif_btn)
+        self.export_bar = QProgressBar()  # busy (no known length) while an export is written
+        self.export_bar.setRange(0, 0)
+        self.export_bar.setTextVisible(False)
+        self.export_bar.hide()
         self.status_label = QLabel("")
         self.status_label.setWordWrap(True)
         self.error_label = QLabel()
@@ -278,6 +276,7 @@ class SamplePanel(QWidget):
         lv.addWidget(set_box)
         lv.addLayout(actions)
         lv.addLayout(exports)
+        lv.addWidget(self.export_bar)
         lv.addWidget(self.status_label)
         lv.addWidget(self.error_label)
         lv.addStretch(1)
@@ -404,7 +403,7 @@ class SamplePanel(QWidget):
 
     # ------------------------------------------------------------------ sampling
     def is_busy(self) -> bool:
-        return any(j is not None and j.is_running() for j in (self._job, self._load_job))
+        return any(j is not None and j.is_running() for j in (self._job, self._load_job, self._export_job))
 
     def _update_buttons(self, *_args) -> None:
         b = self.bundle()
@@ -413,8 +412,9 @@ class SamplePanel(QWidget):
         self.stop_btn.setEnabled(running)
         self.load_btn.setEnabled(self._load_job is None)
         has_final = bool(self._frames) and self._frames[-1].final
-        self.png_btn.setEnabled(has_final and not running)
-        self.gif_btn.setEnabled(len(self._frames) > 1 and not running)
+        exporting = self._export_job is not None
+        self.png_btn.setEnabled(has_final and not running and not exporting)
+        self.gif_btn.setEnabled(len(self._frames) > 1 and not running and not exporting)
         cond = b is not None and bool(b.num_classes)
         self.class_combo.setEnabled(cond)
         self.guidance_spin.setEnabled(cond and self.class_combo.currentData() is not None)
@@ -498,7 +498,7 @@ class SamplePanel(QWidget):
 
     def shutdown(self, timeout_ms: int = 60000) -> None:
         refuse_new_jobs(self)
-        jobs = [j for j in (self._job, self._load_job) if j is not None]
+        jobs = [j for j in (self._job, self._load_job, self._export_job) if j is not None]
         for j in jobs:
             j.request_stop()
         for j in jobs:
@@ -537,41 +537,83 @@ class SamplePanel(QWidget):
         return None
 
     def save_png_grid(self, path: str | Path | None = None) -> Path | None:
-        """The final samples as one PNG mosaic (upscaled so small images stay visible)."""
-        from PIL import Image
+        """Write the final samples as one PNG mosaic (upscaled so small images stay visible), in a worker.
 
+        Returns the path being written (`exported` follows, or an error message), or None when there is
+        nothing to save, an export is already running or the dialog was cancelled."""
         images = self.final_images()
-        if images is None:
+        if images is None or self._export_job is not None:
             return None
-        if path is None:
-            path, _ = QFileDialog.getSaveFileName(self, "Save samples", "samples.png", "PNG images (*.png)")
-            if not path:
-                return None
-        path = Path(path)
-        Image.fromarray(tile(images, scale=export_scale(images.shape[1]))).save(path)
-        self.state.show_status(f"Saved {path}")
+        path = self._export_path(path, "Save samples", "samples.png", "PNG images (*.png)")
+        if path is not None:
+            scale = export_scale(images.shape[1])
+            self._start_export(path, lambda: save_png(path, tile(images, scale=scale)))
         return path
 
     def save_gif(self, path: str | Path | None = None, fps: int | None = None) -> Path | None:
-        """The x_t frames as an animated GIF (loops; holds the final samples a little longer)."""
-        from PIL import Image
-
-        if len(self._frames) < 2:
+        """Write the x_t frames as an animated GIF (loops; holds the final samples a little longer), in a
+        worker. Returns as save_png_grid does."""
+        if len(self._frames) < 2 or self._export_job is not None:
             return None
-        if path is None:
-            path, _ = QFileDialog.getSaveFileName(
-                self, "Save animation", "reverse_process.gif", "GIF images (*.gif)"
+        path = self._export_path(path, "Save animation", "reverse_process.gif", "GIF images (*.gif)")
+        if path is not None:
+            scale = export_scale(self._frames[0].xt.shape[1])
+            xts = [f.xt for f in self._frames]
+            ms = max(20, round(1000 / (fps or self.player.fps())))
+            self._start_export(
+                path, lambda: save_gif(path, xts, ms, 1500, render=lambda xt: tile(xt, scale=scale))
             )
+        return path
+
+    def is_exporting(self) -> bool:
+        return self._export_job is not None
+
+    def export_folder(self) -> Path:
+        """Where the save dialogs open: the run's samples/ folder when the model comes from a run folder,
+        otherwise the folder of the last export (remembered between sessions), otherwise the home folder."""
+        run = run_folder(self.bundle())
+        if run is not None and (run / "samples").is_dir():
+            return run / "samples"
+        last = str(self.state.settings.value(EXPORT_DIR_KEY, "") or "")
+        return Path(last) if last and Path(last).is_dir() else Path.home()
+
+    def _export_path(self, path: str | Path | None, title: str, name: str, filt: str) -> Path | None:
+        if path is None:
+            path, _ = QFileDialog.getSaveFileName(self, title, str(self.export_folder() / name), filt)
             if not path:
                 return None
         path = Path(path)
-        scale = export_scale(self._frames[0].xt.shape[1])
-        images = [Image.fromarray(tile(f.xt, scale=scale)) for f in self._frames]
-        ms = max(20, round(1000 / (fps or self.player.fps())))
-        durations = [ms] * (len(images) - 1) + [1500]
-        images[0].save(path, save_all=True, append_images=images[1:], duration=durations, loop=0)
+        return path if path.suffix else path.with_suffix(Path(name).suffix)
+
+    def _start_export(self, path: Path, write: Callable[[], None]) -> None:
+        self.error_label.hide()
+        self.status_label.setText(f"Saving {path.name}…")
+        self.export_bar.show()
+        job = Job(lambda: _export(path, write), parent=self)
+        job.event.connect(self._on_exported)
+        job.failed.connect(self._on_export_failed)
+        job.done.connect(self._on_export_done)
+        self._export_job = job
+        job.start()
+        self._update_buttons()
+
+    @Slot(object)
+    def _on_exported(self, path: object) -> None:
+        self.status_label.setText(f"Saved {path}")
         self.state.show_status(f"Saved {path}")
-        return path
+        self.state.settings.setValue(EXPORT_DIR_KEY, str(Path(str(path)).parent))
+        self.exported.emit(path)
+
+    @Slot(str)
+    def _on_export_failed(self, message: str) -> None:
+        self.status_label.setText("")
+        self._error(message, "Cannot save")
+
+    @Slot()
+    def _on_export_done(self) -> None:
+        self._export_job = None
+        self.export_bar.hide()
+        self._update_buttons()
 
     # ------------------------------------------------------------------ messages
     def _error(self, message: str, title: str) -> None:
@@ -580,6 +622,23 @@ class SamplePanel(QWidget):
         self.state.show_status(message)
         if SHOW_DIALOGS:
             QMessageBox.warning(self, title, message)
+
+
+def run_folder(bundle) -> Path | None:
+    """The run folder a bundle comes from (a training run, or a checkpoint in its checkpoints/), or None."""
+    if bundle is None:
+        return None
+    source = str(bundle.source)
+    if source.startswith("training run "):
+        return Path(source[len("training run ") :])
+    p = Path(source)
+    return p.parent.parent if p.parent.name == "checkpoints" else None
+
+
+def _export(path: Path, write: Callable[[], None]) -> Iterator[Path]:
+    """Worker: encode and write one export (engine.images writes atomically), then hand back its path."""
+    write()
+    yield path
 
 
 def _load(path: str):
