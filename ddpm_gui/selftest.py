@@ -61,7 +61,7 @@ class _Checks:
             detail = fn()
         except CheckFailed as exc:
             raise _Failure(name, str(exc)) from None
-        except Exception as exc:  # noqa: BLE001 - any error is a failed check, reported in one line
+        except Exception as exc:
             if os.environ.get("DDPM_GUI_DEBUG"):
                 traceback.print_exc()
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
@@ -476,7 +476,7 @@ def self_test() -> int:
                 finally:
                     try:
                         _close()
-                    except Exception as exc:  # noqa: BLE001
+                    except Exception as exc:
                         print(f"warning: closing the window: {exc}", file=sys.stderr)
         after = _snapshot(watched)
         changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
@@ -495,7 +495,7 @@ def self_test() -> int:
             flush=True,
         )
         return 1
-    except Exception as exc:  # noqa: BLE001 - a bug in the self-test itself, still one clear line
+    except Exception as exc:
         traceback.print_exc()
         print(f"FAIL self-test: {type(exc).__name__}: {exc}", flush=True)
         return 1

@@ -91,7 +91,7 @@ class GraphedDenoiser(nn.Module):
         if entry is None:
             try:
                 entry = self._capture(x, t, y)
-            except Exception as exc:  # noqa: BLE001 - any capture problem: run eagerly instead
+            except Exception as exc:
                 self._failed.add(key)
                 self.fallback_reason = (
                     f"CUDA graph capture failed ({type(exc).__name__}: {exc}); running eagerly"
@@ -118,7 +118,7 @@ class CompiledDenoiser(nn.Module):
         self.fallback_reason: str | None = None
         try:
             self._compiled = torch.compile(model, mode=mode, dynamic=False)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self._compiled = None
             self.fallback_reason = f"torch.compile unavailable ({type(exc).__name__}: {exc}); running eagerly"
 
@@ -130,7 +130,7 @@ class CompiledDenoiser(nn.Module):
         if self._compiled is not None:
             try:
                 return self._compiled(*args)
-            except Exception as exc:  # noqa: BLE001 - compile errors surface at the first call
+            except Exception as exc:
                 self._compiled = None
                 self.fallback_reason = f"torch.compile failed ({type(exc).__name__}: {exc}); running eagerly"
         return self.model(*args)

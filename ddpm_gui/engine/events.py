@@ -89,3 +89,17 @@ class Failed:
 
 
 Event = Started | Progress | TimestepLoss | Preview | CheckpointSaved | Paused | Resumed | Notice | Finished | Failed
+
+
+def coalesce_progress(a: Event, b: Event) -> Progress | None:
+    """Two consecutive Progress events as one (their loss points concatenated, b's figures), for a consumer
+    that shows fewer events than a fast run yields; None for any other pair (those pass through in order)."""
+    if isinstance(a, Progress) and isinstance(b, Progress):
+        from dataclasses import replace
+
+        return replace(
+            b,
+            steps=np.concatenate([np.asarray(a.steps), np.asarray(b.steps)]),
+            losses=np.concatenate([np.asarray(a.losses), np.asarray(b.losses)]),
+        )
+    return None

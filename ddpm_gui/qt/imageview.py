@@ -83,10 +83,10 @@ class _GridView(pg.GraphicsLayoutWidget):
         super().__init__(grid)
         self._grid = grid
 
-    def sizeHint(self) -> QSize:  # noqa: N802 - Qt API
+    def sizeHint(self) -> QSize:
         return QSize(320, 240)
 
-    def wheelEvent(self, event) -> None:  # noqa: N802 - Qt API
+    def wheelEvent(self, event) -> None:
         # the view never zooms (mouse interaction is off): the wheel turns pages where the owner pages
         steps = event.angleDelta().y() // 120
         if steps:
@@ -281,12 +281,12 @@ class ImageGrid(QWidget):
             return g.width(), g.height()
         return float(self._view_widget.width()), float(self._view_widget.height())
 
-    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt API
+    def resizeEvent(self, event) -> None:
         super().resizeEvent(event)
         if len(self._images):
             self._relayout_timer.start()
 
-    def showEvent(self, event) -> None:  # noqa: N802 - Qt API
+    def showEvent(self, event) -> None:
         super().showEvent(event)
         if len(self._images):
             self._compose()
