@@ -346,7 +346,11 @@ def test_resume_refuses_changed_data_unless_allowed(tmp_path, data):
     run = tmp_path / "run"
     small = data.subset(slice(0, 64))
     run_all(Trainer(cfg(steps=2), run, data=small))
-    more = changed(small, images=np.concatenate([small.images, small.images[:3]]))
+    more = changed(
+        small,
+        images=np.concatenate([small.images, small.images[:3]]),
+        labels=np.concatenate([small.labels, small.labels[:3]]),
+    )
     fail = run_all(Trainer(cfg(steps=4), run, resume=True, data=more))[-1]
     assert isinstance(fail, ev.Failed) and "64 images" in fail.message and "67" in fail.message
     assert "allow" in fail.message and fail.bad_input

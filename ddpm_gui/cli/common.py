@@ -132,6 +132,10 @@ def load_bundle(args):
 
 
 def note_fallback(bundle) -> None:
+    """What loading and accelerating the model did that the user did not ask for, on stderr: a damaged newer
+    checkpoint of a run that was skipped (`warning:`), sampling that fell back to eager mode (`note:`)."""
+    for note in getattr(bundle, "notes", None) or ():
+        print(f"warning: {note}", file=sys.stderr)
     reason = getattr(bundle.model, "fallback_reason", None)
     if reason:
         print(f"note: {reason}", file=sys.stderr)

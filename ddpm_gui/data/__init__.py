@@ -8,12 +8,14 @@
 
 No Qt here: the GUI calls `load_data` from a worker thread with a `progress` callback and a
 `cancel` event. `datasets` is imported only when a Hub id or a parquet/arrow/save_to_disk source is
-loaded, after `hub_reachable()` has decided whether to work offline.
+decoded, after `hub_reachable()` has decided whether to work offline. It is the optional `hub` extra
+(pip install 'ddpm-gui[hub]'): without it those sources raise a DataError saying so
+(`datasets_available()` tells beforehand), and the built-in shapes and image folders work as before.
 """
 
 from ddpm_gui.data.builtin import BUILTIN_CLASSES, BUILTIN_DEFAULT_COUNT, generate_builtin
 from ddpm_gui.data.cache import default_cache_dir
-from ddpm_gui.data.hub import hub_reachable
+from ddpm_gui.data.hub import HUB_EXTRA_INSTALL, datasets_available, hub_reachable
 from ddpm_gui.data.sources import (
     IMAGE_EXTENSIONS,
     Cancelled,
@@ -27,9 +29,11 @@ __all__ = [
     "BUILTIN_CLASSES",
     "BUILTIN_DEFAULT_COUNT",
     "IMAGE_EXTENSIONS",
+    "HUB_EXTRA_INSTALL",
     "Cancelled",
     "ImageData",
     "ProgressFn",
+    "datasets_available",
     "default_cache_dir",
     "describe_source",
     "generate_builtin",

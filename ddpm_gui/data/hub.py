@@ -1,5 +1,8 @@
 """Sources read through Hugging Face `datasets`: Hub ids, save_to_disk folders, parquet/arrow files.
 
+`datasets` (and the pyarrow it brings) is the optional `hub` extra: without it the built-in data and image
+folders work as before, and these sources raise a DataError that says how to install it (`require_datasets`).
+
 What `datasets` (5.2, the behaviour is the same since about 2.18) does, and how we use it:
 
 - Offline is a module constant read at import: `datasets.config.HF_HUB_OFFLINE` (from HF_HUB_OFFLINE
@@ -64,6 +67,36 @@ _ALIASES = {
     "fashion_mnist": "zalando-datasets/fashion_mnist",
 }
 _ALIASES.update({v: k for k, v in list(_ALIASES.items())})
+
+
+HUB_EXTRA_INSTALL = "pip install 'ddpm-gui[hub]'"
+
+
+def datasets_available() -> bool:
+    """Whether `datasets` is installed (found, not imported: the check costs nothing)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("datasets") is not None
+    except (ImportError, ValueError):  # a half-imported or broken entry in sys.modules
+        return False
+
+
+def datasets_missing_message(what: str) -> str:
+    """The one line for `what` ("Hugging Face Hub datasets", ...) when `datasets` is not installed."""
+    return (
+        f"Reading {what} needs the Hugging Face `datasets` package, which is not installed: install it with "
+        f"{HUB_EXTRA_INSTALL}, or use the built-in shapes ('builtin') or a folder of images."
+    )
+
+
+def require_datasets(what: str):
+    """The `datasets` module, imported; a DataError saying how to install it when it is missing."""
+    try:
+        import datasets
+    except ImportError as e:
+        raise DataError(datasets_missing_message(what)) from e
+    return datasets
 
 
 def _offline_requested() -> bool:
@@ -405,7 +438,7 @@ def load_hub(
     """A dataset from the Hub, or from the local datasets cache when the Hub cannot be reached."""
     label = repo + (f":{config}" if config else "")
     wait = _start_check(repo)  # the probe runs while datasets is imported: its budget covers both
-    import datasets
+    datasets = require_datasets("Hugging Face Hub datasets")
 
     status = wait()
     online = status.online
@@ -476,7 +509,7 @@ def load_hub(
 
 def load_saved(path: str, split: str, size: int, limit: int | None, rep: Reporter) -> Cached:
     """A folder written by Dataset.save_to_disk or DatasetDict.save_to_disk."""
-    import datasets
+    datasets = require_datasets("save_to_disk folders")
 
     what = os.path.basename(os.path.normpath(path))
     rep(0, 0, f"Opening {what}")
@@ -501,7 +534,7 @@ def load_file(path: str, split: str, size: int, limit: int | None, rep: Reporter
     datasets cache as Arrow; the features (Image, ClassLabel) come from the schema metadata that
     `datasets` writes, read by datasets.Features.
     """
-    import datasets
+    datasets = require_datasets("parquet and arrow files")
     import pyarrow as pa
     import pyarrow.parquet as pq
 

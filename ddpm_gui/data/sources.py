@@ -12,6 +12,9 @@ same thing:
     anything else        a Hugging Face Hub dataset id: "cifar10", "mnist", "uoft-cs/cifar10",
                          optionally with a config: "id:config"
 
+Hub ids, parquet/arrow files and save_to_disk folders are read with `datasets`, the optional `hub`
+extra (see `hub.require_datasets`); the built-in shapes and image folders need only Pillow.
+
 Every source is decoded once, converted to RGB, resized to `image_size` (shorter side, then a centre
 crop) and written to a cache file (see `cache.py`); the next call with the same arguments loads that
 file and decodes nothing. Nothing here imports Qt: the GUI runs `load_data` in a worker thread,
@@ -429,15 +432,7 @@ def load_data(
         key.update(path=path, stamp=_tree_stamp(path))
         slug = f"saved-{os.path.basename(path)}-{split}-{image_size}"
     else:  # folder: the stamp is computed by the scan, which the decoding reuses
-        from ddpm_gui.data.folder import scan_folder
-
-        rep(0, 0, f"Scanning {path}")
-        try:
-            scan = scan_folder(path, rep)
-        except Cancelled:
-            raise
-        except DataError as e:  # no image file in it
-            raise DataError(_nothing_to_load(path)) from e
+        scan = _scan_images(path, rep)
         key.update(path=path, stamp=scan.digest, split=None)
         slug = f"folder-{os.path.basename(path)}-{image_size}"
 
@@ -467,6 +462,19 @@ def load_data(
     total = len(result.images)
     rep(total, total, f"Loaded {total} images")
     return _result(result, spec, file if written else None)
+
+
+def _scan_images(path: str, rep: Reporter):
+    """The FolderScan of an image folder; a folder with no image in it is told what is accepted."""
+    from ddpm_gui.data.folder import scan_folder
+
+    rep(0, 0, f"Scanning {path}")
+    try:
+        return scan_folder(path, rep)
+    except Cancelled:
+        raise
+    except DataError as e:  # no image file in it
+        raise DataError(_nothing_to_load(path)) from e
 
 
 def _result(c: Cached, spec: str, file: Path | None) -> ImageData:

@@ -15,6 +15,8 @@ project's 2-core CPU, torch.compile made the tutorial UNet slower (see docs/benc
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -116,6 +118,7 @@ class CompiledDenoiser(nn.Module):
         super().__init__()
         self.model = model
         self.fallback_reason: str | None = None
+        self._compiled: Callable[..., torch.Tensor] | None
         try:
             self._compiled = torch.compile(model, mode=mode, dynamic=False)
         except Exception as exc:

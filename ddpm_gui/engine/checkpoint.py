@@ -1,4 +1,4 @@
-"""Checkpoints and run folders: crash-safe writes, verified reads, nothing ever unpickled.
+"""Checkpoints and run folders: verified reads, nothing ever unpickled.
 
 A checkpoint is ONE safetensors file (so one atomic rename publishes it): tensors `model.*`, `ema.*`,
 `optim.<i>.*` (AdamW state per parameter), `rng.*` (RNG states as uint8 tensors), `stats.*`, and a JSON
@@ -19,28 +19,30 @@ Run folder:
     samples/step_00001000.png               preview grids
     .lock                  held (flock) by the process training in the folder; released when it exits
 
-Writes (see docs/reliability.md): temp file `.<name>.<random>.tmp` in the same folder, fsync, rename
-over the target, fsync the folder. A crash at any moment leaves the old file or the new one, plus at
-worst a temp file, which is never mistaken for a checkpoint and is removed at the next start.
+Files are written by engine/fileio.py (temp file, fsync, rename): a reader sees the old file or the new one.
+A training run prunes old checkpoints while other processes read the folder (the app, `sample --run`), so a
+reader holds one open file from the header to the last tensor, and a file that vanished between the listing
+and the open is not damage: the folder is listed again (CheckpointVanished).
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
 import re
-import signal
-import tempfile
-import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import BinaryIO, TypeVar
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
+from ddpm_gui.engine.fileio import RunLock as RunLock
+from ddpm_gui.engine.fileio import atomic_write_bytes as atomic_write_bytes
+from ddpm_gui.engine.fileio import atomic_write_json as atomic_write_json
+from ddpm_gui.engine.fileio import remove_temp_files as remove_temp_files
 from ddpm_gui.errors import CheckpointError
 
 FORMAT = "ddpm-gui-checkpoint"
@@ -48,209 +50,21 @@ FORMAT_VERSION = 1
 META_KEY = "ddpm_gui"
 DIGEST_KEY = "ddpm_gui_sha256"
 CKPT_RE = re.compile(r"^step_(\d{8,})\.safetensors$")
-TEMP_RE = re.compile(r"^\..+\.tmp$")  # what atomic_write_bytes leaves behind when killed mid-save
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
+PICK_ANOTHER = "Pick another checkpoint of the run."
+LISTING_TRIES = 50  # a run saving and pruning faster than a reader can open a file: list again this often
 
-# Fault injection, for tests and scripts/fault_injection.py only (read at every write, so a test can set them):
-#   DDPM_GUI_FAULT_IN_SAVE="<action>:<n>[:<substring>]"  on the n-th atomic write (1-based) in this process
-#       whose file name contains <substring> (default ".safetensors"), do <action>:
-#       kill-mid-write      write half the bytes, then SIGKILL this process
-#       kill-before-rename  write and fsync everything, then SIGKILL before the rename
-#       kill-after-rename   rename, then SIGKILL before the folder fsync
-#       enospc              write half the bytes, then fail as a full disk would (OSError ENOSPC)
-#   DDPM_GUI_FAULT_SLEEP_IN_SAVE="<seconds>"  sleep between writing and renaming (widens the window in
-#       which an outside SIGKILL lands inside a save)
-FAULT_ENV = "DDPM_GUI_FAULT_IN_SAVE"
-SLEEP_ENV = "DDPM_GUI_FAULT_SLEEP_IN_SAVE"
-_fault_counts: dict[str, int] = {}
+
+_T = TypeVar("_T")
 
 
 class NewerVersionError(CheckpointError):
     """A checkpoint written by a newer DDPM Studio: refused, never skipped or set aside (it is not damaged)."""
 
 
-# ----------------------------------------------------------------------------- atomic files
-
-
-def fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return  # Windows cannot open a folder; its renames are durable enough
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _fault(path: Path, phase: str) -> None:
-    """Testing hook: see FAULT_ENV. Does nothing unless the variable is set."""
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
-        return
-    parts = spec.split(":")
-    action, nth = parts[0], int(parts[1]) if len(parts) > 1 and parts[1] else 1
-    match = parts[2] if len(parts) > 2 else ".safetensors"
-    if match not in path.name:
-        return
-    if phase == "open":
-        _fault_counts[spec] = _fault_counts.get(spec, 0) + 1
-        return
-    if _fault_counts.get(spec) != nth:
-        return
-    if (action, phase) in (
-        ("kill-mid-write", "mid"),
-        ("kill-before-rename", "written"),
-        ("kill-after-rename", "renamed"),
-    ):
-        if hasattr(signal, "SIGKILL"):
-            os.kill(os.getpid(), signal.SIGKILL)
-        os._exit(137)
-    if (action, phase) == ("enospc", "mid"):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-
-
-def _chunks(data) -> list[memoryview]:
-    if isinstance(data, bytes | bytearray | memoryview):
-        return [memoryview(data)]
-    return [memoryview(c) for c in data]
-
-
-def atomic_write_bytes(path: str | Path, data: bytes | Sequence[bytes | bytearray | memoryview]) -> None:
-    """Write `data` (bytes, or a sequence of byte chunks written one after the other) to `path` so that a
-    crash at any moment leaves either the old file or the new one: temp file in the same folder, fsync,
-    rename over, fsync the folder. A failure (disk full, no permission) removes the temp file and raises
-    CheckpointError; the old file is untouched."""
-    path = Path(path)
-    chunks = _chunks(data)
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _fault(path, "open")
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            total = sum(c.nbytes for c in chunks)
-            written = 0
-            for c in chunks:
-                if os.environ.get(FAULT_ENV) and written <= total // 2 < written + c.nbytes:
-                    half = total // 2 - written
-                    f.write(c[:half])
-                    f.flush()
-                    _fault(path, "mid")
-                    f.write(c[half:])
-                else:
-                    f.write(c)
-                written += c.nbytes
-            f.flush()
-            os.fsync(f.fileno())
-        _fault(path, "written")
-        sleep = os.environ.get(SLEEP_ENV)
-        if sleep:
-            time.sleep(float(sleep))
-        os.replace(tmp, path)
-        tmp = None
-        _fault(path, "renamed")
-        fsync_dir(path.parent)
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        hint = (
-            "free some disk space"
-            if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1))
-            else "choose a writable run folder"
-        )
-        raise CheckpointError(
-            f"Could not write {path} ({reason}): {hint} and resume; the previous files were kept."
-        ) from exc
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-
-
-def atomic_write_json(path: str | Path, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
-
-
-def remove_temp_files(run_dir: str | Path) -> list[Path]:
-    """Delete the temp files a killed save left in a run folder (call it only while holding the run's lock)."""
-    removed = []
-    run_dir = Path(run_dir)
-    for d in (run_dir, run_dir / "checkpoints", run_dir / "samples"):
-        if not d.is_dir():
-            continue
-        for p in d.iterdir():
-            if TEMP_RE.match(p.name) and p.is_file():
-                try:
-                    p.unlink()
-                    removed.append(p)
-                except OSError:
-                    pass
-    return removed
-
-
-class RunLock:
-    """An exclusive lock on a run folder (`.lock`, flock/msvcrt), so that two trainers (two app windows,
-    the app and the CLI) never write the same run. The OS drops it when the process dies, even on SIGKILL."""
-
-    def __init__(self, run_dir: str | Path):
-        self.path = Path(run_dir) / ".lock"
-        self._fd: int | None = None
-
-    def acquire(self) -> RunLock:
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise CheckpointError(
-                f"Cannot write in the run folder {self.path.parent} ({exc.strerror}): choose a writable folder."
-            ) from exc
-        try:
-            if os.name == "nt":  # pragma: no cover - Windows
-                import msvcrt
-
-                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-            else:
-                import fcntl
-
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES, errno.EDEADLK):
-                try:
-                    owner = (
-                        os.pread(fd, 64, 0).decode(errors="replace").strip() if hasattr(os, "pread") else ""
-                    )
-                except OSError:
-                    owner = ""
-                os.close(fd)
-                who = f" (process {owner})" if owner.isdigit() else ""
-                raise CheckpointError(
-                    f"{self.path.parent} is in use by another training run{who}: stop it first, or choose "
-                    "another run folder."
-                ) from exc
-            # a file system without locks (some network shares): go on unlocked
-        try:
-            os.ftruncate(fd, 0)
-            os.write(fd, str(os.getpid()).encode())  # for the message another process shows
-        except OSError:
-            pass
-        self._fd = fd
-        return self
-
-    def release(self) -> None:
-        if self._fd is not None:
-            try:
-                os.close(self._fd)  # closing drops the lock; the file stays (deleting it would race)
-            finally:
-                self._fd = None
-
-    def __enter__(self) -> RunLock:
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
+class CheckpointVanished(CheckpointError):
+    """The file is not there (any more): pruned or set aside by a training run after it was listed. Not damage:
+    readers of a run folder list it again."""
 
 
 # ----------------------------------------------------------------------------- state <-> tensors
@@ -348,73 +162,75 @@ def _not_safetensors(kind: str) -> _Damaged:
     return _Damaged(f"it is {kind}, not a safetensors file", foreign=kind)
 
 
-def _parse_header(path: Path) -> tuple[dict, int, int]:
-    """(safetensors header, header length, file size) with every bound checked; CheckpointError otherwise."""
+def _opened(path: Path, use: Callable[[BinaryIO], _T]) -> _T:
+    """`use(f)` on `path` opened once: every check and read of one call sees the same file, even if a
+    training run prunes or replaces the name meanwhile. OS errors become CheckpointError."""
     try:
         with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            head = f.read(8)
-            try:
-                if len(head) < 8:
-                    raise _Damaged(f"it is only {size} bytes long")
-                n = int.from_bytes(head, "little")
-                if n < 2 or n > MAX_HEADER_BYTES or 8 + n > size:
-                    kind = _foreign_kind(head)
-                    if kind:
-                        raise _not_safetensors(kind)
-                    if 2 <= n <= MAX_HEADER_BYTES:  # a plausible header length: the file was cut inside it
-                        raise _Damaged(f"it is truncated ({size:,} bytes; its header alone needs {8 + n:,})")
-                    raise _Damaged("its header length does not fit the file")
-                raw = f.read(n)
-                if len(raw) != n:
-                    raise _Damaged("it ended early")
-                try:
-                    header = json.loads(raw.decode("utf-8"))
-                except (UnicodeDecodeError, ValueError, RecursionError):
-                    kind = _foreign_kind(head)
-                    damage = _not_safetensors(kind) if kind else _Damaged("its header is not valid JSON")
-                    raise damage from None
-                if not isinstance(header, dict):
-                    raise _Damaged("its header is not a JSON object")
-                end = 0
-                for k, v in header.items():
-                    if k == "__metadata__":
-                        if v is not None and not (
-                            isinstance(v, dict) and all(isinstance(x, str) for x in v.values())
-                        ):
-                            raise _Damaged("its metadata is not a table of strings")
-                        continue
-                    off = v.get("data_offsets") if isinstance(v, dict) else None
-                    if not (
-                        isinstance(off, list)
-                        and len(off) == 2
-                        and all(type(o) is int for o in off)
-                        and 0 <= off[0] <= off[1]
-                    ):
-                        raise _Damaged(f"the entry of tensor {k[:60]!r} is damaged")
-                    end = max(end, off[1])
-                if 8 + n + end > size:
-                    raise _Damaged(f"it is truncated ({size:,} bytes of {8 + n + end:,})")
-                if 8 + n + end < size:
-                    raise _Damaged(f"it has {size - 8 - n - end:,} unexpected bytes at the end")
-            except _Damaged as exc:
-                if exc.foreign and ("PyTorch" in exc.foreign or "pickle" in exc.foreign):
-                    hint = (
-                        "A plain PyTorch state dict of a DDPM Studio UNet opens with the preset it was trained "
-                        "with (ddpm-gui sample --checkpoint FILE --preset NAME); it is never unpickled here."
-                    )
-                elif exc.foreign:
-                    hint = "Pick a .safetensors checkpoint or a run folder."
-                else:
-                    hint = "It may be truncated or corrupt; pick another checkpoint of the run."
-                raise CheckpointError(f"{path.name} is not a readable checkpoint: {exc}. {hint}") from None
+            return use(f)
     except FileNotFoundError as exc:
-        raise CheckpointError(f"No checkpoint at {path}.") from exc
+        raise CheckpointVanished(f"No checkpoint at {path}.") from exc
     except IsADirectoryError as exc:
         raise CheckpointError(f"{path} is a folder, not a checkpoint file.") from exc
     except OSError as exc:
         raise CheckpointError(f"{path.name} cannot be read ({exc.strerror or exc}).") from exc
-    return header, n, size
+
+
+def _check_layout(f: BinaryIO, size: int) -> tuple[dict, int]:
+    """(header, header length) of a safetensors file with every bound checked; _Damaged otherwise."""
+    head = f.read(8)
+    if len(head) < 8:
+        raise _Damaged(f"it is only {size} bytes long")
+    n = int.from_bytes(head, "little")
+    if n < 2 or n > MAX_HEADER_BYTES or 8 + n > size:
+        kind = _foreign_kind(head)
+        if kind:
+            raise _not_safetensors(kind)
+        if 2 <= n <= MAX_HEADER_BYTES:  # a plausible header length: the file was cut inside it
+            raise _Damaged(f"it is truncated ({size:,} bytes; its header alone needs {8 + n:,})")
+        raise _Damaged("its header length does not fit the file")
+    raw = f.read(n)
+    if len(raw) != n:
+        raise _Damaged("it ended early")
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        kind = _foreign_kind(head)
+        raise (_not_safetensors(kind) if kind else _Damaged("its header is not valid JSON")) from None
+    if not isinstance(header, dict):
+        raise _Damaged("its header is not a JSON object")
+    end = 0
+    for k, v in header.items():
+        if k == "__metadata__":
+            if v is not None and not (isinstance(v, dict) and all(isinstance(x, str) for x in v.values())):
+                raise _Damaged("its metadata is not a table of strings")
+            continue
+        off = v.get("data_offsets") if isinstance(v, dict) else None
+        if not (isinstance(off, list) and len(off) == 2 and all(type(o) is int for o in off) and 0 <= off[0] <= off[1]):  # fmt: skip
+            raise _Damaged(f"the entry of tensor {k[:60]!r} is damaged")
+        end = max(end, off[1])
+    if 8 + n + end > size:
+        raise _Damaged(f"it is truncated ({size:,} bytes of {8 + n + end:,})")
+    if 8 + n + end < size:
+        raise _Damaged(f"it has {size - 8 - n - end:,} unexpected bytes at the end")
+    return header, n
+
+
+def _parse_header(f: BinaryIO, path: Path) -> tuple[dict, int]:
+    """(safetensors header, header length) of an open file; CheckpointError naming what is wrong."""
+    try:
+        return _check_layout(f, os.fstat(f.fileno()).st_size)
+    except _Damaged as exc:
+        if exc.foreign and ("PyTorch" in exc.foreign or "pickle" in exc.foreign):
+            hint = (
+                "A plain PyTorch state dict of a DDPM Studio UNet opens with the preset it was trained "
+                "with (ddpm-gui sample --checkpoint FILE --preset NAME); it is never unpickled here."
+            )
+        elif exc.foreign:
+            hint = "Pick a .safetensors checkpoint or a run folder."
+        else:
+            hint = f"It may be truncated or corrupt. {PICK_ANOTHER}"
+        raise CheckpointError(f"{path.name} is not a readable checkpoint: {exc}. {hint}") from None
 
 
 def _digest(path: Path, header: dict) -> dict | None:
@@ -433,7 +249,7 @@ def _digest(path: Path, header: dict) -> dict | None:
 def _corrupt(path: Path, what: str) -> CheckpointError:
     return CheckpointError(
         f"{path.name} is corrupt: its {what} do not match the checksum written with it (a disk or copy "
-        "error). Pick another checkpoint of the run."
+        f"error). {PICK_ANOTHER}"
     )
 
 
@@ -480,9 +296,9 @@ def _check_meta(path: Path, meta) -> dict:
     return meta
 
 
-def _read(path: Path) -> tuple[dict, dict, int]:
-    """(meta, safetensors header, header length): the header checked against its digest."""
-    header, n, _size = _parse_header(path)
+def _read(f: BinaryIO, path: Path) -> tuple[dict, dict, int]:
+    """(meta, safetensors header, header length) of an open file: the header checked against its digest."""
+    header, n = _parse_header(f, path)
     md = header.get("__metadata__") or {}
     if META_KEY not in md:
         raise CheckpointError(
@@ -495,7 +311,7 @@ def _read(path: Path) -> tuple[dict, dict, int]:
         # would otherwise pass as an older file without checksums, and damaged weights with it)
         raise CheckpointError(
             f"{path.name} has a damaged DDPM Studio header (unknown entry {unknown[0]!r}): the file is "
-            "corrupt. Pick another checkpoint of the run."
+            f"corrupt. {PICK_ANOTHER}"
         )
     digest = _digest(path, header)
     if digest is not None and _sha256([_canonical(header)]) != digest["header"]:
@@ -518,42 +334,53 @@ def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: di
 
 def read_meta(path: str | Path) -> dict:
     """The JSON header of a checkpoint, without loading the tensors. Checks the header digest and the
-    file's length, so a truncated or damaged file is a CheckpointError here already."""
-    return _read(Path(path))[0]
+    file's length, so a truncated or damaged file is a CheckpointError here already (CheckpointVanished
+    for a file that is not there)."""
+    path = Path(path)
+    return _opened(path, lambda f: _read(f, path)[0])
 
 
 def is_ddpm_checkpoint(path: str | Path) -> bool:
     """Whether a file is laid out as a DDPM Studio checkpoint (a safetensors header carrying our metadata),
     damaged or not: loading one with load_checkpoint then gives the precise reason it does not load."""
+    path = Path(path)
     try:
-        header, _n, _size = _parse_header(Path(path))
+        header, _n = _opened(path, lambda f: _parse_header(f, path))
     except CheckpointError:
         return False
     return META_KEY in (header.get("__metadata__") or {})
 
 
-def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """(tensors, meta) of a checkpoint, every byte checked against its digest; CheckpointError with a
-    readable message if it is damaged."""
-    path = Path(path)
-    meta, header, n = _read(path)
+_PROC_FD = os.path.isdir("/proc/self/fd")
+
+
+def _load_open(f: BinaryIO, path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    meta, header, n = _read(f, path)
     digest = _digest(path, header)
     if digest is not None:
-        try:
-            with open(path, "rb") as f:
-                f.seek(8 + n)
-                got = _sha256(iter(lambda: f.read(1 << 22), b""))
-        except OSError as exc:
-            raise CheckpointError(f"{path.name} cannot be read ({exc.strerror or exc}).") from exc
-        if got != digest["data"]:
+        f.seek(8 + n)
+        if _sha256(iter(lambda: f.read(1 << 22), b"")) != digest["data"]:
             raise _corrupt(path, "tensor bytes")
+    # safetensors opens files by name: on Linux the name of the open file itself, which reaches the verified
+    # bytes even after a training run pruned the checkpoint; elsewhere the path (a file gone by now is
+    # FileNotFoundError, turned into CheckpointVanished by _opened)
+    name = f"/proc/self/fd/{f.fileno()}" if _PROC_FD else str(path)
     try:
-        tensors = load_file(str(path), device="cpu")
+        tensors = load_file(name, device="cpu")
+    except FileNotFoundError:
+        raise
     except (SafetensorError, OSError, ValueError, RuntimeError, TypeError) as exc:
         raise CheckpointError(
-            f"{path.name} could not be read (it may be truncated or corrupt): {str(exc)[:200]}. Pick another checkpoint."
+            f"{path.name} could not be read (it may be truncated or corrupt): {str(exc)[:200]}. {PICK_ANOTHER}"
         ) from exc
     return tensors, meta
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors, meta) of a checkpoint, every byte checked against its digest; CheckpointError with a
+    readable message if it is damaged, CheckpointVanished if it is not there."""
+    path = Path(path)
+    return _opened(path, lambda f: _load_open(f, path))
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:
@@ -561,15 +388,20 @@ def checkpoint_dir(run_dir: str | Path) -> Path:
 
 
 def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
-    """(step, path) of every step checkpoint in a run folder, oldest first (temp files never match)."""
-    d = checkpoint_dir(run_dir)
-    if not d.is_dir():
+    """(step, path) of every step checkpoint in a run folder, oldest first: regular files named
+    `step_<8+ digits>.safetensors` (temp files, folders and symlinks never match)."""
+    try:
+        entries = list(os.scandir(checkpoint_dir(run_dir)))
+    except OSError:
         return []
     out = []
-    for p in d.iterdir():
-        m = CKPT_RE.match(p.name)
-        if m:
-            out.append((int(m.group(1)), p))
+    for e in entries:
+        m = CKPT_RE.match(e.name)
+        try:
+            if m and e.is_file(follow_symlinks=False):
+                out.append((int(m.group(1)), Path(e.path)))
+        except OSError:
+            pass
     return sorted(out)
 
 
@@ -577,55 +409,81 @@ def checkpoint_path(run_dir: str | Path, step: int) -> Path:
     return checkpoint_dir(run_dir) / f"step_{step:08d}.safetensors"
 
 
+Skipped = list[tuple[Path, str]]  # (checkpoint, why it was not used)
+
+
+def _newest(run_dir: str | Path, read: Callable[[Path], _T]) -> tuple[Path | None, _T | None, Skipped]:
+    """(path, read(path), skipped) of the newest checkpoint that `read` accepts. A file that vanished after
+    the listing (pruned by a training run) is not damage: the folder is listed again."""
+    for _ in range(LISTING_TRIES):
+        skipped: Skipped = []
+        for _step, p in reversed(list_checkpoints(run_dir)):
+            try:
+                return p, read(p), skipped
+            except NewerVersionError:
+                raise  # the run continued in a newer DDPM Studio: an older state here would lose that work
+            except CheckpointVanished:
+                break
+            except CheckpointError as exc:
+                skipped.append((p, str(exc)))
+        else:
+            return None, None, skipped
+    raise CheckpointError(
+        f"The checkpoints in {run_dir} kept changing while they were read (a training run saves and prunes "
+        "them faster than they can be opened): try again, or pick a checkpoint file."
+    )
+
+
 def latest_checkpoint(run_dir: str | Path) -> tuple[Path | None, list[str]]:
     """The newest checkpoint whose header reads (header digest and length checked), and the problems
     met on newer ones (e.g. a file damaged after it was written, or a foreign edit)."""
-    problems = []
-    for _step, p in reversed(list_checkpoints(run_dir)):
-        try:
-            read_meta(p)
-            return p, problems
-        except NewerVersionError:
-            raise
-        except CheckpointError as exc:
-            problems.append(str(exc))
-    return None, problems
+    p, _meta, skipped = _newest(run_dir, read_meta)
+    return p, [why for _p, why in skipped]
 
 
-def load_latest_checkpoint(
-    run_dir: str | Path,
-) -> tuple[Path, dict[str, torch.Tensor], dict, list[tuple[Path, str]]]:
+def load_latest_checkpoint(run_dir: str | Path) -> tuple[Path, dict[str, torch.Tensor], dict, Skipped]:
     """(path, tensors, meta, skipped) of the newest checkpoint that fully loads (every byte verified);
     `skipped` lists the newer ones that did not, with the reason. CheckpointError when none loads."""
-    skipped: list[tuple[Path, str]] = []
-    for _step, p in reversed(list_checkpoints(run_dir)):
-        try:
-            tensors, meta = load_checkpoint(p)
-            return p, tensors, meta, skipped
-        except NewerVersionError:
-            raise  # the run continued in a newer DDPM Studio: resuming an older state here would lose that work
-        except CheckpointError as exc:
-            skipped.append((p, str(exc)))
-    extra = f" ({skipped[0][1]})" if skipped else ""
-    raise CheckpointError(f"No readable checkpoint in {run_dir}{extra}.")
+    p, loaded, skipped = _newest(run_dir, load_checkpoint)
+    if p is None or loaded is None:
+        extra = f" ({skipped[0][1]})" if skipped else ""
+        raise CheckpointError(f"No readable checkpoint in {run_dir}{extra}.")
+    return p, loaded[0], loaded[1], skipped
+
+
+def fallback_notes(used: Path, skipped: Skipped) -> list[str]:
+    """One line per newer checkpoint that was not used, saying why and which one was used instead."""
+    notes = []
+    for p, why in skipped:
+        why = why.replace(PICK_ANOTHER, "").strip().rstrip(".")
+        if p.name not in why:
+            why = f"{p.name}: {why}"
+        notes.append(f"{why}; using {used.name} instead.")
+    return notes
 
 
 def set_aside(path: Path) -> Path | None:
-    """Rename an unreadable checkpoint to `<name>.unreadable`, so that it is neither resumed nor pruned
-    (it is kept for a person to look at)."""
-    target = path.with_name(path.name + ".unreadable")
-    try:
-        os.replace(path, target)
-        return target
-    except OSError:
-        return None
+    """Rename an unreadable checkpoint to `<name>.unreadable` (`.unreadable-2`, ... if that name is taken:
+    never over another file), so that it is neither resumed nor pruned (it is kept for a person to look at)."""
+    for i in range(1, 100):
+        target = path.with_name(path.name + (".unreadable" if i == 1 else f".unreadable-{i}"))
+        if os.path.lexists(target):
+            continue
+        try:
+            os.replace(path, target)
+            return target
+        except OSError:
+            return None
+    return None
 
 
 def prune_checkpoints(run_dir: str | Path, keep: int, protect: Iterable[Path] = ()) -> None:
+    """Delete all but the `keep` newest checkpoints, except those in `protect` and files that are not laid
+    out as DDPM Studio checkpoints (another program's file under a checkpoint's name is left alone)."""
     protect = {Path(p).resolve() for p in protect}
     items = list_checkpoints(run_dir)
     for _step, p in items[: max(0, len(items) - keep)]:
-        if p.resolve() in protect:
+        if p.resolve() in protect or not is_ddpm_checkpoint(p):
             continue
         try:
             p.unlink()
@@ -696,7 +554,7 @@ def load_foreign_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except FileNotFoundError as exc:
         raise CheckpointError(f"No such file: {path}.") from exc
-    except Exception as exc:  # noqa: BLE001 - the unpickler raises many kinds
+    except Exception as exc:  # the unpickler raises many kinds
         raise _torch_load_refusal(path, head, exc) from exc
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]

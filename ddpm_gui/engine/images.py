@@ -1,7 +1,7 @@
 """Image grids, PNG and GIF output (Pillow), shared by the CLI, the trainer and the GUI's exports.
 
 Every PNG and GIF the app writes goes through save_png / save_gif: atomic writes (a failure leaves the
-previous file as it was; see engine.checkpoint.atomic_write_bytes).
+previous file as it was; see engine.fileio.atomic_write_bytes).
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from ddpm_gui.engine.fileio import atomic_write_bytes
 
 ProgressFn = Callable[[int, int], None]  # (frames done, total)
 
@@ -51,8 +53,6 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 def save_png(path: str | Path, image: np.ndarray) -> None:
     """png_bytes written atomically to `path` (CheckpointError if it cannot be; the old file is kept)."""
-    from ddpm_gui.engine.checkpoint import atomic_write_bytes
-
     atomic_write_bytes(path, png_bytes(image))
 
 
@@ -95,6 +95,4 @@ def save_gif(
     progress: ProgressFn | None = None,
 ) -> None:
     """gif_bytes written atomically to `path` (CheckpointError if it cannot be; the old file is kept)."""
-    from ddpm_gui.engine.checkpoint import atomic_write_bytes
-
     atomic_write_bytes(path, gif_bytes(frames, duration_ms, hold_last_ms, render, progress))

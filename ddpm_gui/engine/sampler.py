@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +15,7 @@ from torch import nn
 from ddpm_gui.core.diffusion import VARIANCES, from_uint8, noise_to, reverse_process, to_uint8
 from ddpm_gui.core.schedule import NoiseSchedule, ScheduleConfig
 from ddpm_gui.engine.checkpoint import (
+    fallback_notes,
     is_ddpm_checkpoint,
     load_checkpoint,
     load_foreign_state_dict,
@@ -40,6 +41,9 @@ class ModelBundle:
     source: str  # the checkpoint path, or "training run <dir>"
     device: torch.device
     image_channels: int = 3
+    # said to the user (CLI warning, GUI): e.g. which newer checkpoint of a run was damaged and skipped
+    notes: list[str] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)  # the checkpoint's JSON header (config, step, classes)
 
     @property
     def null_class(self) -> int | None:
@@ -271,6 +275,7 @@ def bundle_from_state(
         source=source,
         device=device,
         image_channels=mcfg.image_channels,
+        meta=meta,
     )
 
 
@@ -318,16 +323,19 @@ def load_bundle(
     preset: str | None = None,
     image_size: int = 32,
 ) -> ModelBundle:
-    """A run folder (its newest readable checkpoint), a DDPM Studio .safetensors checkpoint, or (with
-    `preset`) a foreign .pt/.pth/.safetensors state dict of our UNet."""
+    """A run folder (its newest readable checkpoint; the bundle's `notes` say which newer ones were skipped
+    and why), a DDPM Studio .safetensors checkpoint, or (with `preset`) a foreign .pt/.pth/.safetensors state
+    dict of our UNet."""
     path = Path(path).expanduser()
     dev = pick_device(device)
     if path.is_dir():  # the newest checkpoint that fully loads (every byte checked against its digest)
         try:
-            ckpt, tensors, meta, _skipped = load_latest_checkpoint(path)
+            ckpt, tensors, meta, skipped = load_latest_checkpoint(path)
         except CheckpointError as exc:
             raise CheckpointError(f"{exc} Train first, or pick a .safetensors file.") from None
-        return bundle_from_state(tensors, meta, str(ckpt), dev, use_ema=use_ema)
+        bundle = bundle_from_state(tensors, meta, str(ckpt), dev, use_ema=use_ema)
+        bundle.notes = fallback_notes(ckpt, skipped)
+        return bundle
     if not path.exists():
         raise CheckpointError(f"No such file: {path}.")
     if preset is not None and path.suffix == ".safetensors" and is_ddpm_checkpoint(path):

@@ -1,6 +1,9 @@
 """State shared by the panels, living in the GUI thread. Panels subscribe to its signals (napari's
 model/event style): the Data panel sets the dataset, the Train panel publishes the model being trained,
-the Sample and Denoise panels use whichever model is current."""
+the Sample and Denoise panels use whichever model is current.
+
+Every model that enters the app goes through `set_bundle(bundle, source)`, whoever loaded or trained it:
+the panels that use a model only listen to `bundleChanged`, and `bundle_source` says where it came from."""
 
 from __future__ import annotations
 
@@ -21,15 +24,22 @@ class AppState(QObject):
         self.settings = settings if settings is not None else QSettings("DDPM Studio", "ddpm_gui")
         self.data = None  # current ImageData
         self.bundle = None  # current ModelBundle (trained here or loaded)
+        self.bundle_source = (
+            ""  # where it came from, for people: "training step 300", "run_a/step_....safetensors"
+        )
         self.training = False
 
     def set_data(self, data) -> None:
         self.data = data
         self.dataChanged.emit(data)
 
-    def set_bundle(self, bundle) -> None:
+    def set_bundle(self, bundle, source: str = "") -> None:
+        """Make `bundle` the current model (None: no model); `source` names it in the status bar."""
         self.bundle = bundle
+        self.bundle_source = source if bundle is not None else ""
         self.bundleChanged.emit(bundle)
+        if bundle is not None and source:
+            self.show_status(f"Sample and Denoise now use {source} (step {getattr(bundle, 'step', '?')}).")
 
     def set_training(self, active: bool) -> None:
         self.training = active

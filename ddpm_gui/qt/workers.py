@@ -1,6 +1,6 @@
 """Run the Qt-free engine's generators in a QThread and hand their events to the GUI thread.
 
-Facts this module is built on (measured, see DESIGN.md):
+Facts this module is built on (measured):
 - a queued `stop` signal is never delivered while the worker's loop runs, so stop/pause are plain
   method calls that set threading.Events owned by the engine object;
 - in PySide6 6.12 a lambda connected to a worker signal runs in the worker thread: connect worker
@@ -23,6 +23,12 @@ once, after whatever was held, so e.g. a Paused event shows while the paused tra
 `request_stop()` sets `stop_event` and calls `on_stop` (e.g. Trainer.stop); with close_on_stop=True
 the iterator is also closed after its next item (for samplers that have no stop of their own), with
 False it is left to finish by itself (the Trainer saves a checkpoint, then ends).
+With report=True the factory is called as `factory(report)`: `report(item)` sends an item from inside a
+callback (a progress function the engine calls), so callback-style work needs no thread of its own.
+
+Most owners want `JobSlot`, the lifecycle around a Job: at most one running per slot, callbacks for its
+items, failure and end, the failure shown (in a dialog when the owner allows it), a busy signal, and
+`shutdown_jobs(owner)` to stop every slot of an owner and its children and wait for their threads.
 """
 
 from __future__ import annotations
@@ -32,7 +38,8 @@ import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 
-from PySide6.QtCore import QObject, QThread, Signal, Slot
+from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
+from PySide6.QtWidgets import QMessageBox, QWidget
 
 from ddpm_gui.errors import DDPMError
 
@@ -60,6 +67,15 @@ def refuse_new_jobs(owner: QObject) -> None:
     owner.setProperty(_CLOSING, True)
 
 
+def is_closing(obj: QObject | None) -> bool:
+    """True when `obj` or one of its parents is shutting down (refuse_new_jobs)."""
+    while obj is not None:
+        if obj.property(_CLOSING):
+            return True
+        obj = obj.parent()
+    return False
+
+
 class _Runner(QObject):
     """Lives in the worker thread; pulls the iterator and emits its items."""
 
@@ -75,8 +91,10 @@ class _Runner(QObject):
         coalesce: Callable[[object, object], object | None] | None,
         close_on_stop: bool,
         holdable: Callable[[object], bool] | None = None,
+        report: bool = False,
     ):
         super().__init__()
+        self._report = report
         self._holdable = holdable or (lambda ev: True)
         self._close_on_stop = close_on_stop
         self._factory = factory
@@ -89,7 +107,7 @@ class _Runner(QObject):
         try:
             pending = None  # an event held back for coalescing
             last_emit = 0.0
-            it: Iterator = iter(self._factory())
+            it: Iterator = iter(self._factory(self.item.emit) if self._report else self._factory())
             for ev in it:
                 if self._coalesce is None:
                     self.item.emit(ev)
@@ -119,7 +137,7 @@ class _Runner(QObject):
                     break
             if pending is not None:
                 self.item.emit(pending)
-        except BaseException as exc:  # noqa: BLE001 - every failure becomes a message, never a crash
+        except BaseException as exc:  # every failure becomes a message, never a crash
             self.failed.emit(user_message(exc), traceback.format_exc())
         finally:
             self.finished.emit()
@@ -144,12 +162,15 @@ class Job(QObject):
         on_stop: Callable[[], None] | None = None,
         close_on_stop: bool = True,
         holdable: Callable[[object], bool] | None = None,
+        report: bool = False,
     ):
         super().__init__(parent)
         self.stop_event = threading.Event()
         self._on_stop = on_stop
         self._thread = QThread()
-        self._runner = _Runner(factory, self.stop_event, throttle_s, coalesce, close_on_stop, holdable)
+        self._runner = _Runner(
+            factory, self.stop_event, throttle_s, coalesce, close_on_stop, holdable, report
+        )
         self._runner.moveToThread(self._thread)
         self._thread.started.connect(self._runner.run)
         # bound slots of this GUI-thread object: queued into the GUI thread
@@ -161,8 +182,7 @@ class Job(QObject):
         self._running = False
 
     def start(self) -> None:
-        owner = self.parent()
-        if owner is not None and owner.property(_CLOSING):
+        if is_closing(self.parent()):
             return  # the owner is shutting down (refuse_new_jobs): start nothing that would outlive it
         self._running = True
         self._thread.start()
@@ -198,3 +218,95 @@ class Job(QObject):
         self._thread.wait()
         self._running = False
         self.done.emit()
+
+
+class JobSlot(QObject):
+    """One kind of background work of a GUI-thread owner (training, a model count, a file load): at most
+    one Job at a time. `on_event(item)`, `on_failed(message)` and `on_done()` are called in the GUI
+    thread; a failure is also shown in a window-modal box titled `error_title` when `dialogs()` is true
+    (panels pass their SHOW_DIALOGS flag, which tests turn off). `busyChanged` follows start and end."""
+
+    busyChanged = Signal(bool)
+
+    def __init__(
+        self,
+        owner: QObject,
+        on_event: Callable[[object], None] | None = None,
+        on_failed: Callable[[str], None] | None = None,
+        on_done: Callable[[], None] | None = None,
+        error_title: str | None = None,
+        dialogs: Callable[[], bool] = lambda: True,
+    ):
+        super().__init__(owner)
+        self._on_event, self._on_failed, self._on_done = on_event, on_failed, on_done
+        self._error_title = error_title
+        self._dialogs = dialogs
+        self.job: Job | None = None
+
+    def start(self, factory: Callable[..., Iterable], **job_kw) -> bool:
+        """Run `factory` (see Job for the keywords); False when one is running or the owner is closing."""
+        if self.job is not None or is_closing(self):
+            return False
+        job = Job(factory, parent=self, **job_kw)
+        job.event.connect(self._event)
+        job.failed.connect(self._failed)
+        job.done.connect(self._done)
+        self.job = job
+        job.start()
+        self.busyChanged.emit(True)
+        return True
+
+    def is_busy(self) -> bool:
+        return self.job is not None
+
+    def stopping(self) -> bool:
+        return self.job is not None and self.job.stop_event.is_set()
+
+    def stop(self) -> None:
+        """Ask the running job to stop (returns at once; on_done follows)."""
+        if self.job is not None:
+            self.job.request_stop()
+
+    def wait(self, timeout_ms: int = 60000) -> bool:
+        return self.job is None or self.job.wait(timeout_ms)
+
+    @Slot(object)
+    def _event(self, item: object) -> None:
+        if self._on_event is not None:
+            self._on_event(item)
+
+    @Slot(str)
+    def _failed(self, message: str) -> None:
+        if self._on_failed is not None:
+            self._on_failed(message)
+        owner = self.parent()
+        if self._error_title and self._dialogs() and isinstance(owner, QWidget):
+            show_warning(owner, self._error_title, message)
+
+    @Slot()
+    def _done(self) -> None:
+        job, self.job = self.job, None
+        if job is not None:
+            job.deleteLater()
+        if self._on_done is not None:
+            self._on_done()
+        self.busyChanged.emit(False)
+
+
+def show_warning(parent: QWidget, title: str, text: str) -> QMessageBox:
+    """A window-modal warning that does not block the event loop (running jobs keep reporting)."""
+    box = QMessageBox(QMessageBox.Icon.Warning, title, text, QMessageBox.StandardButton.Ok, parent)
+    box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+    box.open()
+    return box
+
+
+def shutdown_jobs(owner: QObject, timeout_ms: int = 60000) -> None:
+    """Refuse new jobs for `owner` and its children, ask every JobSlot among them to stop, then wait for
+    each thread to end (a training run saves its checkpoint first)."""
+    refuse_new_jobs(owner)
+    slots = owner.findChildren(JobSlot)
+    for slot in slots:
+        slot.stop()
+    for slot in slots:
+        slot.wait(timeout_ms)
