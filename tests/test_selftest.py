@@ -41,16 +41,16 @@ def _env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def test_self_test_passes_and_writes_nothing(tmp_path):
-    env = _env(tmp_path)
-    proc = subprocess.run(
+def _self_test(tmp_path, timeout: int, **env) -> subprocess.CompletedProcess:
+    """`python -m ddpm_gui --self-test` in tmp_path with a private home (and `env` on top)."""
+    return subprocess.run(
         [sys.executable, "-m", "ddpm_gui", "--self-test"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+        cwd=tmp_path, env={**_env(tmp_path), **env}, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+def test_self_test_passes_and_writes_nothing(tmp_path):
+    proc = _self_test(tmp_path, timeout=300)
     out = proc.stdout
     assert proc.returncode == 0, f"rc={proc.returncode}\nstdout:\n{out}\nstderr:\n{proc.stderr[-3000:]}"
     for name in CHECKS:
@@ -65,16 +65,7 @@ def test_self_test_passes_and_writes_nothing(tmp_path):
 
 def test_self_test_reports_a_failure_in_one_line(tmp_path):
     """A failed check prints `FAIL <check>: <reason>` and exits 1 (here: no Qt platform plugin of that name)."""
-    env = _env(tmp_path)
-    env["QT_QPA_PLATFORM"] = "no-such-platform"
-    proc = subprocess.run(
-        [sys.executable, "-m", "ddpm_gui", "--self-test"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = _self_test(tmp_path, timeout=120, QT_QPA_PLATFORM="no-such-platform")
     assert proc.returncode == 1, f"rc={proc.returncode}\n{proc.stdout}\n{proc.stderr[-3000:]}"
     assert "FAIL application: Qt has no 'no-such-platform' platform plugin" in proc.stdout
     assert "ok  window opened" not in proc.stdout

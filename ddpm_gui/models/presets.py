@@ -83,27 +83,16 @@ class ModelConfig:
         return self
 
 
+# what the small presets share: one block per resolution, widths that do not compound, no dropout
+_LIGHT: dict = dict(n_channels=32, n_blocks=1, compound=False, dropout=0.0)
+
 PRESETS: dict[str, ModelConfig] = {
     # The tutorial's UNet(n_channels=32) with labml's defaults: 42,253,539 parameters.
     "tutorial": ModelConfig(),
     # The tutorial's shape, but widths that do not compound and one block per resolution: ~4.0M parameters.
-    "small": ModelConfig(
-        n_channels=32,
-        ch_mults=(1, 2, 4, 4),
-        is_attn=(False, False, False, True),
-        n_blocks=1,
-        compound=False,
-        dropout=0.0,
-    ),
+    "small": ModelConfig(**_LIGHT, ch_mults=(1, 2, 4, 4), is_attn=(False, False, False, True)),
     # Narrow everywhere, attention only in the middle (4x4): ~0.79M parameters.
-    "tiny": ModelConfig(
-        n_channels=32,
-        ch_mults=(1, 1, 1, 2),
-        is_attn=(False, False, False, False),
-        n_blocks=1,
-        compound=False,
-        dropout=0.0,
-    ),
+    "tiny": ModelConfig(**_LIGHT, ch_mults=(1, 1, 1, 2), is_attn=(False, False, False, False)),
 }
 
 PRESET_NOTES: dict[str, str] = {

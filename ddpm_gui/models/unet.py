@@ -166,28 +166,30 @@ class MiddleBlock(nn.Module):
         return self.res2(self.attn(self.res1(x, t)), t)
 
 
-class Upsample(nn.Module):
+class _Resample(nn.Module):
+    """A resolution change; like every block of the UNet it takes the time embedding, which it ignores."""
+
+    conv: nn.Module
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        _ = t
+        return self.conv(x)
+
+
+class Upsample(_Resample):
     """Doubles the resolution with a 4x4 stride-2 transposed convolution."""
 
     def __init__(self, n_channels: int):
         super().__init__()
         self.conv = nn.ConvTranspose2d(n_channels, n_channels, (4, 4), (2, 2), (1, 1))
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        _ = t
-        return self.conv(x)
 
-
-class Downsample(nn.Module):
+class Downsample(_Resample):
     """Halves the resolution with a 3x3 stride-2 convolution."""
 
     def __init__(self, n_channels: int):
         super().__init__()
         self.conv = nn.Conv2d(n_channels, n_channels, (3, 3), (2, 2), (1, 1))
-
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        _ = t
-        return self.conv(x)
 
 
 def level_channels(n_channels: int, ch_mults: Sequence[int], compound: bool = True) -> list[int]:
