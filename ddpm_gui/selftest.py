@@ -169,7 +169,7 @@ def _snapshot(paths: list[Path]) -> dict[str, tuple]:
 # --------------------------------------------------------------------------- the test
 
 
-def _wait(app, cond: Callable[[], bool], timeout_s: float) -> bool:
+def wait_for(app, cond: Callable[[], bool], timeout_s: float) -> bool:
     end = time.perf_counter() + timeout_s
     while not cond():
         if time.perf_counter() > end:
@@ -281,7 +281,7 @@ def _run_checks(tmp: Path, checks: _Checks) -> None:
 
     def engine() -> str:
         t0 = time.perf_counter()
-        if not _wait(app, win.is_ready, ENGINE_TIMEOUT_S):
+        if not wait_for(app, win.is_ready, ENGINE_TIMEOUT_S):
             msg = win.statusBar().currentMessage()
             raise CheckFailed(f"not ready after {ENGINE_TIMEOUT_S:.0f} s (status bar: {msg!r})")
         missing = [t for (_m, cls, t) in _panels() if win.panel(cls) is None]
@@ -297,7 +297,7 @@ def _run_checks(tmp: Path, checks: _Checks) -> None:
 
     def panel_data() -> str:
         t0 = time.perf_counter()
-        ok = _wait(app, lambda: win.state.data is not None and not win.is_busy(), DATA_TIMEOUT_S)
+        ok = wait_for(app, lambda: win.state.data is not None and not win.is_busy(), DATA_TIMEOUT_S)
         _need(ok, f"the Data panel loaded nothing in {DATA_TIMEOUT_S:.0f} s")
         d = win.state.data
         _need(len(d) == N_IMAGES, f"the Data panel loaded {len(d)} images, expected {N_IMAGES}")

@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from ddpm_gui.qt.app import make_application
     from ddpm_gui.qt.main_window import MainWindow
+    from ddpm_gui.selftest import wait_for
 
     app = make_application(sys.argv[:1])
     settings = QSettings(str(tmp / "settings.ini"), QSettings.Format.IniFormat)
@@ -52,13 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     clock.start()
 
     def wait_until(cond, timeout_s: float) -> bool:
-        end = time.monotonic() + timeout_s
-        while not cond():
-            if time.monotonic() > end:
-                return False
-            app.processEvents()
-            time.sleep(0.005)
-        return True
+        return wait_for(app, cond, timeout_s)
 
     if not wait_until(win.is_ready, 120):
         print("the engine did not load within 120 s", file=sys.stderr)
