@@ -7,24 +7,33 @@ import json
 import sys
 
 
-def positive_int(v: str) -> int:
-    try:
-        n = int(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {v!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
-    return n
+def number_type(kind: type, lo: float | None = None, hi: float | None = None):
+    """An argparse type: a whole (kind=int) or finite (kind=float) number within [lo, hi], else a one-line
+    usage error that names the range."""
+    import math
+
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {'a whole number' if kind is int else 'a number'}, got {text!r}"
+            ) from None
+        if kind is float and not math.isfinite(v):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            if hi is None:
+                rng = "at least 1" if lo == 1 else f"{lo:g} or more"
+            else:
+                rng = f"from {lo:g} to {hi:g}"
+            raise argparse.ArgumentTypeError(f"must be {rng}, got {text}")
+        return v
+
+    return parse
 
 
-def nonneg_int(v: str) -> int:
-    try:
-        n = int(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {v!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {n}")
-    return n
+positive_int = number_type(int, 1)
+nonneg_int = number_type(int, 0)
 
 
 def add_schedule_args(p: argparse.ArgumentParser) -> None:

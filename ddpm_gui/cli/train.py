@@ -8,29 +8,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ddpm_gui.cli.common import add_schedule_args, schedule_from_args, schedule_given
+from ddpm_gui.cli.common import add_schedule_args, number_type, schedule_from_args, schedule_given
 from ddpm_gui.engine.config import SETTING_TYPES, SETTINGS, TrainConfig
-
-
-def _number(kind: type, lo, hi):
-    """An argparse type: a whole number or a finite number within [lo, hi], a one-line error otherwise."""
-    import math
-
-    def parse(text: str):
-        try:
-            v = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected {'a whole number' if kind is int else 'a number'}, got {text!r}"
-            ) from None
-        if kind is float and not math.isfinite(v):
-            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-        if (lo is not None and v < lo) or (hi is not None and v > hi):
-            rng = f"from {lo:g} to {hi:g}" if hi is not None else f"at least {lo:g}"
-            raise argparse.ArgumentTypeError(f"must be {rng}, got {text}")
-        return v
-
-    return parse
 
 
 def add_setting_options(p: argparse.ArgumentParser) -> None:
@@ -63,7 +42,7 @@ def add_setting_options(p: argparse.ArgumentParser) -> None:
         shown = "" if default is None else f" (default: {default})"
         kw: dict = {"dest": name, "default": argparse.SUPPRESS, "help": s.help + shown}
         if kind in (int, float):
-            kw["type"] = _number(kind, s.lo, s.hi)
+            kw["type"] = number_type(kind, s.lo, s.hi)
             kw["metavar"] = "N" if kind is int else "X"
         if s.choices:
             kw["choices"] = s.choices
