@@ -54,168 +54,77 @@ def setting(default, flag: str, label: str, help: str, **kw):
     return field(default=default, metadata=md)
 
 
+_MANY = 100_000_000  # the upper bound of step counts and intervals
+
+
 @dataclass
 class TrainConfig:
+    # fmt: off
     # --- data
-    data: str = setting(
-        "builtin",
-        "--data",
-        "Data",
-        "builtin, builtin:N, a folder of images, a .parquet/.arrow file or a Hub id",
-    )
-    image_size: int = setting(
-        32, "--image-size", "Image size", "train at NxN pixels (images are resized)", lo=8, hi=256
-    )
-    data_limit: int | None = setting(
-        None, "--limit", "Use only", "use only the first N images (empty: all)", lo=1
-    )
+    data: str = setting("builtin", "--data", "Data",
+                        "builtin, builtin:N, a folder of images, a .parquet/.arrow file or a Hub id")
+    image_size: int = setting(32, "--image-size", "Image size", "train at NxN pixels (images are resized)",
+                              lo=8, hi=256)
+    data_limit: int | None = setting(None, "--limit", "Use only", "use only the first N images (empty: all)", lo=1)
     # --- model
-    preset: str = setting(
-        "tiny", "--preset", "Model", "model preset: tutorial (the article's 42M UNet), small, tiny"
-    )
-    conditional: bool = setting(
-        False,
-        "--conditional",
-        "Class-conditional",
-        "class-conditional (needs labels), with classifier-free guidance",
-        negative="--unconditional",
-    )
-    # fraction of training examples whose class is dropped (the "null" class that guidance needs)
-    cond_drop: float = setting(
-        0.1,
-        "--cond-drop",
-        "Class dropout",
-        "fraction of examples trained without their class",
-        lo=0.0,
-        hi=0.99,
-    )
-    # --- diffusion
-    schedule: ScheduleConfig = setting(
-        ScheduleConfig,
-        "--schedule",
-        "Noise schedule",
-        "a schedule preset (tutorial, ddpm-paper, cosine, tutorial-zero-snr)",
-    )  # the tutorial's by default; the CLI's --schedule-kind, --T, --beta-start, --beta-end, --zero-snr edit it
-    prediction: str = setting(
-        "eps",
-        "--prediction",
-        "Prediction",
-        "what the network predicts: the noise (eps, the tutorial) or v",
-        choices=PREDICTIONS,
-    )  # v is needed for a zero-terminal-SNR schedule
+    preset: str = setting("tiny", "--preset", "Model",
+                          "model preset: tutorial (the article's 42M UNet), small, tiny")
+    conditional: bool = setting(False, "--conditional", "Class-conditional",
+                                "class-conditional (needs labels), with classifier-free guidance",
+                                negative="--unconditional")
+    # fraction of training examples whose class is dropped: the "null" class that guidance needs
+    cond_drop: float = setting(0.1, "--cond-drop", "Class dropout",
+                               "fraction of examples trained without their class", lo=0.0, hi=0.99)
+    # --- diffusion (the CLI's --schedule-kind, --T, --beta-start, --beta-end, --zero-snr edit the schedule)
+    schedule: ScheduleConfig = setting(ScheduleConfig, "--schedule", "Noise schedule",
+                                       "a schedule preset (tutorial, ddpm-paper, cosine, tutorial-zero-snr)")
+    # v is needed where a zero-terminal-SNR schedule leaves no signal at t = T
+    prediction: str = setting("eps", "--prediction", "Prediction",
+                              "what the network predicts: the noise (eps, the tutorial) or v",
+                              choices=PREDICTIONS)
     # --- optimisation (the tutorial: AdamW, lr 3e-4, batch 128)
-    lr: float = setting(
-        3e-4, "--lr", "Learning rate", "peak learning rate (AdamW)", lo=1e-8, hi=1.0, resumable=True
-    )
-    batch_size: int = setting(
-        128, "--batch-size", "Batch size", "images per training step", lo=1, hi=65536, resumable=True
-    )
-    steps: int = setting(
-        2000, "--steps", "Steps", "total training steps", lo=1, hi=100_000_000, resumable=True
-    )
-    weight_decay: float = setting(
-        0.01, "--weight-decay", "Weight decay", "AdamW weight decay", lo=0.0, hi=0.99, resumable=True
-    )
+    lr: float = setting(3e-4, "--lr", "Learning rate", "peak learning rate (AdamW)",
+                        lo=1e-8, hi=1.0, resumable=True)
+    batch_size: int = setting(128, "--batch-size", "Batch size", "images per training step",
+                              lo=1, hi=65536, resumable=True)
+    steps: int = setting(2000, "--steps", "Steps", "total training steps", lo=1, hi=_MANY, resumable=True)
+    weight_decay: float = setting(0.01, "--weight-decay", "Weight decay", "AdamW weight decay",
+                                  lo=0.0, hi=0.99, resumable=True)
     # a linear warm-up stabilises the first steps of a fresh model
-    warmup_steps: int = setting(
-        100, "--warmup", "Warm-up", "linear learning-rate warm-up steps", lo=0, hi=100_000_000, resumable=True
-    )
-    grad_clip: float = setting(
-        1.0,
-        "--grad-clip",
-        "Clip gradients",
-        "clip the gradient norm to this (0 = off)",
-        lo=0.0,
-        hi=1e6,
-        resumable=True,
-    )
+    warmup_steps: int = setting(100, "--warmup", "Warm-up", "linear learning-rate warm-up steps",
+                                lo=0, hi=_MANY, resumable=True)
+    grad_clip: float = setting(1.0, "--grad-clip", "Clip gradients", "clip the gradient norm to this (0 = off)",
+                               lo=0.0, hi=1e6, resumable=True)
     # the EMA of the weights is what samples use: most of the quality of published DDPM samples
-    ema_decay: float = setting(
-        0.999,
-        "--ema",
-        "EMA decay",
-        "EMA decay of the weights used for samples (0 = off)",
-        lo=0.0,
-        hi=0.99999,
-        resumable=True,
-    )
+    ema_decay: float = setting(0.999, "--ema", "EMA decay", "EMA decay of the weights used for samples (0 = off)",
+                               lo=0.0, hi=0.99999, resumable=True)
     # bf16 autocast on CUDA only: on a CPU it is far slower than fp32
-    amp: bool = setting(
-        True, "--amp", "Mixed precision", "bf16 autocast on CUDA", negative="--no-amp", resumable=True
-    )
-    device: str = setting(
-        "auto",
-        "--device",
-        "Device",
-        "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps",
-        resumable=True,
-    )
+    amp: bool = setting(True, "--amp", "Mixed precision", "bf16 autocast on CUDA", negative="--no-amp",
+                        resumable=True)
+    device: str = setting("auto", "--device", "Device",
+                          "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps", resumable=True)
     # torch's CPU kernels wait for their slowest thread: a core held by another program slows every step
-    threads: int = setting(
-        0, "--threads", "CPU threads",
-        "CPU threads for torch (0 = auto: the cores other programs leave free, re-checked while training)",
-        lo=0, hi=1024, resumable=True,
-    )  # fmt: skip
+    threads: int = setting(0, "--threads", "CPU threads",
+                           "CPU threads for torch (0 = auto: the cores other programs leave free, "
+                           "re-checked while training)", lo=0, hi=1024, resumable=True)
     seed: int = setting(0, "--seed", "Seed", "random seed (weights, batches, noise)", lo=0, hi=2**63 - 1)
     # --- what the run shows and keeps
-    # each loss read syncs the device, so it is read every N steps, not every step
-    log_every: int = setting(
-        10,
-        "--log-every",
-        "Log every",
-        "read the loss and log it every N steps",
-        lo=1,
-        hi=100_000_000,
-        resumable=True,
-    )
-    preview_every: int = setting(
-        250,
-        "--preview-every",
-        "Preview every",
-        "sample a preview grid every N steps (0 = off)",
-        lo=0,
-        hi=100_000_000,
-        resumable=True,
-    )
-    preview_n: int = setting(
-        16, "--preview-n", "Preview images", "images in a preview grid", lo=1, hi=256, resumable=True
-    )
-    preview_steps: int = setting(
-        20,
-        "--preview-steps",
-        "Preview steps",
-        "DDIM steps of a preview (0 = the full DDPM chain)",
-        lo=0,
-        hi=100_000_000,
-        resumable=True,
-    )
-    checkpoint_every: int = setting(
-        500,
-        "--checkpoint-every",
-        "Checkpoint every",
-        "save a checkpoint every N steps (0 = off)",
-        lo=0,
-        hi=100_000_000,
-        resumable=True,
-    )
-    checkpoint_minutes: float = setting(
-        5.0,
-        "--checkpoint-minutes",
-        "Checkpoint minutes",
-        "also save one every M minutes (0 = off)",
-        lo=0.0,
-        hi=1e7,
-        resumable=True,
-    )
-    keep_checkpoints: int = setting(
-        3,
-        "--keep",
-        "Keep checkpoints",
-        "rolling number of checkpoints kept",
-        lo=1,
-        hi=1_000_000,
-        resumable=True,
-    )
+    # each loss read syncs the device, so the loss is read every N steps, not every step
+    log_every: int = setting(10, "--log-every", "Log every", "read the loss and log it every N steps",
+                             lo=1, hi=_MANY, resumable=True)
+    preview_every: int = setting(250, "--preview-every", "Preview every",
+                                 "sample a preview grid every N steps (0 = off)", lo=0, hi=_MANY, resumable=True)
+    preview_n: int = setting(16, "--preview-n", "Preview images", "images in a preview grid",
+                             lo=1, hi=256, resumable=True)
+    preview_steps: int = setting(20, "--preview-steps", "Preview steps",
+                                 "DDIM steps of a preview (0 = the full DDPM chain)", lo=0, hi=_MANY, resumable=True)
+    checkpoint_every: int = setting(500, "--checkpoint-every", "Checkpoint every",
+                                    "save a checkpoint every N steps (0 = off)", lo=0, hi=_MANY, resumable=True)
+    checkpoint_minutes: float = setting(5.0, "--checkpoint-minutes", "Checkpoint minutes",
+                                        "also save one every M minutes (0 = off)", lo=0.0, hi=1e7, resumable=True)
+    keep_checkpoints: int = setting(3, "--keep", "Keep checkpoints", "rolling number of checkpoints kept",
+                                    lo=1, hi=1_000_000, resumable=True)
+    # fmt: on
     version: int = CONFIG_VERSION
 
     def validate(self) -> TrainConfig:
@@ -269,14 +178,7 @@ class TrainConfig:
         ones are ignored); refuse a newer one clearly. Values are not checked here: call validate()."""
         if not isinstance(d, dict):
             raise ConfigError(f"A training config must be a JSON object, got {type(d).__name__}.")
-        version = d.get("version", 1)
-        if not is_int(version) or version < 1:
-            raise ConfigError(f"The config has a damaged version field ({version!r}).")
-        if version > CONFIG_VERSION:
-            raise ConfigError(
-                f"This run was written by a newer DDPM Studio (config version {version}, this one reads up to "
-                f"{CONFIG_VERSION}): update DDPM Studio to open it."
-            )
+        _check_version(d.get("version", 1), "This run")
         names = {f.name for f in fields(cls)}
         kw = {k: v for k, v in d.items() if k in names}
         if isinstance(kw.get("schedule"), dict):
@@ -301,6 +203,17 @@ SETTING_TYPES: dict[str, type] = {
     if name in SETTINGS
 }
 RESUMABLE = frozenset(name for name, s in SETTINGS.items() if s.resumable)
+
+
+def _check_version(version, source: str) -> None:
+    """A config's version field: damaged, or written by a newer DDPM Studio, is a clear ConfigError."""
+    if not is_int(version) or version < 1:
+        raise ConfigError(f"{source} has a damaged config version field ({version!r}).")
+    if version > CONFIG_VERSION:
+        raise ConfigError(
+            f"{source} was written by a newer DDPM Studio (config version {version}, this one reads up to "
+            f"{CONFIG_VERSION}): update DDPM Studio to open it."
+        )
 
 
 def _check_value(name: str, s: Setting, v) -> None:
@@ -384,14 +297,7 @@ def parse_config_toml(text: str, source: str = "the config file") -> dict:
         raise ConfigError(
             f"{source} is not valid TOML ({exc}): fix it, or save the settings again."
         ) from None
-    version = d.pop("version", CONFIG_VERSION)
-    if not is_int(version) or version < 1:
-        raise ConfigError(f"{source} has a damaged version field ({version!r}).")
-    if version > CONFIG_VERSION:
-        raise ConfigError(
-            f"{source} was written by a newer DDPM Studio (config version {version}, this one reads up to "
-            f"{CONFIG_VERSION}): update DDPM Studio to open it."
-        )
+    _check_version(d.pop("version", CONFIG_VERSION), source)
     unknown = sorted(set(d) - set(SETTINGS))
     if unknown:
         raise ConfigError(
