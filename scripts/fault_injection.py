@@ -2,6 +2,7 @@
 
     python scripts/fault_injection.py --runs 70 --seed 21           # the long count (docs/reliability.md)
     python scripts/fault_injection.py --runs 5 --modes in-save,training --steps 12
+    python scripts/fault_injection.py --campaign io --runs 20       # file I/O safety (scripts/io_campaign.py)
 
 Every run trains the tiny preset on 256 built-in 16x16 images in a fresh run folder, with a checkpoint
 every 2 steps (so saves are frequent), and is interrupted in one of these ways (`--modes`, taken in turn):
@@ -9,10 +10,10 @@ every 2 steps (so saves are frequent), and is interrupted in one of these ways (
     random      SIGKILL at a uniformly random moment of the run's lifetime (start-up included)
     training    SIGKILL at a random moment after the first checkpoint was written
     slow-save   the same, with every save slowed by 0.2 s between write and rename
-                (DDPM_GUI_FAULT_SLEEP_IN_SAVE), so most kills land inside a save
+                (scripts/fault_cli.py --sleep), so most kills land inside a save
     in-save     the process kills itself inside the n-th checkpoint save: half-way through the write,
                 after the write but before the rename, or after the rename but before the folder fsync
-                (DDPM_GUI_FAULT_IN_SAVE)
+                (scripts/fault_cli.py --fault)
     repeated    three SIGKILLs in a row (the fresh run, then two resumed runs), then a resume
     enospc      the n-th checkpoint save fails as on a full disk: the CLI must print one error line,
                 exit non-zero, leave no partial file; then a resume
@@ -26,12 +27,14 @@ finishes the run, and the result is compared with an uninterrupted reference run
 optimizer tensors must be bitwise equal, and metrics.jsonl must hold the same steps and losses. Any
 difference is a violation; the exit status is 1 if there was one.
 
-All processes run with one thread (OMP_NUM_THREADS=1) so that CPU results are bitwise reproducible.
+All processes run with one thread (OMP_NUM_THREADS=1) so that CPU results are bitwise reproducible. Faults
+are injected by starting the command through scripts/fault_cli.py, which installs a hook in the atomic writes.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import queue
@@ -48,23 +51,35 @@ from pathlib import Path
 
 MODES = ("random", "training", "slow-save", "in-save", "repeated", "enospc", "sigint")
 SAVE_ACTIONS = ("kill-mid-write", "kill-before-rename", "kill-after-rename")
+HERE = Path(__file__).resolve().parent
 
 
-def train_args(out: Path, steps: int, checkpoint_every: int) -> list[str]:
-    return [
-        sys.executable, "-m", "ddpm_gui", "train", "--data", "builtin:256", "--image-size", "16",
-        "--preset", "tiny", "--batch-size", "8", "--steps", str(steps), "--checkpoint-every",
-        str(checkpoint_every), "--checkpoint-minutes", "0", "--keep", "3", "--log-every", "1",
-        "--warmup", "0", "--lr", "1e-3", "--device", "cpu", "--out", str(out),
-    ]  # fmt: skip
+def _script(name: str):
+    """A sibling script as a module (this folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, HERE / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+fault_cli = _script("fault_cli")
+
+
+def train_args(out: Path, steps: int, checkpoint_every: int, fault: str | None = None, sleep: float = 0.0):
+    """`ddpm-gui train` of the campaign's run, through scripts/fault_cli.py when a fault is given."""
+    return fault_cli.command(
+        "train", "--data", "builtin:256", "--image-size", "16", "--preset", "tiny", "--batch-size", "8",
+        "--steps", str(steps), "--checkpoint-every", str(checkpoint_every), "--checkpoint-minutes", "0",
+        "--keep", "3", "--log-every", "1", "--warmup", "0", "--lr", "1e-3", "--device", "cpu",
+        "--out", str(out), fault=fault, sleep=sleep,
+    )  # fmt: skip
 
 
 def base_env(workdir: Path) -> dict:
     env = dict(os.environ)
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1",
                DDPM_GUI_CACHE=str(workdir / "cache"))  # fmt: skip
-    for k in ("DDPM_GUI_FAULT_IN_SAVE", "DDPM_GUI_FAULT_SLEEP_IN_SAVE", "DDPM_GUI_DEBUG"):
-        env.pop(k, None)
+    env.pop("DDPM_GUI_DEBUG", None)
     return env
 
 
@@ -144,22 +159,16 @@ def metrics(run: Path) -> list[tuple[int, float, float]]:
     return out
 
 
-def inspect_killed(run: Path) -> dict:
-    """What a kill left: checks that hold whatever moment the kill came at."""
-    from ddpm_gui.engine.checkpoint import TEMP_RE, list_checkpoints, load_checkpoint
+def _check_checkpoints(run: Path, res: dict) -> None:
+    from ddpm_gui.engine.checkpoint import list_checkpoints, load_checkpoint
+    from ddpm_gui.engine.fileio import is_own_temp
     from ddpm_gui.engine.sampler import load_bundle
     from ddpm_gui.errors import CheckpointError
 
-    res = {"violations": [], "temp_files": 0, "cut_line": False, "checkpoints": 0, "newest": None}
-    if not run.exists():
-        return res
-    for d in (run, run / "checkpoints", run / "samples"):
-        if d.is_dir():
-            res["temp_files"] += sum(bool(TEMP_RE.match(p.name)) for p in d.iterdir())
     ckpts = list_checkpoints(run)
     res["checkpoints"] = len(ckpts)
     for step, p in ckpts:
-        if TEMP_RE.match(p.name):
+        if is_own_temp(p.name):
             res["violations"].append(f"temp file listed as a checkpoint: {p.name}")
         try:
             load_checkpoint(p)
@@ -169,10 +178,15 @@ def inspect_killed(run: Path) -> dict:
     if ckpts:
         try:
             b = load_bundle(run, device="cpu")
-            if b.step != res["newest"]:
-                res["violations"].append(f"load_bundle gave step {b.step}, newest is {res['newest']}")
+            if b.step != res["newest"] or b.notes:
+                res["violations"].append(
+                    f"load_bundle gave step {b.step} {b.notes}, newest is {res['newest']}"
+                )
         except CheckpointError as exc:
             res["violations"].append(f"load_bundle failed: {exc}")
+
+
+def _check_text_files(run: Path, res: dict) -> None:
     cfg = run / "config.json"
     if cfg.exists():
         try:
@@ -180,125 +194,145 @@ def inspect_killed(run: Path) -> dict:
         except ValueError as exc:
             res["violations"].append(f"config.json does not parse: {exc}")
     m = run / "metrics.jsonl"
-    if m.exists():
-        lines = m.read_text().split("\n")
-        if lines and lines[-1] == "":
-            lines.pop()
-        for i, line in enumerate(lines):
-            try:
-                json.loads(line)
-            except ValueError:
-                if i == len(lines) - 1:
-                    res["cut_line"] = True
-                else:
-                    res["violations"].append(f"metrics.jsonl line {i + 1} does not parse")
+    if not m.exists():
+        return
+    lines = m.read_text().split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    for i, line in enumerate(lines):
+        try:
+            json.loads(line)
+        except ValueError:
+            if i == len(lines) - 1:
+                res["cut_line"] = True
+            else:
+                res["violations"].append(f"metrics.jsonl line {i + 1} does not parse")
+
+
+def inspect_killed(run: Path) -> dict:
+    """What a kill left: checks that hold whatever moment the kill came at."""
+    from ddpm_gui.engine.fileio import is_own_temp
+
+    res = {"violations": [], "temp_files": 0, "cut_line": False, "checkpoints": 0, "newest": None}
+    if not run.exists():
+        return res
+    for d in (run, run / "checkpoints", run / "samples"):
+        if d.is_dir():
+            res["temp_files"] += sum(is_own_temp(p.name) for p in d.iterdir())
+    _check_checkpoints(run, res)
+    _check_text_files(run, res)
     return res
 
 
 def resume(run: Path, steps: int, ce: int, env: dict) -> Proc:
     if (run / "config.json").exists():
-        return Proc([sys.executable, "-m", "ddpm_gui", "train", "--out", str(run), "--resume"], env)
+        return Proc(fault_cli.command("train", "--out", str(run), "--resume"), env)
     return Proc(train_args(run, steps, ce), env)  # killed before the run folder existed: start it again
 
 
-def one_run(i: int, mode: str, rng: random.Random, workdir: Path, ref: dict, steps: int, ce: int) -> dict:
-    run = workdir / f"run_{i:04d}"
-    env = base_env(workdir)
-    row: dict = {"run": i, "mode": mode, "detail": "", "landed": False, "violations": []}
-    n_saves = steps // ce
-    t_train = ref["t_train"]
-    killed_rc = None
-    if mode == "random":
-        p = Proc(train_args(run, steps, ce), env)
-        delay = rng.uniform(0, ref["t_total"])
-        row["detail"] = f"kill at {delay:.2f} s"
-        row["landed"] = p.kill_after(delay)
-        killed_rc = p.finish()
-    elif mode in ("training", "slow-save"):
-        if mode == "slow-save":
-            env["DDPM_GUI_FAULT_SLEEP_IN_SAVE"] = "0.2"
-            t_train += 0.2 * n_saves
-        p = Proc(train_args(run, steps, ce), env)
-        p.wait_for("checkpoint:")
-        delay = rng.uniform(0, t_train)
-        row["detail"] = f"kill {delay:.2f} s after 1st ckpt"
-        row["landed"] = p.kill_after(delay)
-        killed_rc = p.finish()
-    elif mode == "in-save":
-        action, nth = rng.choice(SAVE_ACTIONS), rng.randint(1, n_saves)
-        env["DDPM_GUI_FAULT_IN_SAVE"] = f"{action}:{nth}"
-        row["detail"] = f"{action} in save {nth}"
-        p = Proc(train_args(run, steps, ce), env)
-        killed_rc = p.finish()
-        row["landed"] = killed_rc == -signal.SIGKILL
-        if not row["landed"]:
-            row["violations"].append(f"the self-kill did not happen (rc {killed_rc})")
-    elif mode == "repeated":
-        delays = []
-        for k in range(3):
-            p = Proc(train_args(run, steps, ce), env) if k == 0 else resume(run, steps, ce, env)
-            p.wait_for("checkpoint:")
-            delays.append(rng.uniform(0, t_train / 2))
-            landed = p.kill_after(delays[-1])
-            p.finish()
-            row["landed"] = row["landed"] or landed
-            if k < 2:  # the state left by the last kill is inspected below
-                row["violations"] += inspect_killed(run)["violations"]
-            if not landed:
-                break
-        row["detail"] = "kills at " + ", ".join(f"{d:.2f}" for d in delays) + " s"
-        killed_rc = -signal.SIGKILL
-    elif mode == "enospc":
-        nth = rng.randint(1, n_saves)
-        env["DDPM_GUI_FAULT_IN_SAVE"] = f"enospc:{nth}"
-        row["detail"] = f"disk full at save {nth}"
-        p = Proc(train_args(run, steps, ce), env)
-        killed_rc = p.finish()
-        errs = [ln for ln in p.err.splitlines() if ln.startswith("error:")]
-        row["landed"] = killed_rc == 1 and len(errs) == 1
-        if not row["landed"] or "Traceback" in p.err or "No space left" not in p.err:
-            row["violations"].append(f"disk full: rc {killed_rc}, stderr {p.err[-300:]!r}")
-        from ddpm_gui.engine.checkpoint import checkpoint_path
+# Each interruption mode: (row, rng, run, env, ref, steps, ce) -> the interrupted process's exit status
 
-        if nth * ce < steps and checkpoint_path(run, nth * ce).exists():
-            row["violations"].append("a checkpoint file exists for the save that failed")
-    elif mode == "sigint":
-        p = Proc(train_args(run, steps, ce), env)
-        p.wait_for("checkpoint:")
-        delay = rng.uniform(0, t_train)
-        row["detail"] = f"SIGINT {delay:.2f} s after 1st ckpt"
-        time.sleep(delay)
-        if p.p.poll() is None:
-            p.p.send_signal(signal.SIGINT)
-            row["landed"] = True
-        killed_rc = p.finish()
-        if row["landed"]:
-            stopped = [ln for ln in p.out if ln.startswith(("stopped at step", "completed at step"))]
-            step = int(stopped[-1].split()[3].rstrip(";")) if stopped else None
-            from ddpm_gui.engine.checkpoint import checkpoint_path
 
-            late = bool(stopped) and stopped[-1].startswith("completed at step") and killed_rc == -signal.SIGINT
-            if late:
-                # the run had completed and saved; the signal came while the interpreter exited, when Python
-                # has already given SIGINT back its default action (killed by SIGINT, nothing left to stop)
-                row["landed"] = False
-                row["detail"] += ", after the run completed"
-            elif killed_rc not in (130, 0) or step is None or not checkpoint_path(run, step).exists():
-                row["violations"].append(
-                    f"SIGINT: rc {killed_rc}, last line {stopped[-1:]}, no checkpoint at the stop"
-                )
-            row["detail"] += f", stopped at {step}"
-    else:
-        raise ValueError(mode)
-    row["killed_rc"] = killed_rc
-    res = inspect_killed(run)
-    row.update(temp_files=res["temp_files"], cut_line=res["cut_line"], checkpoints=res["checkpoints"],
-               newest=res["newest"])  # fmt: skip
-    row["violations"] += res["violations"]
+def _random(row, rng, run, env, ref, steps, ce):
+    p = Proc(train_args(run, steps, ce), env)
+    delay = rng.uniform(0, ref["t_total"])
+    row["detail"] = f"kill at {delay:.2f} s"
+    row["landed"] = p.kill_after(delay)
+    return p.finish()
+
+
+def _training(row, rng, run, env, ref, steps, ce, sleep: float = 0.0):
+    p = Proc(train_args(run, steps, ce, sleep=sleep), env)
+    p.wait_for("checkpoint:")
+    delay = rng.uniform(0, ref["t_train"] + sleep * (steps // ce))
+    row["detail"] = f"kill {delay:.2f} s after 1st ckpt"
+    row["landed"] = p.kill_after(delay)
+    return p.finish()
+
+
+def _slow_save(row, rng, run, env, ref, steps, ce):
+    return _training(row, rng, run, env, ref, steps, ce, sleep=0.2)
+
+
+def _in_save(row, rng, run, env, ref, steps, ce):
+    action, nth = rng.choice(SAVE_ACTIONS), rng.randint(1, steps // ce)
+    row["detail"] = f"{action} in save {nth}"
+    p = Proc(train_args(run, steps, ce, fault=f"{action}:{nth}"), env)
+    rc = p.finish()
+    row["landed"] = rc == -signal.SIGKILL
+    if not row["landed"]:
+        row["violations"].append(f"the self-kill did not happen (rc {rc})")
+    return rc
+
+
+def _repeated(row, rng, run, env, ref, steps, ce):
+    delays = []
+    for k in range(3):
+        p = Proc(train_args(run, steps, ce), env) if k == 0 else resume(run, steps, ce, env)
+        p.wait_for("checkpoint:")
+        delays.append(rng.uniform(0, ref["t_train"] / 2))
+        landed = p.kill_after(delays[-1])
+        p.finish()
+        row["landed"] = row["landed"] or landed
+        if k < 2:  # the state left by the last kill is inspected by one_run
+            row["violations"] += inspect_killed(run)["violations"]
+        if not landed:
+            break
+    row["detail"] = "kills at " + ", ".join(f"{d:.2f}" for d in delays) + " s"
+    return -signal.SIGKILL
+
+
+def _enospc(row, rng, run, env, ref, steps, ce):
+    from ddpm_gui.engine.checkpoint import checkpoint_path
+
+    nth = rng.randint(1, steps // ce)
+    row["detail"] = f"disk full at save {nth}"
+    p = Proc(train_args(run, steps, ce, fault=f"enospc:{nth}"), env)
+    rc = p.finish()
+    errs = [ln for ln in p.err.splitlines() if ln.startswith("error:")]
+    row["landed"] = rc == 1 and len(errs) == 1
+    if not row["landed"] or "Traceback" in p.err or "No space left" not in p.err:
+        row["violations"].append(f"disk full: rc {rc}, stderr {p.err[-300:]!r}")
+    if nth * ce < steps and checkpoint_path(run, nth * ce).exists():
+        row["violations"].append("a checkpoint file exists for the save that failed")
+    return rc
+
+
+def _sigint(row, rng, run, env, ref, steps, ce):
+    from ddpm_gui.engine.checkpoint import checkpoint_path
+
+    p = Proc(train_args(run, steps, ce), env)
+    p.wait_for("checkpoint:")
+    delay = rng.uniform(0, ref["t_train"])
+    row["detail"] = f"SIGINT {delay:.2f} s after 1st ckpt"
+    time.sleep(delay)
+    if p.p.poll() is None:
+        p.p.send_signal(signal.SIGINT)
+        row["landed"] = True
+    rc = p.finish()
+    if not row["landed"]:
+        return rc
+    stopped = [ln for ln in p.out if ln.startswith(("stopped at step", "completed at step"))]
+    step = int(stopped[-1].split()[3].rstrip(";")) if stopped else None
+    if bool(stopped) and stopped[-1].startswith("completed at step") and rc == -signal.SIGINT:
+        # the run had completed and saved; the signal came while the interpreter exited, when Python
+        # has already given SIGINT back its default action (killed by SIGINT, nothing left to stop)
+        row["landed"] = False
+        row["detail"] += ", after the run completed"
+    elif rc not in (130, 0) or step is None or not checkpoint_path(run, step).exists():
+        row["violations"].append(f"SIGINT: rc {rc}, last line {stopped[-1:]}, no checkpoint at the stop")
+    row["detail"] += f", stopped at {step}"
+    return rc
+
+
+INTERRUPT = {"random": _random, "training": _training, "slow-save": _slow_save, "in-save": _in_save,
+             "repeated": _repeated, "enospc": _enospc, "sigint": _sigint}  # fmt: skip
+
+
+def _resume_and_compare(row: dict, run: Path, workdir: Path, ref: dict, steps: int, ce: int) -> None:
     # resume to the end, without the fault: the injected one is for the interrupted process only (with it
-    # left set, the resumed process would die or fail at its own n-th save again)
-    env = base_env(workdir)
-    p = resume(run, steps, ce, env)
+    # kept, the resumed process would die or fail at its own n-th save again)
+    p = resume(run, steps, ce, base_env(workdir))
     rc = p.finish()
     row["resume_rc"] = rc
     if rc != 0 or "Traceback" in p.err:
@@ -306,7 +340,7 @@ def one_run(i: int, mode: str, rng: random.Random, workdir: Path, ref: dict, ste
             f"resume failed: rc {rc}: {p.err.strip().splitlines()[-1:] if p.err.strip() else ''}"
         )
         row["bitwise"] = row["metrics_equal"] = False
-        return row
+        return
     after = inspect_killed(run)
     if after["temp_files"]:
         row["violations"].append(f"{after['temp_files']} temp files left after the resume")
@@ -315,7 +349,7 @@ def one_run(i: int, mode: str, rng: random.Random, workdir: Path, ref: dict, ste
         row["bitwise"] = st.keys() == ref["state"].keys() and all(
             (st[k] == ref["state"][k]).all().item() for k in st
         )
-    except Exception as exc:  # noqa: BLE001 - a violation, reported
+    except Exception as exc:  # a violation, reported
         row["bitwise"] = False
         row["violations"].append(f"final checkpoint: {exc}")
     row["metrics_equal"] = metrics(run) == ref["metrics"]
@@ -323,6 +357,17 @@ def one_run(i: int, mode: str, rng: random.Random, workdir: Path, ref: dict, ste
         row["violations"].append("final weights differ from the uninterrupted run")
     if not row["metrics_equal"]:
         row["violations"].append("metrics.jsonl differs from the uninterrupted run")
+
+
+def one_run(i: int, mode: str, rng: random.Random, workdir: Path, ref: dict, steps: int, ce: int) -> dict:
+    run = workdir / f"run_{i:04d}"
+    row: dict = {"run": i, "mode": mode, "detail": "", "landed": False, "violations": []}
+    row["killed_rc"] = INTERRUPT[mode](row, rng, run, base_env(workdir), ref, steps, ce)
+    res = inspect_killed(run)
+    row.update(temp_files=res["temp_files"], cut_line=res["cut_line"], checkpoints=res["checkpoints"],
+               newest=res["newest"])  # fmt: skip
+    row["violations"] += res["violations"]
+    _resume_and_compare(row, run, workdir, ref, steps, ce)
     return row
 
 
@@ -407,7 +452,17 @@ def summary(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    which = argparse.ArgumentParser(add_help=False)
+    which.add_argument("--campaign", choices=("sigkill", "io"), default="sigkill")
+    first, rest = which.parse_known_args(argv)
+    if first.campaign == "io":  # its own options: scripts/io_campaign.py --help
+        return _script("io_campaign").main(rest)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument(
+        "--campaign", choices=("sigkill", "io"), default="sigkill",
+        help="sigkill: this campaign; io: file I/O safety (scripts/io_campaign.py: --runs --seed --calls)",
+    )  # fmt: skip
     ap.add_argument("--runs", type=int, default=14, help="number of interrupted runs")
     ap.add_argument("--seed", type=int, default=0, help="seed of the kill moments and save numbers")
     ap.add_argument(

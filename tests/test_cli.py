@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pytest
 from PIL import Image
+from test_imageio import HOSTILE_KEYS, gradient, hostile_files
 
 from ddpm_gui import __version__, cli
 
@@ -119,6 +120,39 @@ def test_forward_of_a_missing_image_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "x.png").exists()
 
 
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory):
+    """Files every image door must refuse in one line (see test_imageio.hostile_files)."""
+    return hostile_files(tmp_path_factory.mktemp("hostile"))
+
+
+@pytest.mark.parametrize("key", HOSTILE_KEYS)
+def test_forward_of_a_hostile_image_is_one_line(hostile, key, tmp_path, capsys):
+    path, pattern = hostile[key]
+    assert run(["forward", "--image", path, "--out", tmp_path / "x.png"]) == 2
+    line = one_error_line(capsys)
+    assert path.name in line and re.search(pattern, line), line
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_forward_frames_are_the_engines(tmp_path):
+    """The strip shows engine.forward's frames: the same x_t as the Forward tab for the same seed."""
+    from ddpm_gui.core.schedule import NoiseSchedule, ScheduleConfig
+    from ddpm_gui.data import load_data
+    from ddpm_gui.engine.forward import forward_frames
+
+    x0 = load_data("builtin:16", image_size=32).images[3]
+    want = forward_frames(x0, NoiseSchedule(ScheduleConfig(T=10)), seed=5)
+    for flag, frames in (([], want.iterative), (["--closed-form"], want.closed)):
+        out = tmp_path / f"strip{len(flag)}.png"
+        code = run(["forward", "--data", "builtin:16", "--index", 3, "--T", 10, "--frames", 11, "--seed", 5,
+                    "--scale", 1, "--out", out, *flag])  # fmt: skip
+        assert code == 0
+        got = pixels(out)
+        tiles = np.stack([got[1 : 1 + 32, 1 + 33 * i : 1 + 33 * i + 32] for i in range(11)])
+        assert np.array_equal(tiles, frames), flag
+
+
 # ----------------------------------------------------------------------------- info
 
 
@@ -192,6 +226,28 @@ def test_denoise_with_sample_modes(trained_run, tmp_path, capsys):
     assert "t=5" in capsys.readouterr().out
     assert rows["eager"].shape[1::-1] == grid_size(4, 16, 1, columns=4)  # original, noised, 2 denoised
     assert np.array_equal(rows["eager"], rows["auto"])
+
+
+def test_denoise_of_a_bomb_image_is_one_line(trained_run, hostile, tmp_path, capsys):
+    path, pattern = hostile["bomb"]
+    code = run(["denoise", "--run", trained_run, "--image", path, "--t", 2, "--k", 1, "--device", "cpu",
+                "--out", tmp_path / "d.png"])  # fmt: skip
+    assert code == 2
+    line = one_error_line(capsys)
+    assert path.name in line and re.search(pattern, line), line
+    assert not (tmp_path / "d.png").exists()
+
+
+def test_denoise_of_an_image_file_uses_the_crop_policy(trained_run, tmp_path):
+    from ddpm_gui.data.imageio import load_image
+
+    src = tmp_path / "wide.png"
+    Image.fromarray(gradient(20, 36)).save(src)
+    out = tmp_path / "d.png"
+    code = run(["denoise", "--run", trained_run, "--image", src, "--t", 1, "--k", 1, "--device", "cpu",
+                "--scale", 1, "--out", out])  # fmt: skip
+    assert code == 0
+    assert np.array_equal(pixels(out)[1:17, 1:17], load_image(src, 16))  # the original: the centre square
 
 
 def test_sample_mode_choices_are_accel_modes():

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
+import json
 import subprocess
 import sys
 import threading
@@ -24,6 +26,12 @@ from ddpm_gui.data import (
     load_data,
 )
 from ddpm_gui.errors import DataError
+
+# Hub ids, parquet/arrow files and save_to_disk folders need the optional `hub` extra (CI installs it
+# through the `test` extra); the rest of this file runs without it.
+needs_datasets = pytest.mark.skipif(
+    importlib.util.find_spec("datasets") is None, reason="needs datasets: pip install 'ddpm-gui[hub]'"
+)
 
 NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -172,6 +180,7 @@ def test_default_cache_dir_used(tmp_path):
 # parquet / arrow / save_to_disk
 
 
+@needs_datasets
 def test_parquet_hub_cifar_schema(tmp_path, cache):
     path = tmp_path / "train.parquet"
     _cifar_like(20).to_parquet(str(path))
@@ -185,6 +194,7 @@ def test_parquet_hub_cifar_schema(tmp_path, cache):
     assert len(first) == 5 and np.array_equal(first.images, d.images[:5])
 
 
+@needs_datasets
 def test_parquet_image_column_and_conversions(tmp_path, cache):
     """An imagefolder-style `image` column; grey, RGBA, palette, 16-bit and odd sizes become (32, 32, 3)."""
     from datasets import ClassLabel, Dataset, Features
@@ -214,6 +224,7 @@ def test_parquet_image_column_and_conversions(tmp_path, cache):
     assert d.images[2, :, 0].mean() < d.images[2, :, -1].mean()
 
 
+@needs_datasets
 def test_parquet_without_labels_and_without_images(tmp_path, cache):
     from datasets import Dataset, Features, Value
     from datasets import Image as HFImage
@@ -233,6 +244,7 @@ def test_parquet_without_labels_and_without_images(tmp_path, cache):
         load_data(str(text), cache_dir=cache)
 
 
+@needs_datasets
 def test_plain_parquet_without_datasets_metadata(tmp_path, cache):
     """Written by pyarrow alone: an encoded-image struct and an integer `label` column."""
     import pyarrow as pa
@@ -246,6 +258,7 @@ def test_plain_parquet_without_datasets_metadata(tmp_path, cache):
     assert len(d) == 6 and d.class_names == ["3", "7"] and d.labels.tolist() == [0, 1, 0, 1, 0, 1]
 
 
+@needs_datasets
 def test_corrupt_rows_are_skipped(tmp_path, cache):
     from datasets import ClassLabel, Dataset, Features
     from datasets import Image as HFImage
@@ -259,6 +272,7 @@ def test_corrupt_rows_are_skipped(tmp_path, cache):
     assert len(d) == 3 and d.skipped == 1 and d.labels.tolist() == [0, 2, 3]
 
 
+@needs_datasets
 def test_arrow_files(tmp_path, cache):
     import pyarrow as pa
     import pyarrow.feather as feather
@@ -273,6 +287,7 @@ def test_arrow_files(tmp_path, cache):
     assert len(load_data(str(fe), cache_dir=cache)) == 12
 
 
+@needs_datasets
 def test_save_to_disk_dataset_and_dict(tmp_path, cache):
     from datasets import DatasetDict
 
@@ -324,6 +339,7 @@ def test_image_folder_with_stray_dataset_files_is_read_as_images(tmp_path, cache
     assert d.class_names == (["cat", "dog"] if labelled else None)
 
 
+@needs_datasets
 def test_save_to_disk_folder_with_extra_files_is_still_saved(tmp_path, cache):
     from datasets import DatasetDict
 
@@ -356,11 +372,12 @@ def test_folder_with_nothing_to_load_says_what_is_accepted(tmp_path, cache):
 
     snapshot = tmp_path / "snapshot"  # a Hub repository as downloaded: the parquet files sit in data/
     _write(snapshot / "README.md", b"---\nlicense: mit\n---\n")
-    _cifar_like(4).to_parquet(str(snapshot / "data" / "train-00000-of-00001.parquet"))
+    _write(snapshot / "data" / "train-00000-of-00001.parquet", b"PAR1")  # named, never read
     msg = _nothing_message(snapshot, cache)
     assert str(Path("data") / "train-00000-of-00001.parquet") in msg and "give that file" in msg, msg
 
 
+@needs_datasets
 def test_save_to_disk_folder_missing_its_shard_names_it(tmp_path, cache):
     root = tmp_path / "broken"
     _cifar_like(4).save_to_disk(str(root))
@@ -430,15 +447,15 @@ def test_folder_exif_orientation_links_and_root_files(tmp_path, cache):
 
 
 def test_folder_refuses_huge_images(tmp_path, cache, monkeypatch):
-    import ddpm_gui.data.sources as sources
+    import ddpm_gui.data.imageio as imageio
 
     root = tmp_path / "big"
     _write(root / "small.png", _png(_rgb(1)))
     _write(root / "large.png", _png(_rgb(1, 64, 64)))
-    monkeypatch.setattr(sources, "MAX_PIXELS", 40 * 40)  # our own limit
+    monkeypatch.setattr(imageio, "MAX_PIXELS", 40 * 40)  # our own limit
     d = load_data(str(root), cache_dir=cache)
     assert len(d) == 1 and d.skipped == 1
-    monkeypatch.setattr(sources, "MAX_PIXELS", 10**9)
+    monkeypatch.setattr(imageio, "MAX_PIXELS", 10**9)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 64 * 64 // 2 - 1)  # PIL's DecompressionBombError
     d = load_data(str(root), image_size=16, cache_dir=cache)
     assert len(d) == 1 and d.skipped == 1
@@ -447,7 +464,9 @@ def test_folder_refuses_huge_images(tmp_path, cache, monkeypatch):
 def test_empty_and_missing_folders(tmp_path, cache):
     (tmp_path / "empty" / "sub").mkdir(parents=True)
     (tmp_path / "empty" / "readme.txt").write_text("no images here")
-    with pytest.raises(DataError, match=r"No images found in .*empty.*\.png"):
+    with pytest.raises(
+        DataError, match=r"'.*empty' holds no images and no dataset: give a folder of images \(\.png"
+    ):
         load_data(str(tmp_path / "empty"), cache_dir=cache)
     _write(tmp_path / "allbad" / "x.png", b"garbage")
     with pytest.raises(DataError, match="could be decoded"):
@@ -470,13 +489,14 @@ def test_folder_cache_reused_and_invalidated(tmp_path, cache, monkeypatch):
         raise AssertionError("decoded again instead of using the cache")
 
     with monkeypatch.context() as m:
-        m.setattr(folder, "decode_image", fail)
+        m.setattr(folder, "load_image", fail)
         again = load_data(str(root), cache_dir=cache)
     assert np.array_equal(first.images, again.images) and again.cache_path == first.cache_path
     _write(root / "4.png", _png(_rgb(4)))  # a new file: a new cache entry
     assert len(load_data(str(root), cache_dir=cache)) == 5
 
 
+@needs_datasets
 def test_corrupt_cache_is_rebuilt(tmp_path, cache):
     path = tmp_path / "t.parquet"
     _cifar_like(10).to_parquet(str(path))
@@ -501,6 +521,7 @@ def test_unwritable_cache_still_loads(tmp_path):
 # Hub
 
 
+@needs_datasets
 def test_hub_offline_without_cache_fails_fast():
     assert hub_reachable() is False
     t = time.perf_counter()
@@ -566,6 +587,7 @@ def test_hub_reachable_times_out_quickly(monkeypatch, closed_endpoint):
     assert time.monotonic() - t < 1.0
 
 
+@needs_datasets
 @pytest.mark.parametrize("where", ["silent", "closed", "unresolvable"])
 def test_unreachable_hub_fails_fast_naming_the_alternatives(
     where, cache, monkeypatch, silent_endpoint, closed_endpoint
@@ -627,6 +649,7 @@ def test_hub_that_answers_any_status_is_online(monkeypatch):
         server.server_close()
 
 
+@needs_datasets
 def test_unknown_hub_id_when_the_hub_answers(monkeypatch, cache):
     import datasets
     from datasets.exceptions import DatasetNotFoundError
@@ -676,6 +699,7 @@ def _fake_hub_cache(tmp_path: Path, name: str) -> None:
     built.rename(target)
 
 
+@needs_datasets
 def test_hub_offline_uses_cached_copy(tmp_path, cache, monkeypatch, silent_endpoint):
     import datasets.config
     import huggingface_hub.constants
@@ -765,10 +789,47 @@ def test_bad_arguments():
         load_data("   ")
 
 
+def test_without_datasets_builtin_and_folders_load_and_the_rest_says_how_to_install(tmp_path):
+    """As installed without the `hub` extra: `datasets` (and its pyarrow) cannot be imported."""
+    for i in range(2):
+        _write(tmp_path / "pics" / "a" / f"{i}.png", _png(_rgb(1)))
+        _write(tmp_path / "pics" / "b" / f"{i}.png", _png(_rgb(2)))
+    _write(tmp_path / "t.parquet", b"PAR1")
+    saved = tmp_path / "saved"  # save_to_disk's signature, so that it is taken for one
+    _write(saved / "dataset_info.json", b"{}")
+    _write(saved / "state.json", b'{"_data_files": [{"filename": "data-00000-of-00001.arrow"}]}')
+    _write(saved / "data-00000-of-00001.arrow", b"")
+    specs = [str(tmp_path / "t.parquet"), str(saved), "cifar10"]
+    code = f"""if True:
+        import json, sys
+        sys.modules["datasets"] = sys.modules["pyarrow"] = None  # what `import` finds when not installed
+        from ddpm_gui.data import datasets_available, load_data
+        from ddpm_gui.errors import DataError
+        out = {{"available": datasets_available(), "builtin": len(load_data("builtin:20", image_size=8))}}
+        pics = load_data({str(tmp_path / "pics")!r}, image_size=8)
+        out["folder"] = [len(pics), pics.class_names]
+        for spec in {specs!r}:
+            try:
+                load_data(spec, image_size=8)
+                out[spec] = "loaded"
+            except DataError as e:
+                out[spec] = str(e)
+        print(json.dumps(out))
+    """
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["available"] is False and out["builtin"] == 20 and out["folder"] == [4, ["a", "b"]]
+    for spec in specs:
+        msg = out[spec]
+        assert "needs the Hugging Face `datasets` package" in msg and "\n" not in msg, (spec, msg)
+        assert "pip install 'ddpm-gui[hub]'" in msg and "'builtin'" in msg, (spec, msg)
+
+
 def test_data_layer_imports_neither_qt_nor_datasets():
     code = (
         "import sys, ddpm_gui.data; "
-        "print([m for m in ('PySide6', 'pyqtgraph', 'datasets') if m in sys.modules])"
+        "print([m for m in ('PySide6', 'pyqtgraph', 'datasets') if sys.modules.get(m) is not None])"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True

@@ -10,7 +10,7 @@ import torch
 from ddpm_gui.data import load_data
 from ddpm_gui.engine import events as ev
 from ddpm_gui.engine.checkpoint import list_checkpoints, load_checkpoint, read_meta
-from ddpm_gui.engine.config import TrainConfig
+from ddpm_gui.engine.config import RUN_CONFIG, TrainConfig, read_config_toml
 from ddpm_gui.engine.sampler import SampleConfig, denoise_frames, load_bundle, sample_frames
 from ddpm_gui.engine.trainer import Trainer
 from ddpm_gui.errors import CheckpointError, ConfigError
@@ -50,7 +50,7 @@ def test_training_run_events_and_run_folder(tmp_path, small_data):
     assert previews[0].images.shape == (4, 16, 16, 3) and previews[0].images.dtype == np.uint8
     assert isinstance(events[-1], ev.Finished) and events[-1].reason == "completed" and events[-1].step == 12
     run = tmp_path / "run"
-    assert json.loads((run / "config.json").read_text())["preset"] == "tiny"
+    assert read_config_toml(run / RUN_CONFIG)["preset"] == "tiny"
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert lines[-1]["step"] == 12
     assert [s for s, _ in list_checkpoints(run)] == [6, 12]
@@ -296,16 +296,16 @@ def test_training_batches_come_from_a_uint8_dataset_on_the_device(tmp_path, smal
 
 
 def test_previews_start_from_the_same_noise_and_do_not_disturb_training(tmp_path, small_data, monkeypatch):
-    import ddpm_gui.engine.trainer as trainer_mod
+    import ddpm_gui.engine.learner as learner_mod
 
     starts = []
-    reverse = trainer_mod.reverse_process
+    reverse = learner_mod.reverse_process
 
     def spy(denoiser, x, *a, **kw):
         starts.append(x.clone())
         return reverse(denoiser, x, *a, **kw)
 
-    monkeypatch.setattr(trainer_mod, "reverse_process", spy)
+    monkeypatch.setattr(learner_mod, "reverse_process", spy)
     c = cfg(steps=6, preview_every=3, checkpoint_every=0)
     tr = Trainer(c, tmp_path / "a", data=small_data)
     events = run_all(tr)
@@ -313,7 +313,7 @@ def test_previews_start_from_the_same_noise_and_do_not_disturb_training(tmp_path
     assert [p.step for p in previews] == [3, 6] and len(starts) == 2
     assert torch.equal(starts[0], starts[1])  # the same starting noise at every interval
     assert not np.array_equal(previews[0].images, previews[1].images)  # ...and the weights changed
-    again = tr._preview()  # unchanged weights: the preview is bitwise the same
+    again = tr.preview()  # unchanged weights: the preview is bitwise the same
     assert np.array_equal(again, previews[1].images)
     # previews have their own generator: a run without them trains to bitwise the same weights
     run_all(Trainer(c.replace(preview_every=0), tmp_path / "b", data=small_data))

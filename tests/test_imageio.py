@@ -25,6 +25,16 @@ from ddpm_gui.data.imageio import MAX_PIXELS, fit_square, load_image, open_rgb
 from ddpm_gui.errors import DataError
 
 BOMB_SIDE = 20000
+HOSTILE_KEYS = [
+    "bomb",
+    "our-limit",
+    "truncated-png",
+    "truncated-jpeg",
+    "zero-bytes",
+    "text",
+    "directory",
+    "missing",
+]
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
@@ -58,7 +68,7 @@ def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
     return buf.getvalue()
 
 
-def _gradient(h: int = 24, w: int = 40) -> np.ndarray:
+def gradient(h: int = 24, w: int = 40) -> np.ndarray:
     y, x = np.mgrid[0:h, 0:w]
     return np.stack([x * 255 // (w - 1), y * 255 // (h - 1), (x + y) % 256], -1).astype(np.uint8)
 
@@ -66,8 +76,8 @@ def _gradient(h: int = 24, w: int = 40) -> np.ndarray:
 def hostile_files(root: Path) -> dict[str, tuple[Path, str]]:
     """name -> (path, a regex the one-line DataError must match): files every image door must refuse."""
     root.mkdir(parents=True, exist_ok=True)
-    good = _encode(Image.fromarray(_gradient(64, 64)), "PNG")
-    jpeg = _encode(Image.fromarray(_gradient(64, 64)), "JPEG", quality=90)
+    good = _encode(Image.fromarray(gradient(64, 64)), "PNG")
+    jpeg = _encode(Image.fromarray(gradient(64, 64)), "JPEG", quality=90)
     files = {
         "bomb": (
             "bomb.png",
@@ -129,10 +139,7 @@ def hostile(tmp_path_factory):
     return hostile_files(tmp_path_factory.mktemp("hostile"))
 
 
-@pytest.mark.parametrize(
-    "key",
-    ["bomb", "our-limit", "truncated-png", "truncated-jpeg", "zero-bytes", "text", "directory", "missing"],
-)
+@pytest.mark.parametrize("key", HOSTILE_KEYS)
 def test_hostile_files_are_one_line_data_errors(hostile, key):
     path, pattern = hostile[key]
     with pytest.raises(DataError) as info:
@@ -160,7 +167,7 @@ def test_bomb_is_refused_from_its_header_without_decoding(hostile, monkeypatch):
 
 def test_the_limit_is_one_constant(tmp_path, monkeypatch):
     path = tmp_path / "small.png"
-    Image.fromarray(_gradient(30, 40)).save(path)
+    Image.fromarray(gradient(30, 40)).save(path)
     assert load_image(path, 8).shape == (8, 8, 3)
     monkeypatch.setattr(imageio, "MAX_PIXELS", 30 * 40 - 1)
     with pytest.raises(DataError, match=r"is 40x30 pixels, more than the 1,199-pixel limit"):
@@ -170,7 +177,7 @@ def test_the_limit_is_one_constant(tmp_path, monkeypatch):
 
 def test_file_size_limit_and_unreadable_file(tmp_path, monkeypatch):
     path = tmp_path / "photo.png"
-    Image.fromarray(_gradient()).save(path)
+    Image.fromarray(gradient()).save(path)
     monkeypatch.setattr(imageio, "MAX_FILE_BYTES", 100)
     with pytest.raises(DataError, match=r"photo.png is 0 MB, more than the 0 MB limit"):
         load_image(path, 8)
@@ -263,7 +270,7 @@ def test_exif_orientation_is_applied(tmp_path, fmt, ext):
 
 
 def test_crop_policy_centre_square_then_bicubic(tmp_path):
-    wide = _gradient(24, 40)
+    wide = gradient(24, 40)
     Image.fromarray(wide).save(tmp_path / "wide.png")
     got = load_image(tmp_path / "wide.png", 16)
     want = np.asarray(Image.fromarray(wide[:, 8:32]).resize((16, 16), Image.Resampling.BICUBIC))
@@ -278,7 +285,7 @@ def test_crop_policy_centre_square_then_bicubic(tmp_path):
 
 
 def test_fit_square_keeps_a_right_sized_array_and_refuses_bad_input():
-    a = _gradient(8, 8)
+    a = gradient(8, 8)
     out = fit_square(a, 8)
     assert np.array_equal(out, a) and out is not a  # a copy: the caller may write to it
     assert fit_square(a[..., 0], 4).shape == (4, 4, 3)  # (H, W) grey
@@ -307,7 +314,7 @@ def test_folder_decoding_goes_through_the_loader(tmp_path, hostile):
 
     root = tmp_path / "pics"
     root.mkdir()
-    wide = _gradient(24, 40)
+    wide = gradient(24, 40)
     Image.fromarray(wide).save(root / "good.png")
     for key in ("bomb", "truncated-png", "zero-bytes", "text"):
         (root / f"{key}.png").write_bytes(hostile[key][0].read_bytes())
@@ -324,7 +331,7 @@ def test_forward_frames_subset_matches_the_full_run():
     from ddpm_gui.engine.forward import forward_frames, kept_steps
 
     sched = NoiseSchedule(SCHEDULE_PRESETS["tutorial"])
-    img = _gradient(16, 16)
+    img = gradient(16, 16)
     full = forward_frames(img, sched, seed=3)
     assert list(full.ts) == list(range(101)) and full.iterative.shape == full.closed.shape == (101, 16, 16, 3)
     assert np.array_equal(full.iterative[0], img) and np.array_equal(full.closed[0], img)
@@ -348,11 +355,11 @@ def test_forward_frames_stop_and_bad_arguments():
     sched = NoiseSchedule(SCHEDULE_PRESETS["tutorial"])
     stop = threading.Event()
     stop.set()
-    assert forward_frames(_gradient(8, 8), sched, stop=stop) is None
+    assert forward_frames(gradient(8, 8), sched, stop=stop) is None
     with pytest.raises(ConfigError, match="0..100"):
-        forward_frames(_gradient(8, 8), sched, steps=[0, 101])
+        forward_frames(gradient(8, 8), sched, steps=[0, 101])
     with pytest.raises(ConfigError, match="Unknown forward process"):
-        forward_frames(_gradient(8, 8), sched, processes=("sideways",))
+        forward_frames(gradient(8, 8), sched, processes=("sideways",))
     with pytest.raises(ConfigError, match="H x W x 3 uint8"):
         forward_frames(np.zeros((8, 8), np.float32), sched)
 

@@ -11,7 +11,6 @@ import importlib.util
 import json
 import os
 import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from ddpm_gui import cli
 from ddpm_gui.data import load_data
 from ddpm_gui.engine import checkpoint as ck
 from ddpm_gui.engine import events as ev
+from ddpm_gui.engine import fileio
 from ddpm_gui.engine.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint
 from ddpm_gui.engine.config import TrainConfig, load_run_config
 from ddpm_gui.engine.trainer import Trainer
@@ -134,8 +134,12 @@ def test_damaged_newest_checkpoint_is_set_aside_and_temp_files_cleaned(tmp_path,
     raw = bytearray(newest.read_bytes())
     raw[-100] ^= 0xFF  # one flipped bit-pattern in the tensor bytes: only the digest can tell
     newest.write_bytes(bytes(raw))
-    leftover = run / "checkpoints" / ".step_00000008.safetensors.k2j3h4.tmp"  # what a killed save leaves
+    # what a killed save leaves, and users' files that only look like temp files
+    leftover = run / "checkpoints" / ".step_00000008.safetensors.ddpm-tmp-0a1b2c3d"
     leftover.write_bytes(b"half a checkpoint")
+    users = [run / ".draft.tmp", run / "checkpoints" / ".step_00000008.safetensors.k2j3h4.tmp"]
+    for p in users:
+        p.write_text("a user's file, named like a temp file")
     events = run_all(
         Trainer(cfg(steps=8, checkpoint_every=2, keep_checkpoints=5), run, resume=True, data=data)
     )
@@ -144,6 +148,7 @@ def test_damaged_newest_checkpoint_is_set_aside_and_temp_files_cleaned(tmp_path,
     assert "interrupted save" in notes
     assert next(e for e in events if isinstance(e, ev.Started)).step == 4
     assert not leftover.exists() and (run / "checkpoints" / "step_00000006.safetensors.unreadable").exists()
+    assert all(p.read_text() == "a user's file, named like a temp file" for p in users)
     assert [s for s, _ in list_checkpoints(run)] == [2, 4, 6, 8]
     assert isinstance(events[-1], ev.Finished)
 
@@ -324,7 +329,7 @@ def failing_replace(monkeypatch, err: int, after: int = 0):
                 raise OSError(err, os.strerror(err), str(dst))
         return real(src, dst, *a, **k)
 
-    monkeypatch.setattr(ck.os, "replace", fake)
+    monkeypatch.setattr(fileio.os, "replace", fake)
 
 
 @pytest.mark.parametrize(
@@ -471,30 +476,29 @@ def test_cli_resume_of_newer_or_missing_run_is_one_line(tmp_path, capsys):
     assert len(err) == 2 and "no config.json" in err[0] and "newer DDPM Studio" in err[1]
 
 
-def run_cli(*args, env=None, timeout=120) -> subprocess.CompletedProcess:
+def run_cli(*args, env=None, fault=None, timeout=300) -> subprocess.CompletedProcess:
+    """`ddpm-gui ARGS` in a real process; with `fault`, started through scripts/fault_cli.py (see there)."""
     e = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
     e.pop("DDPM_GUI_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "ddpm_gui", *args], capture_output=True, text=True, env=e,
-                          timeout=timeout, cwd=ROOT)  # fmt: skip
+    cmd = _fault_injection().fault_cli.command(*args, fault=fault)
+    return subprocess.run(cmd, capture_output=True, text=True, env=e, timeout=timeout, cwd=ROOT)
 
 
 def test_cli_disk_full_is_one_line_and_resume_finishes(tmp_path, data):
-    """The real process: a full disk at the 2nd save (DDPM_GUI_FAULT_IN_SAVE) is one error line, exit 1, no
-    partial file; --resume then finishes the run."""
+    """The real process: a full disk at the 2nd save (scripts/fault_cli.py --fault enospc:2) is one error
+    line, exit 1, no partial file; --resume (with a new learning rate) then finishes the run."""
     run = tmp_path / "run"
-    env = {"DDPM_GUI_FAULT_IN_SAVE": "enospc:2", "DDPM_GUI_CACHE": str(tmp_path / "cache")}
+    env = {"DDPM_GUI_CACHE": str(tmp_path / "cache")}
     args = ["train", "--data", "builtin:256", "--image-size", "16", "--batch-size", "8", "--steps", "6",
             "--checkpoint-every", "2", "--checkpoint-minutes", "0", "--device", "cpu", "--out", str(run)]  # fmt: skip
-    p = run_cli(*args, env=env)
+    p = run_cli(*args, env=env, fault="enospc:2")
     errors = [ln for ln in p.stderr.splitlines() if "error" in ln.lower()]
     assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
     assert len(errors) == 1 and "No space left on device" in errors[0] and "free some disk space" in errors[0]
     assert [s for s, _ in list_checkpoints(run)] == [2] and not list((run / "checkpoints").glob(".*"))
-    p = run_cli(
-        "train", "--out", str(run), "--resume", "--lr", "5", env={"DDPM_GUI_CACHE": str(tmp_path / "cache")}
-    )
+    p = run_cli("train", "--out", str(run), "--resume", "--lr", "0.0005", env=env)
     assert p.returncode == 0, p.stderr
-    assert "ignored: --lr" in p.stderr and "completed at step 6" in p.stdout
+    assert "completed at step 6" in p.stdout and "ignored" not in p.stderr, p.stderr
 
 
 # ----------------------------------------------------------------------------- SIGKILL, the CI subset

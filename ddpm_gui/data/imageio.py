@@ -79,7 +79,7 @@ def _header_size(fp: io.IOBase, name: str) -> tuple[int, int] | None:
             if ok and not isinstance(ok, str):
                 fp.seek(0)
                 return factory(fp, name).size
-        except Exception:  # noqa: BLE001 - not this format: try the next one, as Image.open does
+        except Exception:  # not this format: try the next one, as Image.open does
             continue
     return None
 
@@ -111,7 +111,7 @@ def _open_file(path: str | os.PathLike) -> tuple[io.BufferedReader, str]:
                 f"{name} is {st.st_size / 2**20:.0f} MB, more than the {MAX_FILE_BYTES >> 20} MB limit for "
                 "one image: save a smaller or more compressed copy and open that."
             )
-        return open(name, "rb"), name  # noqa: SIM115 - the caller closes it
+        return open(name, "rb"), name  # the caller closes it
     except FileNotFoundError:
         raise DataError(f"{name} does not exist: check the path, or pick another image file.") from None
     except OSError as exc:
@@ -168,7 +168,7 @@ def _decode(fp: io.IOBase, name: str, size_hint: int | None) -> Image.Image:
         raise _bomb_error(fp, name, exc) from None
     except UnidentifiedImageError:
         raise DataError(f"{name} is not an image this app can read: pick {_FORMATS}.") from None
-    except Exception as exc:  # noqa: BLE001 - Pillow's plugins raise many types on malformed headers
+    except Exception as exc:  # Pillow's plugins raise many types on malformed headers
         raise DataError(
             f"{name} could not be read as an image ({_first_line(exc)}): re-save it as a PNG or JPEG."
         ) from None
@@ -188,7 +188,7 @@ def _decode(fp: io.IOBase, name: str, size_hint: int | None) -> Image.Image:
             rgb = to_rgb(upright)
         except MemoryError:
             raise DataError(f"{name} is too large to decode in the memory left: scale it down.") from None
-        except Exception as exc:  # noqa: BLE001 - truncated or damaged data: many types, each one message
+        except Exception as exc:  # truncated or damaged data: many types, each one message
             raise DataError(
                 f"{name} could not be decoded ({_first_line(exc)}); it may be truncated or damaged: "
                 "save or download it again."

@@ -63,8 +63,8 @@ class NewerVersionError(CheckpointError):
 
 
 class CheckpointVanished(CheckpointError):
-    """The file is not there (any more): pruned or set aside by a training run after it was listed. Not damage:
-    readers of a run folder list it again."""
+    """The file is not there (any more): pruned or set aside by a training run after it was listed. Not
+    damage: readers of a run folder list it again."""
 
 
 # ----------------------------------------------------------------------------- state <-> tensors
@@ -206,7 +206,8 @@ def _check_layout(f: BinaryIO, size: int) -> tuple[dict, int]:
                 raise _Damaged("its metadata is not a table of strings")
             continue
         off = v.get("data_offsets") if isinstance(v, dict) else None
-        if not (isinstance(off, list) and len(off) == 2 and all(type(o) is int for o in off) and 0 <= off[0] <= off[1]):  # fmt: skip
+        ints = isinstance(off, list) and len(off) == 2 and all(type(o) is int for o in off)
+        if not (ints and 0 <= off[0] <= off[1]):
             raise _Damaged(f"the entry of tensor {k[:60]!r} is damaged")
         end = max(end, off[1])
     if 8 + n + end > size:
@@ -371,7 +372,8 @@ def _load_open(f: BinaryIO, path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         raise
     except (SafetensorError, OSError, ValueError, RuntimeError, TypeError) as exc:
         raise CheckpointError(
-            f"{path.name} could not be read (it may be truncated or corrupt): {str(exc)[:200]}. {PICK_ANOTHER}"
+            f"{path.name} could not be read (it may be truncated or corrupt): {str(exc)[:200]}. "
+            + PICK_ANOTHER
         ) from exc
     return tensors, meta
 
@@ -464,7 +466,7 @@ def fallback_notes(used: Path, skipped: Skipped) -> list[str]:
 
 def set_aside(path: Path) -> Path | None:
     """Rename an unreadable checkpoint to `<name>.unreadable` (`.unreadable-2`, ... if that name is taken:
-    never over another file), so that it is neither resumed nor pruned (it is kept for a person to look at)."""
+    never over another file), so that it is neither resumed nor pruned (kept for a person to look at)."""
     for i in range(1, 100):
         target = path.with_name(path.name + (".unreadable" if i == 1 else f".unreadable-{i}"))
         if os.path.lexists(target):

@@ -86,6 +86,9 @@ class Failed:
     message: str  # one or two sentences for the user, saying what to change
     step: int
     checkpoint: str | None  # the last good checkpoint, if any
+    # the cause was the user's input (settings, data, device, run folder: a DDPMError before training
+    # started), not something that failed while running; the CLI exits 2 for it, 1 otherwise
+    bad_input: bool = False
 
 
 Event = Started | Progress | TimestepLoss | Preview | CheckpointSaved | Paused | Resumed | Notice | Finished | Failed

@@ -199,7 +199,8 @@ class RunLock:
             if exc.errno == errno.ELOOP or self.path.is_symlink():
                 raise self._foreign("a symlink") from exc
             raise CheckpointError(
-                f"Cannot write in the run folder {self.path.parent} ({exc.strerror}): choose a writable folder."
+                f"Cannot write in the run folder {self.path.parent} ({exc.strerror}): choose a writable "
+                "folder."
             ) from exc
         try:
             st = os.fstat(fd)

@@ -61,7 +61,7 @@ def forward_frames(
 
     from ddpm_gui.core.diffusion import from_uint8, q_sample, to_uint8
 
-    image = np.ascontiguousarray(image)
+    image = np.array(image)  # a private, writable copy (torch.from_numpy shares its memory)
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ConfigError(f"The image must be an H x W x 3 uint8 array, got {image.dtype} {image.shape}.")
     unknown = set(processes) - set(PROCESSES)

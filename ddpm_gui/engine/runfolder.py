@@ -51,7 +51,9 @@ METRICS = "metrics.jsonl"
 # what a file manager leaves in any folder: a folder holding only these is still empty (they are never touched)
 _OS_FILES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
 # the temp names of versions that wrote `.<name>.<random>.tmp`, for the names they wrote in a run folder
-_OLD_TEMP_RE = re.compile(r"^\.(step_\d{8,}\.(safetensors|png)|config\.json|metrics\.jsonl)\.[a-z0-9_]+\.tmp$")
+_OLD_TEMP_RE = re.compile(
+    r"^\.(step_\d{8,}\.(safetensors|png)|config\.json|metrics\.jsonl)\.[a-z0-9_]+\.tmp$"
+)
 
 
 class HistoryWithoutCheckpoint(CheckpointError):
@@ -96,11 +98,15 @@ def check_new_run_dir(path: str | Path) -> None:
     if not folder.is_dir():
         raise ConfigError(f"{folder} is not a folder: choose a folder for the run.")
     if is_run_dir(folder):
-        raise ConfigError(f"{folder} already holds a run: resume it (--resume) or choose an empty run folder.")
+        raise ConfigError(
+            f"{folder} already holds a run: resume it (--resume) or choose an empty run folder."
+        )
     try:
         names = [e.name for e in os.scandir(folder)]
     except OSError as exc:
-        raise ConfigError(f"{folder} cannot be read ({exc.strerror or exc}): choose another folder.") from None
+        raise ConfigError(
+            f"{folder} cannot be read ({exc.strerror or exc}): choose another folder."
+        ) from None
     if any(n not in _OS_FILES for n in names):
         raise ConfigError(
             f"{folder} is not empty and is not a DDPM Studio run folder: choose a new or empty folder "
@@ -200,7 +206,9 @@ class RunFolder:
                 continue
             for e in entries:
                 try:
-                    if (is_own_temp(e.name) or _OLD_TEMP_RE.match(e.name)) and e.is_file(follow_symlinks=False):
+                    if (is_own_temp(e.name) or _OLD_TEMP_RE.match(e.name)) and e.is_file(
+                        follow_symlinks=False
+                    ):
                         os.unlink(e.path)
                         removed.append(Path(e.path))
                 except OSError:

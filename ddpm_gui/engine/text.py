@@ -17,3 +17,19 @@ def fmt_duration(s: float | None) -> str:
     if m:
         return f"{m}m {sec:02d}s"
     return f"{sec}s"
+
+
+def fmt_count(n: float | None) -> str:
+    """A large count with a unit prefix: "725.3M", "1.2G", "950"; "?" when unknown."""
+    if n is None:
+        return "?"
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            return f"{n / div:.1f}{unit}"
+    return f"{n:.0f}"
+
+
+def describe_data(data) -> str:
+    """One line about an ImageData: how many images, and its classes (or that it has no labels)."""
+    labelled = data.labels is not None and data.num_classes
+    return f"{len(data):,} images" + (f", {data.num_classes} classes" if labelled else ", no labels")

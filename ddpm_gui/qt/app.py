@@ -127,7 +127,7 @@ class _ExposeWatcher(QObject):
         self._callback = callback
         self._done = False
 
-    def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt API
+    def eventFilter(self, obj, event) -> bool:
         if not self._done and event.type() in (QEvent.Type.Expose, QEvent.Type.Paint):
             exposed = getattr(obj, "isExposed", lambda: True)()
             if exposed:

@@ -31,7 +31,7 @@ from PySide6.QtWidgets import (
 
 from ddpm_gui.qt.panels import PANELS
 from ddpm_gui.qt.state import AppState
-from ddpm_gui.qt.workers import Job
+from ddpm_gui.qt.workers import JobSlot, show_warning
 
 APP_TITLE = "DDPM Studio"
 CLOSE_QUESTION = "Training is running. Stop it, save a checkpoint and quit?"
@@ -46,15 +46,15 @@ def _load_engine():
     yield ("status", "Loading the diffusion engine…")
     import pyqtgraph  # noqa: F401 - the plots' library, imported here so the GUI thread need not wait
 
-    import ddpm_gui.core.diffusion  # noqa: F401
-    import ddpm_gui.core.schedule  # noqa: F401
+    import ddpm_gui.core.diffusion
+    import ddpm_gui.core.schedule
     import ddpm_gui.data  # noqa: F401
 
     for mod in ("ddpm_gui.engine.sampler", "ddpm_gui.engine.trainer"):
         try:
             importlib.import_module(mod)
         except ImportError:
-            pass  # written concurrently; the panels that need it say so themselves
+            pass  # optional here: the panels that need it say so themselves
     # the panel modules too (class definitions only, no widgets), so building them is quick
     for module, _cls, _title in PANELS:
         try:
@@ -101,9 +101,9 @@ class MainWindow(QMainWindow):
 
         self.panels: dict[str, QWidget] = {}  # class name -> panel (real ones only)
         self._ready = False
-        self._engine_job: Job | None = None
         self._engine_started = False
-        self._bundle_job: Job | None = None
+        self.engine_slot = JobSlot(self, self._on_engine_event, self._on_engine_failed)
+        self.bundle_slot = JobSlot(self, self._on_bundle_loaded, self._on_bundle_failed)
         self._bundle_path = ""
         self._closing = False
         self._force_close = False
@@ -187,13 +187,8 @@ class MainWindow(QMainWindow):
         if self._engine_started or self._closing:
             return
         self._engine_started = True
-        self._engine_job = Job(_load_engine, parent=self)
-        self._engine_job.event.connect(self._on_engine_event)
-        self._engine_job.failed.connect(self._on_engine_failed)
-        self._engine_job.done.connect(self._on_engine_done)
-        self._engine_job.start()
+        self.engine_slot.start(_load_engine)
 
-    @Slot(object)
     def _on_engine_event(self, ev) -> None:
         kind, payload = ev
         if kind == "status":
@@ -210,19 +205,14 @@ class MainWindow(QMainWindow):
                 configure_pyqtgraph()
                 self._build_panels()
 
-    @Slot(str)
     def _on_engine_failed(self, message: str) -> None:
-        tb = self._engine_job.last_traceback if self._engine_job else ""
-        print(tb, file=sys.stderr)
+        job = self.engine_slot.job
+        print(job.last_traceback if job is not None else message, file=sys.stderr)
         for i in range(self.tabs.count()):
             page = self.tabs.widget(i)
             if isinstance(page, _LoadingPage):
                 page.set_message(f"<h3>The engine could not be loaded</h3><p>{message}</p>", busy=False)
         self.statusBar().showMessage(f"The engine could not be loaded: {message}")
-
-    @Slot()
-    def _on_engine_done(self) -> None:
-        self._engine_job = None
 
     def _build_panels(self) -> None:
         """Build the panels one per event-loop turn (the visible tab first), so the window keeps
@@ -295,7 +285,7 @@ class MainWindow(QMainWindow):
 
     def open_checkpoint(self, path: str) -> None:
         """Load a run folder or .safetensors checkpoint in the background and make it the current model."""
-        if self._bundle_job is not None:
+        if self.bundle_slot.is_busy():
             self.state.show_status("Already loading a checkpoint…")
             return
         self._bundle_path = str(path)
@@ -306,27 +296,15 @@ class MainWindow(QMainWindow):
 
             yield load_bundle(path)
 
-        self._bundle_job = Job(load, parent=self)
-        self._bundle_job.event.connect(self._on_bundle_loaded)
-        self._bundle_job.failed.connect(self._on_bundle_failed)
-        self._bundle_job.done.connect(self._on_bundle_done)
-        self._bundle_job.start()
+        self.bundle_slot.start(load)
 
-    @Slot(object)
     def _on_bundle_loaded(self, bundle) -> None:
-        self.state.set_bundle(bundle)
         self.state.add_recent(self._bundle_path)
-        step = getattr(bundle, "step", "?")
-        self.state.show_status(f"Loaded {Path(self._bundle_path).name} (step {step})")
+        self.state.set_bundle(bundle, Path(self._bundle_path).name)
 
-    @Slot(str)
     def _on_bundle_failed(self, message: str) -> None:
         self.state.show_status("Could not load the checkpoint")
-        self.show_message("Could not open checkpoint", message, QMessageBox.Icon.Warning)
-
-    @Slot()
-    def _on_bundle_done(self) -> None:
-        self._bundle_job = None
+        show_warning(self, "Could not open checkpoint", message)
 
     # ------------------------------------------------------------------ dialogs
     def show_message(self, title: str, text: str, icon=QMessageBox.Icon.Information) -> QMessageBox:
@@ -409,17 +387,16 @@ class MainWindow(QMainWindow):
                 stop(timeout_ms)
                 if timing:
                     print(f"{name}.shutdown took {time.perf_counter() - t0:.3f} s", flush=True)
-        for job in (self._engine_job, self._bundle_job):
-            if job is not None:
-                job.request_stop()
-                job.wait(timeout_ms)
+        for slot in (self.engine_slot, self.bundle_slot):
+            slot.stop()
+            slot.wait(timeout_ms)
 
     def close_without_asking(self) -> None:
         """Close as if the user had said yes (DDPM_GUI_EXIT_AFTER, scripted runs)."""
         self._force_close = True
         self.close()
 
-    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt API
+    def closeEvent(self, event: QCloseEvent) -> None:
         if (
             self.state.training
             and not self._force_close

@@ -13,8 +13,8 @@ import threading
 # before any Qt import (pytest-qt creates the QApplication later, on first use of qtbot/qapp)
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-import pytest  # noqa: E402
-from PySide6.QtCore import QSettings, QThread  # noqa: E402
+import pytest
+from PySide6.QtCore import QSettings, QThread
 
 THREAD_GRACE_MS = 5000
 

@@ -142,7 +142,8 @@ def test_close_while_training_saves_a_checkpoint(qtbot, window, tmp_path, monkey
         window.close()
         assert asked == [CLOSE_QUESTION]
         assert not window.isVisible()
-        assert panel._job is not None and panel._job.wait(0)  # close returned after the worker ended
+        job = panel.train_slot.job
+        assert job is not None and job.wait(0)  # close returned after the worker ended
         qtbot.waitUntil(lambda: not panel.is_busy() and panel.last_finished is not None, timeout=30_000)
     finally:
         torch.set_num_threads(n_threads)
@@ -178,7 +179,7 @@ def test_bad_checkpoint_shows_a_message_and_keeps_running(qtbot, window, tmp_pat
     assert "broken.safetensors" in box().text() or box().text()
     assert window.state.bundle is None and window.state.recent() == []
     box().close()
-    qtbot.waitUntil(lambda: window._bundle_job is None, timeout=5000)
+    qtbot.waitUntil(lambda: not window.bundle_slot.is_busy(), timeout=5000)
     assert window.isVisible()
 
 
@@ -277,7 +278,7 @@ def test_engine_loads_once(qtbot, settings, monkeypatch):
     w = MainWindow(settings=settings)
     qtbot.addWidget(w)
     w.start_engine()
-    qtbot.waitUntil(lambda: w._engine_job is None, timeout=30000)
+    qtbot.waitUntil(lambda: not w.engine_slot.is_busy(), timeout=30000)
     w.start_engine()  # e.g. run_app's fallback timer firing while the panels are still being built
     qtbot.waitUntil(w.is_ready, timeout=30000)
     w.start_engine()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 from PIL import Image
 from PySide6.QtCore import Qt
 
-from ddpm_gui.qt.panels.data_panel import BUILTIN, FOLDER, HUB, DataPanel
+from ddpm_gui.qt.panels.data_panel import BUILTIN, FILE, FOLDER, HUB, DataPanel
 from tests.qt.conftest import grab_variance
 
 pytestmark = pytest.mark.qt
@@ -110,6 +111,29 @@ def test_offline_hub_id_shows_error_fast(qtbot, panel, state):
         panel.use_builtin_btn.click()
     _wait_loaded(qtbot, panel)
     assert len(state.data) == 200 and panel.error_text() == ""
+
+
+def test_without_datasets_the_panel_says_how_to_install(qtbot, panel, state, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # as installed without the `hub` extra
+    install = "pip install 'ddpm-gui[hub]'"
+    panel.source_combo.setCurrentIndex(panel.source_combo.findData(FILE))
+    assert install in panel.progress_label.text()  # said before anything is loaded
+    path = tmp_path / "t.parquet"
+    path.write_bytes(b"PAR1")
+    panel.set_spec(str(path))
+    assert panel.source_kind() == FILE and panel.load()
+    qtbot.waitUntil(lambda: panel.error_text() != "", timeout=10000)
+    text = panel.error_text()
+    assert install in text and "Traceback" not in text, text
+    _wait_loaded(qtbot, panel)
+    assert state.data is None
+    panel.source_combo.setCurrentIndex(panel.source_combo.findData(FOLDER))
+    assert install not in panel.progress_label.text()  # folders need no datasets
+    panel.limit_spin.setValue(100)
+    with qtbot.waitSignal(state.dataChanged, timeout=20000):
+        panel.use_builtin_btn.click()
+    _wait_loaded(qtbot, panel)
+    assert len(state.data) == 100 and panel.error_text() == ""
 
 
 def test_cancel_stops_loading(qtbot, panel, state):

@@ -158,3 +158,70 @@ def test_drop_an_image_file(qtbot, panel, tmp_path):
     panel.dropEvent(ev)
     assert panel.clean_image().shape == (32, 32, 3) and int(panel.clean_image().mean()) == 30
     _wait_frames(qtbot, panel)
+
+
+# ----------------------------------------------------------------------------- image files: the one loader
+
+
+def _drop(panel, path) -> None:
+    from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
+    from PySide6.QtGui import QDropEvent
+
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(path))])
+    ev = QDropEvent(
+        QPointF(10, 10),
+        Qt.DropAction.CopyAction,
+        mime,
+        Qt.MouseButton.LeftButton,
+        Qt.KeyboardModifier.NoModifier,
+    )
+    panel.dropEvent(ev)
+
+
+@pytest.mark.parametrize("door", ["open", "drop"])
+def test_hostile_files_show_an_error_and_keep_the_image(qtbot, panel, tmp_path, door):
+    import re
+
+    from test_imageio import HOSTILE_KEYS, hostile_files
+
+    before = panel.clean_image().copy()
+    statuses = []
+    panel.state.status.connect(statuses.append)
+    for key, (path, pattern) in hostile_files(tmp_path).items():
+        if door == "open":
+            assert panel.open_image(path) is False, key
+        else:
+            _drop(panel, path)
+        msg = panel.image_error_text()
+        assert path.name in msg and re.search(pattern, msg) and "\n" not in msg, (key, msg)
+        assert statuses[-1] == msg
+        np.testing.assert_array_equal(panel.clean_image(), before)
+    assert len(statuses) == len(HOSTILE_KEYS)
+    good = tmp_path / "good.png"
+    Image.fromarray(np.full((40, 60, 3), 90, np.uint8)).save(good)
+    assert panel.open_image(good)
+    assert panel.image_error_text() == "" and int(panel.clean_image().mean()) == 90
+    _wait_frames(qtbot, panel)
+
+
+def test_same_pixels_as_the_cli(qtbot, panel, tmp_path):
+    """One crop policy: the Forward tab's x_0 is the CLI's x_0 for the same file (a wide image: the
+    centre square, not a stretch)."""
+    from test_imageio import gradient
+
+    from ddpm_gui import cli
+    from ddpm_gui.data.imageio import load_image
+
+    src = tmp_path / "wide.png"
+    Image.fromarray(gradient(30, 52)).save(src)
+    out = tmp_path / "strip.png"
+    assert cli.main(["forward", "--image", str(src), "--image-size", "32", "--frames", "2", "--T", "2",
+                     "--scale", "1", "--out", str(out)]) == 0  # fmt: skip
+    with Image.open(out) as im:
+        cli_x0 = np.asarray(im.convert("RGB"))[1:33, 1:33]
+    assert panel.open_image(src)
+    np.testing.assert_array_equal(panel.clean_image(), cli_x0)
+    np.testing.assert_array_equal(cli_x0, load_image(src, 32))
+    _wait_frames(qtbot, panel)
+    np.testing.assert_array_equal(panel.frames().iterative[0], cli_x0)

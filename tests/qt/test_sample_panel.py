@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 pytest.importorskip("pytestqt")
 
-from ddpm_gui.qt.panels import sample_panel as sp  # noqa: E402
-from ddpm_gui.qt.state import AppState  # noqa: E402
+from ddpm_gui.qt.panels import sample_panel as sp
+from ddpm_gui.qt.state import AppState
 
 pytestmark = pytest.mark.qt
 
@@ -139,3 +141,97 @@ def test_load_checkpoint(qtbot, panel, run_dir, tmp_path):
     assert b is not None and b.preset == "tiny" and b.step == 5
     assert "tiny" in panel.model_label.text()
     assert panel.generate_btn.isEnabled()
+
+
+# ----------------------------------------------------------------------------- exports: in a worker, atomic
+
+
+def _generate(qtbot, panel, bundle, n: int = 4) -> np.ndarray:
+    panel.state.set_bundle(bundle)
+    panel.sampler_form.set_key("ddim")
+    panel.sampler_form.steps_spin.setValue(3)
+    panel.n_spin.setValue(n)
+    assert panel.generate()
+    qtbot.waitUntil(lambda: panel._job is None, timeout=60_000)
+    assert panel.final_images() is not None, panel.error_label.text()
+    return panel.final_images()
+
+
+def test_export_runs_in_a_worker_with_a_busy_bar(qtbot, panel, bundle, tmp_path, monkeypatch):
+    import threading
+
+    from PIL import Image
+
+    final = _generate(qtbot, panel, bundle)
+    writers = []
+    for name in ("save_png", "save_gif"):  # record the thread that writes, then write for real
+
+        def recording(*a, _real=getattr(sp, name), **k):
+            writers.append(threading.current_thread())
+            return _real(*a, **k)
+
+        monkeypatch.setattr(sp, name, recording)
+    with qtbot.waitSignal(panel.exported, timeout=60_000) as done:
+        png = panel.save_png_grid(tmp_path / "grid")  # no suffix: .png is added
+        assert png == tmp_path / "grid.png"
+        assert panel.is_exporting() and panel.export_bar.isVisible()  # busy, and the window keeps running
+        assert not panel.png_btn.isEnabled() and not panel.gif_btn.isEnabled()
+        assert panel.save_gif(tmp_path / "other.gif") is None  # one export at a time
+    assert done.args == [png]
+    qtbot.waitUntil(lambda: not panel.is_exporting(), timeout=10_000)
+    assert (
+        not panel.export_bar.isVisible()
+        and panel.png_btn.isEnabled()
+        and "Saved" in panel.status_label.text()
+    )
+    with Image.open(png) as im:  # complete, and exactly the mosaic of the final samples
+        np.testing.assert_array_equal(
+            np.asarray(im.convert("RGB")), sp.tile(final, scale=sp.export_scale(32))
+        )
+    with qtbot.waitSignal(panel.exported, timeout=60_000):
+        gif = panel.save_gif(tmp_path / "anim.gif")
+    qtbot.waitUntil(lambda: not panel.is_exporting(), timeout=10_000)
+    with Image.open(gif) as im:
+        assert im.n_frames == len(panel.frames()) and im.info["loop"] == 0
+        im.seek(im.n_frames - 1)
+        im.load()  # every frame decodes: the file is whole
+    assert len(writers) == 2 and threading.main_thread() not in writers
+    assert not list(tmp_path.glob(".*"))  # no temp file left beside them
+
+
+def test_failed_export_shows_an_error_and_keeps_the_old_file(qtbot, panel, bundle, tmp_path):
+    from test_imageio import disk_full_at
+
+    _generate(qtbot, panel, bundle)
+    target = tmp_path / "keep.gif"
+    target.write_bytes(b"an earlier export")
+    with disk_full_at("keep.gif"):
+        assert panel.save_gif(target) == target
+        qtbot.waitUntil(lambda: not panel.is_exporting(), timeout=60_000)
+    assert target.read_bytes() == b"an earlier export"
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.gif"]
+    msg = panel.error_label.text()
+    assert not panel.error_label.isHidden() and "keep.gif" in msg and "No space left" in msg, msg
+    assert panel.gif_btn.isEnabled() and not panel.export_bar.isVisible()
+
+
+def test_save_dialogs_open_in_the_runs_samples_folder(qtbot, panel, bundle, run_dir, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    _generate(qtbot, panel, bundle)
+    (run_dir / "samples").mkdir(exist_ok=True)
+    asked = []
+
+    def dialog(parent, title, start, filters):
+        asked.append(start)
+        return str(tmp_path / "chosen" / Path(start).name), filters
+
+    monkeypatch.setattr(sp.QFileDialog, "getSaveFileName", dialog)
+    assert panel.save_png_grid() == tmp_path / "chosen" / "samples.png"
+    qtbot.waitUntil(lambda: not panel.is_exporting(), timeout=60_000)
+    assert asked == [str(run_dir / "samples" / "samples.png")]
+    assert (tmp_path / "chosen" / "samples.png").is_file()
+    # a model from a loose checkpoint (no run folder): the last folder used
+    panel.state.set_bundle(replace(bundle, source=str(tmp_path / "loose.safetensors")))
+    assert panel.export_folder() == tmp_path / "chosen"
+    assert sp.run_folder(bundle) == run_dir and sp.run_folder(panel.state.bundle) is None

@@ -11,10 +11,12 @@ import pytest
 
 pytest.importorskip("pytestqt")
 
-from ddpm_gui.engine import events as ev  # noqa: E402
-from ddpm_gui.qt import lossplot  # noqa: E402
-from ddpm_gui.qt.panels import train_panel as tp  # noqa: E402
-from ddpm_gui.qt.state import AppState  # noqa: E402
+from ddpm_gui.engine import events as ev
+from ddpm_gui.engine.events import coalesce_progress
+from ddpm_gui.engine.text import fmt_duration
+from ddpm_gui.qt import lossplot
+from ddpm_gui.qt.panels import train_panel as tp
+from ddpm_gui.qt.state import AppState
 
 pytestmark = pytest.mark.qt
 
@@ -44,7 +46,7 @@ def panel(qtbot, state, monkeypatch):
     p.resize(1280, 800)
     p.show()
     # the start-up jobs (device detection, parameter/FLOP count) end by themselves
-    qtbot.waitUntil(lambda: p._device_job is None and p._info_job is None, timeout=30000)
+    qtbot.waitUntil(lambda: not p.device_slot.is_busy() and not p.model_size.slot.is_busy(), timeout=30000)
     yield p
     p.shutdown(60000)
     qtbot.waitUntil(lambda: not p.is_busy(), timeout=10000)
@@ -74,20 +76,20 @@ def test_coalesce_progress_concatenates_points_and_keeps_newest_scalars():
     b = ev.Progress(
         4, 10, 0.3, 0.55, 12.0, 6.0, 2.0, 16, 2e-4, np.array([3, 4]), np.array([0.4, 0.3], np.float32)
     )
-    m = tp.coalesce_progress(a, b)
+    m = coalesce_progress(a, b)
     assert isinstance(m, ev.Progress)
     assert m.step == 4 and m.loss == 0.3 and m.img_per_s == 12.0 and m.lr == 2e-4
     np.testing.assert_array_equal(m.steps, [1, 2, 3, 4])
     np.testing.assert_allclose(m.losses, [0.7, 0.5, 0.4, 0.3])
-    assert tp.coalesce_progress(a, ev.Notice("hi")) is None
-    assert tp.coalesce_progress(ev.Preview(1, np.zeros((1, 8, 8, 3), np.uint8)), b) is None
+    assert coalesce_progress(a, ev.Notice("hi")) is None
+    assert coalesce_progress(ev.Preview(1, np.zeros((1, 8, 8, 3), np.uint8)), b) is None
 
 
 def test_fmt_duration():
-    assert tp.fmt_duration(5) == "5s"
-    assert tp.fmt_duration(125) == "2m 05s"
-    assert tp.fmt_duration(3 * 3600 + 60) == "3h 01m"
-    assert tp.fmt_duration(float("nan")) == "–"
+    assert fmt_duration(5) == "5s"
+    assert fmt_duration(125) == "2m 05s"
+    assert fmt_duration(3 * 3600 + 60) == "3h 01m"
+    assert fmt_duration(float("nan")) == "–"
 
 
 # ----------------------------------------------------------------------------- loss plot
@@ -175,7 +177,7 @@ def test_invalid_lr_disables_start(panel):
     assert panel.start() is False
     panel.lr_edit.setText("0")
     assert not panel.start_btn.isEnabled()
-    assert "positive" in panel.config_error.text()
+    assert "from 1e-08 to 1" in panel.config_error.text()
     panel.lr_edit.setText("3e-4")
     assert panel.start_btn.isEnabled()
     assert panel.config_error.isHidden()
@@ -198,7 +200,7 @@ def test_image_size_the_unet_cannot_halve_disables_start(panel):
 
 
 def test_amp_disabled_on_cpu_and_model_info_shown(panel):
-    if panel._device_is_cuda():
+    if panel.form.device_is_cuda():
         pytest.skip("a CUDA device is present")
     assert not panel.amp_check.isEnabled()
     assert not panel.amp_check.isChecked()
@@ -215,7 +217,7 @@ def test_short_training_run(qtbot, panel, state, tmp_path):
     assert panel.start() is True
     assert panel.is_busy() and state.training
     seen = []  # (event, the stats text and whether the CPU estimate shows, right after the panel handled it)
-    panel._job.event.connect(  # emitted in the GUI thread, after the panel's own slot
+    panel.train_slot.job.event.connect(  # emitted in the GUI thread, after the panel's own slot
         lambda e: seen.append((e, panel.stats_label.text(), panel.estimate_label.isVisible()))
     )
     qtbot.waitUntil(lambda: not panel.is_busy(), timeout=120_000)
@@ -247,16 +249,16 @@ def test_short_training_run(qtbot, panel, state, tmp_path):
         assert "Training on the CPU" in panel.estimate_label.text()
     assert len([e for e, _t, _s in seen if isinstance(e, ev.Preview)]) == 3  # steps 10, 20, 30
     # the quality check on the finished run's weights: classifier trained on the run's data, 10 samples
-    assert panel.eval_btn.isEnabled()
-    panel.eval_n_spin.setValue(10)
+    assert panel.quality.eval_btn.isEnabled()
+    panel.quality.n_spin.setValue(10)
     assert panel.evaluate_quality() is True
-    assert not panel.eval_btn.isEnabled()  # one at a time
-    qtbot.waitUntil(lambda: panel._eval_job is None, timeout=180_000)
+    assert not panel.quality.eval_btn.isEnabled()  # one at a time
+    qtbot.waitUntil(lambda: not panel.quality.is_busy(), timeout=900_000)  # a classifier is trained first
     q = panel.last_quality
     assert q is not None, panel.quality_label.text()
-    assert q["n"] == 10 and q["model_step"] == 30 and q["dataset_images"] == 256
-    assert 0.0 <= q["recognisable"] <= 1.0 and q["frechet_distance"] >= 0.0
-    assert "Quality at step 30" in panel.quality_label.text() and panel.eval_btn.isEnabled()
+    assert q.n == 10 and q.model_step == 30 and q.dataset_images == 256
+    assert 0.0 <= q.recognisable <= 1.0 and q.frechet_distance >= 0.0
+    assert "Quality at step 30" in panel.quality_label.text() and panel.quality.eval_btn.isEnabled()
 
 
 def test_pause_resume_stop(qtbot, panel, state, tmp_path):
@@ -294,11 +296,9 @@ def test_resume_run(qtbot, panel, tmp_path):
     assert panel.start() is False
     assert "already holds a run" in panel.error_label.text()
     # extend the run's config, then resume it from the folder
-    import json
+    from ddpm_gui.engine.config import RUN_CONFIG, config_toml, load_run_config
 
-    cfg = json.loads((run_dir / "config.json").read_text())
-    cfg["steps"] = 10
-    (run_dir / "config.json").write_text(json.dumps(cfg))
+    (run_dir / RUN_CONFIG).write_text(config_toml(load_run_config(run_dir).replace(steps=10)))
     assert panel.resume_run(run_dir) is True
     qtbot.waitUntil(lambda: not panel.is_busy(), timeout=60_000)
     assert panel.last_finished is not None and panel.last_finished.step == 10, panel.error_label.text()
@@ -307,7 +307,7 @@ def test_resume_run(qtbot, panel, tmp_path):
 
 def test_resume_run_rejects_a_non_run_folder(panel, tmp_path):
     assert panel.resume_run(tmp_path) is False
-    assert "not a run folder" in panel.error_label.text()
+    assert "not a DDPM Studio run folder" in panel.error_label.text()
     assert not panel.is_busy()
 
 
@@ -393,3 +393,157 @@ def test_zero_snr_schedule_forces_v_prediction(panel):
     assert panel.prediction_combo.isEnabled()
     panel.prediction_combo.setCurrentIndex(panel.prediction_combo.findData("eps"))
     assert panel.build_config().prediction == "eps"
+
+
+# ----------------------------------------------------------------------------- the settings form
+
+
+def test_form_rows_come_from_the_settings(qtbot, settings):
+    """One widget per TrainConfig setting, with its help as tooltip; a fresh form shows TrainConfig()'s
+    own defaults; a paused run or a run folder being continued offers only the RESUMABLE rows."""
+    from ddpm_gui.engine.config import RESUMABLE, SETTINGS, TrainConfig
+    from ddpm_gui.qt.train.form import SettingsForm, setting_values
+
+    form = SettingsForm(settings)
+    qtbot.addWidget(form)
+    assert set(form.fields) == set(SETTINGS)
+    for name, s in SETTINGS.items():
+        assert s.help in form.widget(name).toolTip(), name
+    shown = form.values()
+    defaults = setting_values(TrainConfig())
+    assert {k: v for k, v in shown.items() if k != "amp"} == {k: v for k, v in defaults.items() if k != "amp"}
+    assert shown["amp"] == (defaults["amp"] and form.device_is_cuda())  # bf16 only on CUDA
+    for mode in ("paused", "resume"):
+        form.set_mode(mode)
+        enabled = {n for n in SETTINGS if form.widget(n).isEnabled()}
+        assert enabled == set(RESUMABLE) - {n for n in RESUMABLE if form.is_locked(n)}, mode
+    form.set_mode("running")
+    assert not any(form.widget(n).isEnabled() for n in SETTINGS)
+    form.set_mode("new")
+    assert form.widget("preset").isEnabled() and form.widget("seed").isEnabled()
+
+
+def test_settings_files_save_and_load(panel, tmp_path, monkeypatch):
+    from PySide6.QtWidgets import QFileDialog
+
+    from ddpm_gui.engine.config import read_config_toml
+
+    panel.apply_recipe("tutorial")
+    panel.batch_spin.setValue(48)
+    panel.set_overrides(warmup_steps=7, weight_decay=0.02)
+    path = tmp_path / "mine" / "settings.toml"
+    assert panel.form.save_file(path) is True
+    saved = read_config_toml(path)
+    assert saved["batch_size"] == 48 and saved["warmup_steps"] == 7 and saved["weight_decay"] == 0.02
+    assert saved["preset"] == "tutorial" and saved["schedule"].kind == "linear"
+    assert str(path) in panel.form.file_label.text()
+    # another form state, then the file back
+    panel.apply_recipe("quick-cpu")
+    assert panel.build_config().batch_size == 64
+    assert panel.form.load_file(path) is True
+    cfg = panel.build_config()
+    assert (cfg.preset, cfg.batch_size, cfg.warmup_steps, cfg.weight_decay) == ("tutorial", 48, 7, 0.02)
+    # bad files: a one-line message, the form unchanged
+    (tmp_path / "bad.toml").write_text("batch_size = [1,\n")
+    (tmp_path / "typo.toml").write_text("batch_sise = 3\n")
+    (tmp_path / "deep.toml").write_text("batch_size = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    (tmp_path / "folder.toml").mkdir()
+    for name, words in (
+        ("bad.toml", "not valid TOML"),
+        ("typo.toml", "batch_sise"),
+        ("deep.toml", "deep.toml"),
+        ("folder.toml", "folder"),
+    ):
+        assert panel.form.load_file(tmp_path / name) is False, name
+        text = panel.form.file_label.text()
+        assert words in text and "\n" not in text and "Traceback" not in text, text
+        assert panel.build_config().batch_size == 48
+    # the dialogs open in the folder last used
+    seen = []
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: seen.append(a[2]) or ("", ""))
+    panel.form.save_btn.click()
+    assert seen and Path(seen[0]).parent == path.parent
+
+
+def _broken_run(tmp_path, kind: str, monkeypatch) -> Path:
+    """A run folder whose config.json is a folder, cannot be read, or is nested 100,000 levels deep."""
+    import pathlib
+
+    run = tmp_path / kind
+    (run / "checkpoints").mkdir(parents=True)
+    cfg = run / "config.json"
+    if kind == "folder":
+        cfg.mkdir()
+    elif kind == "deep":
+        cfg.write_text("[" * 100_000 + "]" * 100_000)
+    else:  # no permission (simulated: the tests may run as root, who reads anything)
+        cfg.write_text("{}")
+        real_open = pathlib.Path.open
+
+        def no_permission(self, *a, **k):
+            if self == cfg:
+                raise PermissionError(13, "Permission denied", str(self))
+            return real_open(self, *a, **k)
+
+        monkeypatch.setattr(pathlib.Path, "open", no_permission)
+    return run
+
+
+@pytest.mark.parametrize("kind", ["folder", "unreadable", "deep"])
+def test_resume_run_with_a_bad_config_shows_one_line(panel, tmp_path, monkeypatch, kind):
+    from PySide6.QtWidgets import QFileDialog
+
+    run = _broken_run(tmp_path, kind, monkeypatch)
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *a, **k: str(run))
+    panel.resume_btn.click()  # as a user does: the slot must not raise
+    text = panel.error_label.text()
+    assert not panel.error_label.isHidden() and "config.json" in text and "\n" not in text, text
+    assert not panel.is_busy() and panel.resume_btn.text() == "&Resume run…"
+    assert panel.resume_run(run) is False
+
+
+def test_resume_uses_the_edited_resumable_settings(qtbot, panel, tmp_path):
+    from ddpm_gui.engine.config import load_run_config
+
+    run_dir = tmp_path / "more"
+    configure(panel, run_dir, steps=4, batch=4)
+    assert panel.start()
+    qtbot.waitUntil(lambda: not panel.is_busy(), timeout=60_000)
+    assert panel.last_finished.step == 4
+    panel.apply_recipe("tutorial")  # the form shows something else now
+    assert panel.resume_run(run_dir, start=False) is True
+    assert panel.preset_combo.currentData() == "tiny" and panel.start_btn.text() == "&Continue run"
+    assert not panel.preset_combo.isEnabled() and not panel.seed_spin.isEnabled()  # fixed by the run
+    assert panel.steps_spin.isEnabled() and panel.lr_edit.isEnabled()  # resumable
+    panel.steps_spin.setValue(7)
+    panel.lr_edit.setText("0.002")
+    panel.start_btn.click()
+    qtbot.waitUntil(lambda: not panel.is_busy(), timeout=60_000)
+    assert panel.error_label.isHidden(), panel.error_label.text()
+    assert panel.last_finished.reason == "completed" and panel.last_finished.step == 7
+    saved = load_run_config(run_dir)
+    assert saved.steps == 7 and saved.lr == 0.002 and saved.preset == "tiny"
+    assert panel.preset_combo.isEnabled() and panel.start_btn.text() == "&Start"  # a new run again
+
+
+def test_paused_run_continues_with_the_edited_settings(qtbot, panel, state, tmp_path):
+    run_dir = tmp_path / "paused"
+    configure(panel, run_dir, steps=100_000, batch=4, log_every=1, checkpoint_every=0)
+    assert panel.start()
+    assert not panel.steps_spin.isEnabled() and not panel.lr_edit.isEnabled()  # running: nothing to edit
+    qtbot.waitUntil(lambda: panel.last_step >= 2, timeout=60_000)
+    panel.pause()
+    qtbot.waitUntil(lambda: "Paused" in panel.stats_label.text(), timeout=30_000)
+    assert panel.steps_spin.isEnabled() and panel.lr_edit.isEnabled()
+    assert not panel.preset_combo.isEnabled() and not panel.batch_spin.isEnabled() is False  # batch resumable
+    assert not panel.preset_combo.isEnabled() and not panel.size_spin.isEnabled()
+    step = panel.trainer.step
+    panel.steps_spin.setValue(step + 3)
+    panel.resume()
+    qtbot.waitUntil(
+        lambda: panel.last_finished is not None and panel.last_finished.reason == "completed", timeout=90_000
+    )
+    qtbot.waitUntil(lambda: not panel.is_busy(), timeout=30_000)
+    assert panel.error_label.isHidden(), panel.error_label.text()
+    assert panel.last_finished.step == step + 3 and panel.trainer.config.steps == step + 3
+    assert not state.training

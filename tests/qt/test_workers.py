@@ -58,10 +58,10 @@ def test_train_panel_starts_no_model_count_after_shutdown(qtbot, state, monkeypa
     monkeypatch.setattr(tp, "SHOW_DIALOGS", False)
     p = tp.TrainPanel(state)
     qtbot.addWidget(p)
-    qtbot.waitUntil(lambda: p._device_job is None and p._info_job is None, timeout=30_000)
+    qtbot.waitUntil(lambda: not p.device_slot.is_busy() and not p.model_size.slot.is_busy(), timeout=30_000)
     p.size_spin.setValue(16)  # a count starts...
     p.size_spin.setValue(24)  # ...and this one waits for it
-    assert p._info_job is not None and p._info_pending is not None
+    assert p.model_size.slot.is_busy() and p.model_size.pending is not None
     p.shutdown(30_000)
     qtbot.wait(200)  # deliver the first count's `done`, which would chain the pending one
-    assert p._info_job is None or not p._info_job.is_running()
+    assert not p.model_size.slot.is_busy() or not p.model_size.slot.job.is_running()

@@ -359,6 +359,14 @@ class DataPanel(QWidget):
             self.path_edit.setPlaceholderText("a .parquet or .arrow file")
         elif kind == FOLDER:
             self.path_edit.setPlaceholderText("a folder: one sub-folder of images per class")
+        if self._job is None:  # say before loading that this source needs the optional `datasets`
+            api = _data_api() if kind in (HUB, FILE) else None
+            missing = api is not None and not api.datasets_available()
+            self.progress_label.setText(
+                f"Hub datasets and parquet/arrow files need the `datasets` package: {api.HUB_EXTRA_INSTALL}"
+                if missing
+                else ""
+            )
 
     @Slot()
     def browse(self) -> None:

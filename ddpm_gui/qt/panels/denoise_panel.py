@@ -275,11 +275,11 @@ class DenoisePanel(QWidget):
         self._on_index_changed(self.index_spin.value(), keep_file=True)  # unmarks the strip
         return True
 
-    def dragEnterEvent(self, event) -> None:  # noqa: N802 - Qt API
+    def dragEnterEvent(self, event) -> None:  # Qt API
         if event.mimeData().hasUrls() and any(u.isLocalFile() for u in event.mimeData().urls()):
             event.acceptProposedAction()
 
-    def dropEvent(self, event) -> None:  # noqa: N802 - Qt API
+    def dropEvent(self, event) -> None:  # Qt API
         for url in event.mimeData().urls():
             if url.isLocalFile() and self.open_image(url.toLocalFile()):
                 event.acceptProposedAction()

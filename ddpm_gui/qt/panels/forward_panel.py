@@ -78,7 +78,7 @@ def _fallback_image(size: int = 32) -> np.ndarray:
         from ddpm_gui.data.builtin import generate_builtin
 
         return generate_builtin(1, size=max(size, 8))[0][0]
-    except Exception:  # noqa: BLE001 - never fail for a placeholder
+    except Exception:  # never fail for a placeholder
         y, x = np.mgrid[0:size, 0:size]
         return np.stack([x * 255 // size, y * 255 // size, np.full_like(x, 128)], -1).astype(np.uint8)
 
@@ -498,11 +498,11 @@ class ForwardPanel(QWidget):
         """The message of the last image file that could not be opened ("" after a good one)."""
         return self.image_error.text() if self.image_error.isVisibleTo(self) else ""
 
-    def dragEnterEvent(self, event) -> None:  # noqa: N802 - Qt API
+    def dragEnterEvent(self, event) -> None:  # Qt API
         if event.mimeData().hasUrls() and any(u.isLocalFile() for u in event.mimeData().urls()):
             event.acceptProposedAction()
 
-    def dropEvent(self, event) -> None:  # noqa: N802 - Qt API
+    def dropEvent(self, event) -> None:  # Qt API
         for url in event.mimeData().urls():
             if url.isLocalFile() and self.open_image(url.toLocalFile()):
                 event.acceptProposedAction()

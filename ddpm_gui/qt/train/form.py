@@ -57,7 +57,8 @@ class SettingsForm(QWidget):
         self._build()
         for name, f in self.fields.items():
             f.connect(lambda n=name: self._on_field_changed(n))
-        self.set_values(TrainConfig().to_dict(), force=True)
+        self.set_values(setting_values(TrainConfig()), force=True)
+        self._update_rules()
 
     # ------------------------------------------------------------------ layout
     def _build(self) -> None:
@@ -175,6 +176,7 @@ class SettingsForm(QWidget):
         f = self.fields[name]
         assert isinstance(f, ComboField)
         f.set_items(items)
+        self._update_rules()
 
     # ------------------------------------------------------------------ what may be edited
     def set_mode(self, mode: str) -> None:
@@ -219,9 +221,29 @@ class SettingsForm(QWidget):
         self.load_btn.setEnabled(self._mode != "running")
 
     def _on_field_changed(self, name: str) -> None:
+        if name in ("schedule", "device"):
+            self._update_rules()
         if not self._filling:
             self._show_recipe(self._matching_recipe())
         self.changed.emit(name)
+
+    def device_is_cuda(self) -> bool:
+        combo = self.widget("device")
+        value = combo.currentData() or "auto"
+        return value.startswith("cuda") or (value == "auto" and "cuda" in combo.currentText())
+
+    def _update_rules(self) -> None:
+        """Settings that follow others: a zero-terminal-SNR schedule trains with v-prediction (the noise
+        cannot be learned where x_t is pure noise); bf16 autocast is for CUDA only."""
+        sched = self.fields["schedule"].value()
+        if sched is not None and sched.rescale_zero_snr:
+            self.lock("prediction", "v", "A zero-terminal-SNR schedule trains with v-prediction.")
+        else:
+            self.unlock("prediction")
+        if self.device_is_cuda():
+            self.unlock("amp")
+        else:
+            self.lock("amp", False, "bf16 autocast runs on CUDA GPUs only: on a CPU it is about 20x slower.")
 
     # ------------------------------------------------------------------ recipes
     def apply_recipe(self, name: str) -> None:
@@ -310,6 +332,11 @@ class SettingsForm(QWidget):
         self.file_label.setStyleSheet(INFO_STYLE if ok else ERROR_STYLE)
         self.file_label.show()
         return ok
+
+
+def setting_values(cfg: TrainConfig) -> dict:
+    """A config's settings by name, with their own types (the schedule a ScheduleConfig)."""
+    return {name: getattr(cfg, name) for name in SETTINGS}
 
 
 def _note() -> QLabel:
