@@ -52,6 +52,7 @@ from pathlib import Path
 MODES = ("random", "training", "slow-save", "in-save", "repeated", "enospc", "sigint")
 SAVE_ACTIONS = ("kill-mid-write", "kill-before-rename", "kill-after-rename")
 HERE = Path(__file__).resolve().parent
+CONFIG_NAMES = ("config.toml", "config.json")  # a run's settings; config.json in runs of older versions
 
 
 def _script(name: str):
@@ -187,12 +188,14 @@ def _check_checkpoints(run: Path, res: dict) -> None:
 
 
 def _check_text_files(run: Path, res: dict) -> None:
-    cfg = run / "config.json"
-    if cfg.exists():
-        try:
-            json.loads(cfg.read_text())
-        except ValueError as exc:
-            res["violations"].append(f"config.json does not parse: {exc}")
+    import tomllib
+
+    for name, parse in zip(CONFIG_NAMES, (tomllib.loads, json.loads), strict=True):
+        if (run / name).exists():
+            try:
+                parse((run / name).read_text())
+            except ValueError as exc:  # tomllib.TOMLDecodeError and json's errors are ValueErrors
+                res["violations"].append(f"{name} does not parse: {exc}")
     m = run / "metrics.jsonl"
     if not m.exists():
         return
@@ -225,7 +228,7 @@ def inspect_killed(run: Path) -> dict:
 
 
 def resume(run: Path, steps: int, ce: int, env: dict) -> Proc:
-    if (run / "config.json").exists():
+    if any((run / name).exists() for name in CONFIG_NAMES):
         return Proc(fault_cli.command("train", "--out", str(run), "--resume"), env)
     return Proc(train_args(run, steps, ce), env)  # killed before the run folder existed: start it again
 

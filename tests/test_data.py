@@ -624,7 +624,7 @@ def test_hub_that_answers_any_status_is_online(monkeypatch):
     paths = []
 
     class NotFound(BaseHTTPRequestHandler):
-        def do_HEAD(self):  # noqa: N802 - http.server's name
+        def do_HEAD(self):  # http.server's name
             paths.append(self.path)
             self.send_response(404)
             self.end_headers()

@@ -91,6 +91,7 @@ def add_parsers(sub) -> None:
     # --- info
     i = sub.add_parser("info", help="devices, versions, and every model preset with parameters and FLOPs")
     i.add_argument("--json", action="store_true", help="print JSON")
+    i.add_argument("--image-size", type=positive_int, default=32, help="image size (NxN) for the FLOPs")
 
 
 def cmd_info(args) -> int:

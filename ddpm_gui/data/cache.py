@@ -86,7 +86,7 @@ def read_cache(path: Path, image_size: int) -> Cached | None:
         if labels is not None and (labels.dtype != np.int64 or labels.shape != (len(images),)):
             raise ValueError(f"labels {labels.dtype} {labels.shape}")
         return Cached(np.ascontiguousarray(images), labels, names, str(meta["name"]), int(meta["skipped"]))
-    except Exception as e:  # noqa: BLE001 - any unreadable cache is rebuilt, whatever numpy/zipfile raised
+    except Exception as e:  # any unreadable cache is rebuilt, whatever numpy/zipfile raised
         log.warning(
             "Cache file %s is unreadable (%s: %s); deleting it and decoding again.", path, type(e).__name__, e
         )

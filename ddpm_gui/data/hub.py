@@ -157,7 +157,7 @@ def _probe_thread(url: str, timeout: float, result: list) -> threading.Thread:
             status = HubStatus(True)
         except urllib.error.HTTPError:  # a 401/404 still proves the Hub is there
             status = HubStatus(True)
-        except Exception as e:  # noqa: BLE001 - every failure is "offline", with its reason
+        except Exception as e:  # every failure is "offline", with its reason
             err = (
                 e.reason
                 if isinstance(e, urllib.error.URLError) and isinstance(e.reason, BaseException)
@@ -346,7 +346,7 @@ def _decode_cell(data: bytes | None, path: str | None, size: int, base_dir: str 
         return decode_image(data, None if data is not None else _resolve(path, base_dir), size)
     except Skip as e:
         log.warning("Skipping row (%s): too large (%s).", path, e)
-    except Exception as e:  # noqa: BLE001 - PIL raises many types on malformed data; each is one skip
+    except Exception as e:  # PIL raises many types on malformed data; each is one skip
         log.warning("Skipping row (%s): cannot decode it (%s: %s).", path, type(e).__name__, e)
     return None
 
@@ -453,7 +453,7 @@ def load_hub(
     try:
         from datasets.exceptions import DatasetNotFoundError
     except ImportError:  # older datasets
-        DatasetNotFoundError = FileNotFoundError  # noqa: N806
+        DatasetNotFoundError = FileNotFoundError
 
     cache_dir = _hf_datasets_cache()
     names = [repo] + ([_ALIASES[repo]] if not online and repo in _ALIASES else [])

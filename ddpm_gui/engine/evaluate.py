@@ -371,7 +371,7 @@ def get_classifier(
                 and clf.heldout.max() < len(data)
             ):
                 return clf
-        except Exception:  # noqa: BLE001 - any unreadable cache is rebuilt
+        except Exception:  # any unreadable cache is rebuilt
             pass
     clf = train_classifier(data, spec, device, progress, stop)
     try:

@@ -535,8 +535,8 @@ def test_paused_run_continues_with_the_edited_settings(qtbot, panel, state, tmp_
     panel.pause()
     qtbot.waitUntil(lambda: "Paused" in panel.stats_label.text(), timeout=30_000)
     assert panel.steps_spin.isEnabled() and panel.lr_edit.isEnabled()
-    assert not panel.preset_combo.isEnabled() and not panel.batch_spin.isEnabled() is False  # batch resumable
-    assert not panel.preset_combo.isEnabled() and not panel.size_spin.isEnabled()
+    assert panel.batch_spin.isEnabled() and panel.device_combo.isEnabled()  # resumable too
+    assert not panel.preset_combo.isEnabled() and not panel.size_spin.isEnabled()  # fixed by the run
     step = panel.trainer.step
     panel.steps_spin.setValue(step + 3)
     panel.resume()

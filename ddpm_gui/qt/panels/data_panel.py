@@ -85,7 +85,7 @@ def load_iter(spec: str, image_size: int, limit: int | None, cancel: threading.E
                 progress=lambda d, t, m: q.put(("progress", d, t, m)),
                 cancel=cancel,
             )
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the worker below
+        except BaseException as exc:  # re-raised in the worker below
             box["error"] = exc
         finally:
             q.put(None)
@@ -334,7 +334,7 @@ class DataPanel(QWidget):
         else:
             try:
                 kind = _data_api().describe_source(spec)
-            except Exception:  # noqa: BLE001 - a guess is enough to fill the controls
+            except Exception:  # a guess is enough to fill the controls
                 kind = HUB
             kind = {"saved": FOLDER}.get(kind, kind)
             if kind == HUB:
