@@ -6,9 +6,9 @@ In one process, on the same model preset, batch and device:
     datasets-like list (`dataset[idx]['img']`), each converted by the tutorial's `img_to_tensor`
     (numpy -> float64 tensor) and copied to the device on its own, `torch.cat`-ed, noised in float64 by
     its `q_xt_x0`, `unet(xt.float(), t)`, MSE, `loss.item()` every step, AdamW(lr=3e-4);
-(b) DDPM Studio's trainer: the real `Trainer._train_step` after `Trainer._build` (dataset on the device
+(b) DDPM Studio's trainer: the real `Learner.train_step` after `Learner.setup` (dataset on the device
     as uint8, one gather per batch, EMA, gradient clipping, bf16 autocast on CUDA, fused AdamW on CUDA),
-    reading the loss every `log_every` steps as the trainer does.
+    reading the loss every `log_every` steps as the Trainer does.
 
 Both get warm-up steps first; the timed steps of (a) and (b) alternate, so that a change of load on a
 shared machine hits both alike; the figures are medians. Then: FLOPs per image (torch's FlopCounterMode),
@@ -25,7 +25,6 @@ import dataclasses
 import platform
 import resource
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -197,9 +196,10 @@ def matmul_peak_tflops(
     return 2 * n**3 / statistics.median(times) / 1e12, str(dtype).replace("torch.", "")
 
 
-def _studio_trainer(cfg: BenchConfig, data, run_dir: str):
+def _studio_learner(cfg: BenchConfig, data):
+    """DDPM Studio's model, optimizer and data on the device, set up as a training run sets them up."""
     from ddpm_gui.engine.config import TrainConfig
-    from ddpm_gui.engine.trainer import Trainer
+    from ddpm_gui.engine.learner import Learner
 
     tc = TrainConfig(
         data=cfg.data,
@@ -213,27 +213,22 @@ def _studio_trainer(cfg: BenchConfig, data, run_dir: str):
         checkpoint_every=0,
         checkpoint_minutes=0,
     )
-    trainer = Trainer(tc, run_dir, data=data)
-    trainer._load_data()
-    trainer._build()
-    images = trainer._images_on_device()
-    return trainer, images
+    learner = Learner(tc, data=data)
+    learner.setup()
+    return learner
 
 
 class _StudioStepper:
-    """Runs Trainer._train_step as Trainer._run does: the loss is read from the device every log_every steps."""
+    """Runs Learner.train_step as the Trainer does: the loss is read from the device every log_every steps."""
 
-    def __init__(self, trainer, images):
-        self.trainer = trainer
-        self.images = images
+    def __init__(self, learner):
+        self.learner = learner
         self.pending: list[torch.Tensor] = []
 
     def steps(self, k: int) -> None:
-        tr = self.trainer
+        tr = self.learner
         for _ in range(k):
-            loss = tr._train_step(self.images, None)
-            tr.step += 1
-            self.pending.append(loss)
+            self.pending.append(tr.train_step())
             if tr.step % tr.config.log_every == 0:
                 self.flush()
 
@@ -274,32 +269,31 @@ def _time_sampling(bundle, batches, repeats: int, log: Callable[[str], None], dd
 
 
 def _time_variants(cfg: BenchConfig, data, log) -> dict:
-    """Studio step img/s with channels_last and with torch.compile (each in a fresh trainer); an error is
+    """Studio step img/s with channels_last and with torch.compile (each in a fresh learner); an error is
     recorded, not raised. This is how the trainer's defaults were chosen: only what helps is used."""
     out: dict = {}
     for name in ("channels_last", "compile"):
         try:
-            with tempfile.TemporaryDirectory(prefix="ddpm-bench-") as run_dir:
-                trainer, images = _studio_trainer(cfg, data, run_dir)
-                if name == "channels_last":
-                    trainer.model.to(memory_format=torch.channels_last)
-                else:
-                    trainer.model = torch.compile(trainer.model)
-                st = _StudioStepper(trainer, images)
-                st.steps(max(cfg.warmup, 2))
+            learner = _studio_learner(cfg, data)
+            if name == "channels_last":
+                learner.model.to(memory_format=torch.channels_last)
+            else:
+                learner.model = torch.compile(learner.model)
+            st = _StudioStepper(learner)
+            st.steps(max(cfg.warmup, 2))
+            st.flush()
+            _sync(learner.device)
+            times = []
+            for _ in range(cfg.iters):
+                t0 = time.perf_counter()
+                st.steps(1)
                 st.flush()
-                _sync(trainer.device)
-                times = []
-                for _ in range(cfg.iters):
-                    t0 = time.perf_counter()
-                    st.steps(1)
-                    st.flush()
-                    _sync(trainer.device)
-                    times.append(time.perf_counter() - t0)
-                rate = cfg.batch_size / statistics.median(times)
-                out[name] = rate
-                log(f"  variant {name}: {rate:.1f} img/s")
-        except Exception as exc:  # noqa: BLE001 - a variant that fails is a finding, not a crash
+                _sync(learner.device)
+                times.append(time.perf_counter() - t0)
+            rate = cfg.batch_size / statistics.median(times)
+            out[name] = rate
+            log(f"  variant {name}: {rate:.1f} img/s")
+        except Exception as exc:  # a variant that fails is a finding, not a crash
             out[name] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             log(f"  variant {name}: {out[name]}")
     return out
@@ -319,11 +313,10 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
 def _run_bench(cfg: BenchConfig, log: Callable[[str], None]) -> dict:
     from ddpm_gui.data import load_data
     from ddpm_gui.engine.device import device_label, pick_device
-    from ddpm_gui.models.presets import build_model, count_parameters, flops_per_image, get_preset
+    from ddpm_gui.models.presets import flops_per_image, get_preset
 
     dev = pick_device(cfg.device)
-    mcfg = get_preset(cfg.preset)
-    flops = flops_per_image(mcfg, cfg.image_size)
+    flops = flops_per_image(get_preset(cfg.preset), cfg.image_size)
     res: dict = {
         "ddpm_gui": __version__,
         "torch": torch.__version__,
@@ -345,99 +338,15 @@ def _run_bench(cfg: BenchConfig, log: Callable[[str], None]) -> dict:
     )
 
     data = load_data(cfg.data, image_size=cfg.image_size)
-    n_needed = cfg.batch_size * (cfg.warmup + cfg.iters)
-    ds = tutorial_dataset(data.images[: min(len(data), n_needed)])
-    if len(ds) < cfg.batch_size:
-        from ddpm_gui.errors import ConfigError
-
-        raise ConfigError(f"The data has {len(ds)} images, fewer than one batch of {cfg.batch_size}.")
-
-    with tempfile.TemporaryDirectory(prefix="ddpm-bench-") as run_dir:
-        # (b) built first so that both models start from the same seed's weights
-        trainer, images = _studio_trainer(cfg, data, run_dir)
-        torch.manual_seed(cfg.seed)
-        unet = build_model(mcfg).to(dev)
-        res["parameters"] = count_parameters(unet)
-        tut = TutorialLoop(unet, ds, dev, cfg.batch_size)
-        studio = _StudioStepper(trainer, images)
-        stride = trainer.config.log_every if dev.type == "cuda" else 1  # CUDA: one loss read per timed chunk
-
-        # warm-up (and each loop's own peak memory)
-        _reset_peak(dev)
-        for _ in range(cfg.warmup):
-            tut.step()
-        _sync(dev)
-        mem_tut = _peak_mb(dev)
-        _reset_peak(dev)
-        studio.steps(cfg.warmup * stride)
-        studio.flush()
-        _sync(dev)
-        mem_studio = _peak_mb(dev)
-
-        # timed: alternate the two loops
-        t_tut, t_studio = [], []
-        for _ in range(cfg.iters):
-            t0 = time.perf_counter()
-            tut.step()  # loss.item() inside: synchronised
-            t_tut.append((time.perf_counter() - t0) / cfg.batch_size)
-            t0 = time.perf_counter()
-            studio.steps(stride)
-            studio.flush()
-            _sync(dev)
-            t_studio.append((time.perf_counter() - t0) / (stride * trainer.batch_size))
-        tut_rate = 1 / statistics.median(t_tut)
-        studio_rate = 1 / statistics.median(t_studio)
-        res.update(
-            tutorial_img_per_s=tut_rate,
-            studio_img_per_s=studio_rate,
-            speedup=studio_rate / tut_rate,
-            tutorial_tflops=tut_rate * flops["train"] / 1e12,
-            studio_tflops=studio_rate * flops["train"] / 1e12,
-            tutorial_img_per_s_all=[1 / x for x in t_tut],
-            studio_img_per_s_all=[1 / x for x in t_studio],
-        )
-        log(f"  training: tutorial loop {tut_rate:9.1f} img/s  ({res['tutorial_tflops']:.3f} TFLOP/s)")
-        log(f"            DDPM Studio   {studio_rate:9.1f} img/s  ({res['studio_tflops']:.3f} TFLOP/s)")
-        log(f"            speedup       {res['speedup']:9.2f}x")
-
-        bundle = trainer.bundle()
-        del tut, unet, studio, trainer, images
-        if dev.type == "cuda":
-            torch.cuda.empty_cache()
-
-        peak, peak_dtype = matmul_peak_tflops(dev, cfg.peak_size)
-        res.update(
-            matmul_peak_tflops=peak,
-            matmul_peak_dtype=peak_dtype,
-            peak_fraction=res["studio_tflops"] / peak,
-            tutorial_peak_fraction=res["tutorial_tflops"] / peak,
-        )
-        log(
-            f"  {peak_dtype} matmul peak measured now: {peak:.3f} TFLOP/s; DDPM Studio reaches "
-            f"{100 * res['peak_fraction']:.1f}% of it, the tutorial {100 * res['tutorial_peak_fraction']:.1f}%"
-        )
-
-        if cfg.variants:
-            res["variants_img_per_s"] = _time_variants(cfg, data, log)
-
-        mem_sampling = None
-        if not cfg.skip_sampling:
-            from ddpm_gui.engine.accel import accelerate
-
-            model = accelerate(bundle.model, cfg.sample_mode)
-            bundle = dataclasses.replace(bundle, model=model)
-            _reset_peak(dev)
-            res["sampling_s"] = _time_sampling(
-                bundle, cfg.sample_batches, cfg.sample_repeats, log, cfg.ddim_steps
-            )
-            res["sampling_steps"] = bundle.schedule.T
-            res["sample_mode"] = cfg.sample_mode
-            reason = getattr(model, "fallback_reason", None)
-            if reason:
-                res["sample_mode_fallback"] = reason
-                log(f"  note: {reason}")
-            _sync(dev)
-            mem_sampling = _peak_mb(dev)
+    bundle, mem_tut, mem_studio = _time_training(cfg, data, dev, res, log)
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+    _measure_peak(cfg, dev, res, log)
+    if cfg.variants:
+        res["variants_img_per_s"] = _time_variants(cfg, data, log)
+    mem_sampling = None
+    if not cfg.skip_sampling:
+        mem_sampling = _time_sampling_modes(cfg, bundle, dev, res, log)
 
     res["peak_memory_mb"] = {"tutorial": mem_tut, "studio": mem_studio, "sampling": mem_sampling}
     res["peak_memory_kind"] = (
@@ -449,6 +358,99 @@ def _run_bench(cfg: BenchConfig, log: Callable[[str], None]) -> dict:
         + (f", sampling {mem_sampling:.0f} MiB" if mem_sampling is not None else "")
     )
     return res
+
+
+def _time_training(cfg: BenchConfig, data, dev: torch.device, res: dict, log: Callable[[str], None]):
+    """(a) and (b), warm-up then alternating timed steps; the figures go into `res`. Returns the studio
+    model as a bundle (for sampling) and each loop's peak memory."""
+    from ddpm_gui.models.presets import build_model, count_parameters
+
+    n_needed = cfg.batch_size * (cfg.warmup + cfg.iters)
+    ds = tutorial_dataset(data.images[: min(len(data), n_needed)])
+    if len(ds) < cfg.batch_size:
+        from ddpm_gui.errors import ConfigError
+
+        raise ConfigError(f"The data has {len(ds)} images, fewer than one batch of {cfg.batch_size}.")
+    # (b) built first so that both models start from the same seed's weights
+    learner = _studio_learner(cfg, data)
+    torch.manual_seed(cfg.seed)
+    unet = build_model(learner.model_config).to(dev)
+    res["parameters"] = count_parameters(unet)
+    tut = TutorialLoop(unet, ds, dev, cfg.batch_size)
+    studio = _StudioStepper(learner)
+    stride = learner.config.log_every if dev.type == "cuda" else 1  # CUDA: one loss read per timed chunk
+
+    # warm-up (and each loop's own peak memory)
+    _reset_peak(dev)
+    for _ in range(cfg.warmup):
+        tut.step()
+    _sync(dev)
+    mem_tut = _peak_mb(dev)
+    _reset_peak(dev)
+    studio.steps(cfg.warmup * stride)
+    studio.flush()
+    _sync(dev)
+    mem_studio = _peak_mb(dev)
+
+    # timed: alternate the two loops
+    t_tut, t_studio = [], []
+    for _ in range(cfg.iters):
+        t0 = time.perf_counter()
+        tut.step()  # loss.item() inside: synchronised
+        t_tut.append((time.perf_counter() - t0) / cfg.batch_size)
+        t0 = time.perf_counter()
+        studio.steps(stride)
+        studio.flush()
+        _sync(dev)
+        t_studio.append((time.perf_counter() - t0) / (stride * learner.batch_size))
+    tut_rate = 1 / statistics.median(t_tut)
+    studio_rate = 1 / statistics.median(t_studio)
+    flops = res["flops_per_image_train"]
+    res.update(
+        tutorial_img_per_s=tut_rate,
+        studio_img_per_s=studio_rate,
+        speedup=studio_rate / tut_rate,
+        tutorial_tflops=tut_rate * flops / 1e12,
+        studio_tflops=studio_rate * flops / 1e12,
+        tutorial_img_per_s_all=[1 / x for x in t_tut],
+        studio_img_per_s_all=[1 / x for x in t_studio],
+    )
+    log(f"  training: tutorial loop {tut_rate:9.1f} img/s  ({res['tutorial_tflops']:.3f} TFLOP/s)")
+    log(f"            DDPM Studio   {studio_rate:9.1f} img/s  ({res['studio_tflops']:.3f} TFLOP/s)")
+    log(f"            speedup       {res['speedup']:9.2f}x")
+    return learner.bundle(), mem_tut, mem_studio
+
+
+def _measure_peak(cfg: BenchConfig, dev: torch.device, res: dict, log: Callable[[str], None]) -> None:
+    peak, peak_dtype = matmul_peak_tflops(dev, cfg.peak_size)
+    res.update(
+        matmul_peak_tflops=peak,
+        matmul_peak_dtype=peak_dtype,
+        peak_fraction=res["studio_tflops"] / peak,
+        tutorial_peak_fraction=res["tutorial_tflops"] / peak,
+    )
+    log(
+        f"  {peak_dtype} matmul peak measured now: {peak:.3f} TFLOP/s; DDPM Studio reaches "
+        f"{100 * res['peak_fraction']:.1f}% of it, the tutorial {100 * res['tutorial_peak_fraction']:.1f}%"
+    )
+
+
+def _time_sampling_modes(cfg: BenchConfig, bundle, dev: torch.device, res: dict, log) -> float:
+    """Sampling times with the configured acceleration mode, into `res`; returns the peak memory."""
+    from ddpm_gui.engine.accel import accelerate
+
+    model = accelerate(bundle.model, cfg.sample_mode)
+    bundle = dataclasses.replace(bundle, model=model)
+    _reset_peak(dev)
+    res["sampling_s"] = _time_sampling(bundle, cfg.sample_batches, cfg.sample_repeats, log, cfg.ddim_steps)
+    res["sampling_steps"] = bundle.schedule.T
+    res["sample_mode"] = cfg.sample_mode
+    reason = getattr(model, "fallback_reason", None)
+    if reason:
+        res["sample_mode_fallback"] = reason
+        log(f"  note: {reason}")
+    _sync(dev)
+    return _peak_mb(dev)
 
 
 def _loadavg() -> tuple[float, float, float]:

@@ -3,7 +3,8 @@
 It runs the same way from a pip install, from the PyInstaller bundle and from the installed `.deb`:
 offscreen (unless the caller chose a Qt platform), it opens the main window, waits for the engine to
 load in the background, loads the built-in data (and a parquet file through `datasets`, the library
-the bundle must carry although the app imports it lazily), trains the `tiny` preset a few steps,
+the bundle must carry although the app imports it lazily; skipped, and said, where the optional `hub`
+extra is not installed), trains the `tiny` preset a few steps,
 samples from the checkpoint, grabs the window, and prints one line per check:
 
     ok  window opened: 'DDPM Studio', 5 tabs (Data, Forward process, Train, Sample, Denoise)
@@ -218,6 +219,33 @@ def _check_qt_platform() -> None:
         )
 
 
+def _parquet_check(d, tmp: Path) -> str:
+    """Write the first images of `d` (the built-in data) as parquet with `datasets` and read them back; said
+    skipped where `datasets` (the optional `hub` extra) is not installed: the app works without it."""
+    import numpy as np
+
+    from ddpm_gui.data import HUB_EXTRA_INSTALL, datasets_available, load_data
+
+    if not datasets_available():
+        return f"skipped: datasets is not installed ({HUB_EXTRA_INSTALL} adds it)"
+    t0 = time.perf_counter()
+    import datasets
+    from datasets import ClassLabel, Dataset, Features
+    from datasets import Image as HFImage
+    from PIL import Image
+
+    n = 16
+    features = Features({"img": HFImage(), "label": ClassLabel(names=list(d.class_names))})
+    rows = {"img": [Image.fromarray(a) for a in d.images[:n]], "label": [int(x) for x in d.labels[:n]]}
+    path = tmp / "shapes.parquet"
+    Dataset.from_dict(rows, features=features).to_parquet(str(path))
+    back = load_data(str(path), image_size=IMAGE_SIZE)
+    _need(back.images.shape == (n, IMAGE_SIZE, IMAGE_SIZE, 3), f"read back {back.images.shape}")
+    _need(np.array_equal(back.images, d.images[:n]), "the images read back differ from those written")
+    _need(back.labels.tolist() == d.labels[:n].tolist(), "the labels read back differ")
+    return f"datasets {datasets.__version__}: wrote and read back {n} images as parquet in {time.perf_counter() - t0:.2f} s"
+
+
 def _run_checks(tmp: Path, checks: _Checks) -> None:
     import platform
 
@@ -325,31 +353,7 @@ def _run_checks(tmp: Path, checks: _Checks) -> None:
 
     checks.run("built-in data", data)
 
-    def parquet() -> str:
-        import numpy as np
-
-        t0 = time.perf_counter()
-        from datasets import ClassLabel, Dataset, Features
-        from datasets import Image as HFImage
-        from PIL import Image
-
-        from ddpm_gui.data import load_data
-
-        d = state["data"]
-        n = 16
-        features = Features({"img": HFImage(), "label": ClassLabel(names=list(d.class_names))})
-        rows = {"img": [Image.fromarray(a) for a in d.images[:n]], "label": [int(x) for x in d.labels[:n]]}
-        path = tmp / "shapes.parquet"
-        Dataset.from_dict(rows, features=features).to_parquet(str(path))
-        back = load_data(str(path), image_size=IMAGE_SIZE)
-        _need(back.images.shape == (n, IMAGE_SIZE, IMAGE_SIZE, 3), f"read back {back.images.shape}")
-        _need(np.array_equal(back.images, d.images[:n]), "the images read back differ from those written")
-        _need(back.labels.tolist() == d.labels[:n].tolist(), "the labels read back differ")
-        import datasets
-
-        return f"datasets {datasets.__version__}: wrote and read back {n} images as parquet in {time.perf_counter() - t0:.2f} s"
-
-    checks.run("parquet via datasets", parquet)
+    checks.run("parquet via datasets", lambda: _parquet_check(state["data"], tmp))
 
     def train() -> str:
         import math

@@ -8,7 +8,8 @@
 #
 # Environment:
 #   PYTHON           the Python whose environment is frozen (default: .venv/bin/python if present, else python3);
-#                    it needs the app installed (pip install -e .) with the CPU build of torch (torch==2.13.0)
+#                    it needs the app installed with its `hub` extra (the bundle carries datasets):
+#                    pip install torch==2.13.0 -e '.[hub]'   (the CPU build of torch)
 #   DEB_COMPRESSION  dpkg-deb compression, "zstd -z6" by default (see packaging/README.md for the measurements;
 #                    xz or high zstd levels take minutes to tens of minutes on 2 cores for ~1 GB)
 #   DEB_MAINTAINER   the Maintainer field
@@ -24,7 +25,7 @@ for arg in "$@"; do
   case "$arg" in
     --skip-bundle) skip_bundle=1 ;;
     --no-self-test) self_test=0 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "build.sh: unknown option $arg" >&2; exit 2 ;;
   esac
 done
@@ -54,11 +55,18 @@ import sys
 try:
     import torch
 except ImportError:
-    sys.exit("torch is not installed in this environment: pip install torch==2.13.0 -e .")
+    sys.exit("torch is not installed in this environment: pip install torch==2.13.0 -e '.[hub]'")
 if torch.version.cuda is not None:
     sys.exit(f"torch {torch.__version__} is a CUDA build: the bundle would be several GB. "
              "Install the CPU build (pip install torch==2.13.0 on Linux x86-64) in a separate environment.")
-import ddpm_gui, datasets, PySide6, pyqtgraph  # noqa: F401  everything the app needs
+import importlib
+for name in ("ddpm_gui", "datasets", "PySide6", "pyqtgraph"):  # everything the bundle must carry
+    try:
+        importlib.import_module(name)
+    except ImportError as exc:
+        sys.exit(f"{name} cannot be imported in this environment ({exc}): "
+                 "pip install torch==2.13.0 -e '.[hub]' (the hub extra brings datasets)")
+import ddpm_gui
 print(f"ddpm_gui {ddpm_gui.__version__}, torch {torch.__version__} (CPU), Python {sys.version.split()[0]}")
 EOF
   if ! "$PYTHON" -c "import PyInstaller, sys; sys.exit(PyInstaller.__version__ != '$PYINSTALLER_VERSION')" 2>/dev/null; then

@@ -156,7 +156,8 @@ def metrics(run: Path) -> list[tuple[int, float, float]]:
     out = []
     for line in (run / "metrics.jsonl").read_text().splitlines():
         r = json.loads(line)
-        out.append((r["step"], r["loss"], r["loss_smooth"]))
+        if "loss" in r:  # not the records of what a resume changed
+            out.append((r["step"], r["loss"], r["loss_smooth"]))
     return out
 
 
@@ -228,8 +229,14 @@ def inspect_killed(run: Path) -> dict:
 
 
 def resume(run: Path, steps: int, ce: int, env: dict) -> Proc:
+    from ddpm_gui.engine.checkpoint import list_checkpoints
+
     if any((run / name).exists() for name in CONFIG_NAMES):
-        return Proc(fault_cli.command("train", "--out", str(run), "--resume"), env)
+        # killed after logging steps but before the first checkpoint: the CLI asks for --restart (it keeps
+        # that history aside and starts from step 0)
+        logged = (run / "metrics.jsonl").is_file() and (run / "metrics.jsonl").stat().st_size > 0
+        restart = ["--restart"] if logged and not list_checkpoints(run) else []
+        return Proc(fault_cli.command("train", "--out", str(run), "--resume", *restart), env)
     return Proc(train_args(run, steps, ce), env)  # killed before the run folder existed: start it again
 
 

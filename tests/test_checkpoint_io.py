@@ -444,6 +444,11 @@ def test_run_lock_never_rewrites_a_foreign_lock_file(tmp_path):
     with pytest.raises(CheckpointError, match=r"\.lock"):
         ck.RunLock(run).acquire()
     assert (run / ".lock").read_text() == "a user's notes\n"
+    (run / ".lock").unlink()
+    (run / ".lock").mkdir()
+    with pytest.raises(CheckpointError, match=r"\.lock is a folder"):
+        ck.RunLock(run).acquire()
+    (run / ".lock").rmdir()
     (run / ".lock").write_text("12345")  # ours, from a process that ended
     with ck.RunLock(run):
         assert (run / ".lock").read_text() == str(os.getpid())

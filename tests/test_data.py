@@ -270,6 +270,7 @@ def test_corrupt_rows_are_skipped(tmp_path, cache):
     Dataset.from_dict({"img": cells, "label": [0, 1, 2, 3]}, features=features).to_parquet(str(path))
     d = load_data(str(path), cache_dir=cache)
     assert len(d) == 3 and d.skipped == 1 and d.labels.tolist() == [0, 2, 3]
+    assert d.skipped_items[0].name == "row 1, bad.png" and "not an image" in d.skipped_items[0].reason
 
 
 @needs_datasets
@@ -436,12 +437,13 @@ def test_folder_exif_orientation_links_and_root_files(tmp_path, cache):
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90 degrees clockwise to view"
     _write(root / "cam" / "p.jpg", _encode(Image.fromarray(arr), "JPEG", exif=exif.tobytes(), quality=95))
-    _write(root / "stray.png", _png(_rgb(1)))  # beside class folders: ignored
+    _write(root / "stray.png", _png(_rgb(1)))  # beside class folders: left out, and said
     (root / "cam" / "loop").symlink_to(
         root, target_is_directory=True
     )  # a link back up is not followed forever
     d = load_data(str(root), cache_dir=cache)
-    assert len(d) == 1 and d.class_names == ["cam"] and d.skipped == 0
+    assert len(d) == 1 and d.class_names == ["cam"] and d.skipped == 1
+    assert d.skipped_items[0].name == "stray.png" and "class folder" in d.skipped_items[0].reason
     img = d.images[0].astype(int)
     assert img[:8].mean() < 60 and img[-8:].mean() > 200  # upright: the dark half is now on top
 
@@ -455,6 +457,7 @@ def test_folder_refuses_huge_images(tmp_path, cache, monkeypatch):
     monkeypatch.setattr(imageio, "MAX_PIXELS", 40 * 40)  # our own limit
     d = load_data(str(root), cache_dir=cache)
     assert len(d) == 1 and d.skipped == 1
+    assert d.skipped_items[0].name == "large.png" and "1,600-pixel limit" in d.skipped_items[0].reason
     monkeypatch.setattr(imageio, "MAX_PIXELS", 10**9)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 64 * 64 // 2 - 1)  # PIL's DecompressionBombError
     d = load_data(str(root), image_size=16, cache_dir=cache)
@@ -835,3 +838,113 @@ def test_data_layer_imports_neither_qt_nor_datasets():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.strip()
     assert out == "[]"
+
+
+# ---------------------------------------------------------------------------------------------------
+# what is skipped, and why
+
+
+def _skip_reasons(d: ImageData) -> dict[str, str]:
+    return {s.name: s.reason for s in d.skipped_items}
+
+
+def test_folder_skips_are_listed_with_their_reasons_and_kept_in_the_cache(tmp_path, cache, monkeypatch):
+    """Loose images beside the class folders, damaged files and NAS system folders are left out, each
+    named with why; a system folder (Synology's @eaDir, at any depth) never becomes a class."""
+    import ddpm_gui.data.folder as folder
+
+    root = tmp_path / "pets"
+    for i in range(2):
+        _write(root / "cat" / f"{i}.png", _png(_rgb(1)))
+        _write(root / "dog" / f"{i}.png", _png(_rgb(2)))
+    _write(root / "loose.png", _png(_rgb(3)))
+    _write(root / "cat" / "broken.png", b"not a png")
+    _write(root / "@eaDir" / "loose.png" / "SYNOPHOTO_THUMB_S.jpg", _png(_rgb(4)))
+    _write(root / "dog" / "@eaDir" / "0.png" / "SYNOPHOTO_THUMB_M.jpg", _png(_rgb(4)))
+    _write(root / "#recycle" / "old.png", _png(_rgb(5)))
+    (root / "dog" / "gone.png").symlink_to(tmp_path / "nowhere.png")  # a link to a missing file
+    d = load_data(str(root), image_size=8, cache_dir=cache)
+    assert d.class_names == ["cat", "dog"] and len(d) == 4
+    reasons = _skip_reasons(d)
+    assert d.skipped == 6 == len(d.skipped_items), reasons
+    assert "move it into a class folder" in reasons["loose.png"]
+    assert "is not an image" in reasons[str(Path("cat") / "broken.png")]
+    assert "Synology" in reasons["@eaDir"] and "not a class" in reasons["@eaDir"]
+    assert str(Path("dog") / "@eaDir") in reasons and "#recycle" in reasons
+    assert "missing" in reasons[str(Path("dog") / "gone.png")]
+    assert all("\n" not in r for r in reasons.values())
+    text = d.skipped_text()
+    assert text.startswith("6 — ") and "and 3 more" in text, text
+
+    def fail(*a, **k):
+        raise AssertionError("decoded again instead of using the cache")
+
+    monkeypatch.setattr(folder, "load_image", fail)
+    again = load_data(str(root), image_size=8, cache_dir=cache)
+    assert again.skipped == 6 and again.skipped_items == d.skipped_items
+    assert again.subset(slice(0, 2)).skipped_items == d.skipped_items
+
+
+def test_unlistable_sub_folder_is_a_skip(tmp_path, cache, monkeypatch):
+    import ddpm_gui.data.folder as folder
+
+    root = tmp_path / "pics"
+    for cls in ("a", "b"):
+        _write(root / cls / "0.png", _png(_rgb(1)))
+    locked = str(root / "b")
+    real = folder.os.scandir
+
+    def scandir(path):
+        if str(path) == locked:
+            raise PermissionError(13, "Permission denied", path)
+        return real(path)
+
+    monkeypatch.setattr(folder.os, "scandir", scandir)
+    d = load_data(str(root), image_size=8, cache_dir=cache)
+    assert len(d) == 1 and d.skipped == 1
+    assert "Permission denied" in _skip_reasons(d)["b"]
+
+
+def test_no_skips_says_none(cache):
+    d = load_data("builtin:20", image_size=8, cache_dir=cache)
+    assert d.skipped == 0 and d.skipped_items == () and d.skipped_text() == "none"
+
+
+@needs_datasets
+def test_table_rows_decode_through_the_one_loader(tmp_path, cache, monkeypatch):
+    """Parquet rows are refused by imageio's own limits and messages, and each refusal names its row."""
+    import ddpm_gui.data.imageio as imageio
+
+    cells = [{"bytes": _png(_rgb(i, 8 + 8 * (i % 2), 8 + 8 * (i % 2))), "path": None} for i in range(4)]
+    cells[2] = {"bytes": b"", "path": None}
+    path = tmp_path / "t.parquet"
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"image": pa.array(cells)}), path)
+    monkeypatch.setattr(imageio, "MAX_PIXELS", 8 * 8)  # the loader's limit, not a copy of it
+    d = load_data(str(path), image_size=8, cache_dir=cache)
+    assert len(d) == 1 and d.skipped == 3
+    reasons = _skip_reasons(d)
+    assert set(reasons) == {"row 1", "row 2", "row 3"}, reasons
+    assert "pixel limit" in reasons["row 1"] and "empty" in reasons["row 2"], reasons
+
+
+def test_cli_prints_one_warning_line_for_what_it_skipped(tmp_path):
+    root = tmp_path / "pets"
+    for cls in ("cat", "dog"):
+        _write(root / cls / "0.png", _png(_rgb(1)))
+    _write(root / "loose.png", _png(_rgb(3)))
+    _write(root / "cat" / "broken.png", b"not a png")
+    out = tmp_path / "strip.png"
+    proc = subprocess.run(
+        [sys.executable, "-m", "ddpm_gui", "forward", "--data", str(root), "--index", "0", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    mentions = [line for line in lines if "loose.png" in line or "broken.png" in line]
+    assert len(mentions) == 1, proc.stderr
+    assert "skipped 2" in mentions[0] and "move it into a class folder" in mentions[0], mentions

@@ -137,7 +137,7 @@ def test_damaged_newest_checkpoint_is_set_aside_and_temp_files_cleaned(tmp_path,
     # what a killed save leaves, and users' files that only look like temp files
     leftover = run / "checkpoints" / ".step_00000008.safetensors.ddpm-tmp-0a1b2c3d"
     leftover.write_bytes(b"half a checkpoint")
-    users = [run / ".draft.tmp", run / "checkpoints" / ".step_00000008.safetensors.k2j3h4.tmp"]
+    users = [run / ".draft.tmp", run / "checkpoints" / ".notes.k2j3h4.tmp"]
     for p in users:
         p.write_text("a user's file, named like a temp file")
     events = run_all(

@@ -7,7 +7,7 @@ limit, and CACHE_FORMAT_VERSION). It holds plain arrays only, so it loads with `
     images       (N, H, W, 3) uint8
     labels       (N,) int64             absent when the source has no labels
     class_names  (K,) unicode           absent when the source has no labels
-    meta         0-d unicode, JSON: name, skipped, format
+    meta         0-d unicode, JSON: name, skipped (a count), skipped_items ([name, reason] pairs), format
 
 Writes go to a temporary file in the same folder and are moved into place with os.replace, so a
 reader never sees half a file. A file that cannot be read or does not look right is deleted and
@@ -28,10 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ddpm_gui.data.skips import Skipped
+
 log = logging.getLogger(__name__)
 
-# Bump when the decoding changes (resizing, colour conversion, file layout): old files stop matching.
-CACHE_FORMAT_VERSION = 1
+# Bump when the decoding changes (resizing, colour conversion, what is skipped, file layout): old files
+# stop matching.
+CACHE_FORMAT_VERSION = 2
 
 
 def default_cache_dir() -> Path:
@@ -61,7 +64,8 @@ class Cached:
     labels: np.ndarray | None
     class_names: list[str] | None
     name: str
-    skipped: int
+    skipped: int  # how many files, folders or rows were left out
+    skipped_items: tuple[Skipped, ...] = ()  # the first of them (skips.MAX_LISTED), with the reasons
 
 
 def _remove(path: Path) -> None:
@@ -81,11 +85,14 @@ def read_cache(path: Path, image_size: int) -> Cached | None:
             images = f["images"]
             labels = f["labels"] if "labels" in f.files else None
             names = [str(s) for s in f["class_names"]] if "class_names" in f.files else None
+        items = tuple(Skipped(str(n), str(r)) for n, r in meta.get("skipped_items", []))
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (image_size, image_size, 3):
             raise ValueError(f"images {images.dtype} {images.shape}")
         if labels is not None and (labels.dtype != np.int64 or labels.shape != (len(images),)):
             raise ValueError(f"labels {labels.dtype} {labels.shape}")
-        return Cached(np.ascontiguousarray(images), labels, names, str(meta["name"]), int(meta["skipped"]))
+        return Cached(
+            np.ascontiguousarray(images), labels, names, str(meta["name"]), int(meta["skipped"]), items
+        )
     except Exception as e:  # any unreadable cache is rebuilt, whatever numpy/zipfile raised
         log.warning(
             "Cache file %s is unreadable (%s: %s); deleting it and decoding again.", path, type(e).__name__, e
@@ -94,22 +101,18 @@ def read_cache(path: Path, image_size: int) -> Cached | None:
         return None
 
 
-def write_cache(
-    path: Path,
-    images: np.ndarray,
-    labels: np.ndarray | None,
-    class_names: list[str] | None,
-    name: str,
-    skipped: int,
-) -> bool:
+def write_cache(path: Path, c: Cached) -> bool:
     """Write atomically (temporary file + os.replace); False (and a log line) when it cannot be written."""
-    arrays: dict[str, np.ndarray] = {
-        "images": images,
-        "meta": np.array(json.dumps({"format": CACHE_FORMAT_VERSION, "name": name, "skipped": int(skipped)})),
+    meta = {
+        "format": CACHE_FORMAT_VERSION,
+        "name": c.name,
+        "skipped": int(c.skipped),
+        "skipped_items": [list(s) for s in c.skipped_items],
     }
-    if labels is not None:
-        arrays["labels"] = labels.astype(np.int64, copy=False)
-        arrays["class_names"] = np.array(list(class_names or []), dtype=str)
+    arrays: dict[str, np.ndarray] = {"images": c.images, "meta": np.array(json.dumps(meta))}
+    if c.labels is not None:
+        arrays["labels"] = c.labels.astype(np.int64, copy=False)
+        arrays["class_names"] = np.array(list(c.class_names or []), dtype=str)
     tmp: str | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -23,13 +23,13 @@ What `datasets` (5.2, the behaviour is the same since about 2.18) does, and how 
 - With no cached copy, offline it raises ConnectionError ("Couldn't reach 'x' on the Hub
   (OfflineModeIsEnabled)"), or ValueError ("Couldn't find cache for x for config 'y'") when another
   config is cached; online, DatasetNotFoundError for an unknown id.
-- The image column is the first `datasets.Image` feature (`img` in CIFAR-10, `image` in imagefolder
-  datasets), the labels the first `ClassLabel` (class names from it). Parquet and arrow files written
-  by `datasets` keep those features in their schema metadata.
+- Parquet and arrow files written by `datasets` keep its features (Image, ClassLabel) in their schema
+  metadata; `tables.pick_columns` finds the image and label columns from them.
 
 Decoding never goes through `datasets`' per-row Image decoding: batches are read as Arrow tables
-(`with_format("arrow")`, or pyarrow directly for files) and the encoded bytes go to PIL, so a corrupt
-row is skipped and counted instead of stopping the whole load.
+(`with_format("arrow")`, or pyarrow directly for files) and the encoded bytes go to the app's one image
+loader (`imageio.load_image`, as the files of an image folder do; see `tables.py`), so a corrupt row is
+skipped and listed with its reason ("row 17": the loader's message) instead of stopping the whole load.
 """
 
 from __future__ import annotations
@@ -44,20 +44,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
-import numpy as np
-
+from ddpm_gui.data import tables
 from ddpm_gui.data.cache import Cached
-from ddpm_gui.data.sources import Reporter, Skip, decode_image, stack
+from ddpm_gui.data.sources import Reporter
 from ddpm_gui.errors import DataError
 
 log = logging.getLogger(__name__)
 
-_BATCH = 256  # rows per Arrow batch: one progress report and one cancel check each
 # Seconds the whole reachability decision may take: name lookup, connect and one HTTP answer together.
 # The Hub answers in a fraction of that; a link too slow for it is told so and can retry.
 HUB_PROBE_BUDGET = 1.5
 _TRUE = {"1", "ON", "YES", "TRUE"}
-_LABEL_NAMES = ("label", "labels", "class", "category", "target", "fine_label")
 
 # The short names the Hub redirects to a namespaced repository; the datasets cache keeps them apart.
 _ALIASES = {
@@ -281,154 +278,6 @@ def _choose_split(available: list[str], split: str, what: str) -> tuple[str, str
 
 
 # ---------------------------------------------------------------------------------------------------
-# Column detection and decoding
-
-
-def _pick_columns(features, schema, what: str) -> tuple[str, str | None, list[str] | None]:
-    """(image column, label column or None, class names or None for a non-ClassLabel label column)."""
-    import datasets
-    import pyarrow as pa
-
-    img = next((k for k, f in features.items() if isinstance(f, datasets.Image)), None)
-    if img is None:  # data written without datasets' metadata: an encoded-image struct, or raw bytes
-        for field in schema:
-            t = field.type
-            if pa.types.is_struct(t) and t.get_field_index("bytes") >= 0:
-                img = field.name
-                break
-        else:
-            img = next(
-                (f.name for f in schema if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)),
-                None,
-            )
-    if img is None:
-        cols = ", ".join(f"{f.name} ({f.type})" for f in schema)
-        raise DataError(
-            f"'{what}' has no image column (its columns are: {cols}): choose a dataset of images."
-        )
-    label = next((k for k, f in features.items() if isinstance(f, datasets.ClassLabel)), None)
-    if label is not None:
-        return img, label, list(features[label].names)
-    for field in schema:
-        if field.name.lower() in _LABEL_NAMES and (
-            pa.types.is_integer(field.type)
-            or pa.types.is_string(field.type)
-            or pa.types.is_large_string(field.type)
-        ):
-            return img, field.name, None
-    return img, None, None
-
-
-def _image_cells(column) -> tuple[list, list]:
-    """(bytes or None, path or None) per row of an Arrow image column (struct, binary or string)."""
-    import pyarrow as pa
-
-    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    n = len(arr)
-    if pa.types.is_struct(arr.type):
-        children = {arr.type.field(i).name: child for i, child in enumerate(arr.flatten())}
-        data = children["bytes"].to_pylist() if "bytes" in children else [None] * n
-        paths = children["path"].to_pylist() if "path" in children else [None] * n
-        return data, paths
-    if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
-        return [None] * n, arr.to_pylist()
-    return arr.to_pylist(), [None] * n
-
-
-def _resolve(path: str | None, base_dir: str | None) -> str | None:
-    if path is None or os.path.isfile(path) or base_dir is None:
-        return path
-    return os.path.join(base_dir, path)
-
-
-def _decode_cell(data: bytes | None, path: str | None, size: int, base_dir: str | None) -> np.ndarray | None:
-    try:
-        return decode_image(data, None if data is not None else _resolve(path, base_dir), size)
-    except Skip as e:
-        log.warning("Skipping row (%s): too large (%s).", path, e)
-    except Exception as e:  # PIL raises many types on malformed data; each is one skip
-        log.warning("Skipping row (%s): cannot decode it (%s: %s).", path, type(e).__name__, e)
-    return None
-
-
-def _decode_tables(
-    batches: Iterator,
-    total: int,
-    img_col: str,
-    label_col: str | None,
-    class_names: list[str] | None,
-    size: int,
-    rep: Reporter,
-    what: str,
-    base_dir: str | None = None,
-) -> tuple[np.ndarray, np.ndarray | None, list[str] | None, int]:
-    """Decode Arrow batches holding (at least) the image and label columns, the first `total` rows."""
-    import warnings
-
-    from PIL import Image
-
-    out: list[np.ndarray] = []
-    raw_labels: list = []
-    done = 0
-    rep(0, total, f"Decoding {what}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        for tbl in batches:
-            if done >= total:
-                break
-            tbl = tbl.slice(0, total - done)
-            data, paths = _image_cells(tbl.column(img_col))
-            labels = tbl.column(label_col).to_pylist() if label_col is not None else [None] * len(data)
-            for d, p, y in zip(data, paths, labels, strict=True):
-                a = _decode_cell(d, p, size, base_dir)
-                if a is not None:
-                    out.append(a)
-                    raw_labels.append(y)
-            done += len(data)
-            rep(done, total, f"Decoding {what}")
-    skipped = done - len(out)
-    if not out:
-        raise DataError(
-            f"None of the {done} images in '{what}' could be decoded: check that the data holds valid images."
-        )
-    labels, names = _labels(raw_labels, label_col, class_names, what)
-    return stack(out, size), labels, names, skipped
-
-
-def _labels(raw: list, col: str | None, class_names: list[str] | None, what: str):
-    if col is None:
-        return None, None
-    if class_names is not None:  # a ClassLabel: integers into class_names
-        y = np.array([-1 if v is None else v for v in raw], np.int64)
-        if len(y) and (y.min() < 0 or y.max() >= len(class_names)):
-            log.warning("'%s' has rows without a valid label (e.g. -1): loading it without labels.", what)
-            return None, None
-        return y, class_names
-    if any(v is None for v in raw):
-        log.warning("'%s' has rows without a label: loading it without labels.", what)
-        return None, None
-    values = sorted(set(raw))
-    index = {v: i for i, v in enumerate(values)}
-    return np.array([index[v] for v in raw], np.int64), [str(v) for v in values]
-
-
-def _dataset_batches(ds, columns: list[str]) -> Iterator:
-    """Arrow tables of _BATCH rows from a datasets.Dataset (memory-mapped; honours indices)."""
-    view = ds.select_columns(columns).with_format("arrow")
-    for start in range(0, len(view), _BATCH):
-        yield view[start : start + _BATCH]
-
-
-def _decode_dataset(ds, size: int, limit: int | None, rep: Reporter, what: str, base_dir: str | None = None):
-    img, label, names = _pick_columns(ds.features, ds.data.schema, what)
-    total = len(ds) if limit is None else min(len(ds), limit)
-    if total == 0:
-        raise DataError(f"'{what}' holds no rows: choose another split or dataset.")
-    cols = [img] + ([label] if label else [])
-    return _decode_tables(_dataset_batches(ds, cols), total, img, label, names, size, rep, what, base_dir)
-
-
-# ---------------------------------------------------------------------------------------------------
 # The three sources
 
 
@@ -487,7 +336,7 @@ def load_hub(
 
         features = builder.info.features
         if features is not None:  # known before downloading: refuse a dataset without images early
-            _pick_columns(features, features.arrow_schema, label)
+            tables.pick_columns(features, features.arrow_schema, label)
         rep.check()
         rep(
             0,
@@ -503,8 +352,7 @@ def load_hub(
         rep.check()
         chosen, note = _choose_split(list(builder.info.splits or {}), split, label)
         ds = builder.as_dataset(split=chosen)
-    images, labels, class_names, skipped = _decode_dataset(ds, size, limit, rep, label)
-    return Cached(images, labels, class_names, f"{label} ({note})", skipped)
+    return tables.decode_dataset(ds, size, limit, rep, label).cached(f"{label} ({note})")
 
 
 def load_saved(path: str, split: str, size: int, limit: int | None, rep: Reporter) -> Cached:
@@ -523,8 +371,7 @@ def load_saved(path: str, split: str, size: int, limit: int | None, rep: Reporte
     if isinstance(obj, datasets.DatasetDict):
         chosen, note = _choose_split(list(obj), split, what)
         obj, name = obj[chosen], f"{what} ({note})"
-    images, labels, class_names, skipped = _decode_dataset(obj, size, limit, rep, what, base_dir=path)
-    return Cached(images, labels, class_names, name, skipped)
+    return tables.decode_dataset(obj, size, limit, rep, what, base_dir=path).cached(name)
 
 
 def load_file(path: str, split: str, size: int, limit: int | None, rep: Reporter) -> Cached:
@@ -547,37 +394,23 @@ def load_file(path: str, split: str, size: int, limit: int | None, rep: Reporter
             schema, rows = pf.schema_arrow, pf.metadata.num_rows
 
             def batches(cols: list[str]) -> Iterator:
-                return pf.iter_batches(batch_size=_BATCH, columns=cols)
+                return pf.iter_batches(batch_size=tables.BATCH, columns=cols)
         else:
-            table = _read_arrow(path)
+            table = tables.read_arrow(path)
             schema, rows = table.schema, table.num_rows
 
             def batches(cols: list[str]) -> Iterator:
-                return iter(table.select(cols).to_batches(max_chunksize=_BATCH))
+                return iter(table.select(cols).to_batches(max_chunksize=tables.BATCH))
 
         features = datasets.Features.from_arrow_schema(schema)
     except (OSError, pa.ArrowException, ValueError) as e:
         raise DataError(
             f"Cannot read '{path}' ({e}): check that it is a valid {os.path.splitext(path)[1]} file."
         ) from e
-    img, label, names = _pick_columns(features, schema, what)
+    img, label, names = tables.pick_columns(features, schema, what)
     total = rows if limit is None else min(rows, limit)
     if total == 0:
         raise DataError(f"'{path}' holds no rows: choose another file.")
     cols = [img] + ([label] if label else [])
-    images, labels, class_names, skipped = _decode_tables(
-        batches(cols), total, img, label, names, size, rep, what, base_dir
-    )
-    return Cached(images, labels, class_names, what, skipped)
-
-
-def _read_arrow(path: str):
-    """An Arrow IPC file: the stream format `datasets` writes, or the random-access (Feather v2) format."""
-    import pyarrow as pa
-
-    source = pa.memory_map(path, "r")
-    try:
-        return pa.ipc.open_stream(source).read_all()
-    except pa.ArrowInvalid:
-        source.seek(0)
-        return pa.ipc.open_file(source).read_all()
+    decoded = tables.decode_tables(batches(cols), total, img, label, names, size, rep, what, base_dir)
+    return decoded.cached(what)

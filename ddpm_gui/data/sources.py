@@ -15,16 +15,17 @@ same thing:
 Hub ids, parquet/arrow files and save_to_disk folders are read with `datasets`, the optional `hub`
 extra (see `hub.require_datasets`); the built-in shapes and image folders need only Pillow.
 
-Every source is decoded once, converted to RGB, resized to `image_size` (shorter side, then a centre
-crop) and written to a cache file (see `cache.py`); the next call with the same arguments loads that
-file and decodes nothing. Nothing here imports Qt: the GUI runs `load_data` in a worker thread,
-passes a `progress` callback and a `cancel` event, and shows errors (DataError) as they are.
+Every image, of a folder or of a table row, is decoded by the app's one image loader (`imageio.py`: its
+limits, its RGB conversion and its crop policy) at `image_size`, and the result is written to a cache
+file (see `cache.py`); the next call with the same arguments loads that file and decodes nothing. What
+could not be used is left out and listed (`ImageData.skipped_items`, see `skips.py`). Nothing here
+imports Qt: the GUI runs `load_data` in a worker thread, passes a `progress` callback and a `cancel`
+event, and shows errors (DataError) as they are.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import os
 import re
@@ -35,9 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
 
 from ddpm_gui.data.cache import Cached, cache_key, cache_path, read_cache, write_cache
+from ddpm_gui.data.skips import Skipped, describe_skipped
 from ddpm_gui.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -54,10 +55,7 @@ ACCEPTED = (
     f"a folder of images ({', '.join(IMAGE_EXTENSIONS)}; one sub-folder per class, or the images directly "
     "inside), a folder written by datasets' save_to_disk, a .parquet or .arrow file, 'builtin' or a Hub id"
 )
-MAX_FILE_BYTES = 50 * 1024 * 1024  # larger image files are skipped (and counted in `skipped`)
-MAX_PIXELS = 40_000_000  # larger images are skipped: a guard against decompression bombs
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 1024
-_EXIF_FORMATS = {"JPEG", "MPO", "TIFF", "WEBP"}  # where a camera's orientation tag is usual
 
 # A Hub dataset id: "name" or "namespace/name" (letters, digits, '-', '_', '.'), optional ":config".
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?(:[A-Za-z0-9._-]+)?$")
@@ -77,7 +75,11 @@ class ImageData:
     name: str  # for people: "builtin shapes (seed 0)", "cifar10 (train)"
     source: str  # the spec string it was loaded from
     cache_path: Path | None  # the cache file it came from or was written to
-    skipped: int = 0  # files/rows that could not be decoded (or were too large) and were left out
+    # What was left out: files the image loader refused (damaged, too large), loose images beside class
+    # folders, system folders (Synology's @eaDir...), table rows that did not decode. `skipped` counts
+    # them all; `skipped_items` names the first of them (skips.MAX_LISTED) with the reason.
+    skipped: int = 0
+    skipped_items: tuple[Skipped, ...] = ()
 
     def __post_init__(self) -> None:
         imgs = np.ascontiguousarray(self.images)
@@ -119,7 +121,12 @@ class ImageData:
             self.source,
             self.cache_path,
             self.skipped,
+            self.skipped_items,
         )
+
+    def skipped_text(self, shown: int = 3) -> str:
+        """ "none", or "3 — loose.png (an image beside the class folders: ...), ..., and 1 more"."""
+        return describe_skipped(self.skipped, self.skipped_items, shown)
 
     def __repr__(self) -> str:
         return (
@@ -159,66 +166,7 @@ class Reporter:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Image conversion (shared by folders and tables)
-
-
-class Skip(Exception):
-    """An image that is refused on purpose (too large); counted in `skipped` like a corrupt one."""
-
-
-def to_rgb_square(img: Image.Image, size: int) -> np.ndarray:
-    """Any PIL image -> (size, size, 3) uint8: RGB, shorter side resized to `size`, centre crop.
-
-    Alpha (RGBA, LA, palette or colour-key transparency) is composited over black; 16-bit and 32-bit
-    greyscale is scaled to 8 bits (not clipped); float images in [0, 1] are scaled by 255.
-    """
-    mode = img.mode
-    if mode.startswith("I;16") or mode in ("I", "F"):
-        a = np.asarray(img, dtype=np.float32)
-        if mode.startswith("I;16") or (mode == "I" and a.size and a.max() > 255):
-            a = a / 257.0
-        elif mode == "F" and a.size and a.max() <= 1.0:
-            a = a * 255.0
-        img = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
-        mode = "L"
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
-        rgba = img.convert("RGBA")
-        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba).convert("RGB")
-    elif mode != "RGB":
-        img = img.convert("RGB")
-    w, h = img.size
-    if (w, h) != (size, size):
-        s = min(w, h)
-        box = ((w - s) / 2, (h - s) / 2, (w + s) / 2, (h + s) / 2)
-        img = img.resize((size, size), Image.Resampling.BICUBIC, box=box, reducing_gap=3.0)
-    return np.asarray(img, dtype=np.uint8)
-
-
-def decode_image(data: bytes | None, path: str | os.PathLike | None, size: int) -> np.ndarray:
-    """Decode encoded image bytes (or, when `data` is None, the file at `path`) to (size, size, 3).
-
-    Raises Skip for files over MAX_FILE_BYTES or images over MAX_PIXELS, and whatever PIL raises for
-    data it cannot read; callers count both in `skipped`.
-    """
-    if data is not None:
-        if len(data) > MAX_FILE_BYTES:
-            raise Skip(f"{len(data)} bytes")
-        fp: io.BytesIO | str = io.BytesIO(data)
-    elif path is not None:
-        if os.path.getsize(path) > MAX_FILE_BYTES:
-            raise Skip(f"{os.path.getsize(path)} bytes")
-        fp = os.fspath(path)
-    else:
-        raise ValueError("the row holds neither image bytes nor a path")
-    with Image.open(fp) as img:
-        if img.width * img.height > MAX_PIXELS:
-            raise Skip(f"{img.width}x{img.height} pixels")
-        if img.format == "JPEG":
-            img.draft("RGB", (size, size))  # let libjpeg decode at 1/2, 1/4 or 1/8 scale when it can
-        img.load()
-        if img.format in _EXIF_FORMATS and img.getexif().get(0x0112, 1) != 1:
-            img = ImageOps.exif_transpose(img)  # a camera's orientation tag: turn it upright as viewers do
-        return to_rgb_square(img, size)
+# Decoded images
 
 
 def stack(arrays: Sequence[np.ndarray], size: int) -> np.ndarray:
@@ -365,6 +313,91 @@ def _tree_stamp(root: str) -> list:
 # The entry point
 
 
+@dataclass
+class _Request:
+    """One load_data call, its arguments checked: what to decode and under which cache key."""
+
+    spec: str
+    kind: str  # describe_source(spec)
+    path: str  # the spec as an absolute path (for local sources)
+    split: str
+    size: int
+    limit: int | None
+    seed: int
+    key: dict
+    slug: str = ""
+    scan: object = None  # the FolderScan of an image folder (its digest is the cache stamp)
+
+
+def _checked(spec: object, image_size: object, limit: object) -> tuple[str, int, int | None]:
+    if not isinstance(spec, str) or not spec.strip():
+        raise DataError(
+            "No data source given: use 'builtin', a folder of images, a parquet/arrow file or a Hub id."
+        )
+    if not isinstance(image_size, (int, np.integer)) or not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
+        raise DataError(
+            f"Image size must be a whole number from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE}, got {image_size!r}."
+        )
+    if limit is not None and (not isinstance(limit, (int, np.integer)) or limit < 1):
+        raise DataError(f"The image limit must be a whole number >= 1 (or none), got {limit!r}.")
+    return spec.strip(), int(image_size), None if limit is None else int(limit)
+
+
+def _request(spec: str, split: str, size: int, limit: int | None, seed: int, rep: Reporter) -> _Request:
+    """The request for `spec` with its cache key and slug; a local source that is missing is refused here."""
+    kind = describe_source(spec)
+    path = os.path.abspath(os.path.expanduser(spec))
+    key = {"kind": kind, "split": split, "size": size, "limit": limit}
+    r = _Request(spec, kind, path, split, size, limit, int(seed), key)
+    if kind == "builtin":
+        from ddpm_gui.data.builtin import BUILTIN_VERSION
+
+        count = _builtin_count(spec)
+        n = count if limit is None else min(count, limit)
+        r.key.update(n=n, seed=r.seed, version=BUILTIN_VERSION, limit=None)
+        r.slug = f"builtin-{n}-seed{seed}-{split}-{size}"
+    elif kind == "hub":
+        repo, _, config = spec.partition(":")
+        r.key.update(id=repo, config=config or None)
+        r.slug = f"hub-{repo.replace('/', '_')}-{config}-{split}-{size}"
+    elif not os.path.exists(path):
+        raise DataError(
+            f"'{spec}' does not exist: give an existing folder or .parquet/.arrow file, or 'builtin'."
+        )
+    elif kind == "file":
+        if os.path.splitext(path)[1].lower() not in TABLE_EXTENSIONS:
+            raise DataError(
+                f"'{spec}' is not a dataset file: give a .parquet or .arrow file, or the folder that holds the images."
+            )
+        r.key.update(path=path, stamp=_file_stamp(path), split=None)  # a file has no splits
+        r.slug = f"file-{os.path.basename(path)}-{size}"
+    elif kind == "saved":
+        r.key.update(path=path, stamp=_tree_stamp(path))
+        r.slug = f"saved-{os.path.basename(path)}-{split}-{size}"
+    else:  # folder: the stamp is computed by the scan, which the decoding reuses
+        r.scan = _scan_images(path, rep)
+        r.key.update(path=path, stamp=r.scan.digest, split=None)
+        r.slug = f"folder-{os.path.basename(path)}-{size}"
+    return r
+
+
+def _decode(r: _Request, rep: Reporter) -> Cached:
+    """Decode the request's source (nothing cached for it yet)."""
+    if r.kind == "builtin":
+        return _load_builtin(r.key["n"], r.seed, r.split, r.size, rep)
+    if r.kind == "folder":
+        from ddpm_gui.data.folder import decode_folder
+
+        return decode_folder(r.scan, r.size, r.limit, rep)
+    from ddpm_gui.data import hub
+
+    if r.kind == "hub":
+        return hub.load_hub(r.key["id"], r.key["config"], r.split, r.size, r.limit, rep)
+    if r.kind == "saved":
+        return hub.load_saved(r.path, r.split, r.size, r.limit, rep)
+    return hub.load_file(r.path, r.split, r.size, r.limit, rep)
+
+
 def load_data(
     spec: str = "builtin",
     image_size: int = 32,
@@ -386,82 +419,30 @@ def load_data(
     cancel:    checked between batches; when set, Cancelled is raised and nothing is cached.
     cache_dir: where decoded arrays are kept (default: `default_cache_dir()`).
     seed:      which built-in dataset (ignored by the other sources).
+
+    What was left out (ImageData.skipped, skipped_items) is also logged as one warning line, which the
+    command line prints on stderr.
     """
-    if not isinstance(spec, str) or not spec.strip():
-        raise DataError(
-            "No data source given: use 'builtin', a folder of images, a parquet/arrow file or a Hub id."
-        )
-    spec = spec.strip()
-    if not isinstance(image_size, (int, np.integer)) or not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
-        raise DataError(
-            f"Image size must be a whole number from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE}, got {image_size!r}."
-        )
-    image_size = int(image_size)
-    if limit is not None and (not isinstance(limit, (int, np.integer)) or limit < 1):
-        raise DataError(f"The image limit must be a whole number >= 1 (or none), got {limit!r}.")
-    limit = None if limit is None else int(limit)
+    spec, image_size, limit = _checked(spec, image_size, limit)
     rep = Reporter(progress, cancel)
     rep.check()
-
-    kind = describe_source(spec)
-    path = os.path.abspath(os.path.expanduser(spec))
-    key: dict = {"kind": kind, "split": split, "size": image_size, "limit": limit}
-    if kind == "builtin":
-        from ddpm_gui.data.builtin import BUILTIN_VERSION
-
-        count = _builtin_count(spec)
-        n = count if limit is None else min(count, limit)
-        key.update(n=n, seed=int(seed), version=BUILTIN_VERSION, limit=None)
-        slug = f"builtin-{n}-seed{seed}-{split}-{image_size}"
-    elif kind == "hub":
-        repo, _, config = spec.partition(":")
-        key.update(id=repo, config=config or None)
-        slug = f"hub-{repo.replace('/', '_')}-{config}-{split}-{image_size}"
-    elif not os.path.exists(path):
-        raise DataError(
-            f"'{spec}' does not exist: give an existing folder or .parquet/.arrow file, or 'builtin'."
-        )
-    elif kind == "file":
-        if os.path.splitext(path)[1].lower() not in TABLE_EXTENSIONS:
-            raise DataError(
-                f"'{spec}' is not a dataset file: give a .parquet or .arrow file, or the folder that holds the images."
-            )
-        key.update(path=path, stamp=_file_stamp(path), split=None)  # a file has no splits
-        slug = f"file-{os.path.basename(path)}-{image_size}"
-    elif kind == "saved":
-        key.update(path=path, stamp=_tree_stamp(path))
-        slug = f"saved-{os.path.basename(path)}-{split}-{image_size}"
-    else:  # folder: the stamp is computed by the scan, which the decoding reuses
-        scan = _scan_images(path, rep)
-        key.update(path=path, stamp=scan.digest, split=None)
-        slug = f"folder-{os.path.basename(path)}-{image_size}"
-
-    file = cache_path(cache_dir, slug, cache_key(key))
-    cached = read_cache(file, image_size)
-    if cached is not None:
-        rep(len(cached.images), len(cached.images), "Loaded from cache")
-        return _result(cached, spec, file)
-
-    if kind == "builtin":
-        result = _load_builtin(n, seed, split, image_size, rep)
-    elif kind == "folder":
-        from ddpm_gui.data.folder import decode_folder
-
-        result = decode_folder(scan, image_size, limit, rep)
+    r = _request(spec, split, image_size, limit, seed, rep)
+    file = cache_path(cache_dir, r.slug, cache_key(r.key))
+    result = read_cache(file, image_size)
+    if result is not None:
+        rep(len(result.images), len(result.images), "Loaded from cache")
     else:
-        from ddpm_gui.data import hub
-
-        if kind == "hub":
-            result = hub.load_hub(repo, config or None, split, image_size, limit, rep)
-        elif kind == "saved":
-            result = hub.load_saved(path, split, image_size, limit, rep)
-        else:
-            result = hub.load_file(path, split, image_size, limit, rep)
-    rep.check()
-    written = write_cache(file, result.images, result.labels, result.class_names, result.name, result.skipped)
-    total = len(result.images)
-    rep(total, total, f"Loaded {total} images")
-    return _result(result, spec, file if written else None)
+        result = _decode(r, rep)
+        rep.check()
+        if not write_cache(file, result):
+            file = None
+        total = len(result.images)
+        rep(total, total, f"Loaded {total:,} images")
+    c = result
+    data = ImageData(c.images, c.labels, c.class_names, c.name, spec, file, c.skipped, c.skipped_items)
+    if data.skipped:
+        log.warning("%s: skipped %s", data.name, data.skipped_text())
+    return data
 
 
 def _scan_images(path: str, rep: Reporter):
@@ -475,10 +456,6 @@ def _scan_images(path: str, rep: Reporter):
         raise
     except DataError as e:  # no image file in it
         raise DataError(_nothing_to_load(path)) from e
-
-
-def _result(c: Cached, spec: str, file: Path | None) -> ImageData:
-    return ImageData(c.images, c.labels, c.class_names, c.name, spec, file, c.skipped)
 
 
 def _load_builtin(n: int, seed: int, split: str, size: int, rep: Reporter) -> Cached:

@@ -91,7 +91,18 @@ class Failed:
     bad_input: bool = False
 
 
-Event = Started | Progress | TimestepLoss | Preview | CheckpointSaved | Paused | Resumed | Notice | Finished | Failed
+Event = (
+    Started
+    | Progress
+    | TimestepLoss
+    | Preview
+    | CheckpointSaved
+    | Paused
+    | Resumed
+    | Notice
+    | Finished
+    | Failed
+)
 
 
 def coalesce_progress(a: Event, b: Event) -> Progress | None:

@@ -198,6 +198,8 @@ class RunLock:
         except OSError as exc:
             if exc.errno == errno.ELOOP or self.path.is_symlink():
                 raise self._foreign("a symlink") from exc
+            if exc.errno == errno.EISDIR:
+                raise self._foreign("a folder") from exc
             raise CheckpointError(
                 f"Cannot write in the run folder {self.path.parent} ({exc.strerror}): choose a writable "
                 "folder."

@@ -1,7 +1,9 @@
-"""Image grids, PNG and GIF output (Pillow), shared by the CLI, the trainer and the GUI's exports.
+"""Image grids, PNG, GIF and animated WebP output (Pillow), shared by the CLI, the trainer and the GUI's
+exports.
 
-Every PNG and GIF the app writes goes through save_png / save_gif: atomic writes (a failure leaves the
-previous file as it was; see engine.fileio.atomic_write_bytes).
+Every PNG, GIF and WebP the app writes goes through save_png / save_gif / save_webp (save_animation picks
+by suffix): atomic writes (a failure leaves the previous file as it was; see
+engine.fileio.atomic_write_bytes).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from ddpm_gui.engine.fileio import atomic_write_bytes
+from ddpm_gui.errors import ConfigError
 
 ProgressFn = Callable[[int, int], None]  # (frames done, total)
 
@@ -56,22 +59,31 @@ def save_png(path: str | Path, image: np.ndarray) -> None:
     atomic_write_bytes(path, png_bytes(image))
 
 
-def gif_bytes(
+ANIMATION_FORMATS = {".gif": "GIF", ".webp": "WEBP"}  # file suffix -> Pillow format
+WEBP_MAX_SIDE = 16383  # the WebP format's largest width or height
+
+
+def animation_bytes(
     frames: Sequence,
     duration_ms: int = 60,
     hold_last_ms: int = 1000,
     render: Callable[[Any], np.ndarray] | None = None,
     progress: ProgressFn | None = None,
+    fmt: str = "GIF",
 ) -> bytes:
-    """An animated GIF (looping) of HxWx3 uint8 frames; the last frame is held a little longer.
+    """A looping animation ("GIF", or "WEBP": lossless, so every pixel is kept) of HxWx3 uint8 frames; the
+    last frame is held a little longer.
 
     render: when given, frames[i] is anything it turns into such a frame (e.g. a batch into its mosaic,
-    or a frame into its upscaled copy). Frames are rendered and handed to Pillow one at a time (its
-    palette conversion is the slow part), so the big frames are never all in memory; `progress` is called
-    as each one is taken."""
+    or a frame into its upscaled copy). Frames are rendered one at a time as the encoder takes them and
+    `progress` is called as each one is; the GIF encoder takes them one by one (its palette conversion is
+    the slow part), so the big frames are never all in memory. Pillow's WebP encoder lists them first.
+    Identical consecutive frames become one frame showing for their summed time (both encoders)."""
     n = len(frames)
     if n == 0:
-        raise ValueError("a GIF needs at least one frame")
+        raise ValueError("an animation needs at least one frame")
+    if fmt not in ANIMATION_FORMATS.values():
+        raise ValueError(f"unknown animation format {fmt!r}")
 
     def pil(i: int) -> Image.Image:
         if progress is not None:
@@ -80,10 +92,32 @@ def gif_bytes(
         return Image.fromarray(np.ascontiguousarray(frame))
 
     durations = [duration_ms] * (n - 1) + [hold_last_ms]
+    first = pil(0)
+    rest = (pil(i) for i in range(1, n))
     buf = io.BytesIO()
-    pil(0).save(buf, format="GIF", save_all=True, append_images=(pil(i) for i in range(1, n)),
-                duration=durations, loop=0, optimize=False, disposal=1)  # fmt: skip
+    if fmt == "GIF":
+        first.save(buf, format="GIF", save_all=True, append_images=rest, duration=durations, loop=0,
+                   optimize=False, disposal=1)  # fmt: skip
+    else:
+        if max(first.size) > WEBP_MAX_SIDE:
+            raise ConfigError(
+                f"A WebP image is at most {WEBP_MAX_SIDE} pixels wide and high; this animation is "
+                f"{first.size[0]}x{first.size[1]}: save it as a GIF, or use fewer images."
+            )
+        first.save(buf, format="WEBP", save_all=True, append_images=rest, duration=durations, loop=0,
+                   lossless=True)  # fmt: skip
     return buf.getvalue()
+
+
+def gif_bytes(
+    frames: Sequence,
+    duration_ms: int = 60,
+    hold_last_ms: int = 1000,
+    render: Callable[[Any], np.ndarray] | None = None,
+    progress: ProgressFn | None = None,
+) -> bytes:
+    """An animated GIF (see animation_bytes)."""
+    return animation_bytes(frames, duration_ms, hold_last_ms, render, progress, "GIF")
 
 
 def save_gif(
@@ -96,3 +130,31 @@ def save_gif(
 ) -> None:
     """gif_bytes written atomically to `path` (CheckpointError if it cannot be; the old file is kept)."""
     atomic_write_bytes(path, gif_bytes(frames, duration_ms, hold_last_ms, render, progress))
+
+
+def save_webp(
+    path: str | Path,
+    frames: Sequence,
+    duration_ms: int = 60,
+    hold_last_ms: int = 1000,
+    render: Callable[[Any], np.ndarray] | None = None,
+    progress: ProgressFn | None = None,
+) -> None:
+    """A lossless animated WebP (see animation_bytes), written atomically as save_gif writes."""
+    atomic_write_bytes(path, animation_bytes(frames, duration_ms, hold_last_ms, render, progress, "WEBP"))
+
+
+def save_animation(
+    path: str | Path,
+    frames: Sequence,
+    duration_ms: int = 60,
+    hold_last_ms: int = 1000,
+    render: Callable[[Any], np.ndarray] | None = None,
+    progress: ProgressFn | None = None,
+) -> None:
+    """save_gif or save_webp, by the suffix of `path` (.gif or .webp; ConfigError for any other)."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in ANIMATION_FORMATS:
+        raise ConfigError(f"{Path(path).name}: an animation is saved as .gif or .webp; pick one of those.")
+    data = animation_bytes(frames, duration_ms, hold_last_ms, render, progress, ANIMATION_FORMATS[suffix])
+    atomic_write_bytes(path, data)

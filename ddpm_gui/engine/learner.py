@@ -91,6 +91,29 @@ class Learner:
         self._device_guard = False
         self._smooth: float | None = None  # exponential moving average of the loss (kept in checkpoints)
         self._fingerprint: dict | None = None
+        self.source = "training"  # where bundle() says its model comes from
+
+    def bundle(self) -> ModelBundle:
+        """A snapshot of the model being trained (EMA weights when on), safe to sample from in
+        another thread while training goes on."""
+        if self.model is None:
+            raise DDPMError("The model is not built yet: wait for training to start.")
+        with self._lock:
+            src = self.ema if self.ema is not None else self.model
+            model = copy.deepcopy(src).eval()
+        return ModelBundle(
+            model=model,
+            schedule=NoiseSchedule(self.config.schedule),
+            prediction=self.config.prediction,
+            image_size=self.config.image_size,
+            num_classes=self.num_classes,
+            class_names=self.class_names,
+            step=self.step,
+            preset=self.config.preset,
+            source=self.source,
+            device=self.device,
+            image_channels=getattr(model, "image_channels", 3),
+        )
 
     # ------------------------------------------------------------------ setup
 

@@ -19,7 +19,6 @@ continues step, optimizer, EMA, RNG, batch size and loss curve exactly, takes th
 
 from __future__ import annotations
 
-import copy
 import errno
 import threading
 import time
@@ -30,14 +29,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddpm_gui.core.schedule import NoiseSchedule
 from ddpm_gui.engine import events as ev
 from ddpm_gui.engine.config import RESUMABLE, TrainConfig
 from ddpm_gui.engine.device import device_label
 from ddpm_gui.engine.images import make_grid, png_bytes
 from ddpm_gui.engine.learner import Learner, NonFiniteStep, free_cached_memory, is_oom
 from ddpm_gui.engine.runfolder import RunFolder, data_change, refuse_data_change
-from ddpm_gui.engine.sampler import ModelBundle
 from ddpm_gui.engine.text import fmt_duration
 from ddpm_gui.errors import CheckpointError, ConfigError, DDPMError
 
@@ -74,6 +71,7 @@ class Trainer(Learner):
         super().__init__(config, data, data_progress)
         self.folder = RunFolder(run_dir)  # a ConfigError for an empty path, before anything runs
         self.run_dir = self.folder.path
+        self.source = f"training run {self.run_dir}"
         self.resume_requested = resume or restart
         self.restart = restart
         self.allow_data_change = allow_data_change
@@ -105,28 +103,6 @@ class Trainer(Learner):
     @property
     def stopping(self) -> bool:
         return self._stop.is_set()
-
-    def bundle(self) -> ModelBundle:
-        """A snapshot of the model being trained (EMA weights when on), safe to sample from in
-        another thread while training goes on."""
-        if self.model is None:
-            raise DDPMError("The model is not built yet: wait for training to start.")
-        with self._lock:
-            src = self.ema if self.ema is not None else self.model
-            model = copy.deepcopy(src).eval()
-        return ModelBundle(
-            model=model,
-            schedule=NoiseSchedule(self.config.schedule),
-            prediction=self.config.prediction,
-            image_size=self.config.image_size,
-            num_classes=self.num_classes,
-            class_names=self.class_names,
-            step=self.step,
-            preset=self.config.preset,
-            source=f"training run {self.run_dir}",
-            device=self.device,
-            image_channels=getattr(model, "image_channels", 3),
-        )
 
     def save_checkpoint(self) -> Path:
         tensors, meta = self.state_dict()
@@ -225,11 +201,11 @@ class Trainer(Learner):
                 changed[f.name] = (a, b)
             else:
                 a, b = (a.to_dict(), b.to_dict()) if f.name == "schedule" else (a, b)
-                fixed.append(f"{f.name} is {a!r} in the run but {b!r} now")
-        if fixed:
+                fixed.append(f"{f.name} is {a!r} in the checkpoint but {b!r} in this run")
+        if fixed:  # the settings given: the user's input
             raise ConfigError(
-                f"The run in {self.run_dir} was trained with other settings ({'; '.join(fixed[:3])}): resume it "
-                "with its own settings (leave those unchanged) or start a new run folder."
+                f"{ckpt.name} does not fit this run: {'; '.join(fixed[:3])}. Resume it with its own settings "
+                "(only the ones that may change mid-run can differ), or start a new run folder."
             )
         mine = self.model_config.to_dict()
         diffs = [

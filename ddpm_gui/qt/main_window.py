@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from PySide6.QtCore import QSettings, Qt, QTimer, Signal, Slot
-from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
+from PySide6.QtGui import QAction, QCloseEvent, QGuiApplication, QKeySequence
 from PySide6.QtWidgets import (
     QFileDialog,
     QLabel,
@@ -97,7 +97,10 @@ class MainWindow(QMainWindow):
         self.settings = self.state.settings
         self.setWindowTitle(APP_TITLE)
         self.setMinimumSize(900, 600)
-        self.resize(1280, 800)
+        screen = QGuiApplication.primaryScreen()
+        room = screen.availableGeometry() if screen is not None else None
+        # 1280x800, or the whole screen when it is smaller (a 1024x768 laptop)
+        self.resize(min(1280, room.width()) if room else 1280, min(800, room.height()) if room else 800)
 
         self.panels: dict[str, QWidget] = {}  # class name -> panel (real ones only)
         self._ready = False

@@ -285,3 +285,29 @@ def test_engine_loads_once(qtbot, settings, monkeypatch):
     assert calls == [1]
     assert [w.tabs.widget(i) for i in range(2)] == [w.panel("DataPanel"), w.panel("ForwardPanel")]
     qtbot.waitUntil(lambda: not w.is_busy(), timeout=30000)
+
+
+def test_an_opened_checkpoint_becomes_the_current_model_through_the_state(qtbot, window, tmp_path):
+    import torch
+
+    from ddpm_gui.engine.config import TrainConfig
+    from ddpm_gui.engine.trainer import Trainer
+
+    n_threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # see test_train_panel.one_torch_thread
+    try:
+        cfg = TrainConfig(data="builtin:64", batch_size=4, steps=2, preview_every=0, log_every=1)
+        events = list(Trainer(cfg, tmp_path / "run_a").run())
+    finally:
+        torch.set_num_threads(n_threads)
+    assert events[-1].reason == "completed"
+    seen = []
+    window.state.bundleChanged.connect(seen.append)
+    window.open_checkpoint(str(tmp_path / "run_a"))
+    qtbot.waitUntil(lambda: seen != [], timeout=30_000)
+    assert seen == [window.state.bundle] and window.state.bundle.step == 2
+    assert window.state.bundle_source == "run_a"
+    assert "run_a" in window.statusBar().currentMessage() and "step 2" in window.statusBar().currentMessage()
+    assert str(tmp_path / "run_a") in window.state.recent()
+    window.state.set_bundle(None)
+    assert window.state.bundle is None and window.state.bundle_source == ""

@@ -64,7 +64,7 @@ def test_cosine_ends_in_noise_and_hides_the_warning(qtbot, panel):
     panel.set_image(_contrast_image(), "halves")
     panel.set_schedule("cosine")
     _wait_frames(qtbot, panel)
-    assert panel.preset_combo.currentData() == "cosine"
+    assert panel.schedule_editor.preset_combo.currentData() == "cosine"
     assert panel.warning_text() == ""
     last = panel.frames().closed[-1].astype(np.float64)
     assert abs(_corr(last, _contrast_image())) < 0.1
@@ -78,11 +78,12 @@ def test_cosine_ends_in_noise_and_hides_the_warning(qtbot, panel):
 
 
 def test_editing_T_updates_plots_and_frames(qtbot, panel):
-    panel.T_spin.setValue(50)
-    assert len(panel.curves["beta"].getData()[0]) == 50
-    assert len(panel.curves["alpha_bar"].getData()[1]) == 50
-    assert len(panel.curves["snr"].getData()[1]) == 50
-    assert panel.preset_combo.currentData() == "(custom)"
+    editor, curves = panel.schedule_editor, panel.plots.curves
+    editor.T_spin.setValue(50)
+    assert len(curves["beta"].getData()[0]) == 50
+    assert len(curves["alpha_bar"].getData()[1]) == 50
+    assert len(curves["snr"].getData()[1]) == 50
+    assert editor.preset_combo.currentData() == "(custom)"
     _wait_frames(qtbot, panel, 50)
     panel.player.set_current(25)
     np.testing.assert_array_equal(panel.iter_view.images()[0], panel.frames().iterative[25])
@@ -91,15 +92,15 @@ def test_editing_T_updates_plots_and_frames(qtbot, panel):
 
 
 def test_invalid_beta_keeps_the_last_valid_schedule(qtbot, panel):
-    before = panel.schedule()
-    panel.beta_end_spin.setValue(0.00005)  # below beta_start = 1e-4
+    before, editor = panel.schedule(), panel.schedule_editor
+    editor.beta_end_spin.setValue(0.00005)  # below beta_start = 1e-4
     assert "beta_end" in panel.error_text()
     assert panel.schedule() is before
-    assert len(panel.curves["beta"].getData()[0]) == before.T
-    panel.beta_start_spin.setValue(0.0)
+    assert len(panel.plots.curves["beta"].getData()[0]) == before.T
+    editor.beta_start_spin.setValue(0.0)
     assert "beta_start" in panel.error_text()
-    panel.beta_start_spin.setValue(0.0001)
-    panel.beta_end_spin.setValue(0.02)
+    editor.beta_start_spin.setValue(0.0001)
+    editor.beta_end_spin.setValue(0.02)
     assert panel.error_text() == ""
     assert panel.schedule().config.beta_end == pytest.approx(0.02)
 
@@ -225,3 +226,128 @@ def test_same_pixels_as_the_cli(qtbot, panel, tmp_path):
     np.testing.assert_array_equal(cli_x0, load_image(src, 32))
     _wait_frames(qtbot, panel)
     np.testing.assert_array_equal(panel.frames().iterative[0], cli_x0)
+
+
+# ----------------------------------------------------------------------------- exports
+
+
+@pytest.fixture
+def quiet(monkeypatch):
+    from ddpm_gui.qt.panels import forward_panel
+
+    monkeypatch.setattr(forward_panel, "SHOW_DIALOGS", False)
+
+
+def _export(qtbot, panel, call, *args):
+    with qtbot.waitSignal(panel.exported, timeout=60_000) as done:
+        path = call(*args)
+        assert path is not None and panel.is_exporting() and panel.messages.busy_bar.isVisible()
+        assert not panel.png_btn.isEnabled() and not panel.anim_btn.isEnabled()
+    qtbot.waitUntil(lambda: not panel.is_exporting(), timeout=10_000)
+    assert done.args == [path] and panel.png_btn.isEnabled() and not panel.messages.busy_bar.isVisible()
+    return path
+
+
+def test_exports_what_it_shows_off_the_gui_thread(qtbot, panel, tmp_path, monkeypatch, quiet):
+    import threading
+
+    from ddpm_gui.qt import exports
+    from ddpm_gui.qt.exports import export_scale, tile
+
+    writers = []
+    for name in ("save_png", "save_animation"):
+
+        def recording(*a, _real=getattr(exports, name), **k):
+            writers.append(threading.current_thread())
+            return _real(*a, **k)
+
+        monkeypatch.setattr(exports, name, recording)
+    f, s = panel.frames(), export_scale(32)
+    png = _export(qtbot, panel, panel.save_png_strip, tmp_path / "strip")  # .png added
+    assert png == tmp_path / "strip.png"
+    picks = [0, 20, 40, 60, 80, 100]
+    with Image.open(png) as im:  # the six steps, iterative above, closed form below
+        want = tile(np.concatenate([f.iterative[picks], f.closed[picks]]), columns=6, scale=s)
+        np.testing.assert_array_equal(np.asarray(im.convert("RGB")), want)
+    for suffix in (".gif", ".webp"):
+        anim = _export(qtbot, panel, panel.save_animation, tmp_path / f"forward{suffix}")
+        with Image.open(anim) as im:  # every step 0..100, both processes side by side
+            assert im.n_frames == 101 and im.info["loop"] == 0
+            im.seek(100)
+            im.load()
+            if suffix == ".webp":  # lossless
+                last = tile(np.stack([f.iterative[100], f.closed[100]]), columns=2, scale=s)
+                np.testing.assert_array_equal(np.asarray(im.convert("RGB")), last)
+    assert len(writers) == 3 and threading.main_thread() not in writers
+    assert "Saved" in panel.messages.status_label.text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["forward.gif", "forward.webp", "strip.png"]
+
+
+def test_a_long_schedule_animates_evenly_spaced_steps(qtbot, panel, tmp_path, quiet):
+    from ddpm_gui.qt.exports import MAX_ANIMATION_FRAMES
+
+    panel.schedule_editor.T_spin.setValue(400)
+    _wait_frames(qtbot, panel, 400)
+    anim = _export(qtbot, panel, panel.save_animation, tmp_path / "long.webp")
+    with Image.open(anim) as im:
+        assert im.format == "WEBP" and im.n_frames == MAX_ANIMATION_FRAMES
+
+
+@pytest.mark.parametrize(
+    ("export", "name"), [("save_png_strip", "keep.png"), ("save_animation", "keep.webp")]
+)
+def test_a_failed_export_keeps_the_old_file(qtbot, panel, tmp_path, quiet, export, name):
+    from test_imageio import disk_full_at
+
+    target = tmp_path / name
+    target.write_bytes(b"an earlier export")
+    with disk_full_at(name):
+        assert getattr(panel, export)(target) == target
+        qtbot.waitUntil(lambda: not panel.is_exporting(), timeout=60_000)
+    assert target.read_bytes() == b"an earlier export"
+    assert [p.name for p in tmp_path.iterdir()] == [name]
+    msg = panel.messages.error_label.text()
+    assert not panel.messages.error_label.isHidden() and name in msg and "No space left" in msg, msg
+    assert panel.anim_btn.isEnabled()
+
+
+def test_save_dialogs_start_in_the_last_folder_used(qtbot, panel, tmp_path, monkeypatch, quiet):
+    from pathlib import Path
+
+    from ddpm_gui.qt import exports
+
+    asked = []
+
+    def dialog(parent, title, start, filters):
+        asked.append(start)
+        return str(tmp_path / "out" / "anim"), filters.split(";;")[1]  # no suffix typed, WebP picked
+
+    monkeypatch.setattr(exports.QFileDialog, "getSaveFileName", dialog)
+    monkeypatch.setattr(exports.Path, "home", classmethod(lambda cls: tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    path = panel.save_animation()
+    assert path == tmp_path / "out" / "anim.webp"  # the suffix of the filter chosen
+    qtbot.waitUntil(lambda: not panel.is_exporting(), timeout=60_000)
+    assert path.is_file() and Image.open(path).format == "WEBP"
+    assert asked == [str(tmp_path / "home" / "forward.gif")]
+    panel.save_png_strip()
+    qtbot.waitUntil(lambda: not panel.is_exporting(), timeout=60_000)
+    assert Path(asked[1]) == tmp_path / "out" / "forward.png"  # the folder of the last export
+
+
+# ----------------------------------------------------------------------------- drops that are not images
+
+
+def test_dropped_folders_and_checkpoints_say_what_to_drop(panel, tmp_path):
+    from .test_widgets import drop
+
+    before = panel.clean_image().copy()
+    (tmp_path / "photos").mkdir()
+    assert drop(panel, tmp_path / "photos") is False
+    assert "photos is a folder" in panel.image_error_text()
+    assert "open folders in the Data tab" in panel.image_error_text()
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
+    assert drop(panel, tmp_path / "model.safetensors") is False
+    msg = panel.image_error_text()
+    assert "model.safetensors" in msg and "needs no model" in msg and "drop an image file" in msg, msg
+    np.testing.assert_array_equal(panel.clean_image(), before)

@@ -1,13 +1,12 @@
-"""ImageGrid and FramePlayer: the widgets every panel shows images with."""
+"""ImageGrid: the widget every panel shows images with (the frame player: test_widgets.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from PySide6.QtCore import QPointF, Qt
-from PySide6.QtWidgets import QApplication
 
-from ddpm_gui.qt.imageview import FramePlayer, ImageGrid, as_hw3_batch
+from ddpm_gui.qt.imageview import ImageGrid, as_hw3_batch
 from tests.qt.conftest import grab_variance
 
 pytestmark = pytest.mark.qt
@@ -72,50 +71,3 @@ def test_as_hw3_batch_shapes():
     assert as_hw3_batch(np.zeros((2, 8, 8, 1), np.uint8)).shape == (2, 8, 8, 3)
     with pytest.raises(ValueError):
         ImageGrid().set_images(np.zeros((2, 8, 8, 3), np.uint8), ["one"])
-
-
-def test_player_steps_plays_and_follows_live(qtbot):
-    p = FramePlayer(fps=60)
-    qtbot.addWidget(p)
-    seen = []
-    p.frameChanged.connect(seen.append)
-    p.set_expected(5)
-    for i in range(3):
-        p.append_frame(f"f{i}")
-    assert p.count() == 3 and p.current() == 2  # live: follows the newest
-    assert p.frame() == "f2"
-    p.step(-1)
-    assert p.current() == 1
-    p.append_frame("f3")
-    assert p.current() == 1  # not at the end: stays where the user is
-    p.set_current(0)
-    p.play()
-    qtbot.waitUntil(lambda: p.current() == 3, timeout=2000)
-    p.append_frame("f4")
-    qtbot.waitUntil(lambda: p.current() == 4, timeout=2000)
-    p.pause()
-    assert not p.is_playing()
-    assert "4 / 4" in p._label.text()
-    assert seen[:2] == [0, 1] or 0 in seen
-
-
-def test_player_keyboard(qtbot):
-    p = FramePlayer()
-    qtbot.addWidget(p)
-    p.show()
-    qtbot.waitExposed(p)
-    p.set_count(10)
-    p.set_current(5)
-    p.activateWindow()
-    qtbot.waitUntil(lambda: QApplication.activeWindow() is p, timeout=2000)
-    p._slider.setFocus()
-    qtbot.keyClick(p._slider, Qt.Key.Key_Left)
-    assert p.current() == 4
-    qtbot.keyClick(p._slider, Qt.Key.Key_Right)
-    assert p.current() == 5
-    qtbot.keyClick(p._slider, Qt.Key.Key_Space)
-    assert p.is_playing()
-    qtbot.keyClick(p._slider, Qt.Key.Key_Space)
-    assert not p.is_playing()
-    p.clear()
-    assert p.count() == 0 and p.current() == -1

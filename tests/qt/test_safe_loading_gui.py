@@ -40,7 +40,7 @@ def panel(qtbot, settings, monkeypatch):
 def test_sample_panel_refuses_crafted_and_corrupt_files(qtbot, panel, crafted):
     for path in crafted:
         panel.load_checkpoint(path)
-        qtbot.waitUntil(lambda: panel._load_job is None, timeout=30_000)
+        qtbot.waitUntil(lambda: not panel.is_busy(), timeout=30_000)
         text = panel.error_label.text()
         assert not panel.error_label.isHidden() and path.name in text, (path.name, text)
         assert panel.bundle() is None and panel.isVisible()

@@ -9,8 +9,13 @@ import pytest
 
 pytest.importorskip("pytestqt")
 
+from ddpm_gui.qt import exports
+from ddpm_gui.qt.exports import export_scale, tile
 from ddpm_gui.qt.panels import sample_panel as sp
 from ddpm_gui.qt.state import AppState
+from ddpm_gui.qt.widgets import frames_every
+
+from .test_widgets import drop
 
 pytestmark = pytest.mark.qt
 
@@ -63,12 +68,12 @@ def panel(qtbot, settings, monkeypatch):
 
 def test_tile_and_frames_every():
     imgs = np.arange(5 * 4 * 4 * 3, dtype=np.uint8).reshape(5, 4, 4, 3)
-    m = sp.tile(imgs, pad=1, scale=2)  # 3 columns, 2 rows of 8x8 tiles
+    m = tile(imgs, pad=1, scale=2)  # 3 columns, 2 rows of 8x8 tiles
     assert m.shape == (2 * 9 + 1, 3 * 9 + 1, 3)
     np.testing.assert_array_equal(m[1:9:2, 1:9:2], imgs[0])
-    assert sp.frames_every(100, 16, 32) == 1
-    assert sp.frames_every(1000, 16, 32) == 10
-    assert sp.frames_every(1000, 64, 256) > 10  # big frames: fewer kept
+    assert frames_every(100, 16, 32) == 1
+    assert frames_every(1000, 16, 32) == 10
+    assert frames_every(1000, 64, 256) > 10  # big frames: fewer kept
 
 
 def test_no_model_message(panel):
@@ -88,7 +93,7 @@ def test_generate_ddim_frames_and_export(qtbot, panel, bundle, tmp_path):
     panel.sampler_form.steps_spin.setValue(10)
     panel.n_spin.setValue(4)
     assert panel.generate() is True
-    qtbot.waitUntil(lambda: not panel.is_busy() and panel._job is None, timeout=60_000)
+    qtbot.waitUntil(lambda: not panel.is_busy() and not panel.is_sampling(), timeout=60_000)
     assert panel.error_label.isHidden(), panel.error_label.text()
     frames = panel.frames()
     assert len(frames) == 10 and frames[-1].final
@@ -102,10 +107,10 @@ def test_generate_ddim_frames_and_export(qtbot, panel, bundle, tmp_path):
 
     png = panel.save_png_grid(tmp_path / "grid.png")
     qtbot.waitUntil(lambda: not panel.is_exporting(), timeout=60_000)  # written in a worker
-    gif = panel.save_gif(tmp_path / "anim.gif")
+    gif = panel.save_animation(tmp_path / "anim.gif")
     qtbot.waitUntil(lambda: not panel.is_exporting(), timeout=60_000)
     with Image.open(png) as im:
-        s = 32 * sp.export_scale(32)
+        s = 32 * export_scale(32)
         assert im.size == (2 * (s + 2) + 2, 2 * (s + 2) + 2)
     with Image.open(gif) as im:
         assert im.n_frames > 1
@@ -119,7 +124,7 @@ def test_stop_mid_run(qtbot, panel, bundle):
     assert panel.generate()
     qtbot.waitUntil(lambda: len(panel.frames()) >= 2, timeout=60_000)
     panel.stop()
-    qtbot.waitUntil(lambda: panel._job is None, timeout=60_000)
+    qtbot.waitUntil(lambda: not panel.is_sampling(), timeout=60_000)
     assert not panel.is_busy()
     assert 2 <= len(panel.frames()) < 100
     assert not panel.frames()[-1].final
@@ -128,19 +133,25 @@ def test_stop_mid_run(qtbot, panel, bundle):
 
 
 def test_load_checkpoint(qtbot, panel, run_dir, tmp_path):
+    """The Load button's model becomes the app's (AppState.set_bundle): the panel keeps no model of its own."""
     bad = tmp_path / "broken.safetensors"
     bad.write_bytes(b"not a checkpoint")
     panel.load_checkpoint(bad)
-    qtbot.waitUntil(lambda: panel._load_job is None, timeout=30_000)
+    qtbot.waitUntil(lambda: not panel.is_loading(), timeout=30_000)
     assert not panel.error_label.isHidden() and panel.error_label.text()
-    assert panel.bundle() is None
-    panel.load_checkpoint(run_dir)
-    qtbot.waitUntil(lambda: panel._load_job is None, timeout=30_000)
-    assert panel.loaded_radio.isChecked()
+    assert panel.bundle() is None and panel.state.bundle is None
+    with qtbot.waitSignal(panel.state.bundleChanged, timeout=30_000):
+        assert panel.load_checkpoint(run_dir)
+    qtbot.waitUntil(lambda: not panel.is_loading(), timeout=30_000)
     b = panel.bundle()
     assert b is not None and b.preset == "tiny" and b.step == 5
-    assert "tiny" in panel.model_label.text()
+    assert panel.state.bundle is b and panel.state.bundle_source == run_dir.name
+    assert panel.state.recent() == [str(run_dir)]
+    assert "tiny" in panel.model_label.text() and panel.error_label.isHidden()
     assert panel.generate_btn.isEnabled()
+    panel.state.set_bundle(None)  # whoever replaces the app's model replaces this panel's
+    assert panel.bundle() is None and not panel.generate_btn.isEnabled()
+    assert "Train a model in the Train tab" in panel.model_label.text()
 
 
 # ----------------------------------------------------------------------------- exports: in a worker, atomic
@@ -152,7 +163,7 @@ def _generate(qtbot, panel, bundle, n: int = 4) -> np.ndarray:
     panel.sampler_form.steps_spin.setValue(3)
     panel.n_spin.setValue(n)
     assert panel.generate()
-    qtbot.waitUntil(lambda: panel._job is None, timeout=60_000)
+    qtbot.waitUntil(lambda: not panel.is_sampling(), timeout=60_000)
     assert panel.final_images() is not None, panel.error_label.text()
     return panel.final_images()
 
@@ -164,19 +175,19 @@ def test_export_runs_in_a_worker_with_a_busy_bar(qtbot, panel, bundle, tmp_path,
 
     final = _generate(qtbot, panel, bundle)
     writers = []
-    for name in ("save_png", "save_gif"):  # record the thread that writes, then write for real
+    for name in ("save_png", "save_animation"):  # record the thread that writes, then write for real
 
-        def recording(*a, _real=getattr(sp, name), **k):
+        def recording(*a, _real=getattr(exports, name), **k):
             writers.append(threading.current_thread())
             return _real(*a, **k)
 
-        monkeypatch.setattr(sp, name, recording)
+        monkeypatch.setattr(exports, name, recording)
     with qtbot.waitSignal(panel.exported, timeout=60_000) as done:
         png = panel.save_png_grid(tmp_path / "grid")  # no suffix: .png is added
         assert png == tmp_path / "grid.png"
         assert panel.is_exporting() and panel.export_bar.isVisible()  # busy, and the window keeps running
-        assert not panel.png_btn.isEnabled() and not panel.gif_btn.isEnabled()
-        assert panel.save_gif(tmp_path / "other.gif") is None  # one export at a time
+        assert not panel.png_btn.isEnabled() and not panel.anim_btn.isEnabled()
+        assert panel.save_animation(tmp_path / "other.gif") is None  # one export at a time
     assert done.args == [png]
     qtbot.waitUntil(lambda: not panel.is_exporting(), timeout=10_000)
     assert (
@@ -185,17 +196,23 @@ def test_export_runs_in_a_worker_with_a_busy_bar(qtbot, panel, bundle, tmp_path,
         and "Saved" in panel.status_label.text()
     )
     with Image.open(png) as im:  # complete, and exactly the mosaic of the final samples
-        np.testing.assert_array_equal(
-            np.asarray(im.convert("RGB")), sp.tile(final, scale=sp.export_scale(32))
-        )
+        np.testing.assert_array_equal(np.asarray(im.convert("RGB")), tile(final, scale=export_scale(32)))
     with qtbot.waitSignal(panel.exported, timeout=60_000):
-        gif = panel.save_gif(tmp_path / "anim.gif")
+        gif = panel.save_animation(tmp_path / "anim.gif")
     qtbot.waitUntil(lambda: not panel.is_exporting(), timeout=10_000)
     with Image.open(gif) as im:
-        assert im.n_frames == len(panel.frames()) and im.info["loop"] == 0
+        assert im.format == "GIF" and im.n_frames == len(panel.frames()) and im.info["loop"] == 0
         im.seek(im.n_frames - 1)
         im.load()  # every frame decodes: the file is whole
-    assert len(writers) == 2 and threading.main_thread() not in writers
+    with qtbot.waitSignal(panel.exported, timeout=60_000):
+        webp = panel.save_animation(tmp_path / "anim.webp")
+    qtbot.waitUntil(lambda: not panel.is_exporting(), timeout=10_000)
+    with Image.open(webp) as im:  # lossless: the last frame is exactly the final mosaic
+        assert im.format == "WEBP" and im.n_frames == len(panel.frames()) and im.info["loop"] == 0
+        im.seek(im.n_frames - 1)
+        np.testing.assert_array_equal(np.asarray(im.convert("RGB")), tile(final, scale=export_scale(32)))
+        assert im.info["duration"] == exports.HOLD_LAST_MS
+    assert len(writers) == 3 and threading.main_thread() not in writers
     assert not list(tmp_path.glob(".*"))  # no temp file left beside them
 
 
@@ -206,13 +223,13 @@ def test_failed_export_shows_an_error_and_keeps_the_old_file(qtbot, panel, bundl
     target = tmp_path / "keep.gif"
     target.write_bytes(b"an earlier export")
     with disk_full_at("keep.gif"):
-        assert panel.save_gif(target) == target
+        assert panel.save_animation(target) == target
         qtbot.waitUntil(lambda: not panel.is_exporting(), timeout=60_000)
     assert target.read_bytes() == b"an earlier export"
     assert [p.name for p in tmp_path.iterdir()] == ["keep.gif"]
     msg = panel.error_label.text()
     assert not panel.error_label.isHidden() and "keep.gif" in msg and "No space left" in msg, msg
-    assert panel.gif_btn.isEnabled() and not panel.export_bar.isVisible()
+    assert panel.anim_btn.isEnabled() and not panel.export_bar.isVisible()
 
 
 def test_save_dialogs_open_in_the_runs_samples_folder(qtbot, panel, bundle, run_dir, tmp_path, monkeypatch):
@@ -226,7 +243,7 @@ def test_save_dialogs_open_in_the_runs_samples_folder(qtbot, panel, bundle, run_
         asked.append(start)
         return str(tmp_path / "chosen" / Path(start).name), filters
 
-    monkeypatch.setattr(sp.QFileDialog, "getSaveFileName", dialog)
+    monkeypatch.setattr(exports.QFileDialog, "getSaveFileName", dialog)
     assert panel.save_png_grid() == tmp_path / "chosen" / "samples.png"
     qtbot.waitUntil(lambda: not panel.is_exporting(), timeout=60_000)
     assert asked == [str(run_dir / "samples" / "samples.png")]
@@ -234,4 +251,50 @@ def test_save_dialogs_open_in_the_runs_samples_folder(qtbot, panel, bundle, run_
     # a model from a loose checkpoint (no run folder): the last folder used
     panel.state.set_bundle(replace(bundle, source=str(tmp_path / "loose.safetensors")))
     assert panel.export_folder() == tmp_path / "chosen"
-    assert sp.run_folder(bundle) == run_dir and sp.run_folder(panel.state.bundle) is None
+    assert exports.run_folder(bundle) == run_dir and exports.run_folder(panel.state.bundle) is None
+
+
+@pytest.mark.parametrize(("export", "name"), [("save_png_grid", "keep.png"), ("save_animation", "keep.webp")])
+def test_every_failed_export_keeps_the_old_file(qtbot, panel, bundle, tmp_path, export, name):
+    from test_imageio import disk_full_at
+
+    _generate(qtbot, panel, bundle)
+    target = tmp_path / name
+    target.write_bytes(b"an earlier export")
+    with disk_full_at(name):
+        assert getattr(panel, export)(target) == target
+        qtbot.waitUntil(lambda: not panel.is_exporting(), timeout=60_000)
+    assert target.read_bytes() == b"an earlier export"
+    assert [p.name for p in tmp_path.iterdir()] == [name]
+    assert name in panel.error_label.text() and "No space left" in panel.error_label.text()
+
+
+# ----------------------------------------------------------------------------- drag and drop
+
+
+def test_dropped_images_and_folders_are_refused_with_what_to_drop(qtbot, panel, tmp_path):
+    from PIL import Image
+
+    image = tmp_path / "cat.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
+    assert drop(panel, image) is False
+    msg = panel.error_label.text()
+    assert "cat.png" in msg and "checkpoint (.safetensors) or a run folder" in msg, msg
+    assert "Forward or Denoise tab" in msg and not panel.is_loading() and panel.state.bundle is None
+    (tmp_path / "photos").mkdir()
+    assert drop(panel, tmp_path / "photos") is False
+    assert "photos" in panel.error_label.text() and "Data tab" in panel.error_label.text()
+
+
+@pytest.mark.parametrize("what", ["run folder", "checkpoint file"])
+def test_a_dropped_run_or_checkpoint_becomes_the_apps_model(qtbot, panel, run_dir, what):
+    from ddpm_gui.engine.checkpoint import list_checkpoints
+
+    path = run_dir if what == "run folder" else list_checkpoints(run_dir)[-1][1]
+    sources = []
+    panel.state.bundleChanged.connect(lambda b: sources.append(panel.state.bundle_source))
+    assert drop(panel, path) is True
+    qtbot.waitUntil(lambda: panel.state.bundle is not None and not panel.is_loading(), timeout=30_000)
+    assert sources == [path.name]  # through AppState.set_bundle, named after what was dropped
+    assert panel.bundle() is panel.state.bundle and panel.bundle().step == 5
+    assert panel.generate_btn.isEnabled() and panel.error_label.isHidden()

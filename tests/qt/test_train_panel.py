@@ -209,7 +209,7 @@ def test_amp_disabled_on_cpu_and_model_info_shown(panel):
     assert panel.device_combo.findData("cpu") >= 0
 
 
-def test_short_training_run(qtbot, panel, state, tmp_path):
+def test_short_training_run(qtbot, panel, state, tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
     configure(panel, run_dir, steps=30, batch=16, preview=10)
     trainings = []
@@ -251,14 +251,20 @@ def test_short_training_run(qtbot, panel, state, tmp_path):
     # the quality check on the finished run's weights: classifier trained on the run's data, 10 samples
     assert panel.quality.eval_btn.isEnabled()
     panel.quality.n_spin.setValue(10)
+    import threading
+
+    threads = []  # the check runs in its job's QThread: it starts no thread of its own
+    real_start = threading.Thread.start
+    monkeypatch.setattr(threading.Thread, "start", lambda self: threads.append(self.name) or real_start(self))
     assert panel.evaluate_quality() is True
     assert not panel.quality.eval_btn.isEnabled()  # one at a time
     qtbot.waitUntil(lambda: not panel.quality.is_busy(), timeout=900_000)  # a classifier is trained first
     q = panel.last_quality
-    assert q is not None, panel.quality_label.text()
+    assert q is not None, panel.quality.label.text()
     assert q.n == 10 and q.model_step == 30 and q.dataset_images == 256
     assert 0.0 <= q.recognisable <= 1.0 and q.frechet_distance >= 0.0
-    assert "Quality at step 30" in panel.quality_label.text() and panel.quality.eval_btn.isEnabled()
+    assert "Quality at step 30" in panel.quality.label.text() and panel.quality.eval_btn.isEnabled()
+    assert threads == []
 
 
 def test_pause_resume_stop(qtbot, panel, state, tmp_path):

@@ -3,10 +3,18 @@
 Pick an image (the current dataset, the built-in shapes, or a file), noise it to timestep t with the
 closed form q(x_t | x_0) K independent ways, then run the reverse chain from t for each: the K results
 show what the model "remembers" of the image at that noise level (small t: the same image; large t:
-K different images that share only the coarse layout and colours).
+K different images that share only the coarse layout and colours). The chain's frames are kept (at most
+~100) and can be scrubbed with the frame player.
+
+t is the tutorial's: a 0-based index into the schedule (0 to T-1), as `ddpm-gui denoise --t` takes it;
+the Forward tab numbers its steps from 1, so t = 50 is its step 51. The note under the t control says so
+once; every other label of this tab speaks of t.
 
 Image files (Open, or dropped on the panel) go through the app's one image loader
 (`data.imageio.load_image`), at the model's size; when the model's size changes, the file is read again.
+A checkpoint or run folder dropped here becomes the app's model (AppState.set_bundle). The tab exports
+what it shows (qt/exports.py): a PNG of the row (original, noised start, K results, as `ddpm-gui denoise
+--out` writes it) and an animated GIF or WebP of that row through the reverse chain.
 """
 
 from __future__ import annotations
@@ -16,120 +24,80 @@ import threading
 from pathlib import Path
 
 import numpy as np
-from PySide6.QtCore import Qt, Slot
-from PySide6.QtWidgets import (
-    QFileDialog,
-    QFormLayout,
-    QGroupBox,
-    QHBoxLayout,
-    QLabel,
-    QMessageBox,
-    QPushButton,
-    QScrollArea,
-    QSlider,
-    QSpinBox,
-    QVBoxLayout,
-    QWidget,
-)
+from PySide6.QtCore import Qt, Signal, Slot
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QScrollArea, QVBoxLayout, QWidget
 
-from ddpm_gui.data.imageio import fit_square, load_image
-from ddpm_gui.errors import DDPMError
+from ddpm_gui.qt.exports import Exporter, export_scale, tile
 from ddpm_gui.qt.imageview import ImageGrid
-from ddpm_gui.qt.panels.sample_panel import NO_MODEL_TEXT, SamplerForm, describe_bundle
+from ddpm_gui.qt.panels.denoise_form import DenoiseForm
+from ddpm_gui.qt.player import FramePlayer
 from ddpm_gui.qt.state import AppState
-from ddpm_gui.qt.style import ERROR_STYLE, INFO_STYLE
-from ddpm_gui.qt.workers import Job, refuse_new_jobs
+from ddpm_gui.qt.style import INFO_STYLE
+from ddpm_gui.qt.widgets import (
+    NO_MODEL_TEXT,
+    Messages,
+    ModelLoader,
+    accept_file_drags,
+    describe_bundle,
+    drop_kind,
+    dropped_paths,
+    frames_every,
+    kept_frames,
+)
+from ddpm_gui.qt.workers import JobSlot, shutdown_jobs
 
 # Tests set this to False: errors are then shown in the panel only, never in a modal dialog.
 SHOW_DIALOGS = True
 
-STRIP = 16  # images shown in the chooser strip
-DEFAULT_INDEX = 4  # the tutorial's horse is image 4 of its CIFAR-10 grid
-DEFAULT_T = 50  # the tutorial noises to t = 50 of 100
-DEFAULT_K = 10
+
+def _dialogs() -> bool:
+    return SHOW_DIALOGS
+
+
+def t_note(t: int, T: int, alpha_bar: float) -> str:
+    """What t means, said once: the tutorial's 0-based index, the Forward tab's 1-based step t + 1."""
+    return (
+        f"t = {t} counts from 0 (0 to {T - 1}), as in the tutorial and `ddpm-gui denoise --t`; the Forward "
+        f"tab counts steps from 1, so this is its step {t + 1} of {T}. ᾱ = {alpha_bar:.4f}: "
+        f"x_t = {math.sqrt(alpha_bar):.2f}·image + {math.sqrt(1 - alpha_bar):.2f}·noise."
+    )
 
 
 class DenoisePanel(QWidget):
+    exported = Signal(object)  # the Path of a finished export
+
     def __init__(self, state: AppState, parent: QWidget | None = None):
         super().__init__(parent)
         self.state = state
-        self._job: Job | None = None
-        self._file_image: np.ndarray | None = None  # an opened file, at the model's size
-        self._file_path: Path | None = None
-        self._file_name = ""
-        self._builtin: tuple[np.ndarray, np.ndarray] | None = None
-        self._strip_start = 0
-        self._results: np.ndarray | None = None
-        self._starts: np.ndarray | None = None
+        self._chain: list = []  # SampleFrames: the K noised starts (index -1), then the kept reverse steps
+        self._original: np.ndarray | None = None  # the image of the last run
         self._seed_used = 0
         self._t_used = 0
+        self.messages = Messages(state, _dialogs, self)
+        self.status_label, self.error_label = self.messages.status_label, self.messages.error_label
+        self._denoising = JobSlot(
+            self,
+            self._on_frame,
+            self._on_failed,
+            self._on_done,
+            error_title="Denoising failed",
+            dialogs=_dialogs,
+        )
+        self.loader = ModelLoader(self, state, self.messages, _dialogs)
+        self.exporter = Exporter(self, state, self.messages, _dialogs, bundle=lambda: self.state.bundle)
+        self.exporter.exported.connect(self.exported)
         self._build_ui()
-        state.dataChanged.connect(self._on_data_changed)
+        for slot in (self._denoising, self.loader, self.exporter):
+            slot.busyChanged.connect(self._update_buttons)
+        self.form.imageChanged.connect(self._show_original)
+        self.form.t_spin.valueChanged.connect(self._update_t_note)
         state.bundleChanged.connect(self._on_bundle_changed)
-        self._on_data_changed(state.data)
         self._on_bundle_changed(state.bundle)
         self.setAcceptDrops(True)
 
     # ------------------------------------------------------------------ UI
     def _build_ui(self) -> None:
-        # --- the image
-        self.source_label = QLabel()
-        self.source_label.setWordWrap(True)
-        self.source_label.setStyleSheet(INFO_STYLE)
-        self.strip = ImageGrid(columns=8, captions_visible=True)
-        self.strip.setMinimumHeight(110)
-        self.strip.setMaximumHeight(150)
-        self.strip.setToolTip("Click an image to choose it")
-        self.strip.clicked.connect(self._on_strip_clicked)
-        self.index_spin = QSpinBox()
-        self.index_spin.setRange(0, 0)
-        self.index_spin.valueChanged.connect(self._on_index_changed)
-        self.open_btn = QPushButton("Open image &file…")
-        self.open_btn.clicked.connect(lambda: self.open_image())
-        img_box = QGroupBox("Image")
-        iv = QVBoxLayout(img_box)
-        iv.addWidget(self.source_label)
-        iv.addWidget(self.strip)
-        row = QFormLayout()
-        row.addRow("&Index:", self.index_spin)
-        iv.addLayout(row)
-        iv.addWidget(self.open_btn)
-
-        # --- noise and denoise
-        self.t_slider = QSlider(Qt.Orientation.Horizontal)
-        self.t_slider.setRange(1, 99)
-        self.t_slider.setValue(DEFAULT_T)
-        self.t_spin = QSpinBox()
-        self.t_spin.setRange(1, 99)
-        self.t_spin.setValue(DEFAULT_T)
-        self.t_slider.valueChanged.connect(self.t_spin.setValue)
-        self.t_spin.valueChanged.connect(self.t_slider.setValue)
-        self.t_spin.valueChanged.connect(self._update_t_note)
-        self.t_note = QLabel()
-        self.t_note.setStyleSheet(INFO_STYLE)
-        self.t_note.setWordWrap(True)
-        t_row = QHBoxLayout()
-        t_row.addWidget(self.t_slider, 1)
-        t_row.addWidget(self.t_spin)
-        self.k_spin = QSpinBox()
-        self.k_spin.setRange(1, 64)
-        self.k_spin.setValue(DEFAULT_K)
-        self.k_spin.setToolTip("How many independent noisings (and denoisings) of the image")
-        self.seed_spin = QSpinBox()
-        self.seed_spin.setRange(0, 2**31 - 1)
-        self.sampler_form = SamplerForm(default="ddpm-beta", ddim_steps=20)
-        form = QFormLayout()
-        t_label = QLabel("Noise to &t:")
-        t_label.setBuddy(self.t_spin)
-        form.addRow(t_label, t_row)
-        form.addRow("", self.t_note)
-        form.addRow("&K continuations:", self.k_spin)
-        form.addRow("See&d:", self.seed_spin)
-        run_box = QGroupBox("Noise, then denoise")
-        rv = QVBoxLayout(run_box)
-        rv.addLayout(form)
-        rv.addWidget(self.sampler_form)
-
+        self.form = DenoiseForm(self.state, self.messages, self)
         self.run_btn = QPushButton("&Run")
         self.run_btn.setDefault(True)
         self.run_btn.clicked.connect(self.run)
@@ -138,29 +106,26 @@ class DenoisePanel(QWidget):
         self.rerun_btn = QPushButton("Re-run with &new seeds")
         self.rerun_btn.setToolTip("Increase the seed and run again: other noise, other continuations")
         self.rerun_btn.clicked.connect(self.rerun)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.run_btn)
-        buttons.addWidget(self.stop_btn)
+        self.png_btn = QPushButton("Save PN&G row…")
+        self.png_btn.setToolTip("Original, noised start and the K results in one row, as a PNG")
+        self.png_btn.clicked.connect(lambda: self.save_png_row())
+        self.anim_btn = QPushButton("Save GIF / &WebP…")
+        self.anim_btn.setToolTip("That row through the reverse chain, as an animated GIF or WebP")
+        self.anim_btn.clicked.connect(lambda: self.save_animation())
         self.model_label = QLabel(NO_MODEL_TEXT)
         self.model_label.setWordWrap(True)
         self.model_label.setStyleSheet(INFO_STYLE)
-        self.status_label = QLabel("")
-        self.status_label.setWordWrap(True)
-        self.error_label = QLabel()
-        self.error_label.setWordWrap(True)
-        self.error_label.setStyleSheet(ERROR_STYLE)
-        self.error_label.hide()
-
         left = QWidget()
         lv = QVBoxLayout(left)
         lv.setContentsMargins(0, 0, 4, 0)
-        lv.addWidget(img_box)
-        lv.addWidget(run_box)
-        lv.addLayout(buttons)
-        lv.addWidget(self.rerun_btn)
+        lv.addWidget(self.form)
+        for pair in ((self.run_btn, self.stop_btn), (self.rerun_btn,), (self.png_btn, self.anim_btn)):
+            row = QHBoxLayout()
+            for b in pair:
+                row.addWidget(b)
+            lv.addLayout(row)
         lv.addWidget(self.model_label)
-        lv.addWidget(self.status_label)
-        lv.addWidget(self.error_label)
+        lv.addWidget(self.messages)
         lv.addStretch(1)
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
@@ -169,8 +134,11 @@ class DenoisePanel(QWidget):
         scroll.setMinimumWidth(340)
         scroll.setMaximumWidth(420)
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        outer = QHBoxLayout(self)
+        outer.addWidget(scroll)
+        outer.addWidget(self._results_view(), 1)
 
-        # --- results
+    def _results_view(self) -> QWidget:
         self.original_view = ImageGrid(captions_visible=False)
         self.start_view = ImageGrid(captions_visible=False)
         self.starts_grid = ImageGrid(captions_visible=False)
@@ -189,141 +157,51 @@ class DenoisePanel(QWidget):
             col.addWidget(title)
             col.addWidget(view, 1)
             top.addLayout(col, stretch)
+        self.player = FramePlayer(fps=10)
+        self.player.set_loop(False)
+        self.player.frameChanged.connect(self._show_frame)
         right = QWidget()
         rl = QVBoxLayout(right)
         rl.setContentsMargins(4, 0, 0, 0)
         rl.addLayout(top, 2)
         rl.addWidget(self.results_title)
         rl.addWidget(self.results_grid, 3)
+        rl.addWidget(self.player)
+        self.player.install_shortcuts(right)
+        return right
 
-        outer = QHBoxLayout(self)
-        outer.addWidget(scroll)
-        outer.addWidget(right, 1)
-        self._update_buttons()
-
-    # ------------------------------------------------------------------ image source
-    def _pool(self) -> tuple[np.ndarray, np.ndarray | None, list[str] | None, str]:
-        """(images, labels, class names, description) the index chooses from."""
-        d = self.state.data
-        if d is not None:
-            return d.images, d.labels, d.class_names, f"{d.name}: {len(d):,} images"
-        if self._builtin is None:
-            from ddpm_gui.data.builtin import BUILTIN_CLASSES, generate_builtin
-
-            size = self.state.bundle.image_size if self.state.bundle is not None else 32
-            imgs, labels = generate_builtin(64, size=max(size, 8))
-            self._builtin = (imgs, labels)
-            self._builtin_names = list(BUILTIN_CLASSES)
-        imgs, labels = self._builtin
-        return imgs, labels, self._builtin_names, "built-in shapes (nothing loaded in the Data tab)"
-
-    @Slot(object)
-    def _on_data_changed(self, _data: object) -> None:
-        images, _, _, desc = self._pool()
-        self.index_spin.blockSignals(True)
-        self.index_spin.setRange(0, max(len(images) - 1, 0))
-        if self._file_image is None and self.index_spin.value() == 0:
-            self.index_spin.setValue(min(DEFAULT_INDEX, len(images) - 1))
-        self.index_spin.blockSignals(False)
-        self.source_label.setText(desc)
-        self._strip_start = -1
-        self._on_index_changed(self.index_spin.value(), keep_file=self._file_image is not None)
-
-    @Slot(int)
-    def _on_strip_clicked(self, i: int) -> None:
-        self.index_spin.setValue(self._strip_start + i)
-        self._on_index_changed(self.index_spin.value())
-
-    @Slot(int)
-    def _on_index_changed(self, index: int, keep_file: bool = False) -> None:
-        if not keep_file:
-            self._file_image = self._file_path = None
-        images, labels, names, _desc = self._pool()
-        start = (index // STRIP) * STRIP
-        self._strip_start = start
-        chunk = images[start : start + STRIP]
-        marked = self._file_image is None
-        self.strip.set_images(
-            chunk,
-            captions=[
-                f"[{start + j}]" if marked and start + j == index else str(start + j)
-                for j in range(len(chunk))
-            ],
-        )
-        self._show_original()
-
-    def open_image(self, path: str | Path | None = None) -> bool:
-        """Use an image file (any size; centre-cropped and resized to the model's size by the app's image
-        loader). On failure the message is shown and the current image is kept."""
-        if path is None:
-            path, _ = QFileDialog.getOpenFileName(
-                self,
-                "Open image",
-                str(Path.home()),
-                "Images (*.png *.jpg *.jpeg *.bmp *.gif *.webp *.tif *.tiff);;All files (*)",
-            )
-            if not path:
-                return False
-        try:
-            image = load_image(path, self.model_size())
-        except DDPMError as e:
-            self._error(str(e), "Cannot open the image")
-            return False
-        self.error_label.hide()
-        self._file_image, self._file_path, self._file_name = image, Path(path), Path(path).name
-        self.source_label.setText(f"File: {self._file_name} (pick an index to go back to the dataset)")
-        self._on_index_changed(self.index_spin.value(), keep_file=True)  # unmarks the strip
-        return True
-
-    def dragEnterEvent(self, event) -> None:  # Qt API
-        if event.mimeData().hasUrls() and any(u.isLocalFile() for u in event.mimeData().urls()):
-            event.acceptProposedAction()
-
-    def dropEvent(self, event) -> None:  # Qt API
-        for url in event.mimeData().urls():
-            if url.isLocalFile() and self.open_image(url.toLocalFile()):
-                event.acceptProposedAction()
-                return
-
-    def _refit_file(self) -> None:
-        """After the model's size changed: read the opened file again at the new size (one crop and resize
-        from the file, as the CLI does, never a resize of a resize). If it cannot be read any more, say so
-        and go back to the dataset's image."""
-        size = self.model_size()
-        if self._file_image is None or self._file_image.shape[0] == size:
-            return
-        try:
-            self._file_image = load_image(self._file_path, size)
-        except DDPMError as e:
-            self._file_image = self._file_path = None
-            self.source_label.setText(self._pool()[3])
-            self._on_index_changed(self.index_spin.value())
-            self._error(f"{e} Showing the dataset's image instead.", "Cannot open the image")
-
-    def model_size(self) -> int:
-        b = self.state.bundle
-        return b.image_size if b is not None else 32
-
+    # ------------------------------------------------------------------ image (the form's)
     def image(self) -> np.ndarray:
         """The image to noise, at the model's size ((S, S, 3) uint8)."""
-        if self._file_image is not None and self._file_image.shape[0] == self.model_size():
-            return self._file_image
-        images, _, _, _ = self._pool()
-        i = min(self.index_spin.value(), len(images) - 1)
-        return fit_square(images[i], self.model_size())
+        return self.form.image()
 
-    def _image_caption(self) -> str:
-        if self._file_image is not None:
-            return self._file_name
-        _, labels, names, _ = self._pool()
-        i = self.index_spin.value()
-        if labels is not None and names and 0 <= i < len(labels) and labels[i] < len(names):
-            return f"#{i}: {names[labels[i]]}"
-        return f"#{i}"
+    def open_image(self, path: str | Path | None = None) -> bool:
+        """Use an image file (None: ask for one); on failure the message is shown, the image is kept."""
+        return self.form.open_image(path)
 
+    @Slot()
     def _show_original(self) -> None:
         self.original_view.set_images(self.image())
-        self.original_title.setText(f"<b>original</b> ({self._image_caption()})")
+        self.original_title.setText(f"<b>original</b> ({self.form.image_caption()})")
+
+    def dragEnterEvent(self, event) -> None:  # Qt API
+        accept_file_drags(event)
+
+    def dropEvent(self, event) -> None:  # Qt API
+        for path in dropped_paths(event):
+            kind = drop_kind(path)
+            if kind in ("checkpoint", "run"):
+                event.acceptProposedAction()
+                self.loader.load(path)
+                return
+            if kind == "image" and self.open_image(path):
+                event.acceptProposedAction()
+                return
+            if kind == "folder":
+                self.messages.error(
+                    f"{path.name} is a folder, not an image or a run folder: open image folders in the Data "
+                    "tab; drop an image file, a checkpoint or a run folder here."
+                )
 
     # ------------------------------------------------------------------ model
     @Slot(object)
@@ -333,16 +211,8 @@ class DenoisePanel(QWidget):
         else:
             T = b.schedule.T  # type: ignore[attr-defined]
             self.model_label.setText(describe_bundle(b))
-            self.sampler_form.set_T(T)
-            hi = max(T - 1, 1)
-            for w in (self.t_slider, self.t_spin):
-                w.setMaximum(hi)
-            if self.t_spin.value() > hi:
-                self.t_spin.setValue(hi)
-            if self._builtin is not None and self._builtin[0].shape[1] != b.image_size:  # type: ignore[attr-defined]
-                self._builtin = None
-                self._on_data_changed(self.state.data)
-        self._refit_file()
+            self.player.set_label_func(self._frame_label, widest=self._label_text(T, T, T - 1, True))
+        self.form.set_model(b)
         self._update_t_note()
         self._show_original()
         self._update_buttons()
@@ -351,126 +221,161 @@ class DenoisePanel(QWidget):
     def _update_t_note(self, *_args) -> None:
         b = self.state.bundle
         if b is None:
-            self.t_note.setText("")
+            self.form.t_note.setText("")
             return
-        t = self.t_spin.value()
-        ab = float(b.schedule.alpha_bars[t])
-        self.t_note.setText(
-            f"x_t = {math.sqrt(ab):.2f}·image + {math.sqrt(1 - ab):.2f}·noise (step {t + 1} of {b.schedule.T})"
-        )
+        t = self.form.t_spin.value()
+        self.form.t_note.setText(t_note(t, b.schedule.T, float(b.schedule.alpha_bars[t])))
 
     # ------------------------------------------------------------------ running
     def is_busy(self) -> bool:
-        return self._job is not None and self._job.is_running()
+        return any(s.is_busy() for s in self.findChildren(JobSlot))
 
-    def _update_buttons(self) -> None:
+    def is_denoising(self) -> bool:
+        return self._denoising.is_busy()
+
+    def is_exporting(self) -> bool:
+        return self.exporter.is_busy()
+
+    def _update_buttons(self, *_args) -> None:
         has = self.state.bundle is not None
-        running = self._job is not None
+        running = self._denoising.is_busy()
         self.run_btn.setEnabled(has and not running)
         self.rerun_btn.setEnabled(has and not running)
         self.stop_btn.setEnabled(running)
+        idle = not running and not self.exporter.is_busy()
+        self.png_btn.setEnabled(idle and self.results() is not None)
+        self.anim_btn.setEnabled(idle and len(self._chain) > 1)
 
     @Slot()
     def rerun(self) -> bool:
-        self.seed_spin.setValue(self.seed_spin.value() + 1)
+        self.form.seed_spin.setValue(self.form.seed_spin.value() + 1)
         return self.run()
 
     @Slot()
     def run(self) -> bool:
         b = self.state.bundle
         if b is None:
-            self._error(NO_MODEL_TEXT, "No model")
+            self.messages.error(NO_MODEL_TEXT, "No model")
             return False
-        if self._job is not None:
+        if self._denoising.is_busy():
             return False
         from ddpm_gui.engine.sampler import SampleConfig, accelerated, denoise_frames
 
         image = self.image()
-        t = min(self.t_spin.value(), b.schedule.T - 1)
-        k = self.k_spin.value()
-        seed = self.seed_spin.value()
-        kw = self.sampler_form.kwargs()
-        chain = self.sampler_form.chain_length(t)
-        cfg = SampleConfig(n=k, seed=seed, every=max(1, math.ceil(chain / 60)), **kw)
-        self._seed_used = seed
-        self._t_used = t
-        self._results = None
-        self._starts = None
-        self.error_label.hide()
-        self.start_view.clear()
-        self.starts_grid.clear()
-        self.results_grid.clear()
+        t = min(self.form.t_spin.value(), b.schedule.T - 1)
+        k = self.form.k_spin.value()
+        seed = self.form.seed_spin.value()
+        chain = self.form.sampler_form.chain_length(t)
+        every = frames_every(chain, k, b.image_size)
+        cfg = SampleConfig(n=k, seed=seed, every=every, **self.form.sampler_form.kwargs())
+        self._seed_used, self._t_used, self._original = seed, t, image
+        self._chain = []
+        self.player.clear()
+        self.player.set_expected(1 + kept_frames(chain, every))  # the noised starts, then the chain
+        self.messages.clear_error()
+        for view in (self.start_view, self.starts_grid, self.results_grid):
+            view.clear()
         self.start_title.setText(f"<b>noised start</b> (t = {t})")
-        self.status_label.setText(f"Noising to t = {t}, then {chain} reverse steps for {k} images…")
+        self.results_title.setText("<b>continuations</b>: the reverse process from each noised start")
+        self.messages.status(f"Noising to t = {t}, then {chain} reverse steps for {k} images…")
         stop = threading.Event()
-        job = Job(
+        return self._denoising.start(
             lambda: denoise_frames(accelerated(b), image, t=t, k=k, seed=seed, cfg=cfg, stop=stop),
-            parent=self,
             on_stop=stop.set,
             close_on_stop=True,
         )
-        job.event.connect(self._on_frame)
-        job.failed.connect(self._on_failed)
-        job.done.connect(self._on_done)
-        self._job = job
-        job.start()
-        self._update_buttons()
-        return True
 
     @Slot()
     def stop(self) -> None:
-        if self._job is not None:
-            self._job.request_stop()
+        self._denoising.stop()
 
-    @Slot(object)
     def _on_frame(self, f) -> None:  # f: SampleFrame
         if f.index < 0:  # the K noised starts
-            self._starts = f.xt
             self.start_view.set_images(f.xt[0])
             self.starts_grid.set_images(f.xt)
-            self.results_grid.set_images(f.xt)
+        self._chain.append(f)
+        self.player.append_frame(f)
+
+    def _on_failed(self, message: str) -> None:
+        self.messages.error(message)  # the JobSlot shows the dialog
+
+    def _on_done(self) -> None:
+        self.player.set_expected(0)
+        res = self.results()
+        if res is not None:
+            self.player.set_current(len(self._chain) - 1)
+            self.messages.status(f"Done: {len(res)} continuations (seed {self._seed_used}).")
+        elif not self.messages.has_error():
+            self.messages.status("Stopped.")
+
+    def shutdown(self, timeout_ms: int = 60000) -> None:
+        shutdown_jobs(self, timeout_ms)
+
+    # ------------------------------------------------------------------ frames
+    @staticmethod
+    def _label_text(index: int, total: int, t: int, final: bool) -> str:
+        if index < 0:
+            return f"noised starts · t = {t}"
+        return f"reverse step {index + 1} of {total} · t = {t}" + (" · final" if final else "")
+
+    def _frame_label(self, i: int, n: int) -> str:
+        if not 0 <= i < len(self._chain):
+            return ""
+        f = self._chain[i]
+        return self._label_text(f.index, f.total, f.t, f.final)
+
+    @Slot(int)
+    def _show_frame(self, i: int) -> None:
+        if not 0 <= i < len(self._chain):
             return
+        f = self._chain[i]
         if f.final:
-            self._results = f.xt
-            self.results_grid.set_images(f.xt, captions=[f"#{i + 1}" for i in range(len(f.xt))])
+            self.results_grid.set_images(f.xt, captions=[f"#{j + 1}" for j in range(len(f.xt))])
             self.results_title.setText(
-                f"<b>{len(f.xt)} continuations</b> of the image noised to t = {self._t_used} (seed {self._seed_used})"
+                f"<b>{len(f.xt)} continuations</b> of the image noised to t = {self._t_used} "
+                f"(seed {self._seed_used})"
             )
         else:
             self.results_grid.set_images(f.xt)
-            self.results_title.setText(
-                f"<b>continuations</b>: reverse step {f.index + 1} of {f.total} (t = {f.t})"
-            )
-
-    @Slot(str)
-    def _on_failed(self, message: str) -> None:
-        self._error(message, "Denoising failed")
-
-    @Slot()
-    def _on_done(self) -> None:
-        self._job = None
-        if self._results is not None:
-            self.status_label.setText(f"Done: {len(self._results)} continuations (seed {self._seed_used}).")
-        elif self.error_label.isHidden():
-            self.status_label.setText("Stopped.")
-        self._update_buttons()
-
-    def shutdown(self, timeout_ms: int = 60000) -> None:
-        refuse_new_jobs(self)
-        if self._job is not None:
-            self._job.request_stop()
-            self._job.wait(timeout_ms)
+            what = "the K noised starts" if f.index < 0 else "the reverse process"
+            self.results_title.setText(f"<b>continuations</b>: {what}, {self._frame_label(i, 0)}")
 
     # ------------------------------------------------------------------ results (tests, export)
     def results(self) -> np.ndarray | None:
-        return self._results
+        if self._chain and self._chain[-1].final:
+            return self._chain[-1].xt
+        return None
 
     def noised_starts(self) -> np.ndarray | None:
-        return self._starts
+        return self._chain[0].xt if self._chain else None
 
-    def _error(self, message: str, title: str) -> None:
-        self.error_label.setText(message)
-        self.error_label.show()
-        self.state.show_status(message)
-        if SHOW_DIALOGS:
-            QMessageBox.warning(self, title, message)
+    def _row(self, xt: np.ndarray) -> np.ndarray:
+        """The exported row: original, the first noised start, then the K images of one frame."""
+        return np.concatenate([self._original[None], self._chain[0].xt[:1], xt])
+
+    def save_png_row(self, path: str | Path | None = None) -> Path | None:
+        """The row (original, noised start, K results) as one PNG, written in a worker. Returns the path
+        being written, or None (no results, an export running, the dialog cancelled)."""
+        res = self.results()
+        if res is None:
+            return None
+        row, scale = self._row(res), export_scale(res.shape[1])
+        return self.exporter.save_png(
+            path, "Save the continuations", "denoise.png", lambda: tile(row, columns=len(row), scale=scale)
+        )
+
+    def save_animation(self, path: str | Path | None = None, fps: int | None = None) -> Path | None:
+        """The row through the reverse chain (noised starts to results), as an animated GIF or WebP by the
+        suffix, written in a worker. Returns as save_png_row does."""
+        if len(self._chain) < 2:
+            return None
+        rows = [self._row(f.xt) for f in self._chain]
+        scale = export_scale(rows[0].shape[1])
+        return self.exporter.save_animation(
+            path,
+            "Save the reverse chain",
+            "denoise.gif",
+            rows,
+            lambda row: tile(row, columns=len(row), scale=scale),
+            fps or self.player.fps(),
+        )

@@ -4,13 +4,13 @@ The tutorial's second and third steps side by side, driven by one frame player:
 - left, the iterative process q(x_t | x_(t-1)) applied t times (`core.diffusion.q_step`);
 - right, the closed form q(x_t | x_0) with the same x_0 (`core.diffusion.q_sample`), one noise draw
   for all t so the animation is smooth.
-Above them, the schedule editor and plots of beta_t, alpha_bar_t and SNR(t) = alpha_bar / (1 - alpha_bar)
-update as you type; a warning says when x_T still holds a visible part of x_0 (the tutorial's schedule
-ends at alpha_bar_T = 0.131: 36% of the image is left while sampling starts from pure noise).
+Above them, the schedule editor and plots (qt/schedule_view.py) update as you type.
 
-Frames are computed by `engine.forward.forward_frames` in a Job (T up to 10,000 and images up to the
+Frames are computed by `engine.forward.forward_frames` in a job (T up to 10,000 and images up to the
 data's size), debounced while you edit; a newer request replaces an older one. Image files (Open, or
-dropped on the panel) go through the app's one image loader, `data.imageio.load_image`.
+dropped on the panel) go through the app's one image loader, `data.imageio.load_image`. The tab exports
+what it shows (qt/exports.py): a PNG of the six-step strip (iterative above, closed form below) and an
+animated GIF or WebP of both processes side by side.
 """
 
 from __future__ import annotations
@@ -20,52 +20,47 @@ import threading
 from pathlib import Path
 
 import numpy as np
-import pyqtgraph as pg
 from PySide6.QtCore import Qt, QTimer, Signal, Slot
 from PySide6.QtWidgets import (
-    QCheckBox,
-    QComboBox,
-    QDoubleSpinBox,
     QFileDialog,
-    QFormLayout,
     QGridLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
     QPushButton,
+    QScrollArea,
     QSizePolicy,
     QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
-from ddpm_gui.core.schedule import SCHEDULE_KINDS, SCHEDULE_PRESETS, NoiseSchedule, ScheduleConfig
+from ddpm_gui.core.schedule import ScheduleConfig
 from ddpm_gui.data.imageio import load_image
 from ddpm_gui.engine.forward import ForwardFrames, forward_frames
-from ddpm_gui.errors import ConfigError, DDPMError
-from ddpm_gui.qt.imageview import FramePlayer, ImageGrid, as_hw3_batch
+from ddpm_gui.errors import DDPMError
+from ddpm_gui.qt.exports import Exporter, animation_picks, export_scale, tile
+from ddpm_gui.qt.imageview import ImageGrid, as_hw3_batch
+from ddpm_gui.qt.player import FramePlayer
+from ddpm_gui.qt.schedule_view import ScheduleEditor, SchedulePlots
 from ddpm_gui.qt.state import AppState
-from ddpm_gui.qt.style import ERROR_STYLE, INFO_STYLE, PLOT_PENS, WARNING_STYLE, plot_colors
-from ddpm_gui.qt.workers import Job, refuse_new_jobs
+from ddpm_gui.qt.style import ERROR_STYLE, INFO_STYLE
+from ddpm_gui.qt.widgets import Messages, accept_file_drags, drop_kind, dropped_paths
+from ddpm_gui.qt.workers import JobSlot, shutdown_jobs
 
-WARN_SIGNAL = 0.05  # warn when sqrt(alpha_bar_T) is above this: x_T is visibly not pure noise
+# Tests set this to False: errors are then shown in the panel only, never in a modal dialog.
+SHOW_DIALOGS = True
+
 STRIP_FRAMES = 6  # the tutorial's figure: 6 evenly spaced steps
-CUSTOM = "(custom)"
+STRIP_COLUMNS = 8  # images of the dataset shown in the chooser strip
 IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.bmp *.gif *.webp *.tif *.tiff);;All files (*)"
 
 
-def schedule_warning(summary: dict) -> str:
-    """The warning for a schedule whose x_T still holds part of x_0 ("" when it ends in noise)."""
-    signal = summary["signal_left_at_T"]
-    if signal <= WARN_SIGNAL:
-        return ""
-    return (
-        f"x_T still holds {signal:.0%} of the image (alpha_bar_T = {summary['alpha_bar_T']:.3f}): sampling "
-        "starts from pure noise, which the model never saw at t=T. Try the cosine schedule or zero-terminal SNR."
-    )
+def _dialogs() -> bool:
+    return SHOW_DIALOGS
 
 
-def _frames_job(image: np.ndarray, sched: NoiseSchedule, seed: int, generation: int, stop: threading.Event):
+def _frames_job(image: np.ndarray, sched, seed: int, generation: int, stop: threading.Event):
     """Runs in a worker thread: yields (generation, ForwardFrames) once, nothing when stopped."""
     frames = forward_frames(image, sched, seed, stop=stop)
     if frames is not None:
@@ -87,21 +82,23 @@ class ForwardPanel(QWidget):
     """Schedule editor + plots + the two forward processes of one image, frame by frame."""
 
     framesReady = Signal()  # new frames are shown (tests wait for it)
+    exported = Signal(object)  # the Path of a finished export
 
     def __init__(self, state: AppState, parent: QWidget | None = None):
         super().__init__(parent)
         self.state = state
-        self._sched = NoiseSchedule(SCHEDULE_PRESETS["tutorial"])
         self._image = _fallback_image(32)
         self._image_source = "built-in example"
         self._frames: ForwardFrames | None = None
         self._generation = 0
-        self._job: Job | None = None
-        self._job_stop: threading.Event | None = None
         self._pending = False
-        self._shut_down = False
         self._rng = np.random.default_rng()
         self._strip_picks = np.zeros(0, int)
+        self.messages = Messages(state, _dialogs, self)
+        self._frames_slot = JobSlot(self, self._on_frames, self._on_job_failed, self._on_job_done)
+        self.exporter = Exporter(self, state, self.messages, _dialogs)
+        self.exporter.exported.connect(self.exported)
+        self.exporter.busyChanged.connect(self._update_buttons)
         self.setAcceptDrops(True)
 
         self._recompute_timer = QTimer(self)
@@ -110,164 +107,120 @@ class ForwardPanel(QWidget):
         self._recompute_timer.timeout.connect(self._start_job)
 
         self._build_ui()
-        self._set_controls(SCHEDULE_PRESETS["tutorial"])
-        self._apply_schedule()
+        self.schedule_editor.scheduleChanged.connect(self._on_schedule)
+        self._on_schedule(self.schedule_editor.schedule())
         self.state.dataChanged.connect(self._on_data_changed)
         if state.data is not None:
             self._on_data_changed(state.data)
-        else:
-            self.request_frames()
 
     # ------------------------------------------------------------------ UI
     def _build_ui(self) -> None:
-        # --- image picker
-        img_box = QGroupBox("Image", self)
-        iv = QVBoxLayout(img_box)
+        self.schedule_editor = ScheduleEditor(self)
+        left = QWidget(self)
+        lv = QVBoxLayout(left)
+        lv.setContentsMargins(0, 0, 4, 0)
+        lv.addWidget(self._image_box())
+        lv.addWidget(self.schedule_editor)
+        lv.addWidget(self._noise_box())
+        self.png_btn = QPushButton("Save PN&G strip…", left)
+        self.png_btn.setToolTip(
+            "The six steps below the player (iterative above, closed form below) as a PNG"
+        )
+        self.png_btn.clicked.connect(lambda: self.save_png_strip())
+        self.anim_btn = QPushButton("Save GIF / &WebP…", left)
+        self.anim_btn.setToolTip("Both processes side by side, x_0 to x_T, as an animated GIF or WebP")
+        self.anim_btn.clicked.connect(lambda: self.save_animation())
         row = QHBoxLayout()
-        self.index_spin = QSpinBox(img_box)
+        row.addWidget(self.png_btn)
+        row.addWidget(self.anim_btn)
+        lv.addLayout(row)
+        lv.addWidget(self.messages)
+        lv.addStretch(1)
+        scroll = QScrollArea(self)
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(left)
+        scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+        scroll.setFixedWidth(370)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+
+        self.plots = SchedulePlots(self)
+        right = QWidget(self)
+        rv = QVBoxLayout(right)
+        rv.setContentsMargins(0, 0, 0, 0)
+        rv.addWidget(self.plots)
+        rv.addWidget(self._views(), 1)
+        rv.addWidget(self.frame_label)
+        rv.addWidget(self.player)
+        rv.addWidget(self._strip_row())
+        right.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+        lay = QHBoxLayout(self)
+        lay.addWidget(scroll)
+        lay.addWidget(right, 1)
+        self._update_buttons()
+
+    def _image_box(self) -> QGroupBox:
+        box = QGroupBox("Image", self)
+        iv = QVBoxLayout(box)
+        row = QHBoxLayout()
+        self.index_spin = QSpinBox(box)
         self.index_spin.setRange(0, 0)
         self.index_spin.setToolTip("Index of the image in the current dataset")
         self.index_spin.valueChanged.connect(self._on_index_changed)
-        idx_lbl = QLabel("&Index:", img_box)
+        idx_lbl = QLabel("&Index:", box)
         idx_lbl.setBuddy(self.index_spin)
-        self.random_btn = QPushButton("&Random", img_box)
+        self.random_btn = QPushButton("&Random", box)
         self.random_btn.clicked.connect(self.pick_random)
-        self.open_btn = QPushButton("&Open image…", img_box)
+        self.open_btn = QPushButton("&Open image…", box)
         self.open_btn.setToolTip("Open an image file (or drop one on this panel)")
         self.open_btn.clicked.connect(self.open_image_dialog)
-        row.addWidget(idx_lbl)
-        row.addWidget(self.index_spin, 1)
-        row.addWidget(self.random_btn)
-        row.addWidget(self.open_btn)
+        for w, stretch in ((idx_lbl, 0), (self.index_spin, 1), (self.random_btn, 0), (self.open_btn, 0)):
+            row.addWidget(w, stretch)
         iv.addLayout(row)
-        self.strip = ImageGrid(img_box, columns=8, captions_visible=False)
+        self.strip = ImageGrid(box, columns=STRIP_COLUMNS, captions_visible=False)
         self.strip.setFixedHeight(48)
         self.strip.setToolTip("Click an image to noise it")
         self.strip.clicked.connect(self._on_strip_clicked)
         iv.addWidget(self.strip)
-        self.image_label = QLabel("", img_box)
+        self.image_label = QLabel("", box)
         self.image_label.setStyleSheet(INFO_STYLE)
         self.image_label.setWordWrap(True)
         iv.addWidget(self.image_label)
-        self.image_error = QLabel("", img_box)  # a file that could not be opened (the image is kept)
+        self.image_error = QLabel("", box)  # a file that could not be opened (the image is kept)
         self.image_error.setStyleSheet(ERROR_STYLE)
         self.image_error.setWordWrap(True)
         self.image_error.setVisible(False)
         iv.addWidget(self.image_error)
+        return box
 
-        # --- schedule editor
-        sch_box = QGroupBox("Noise schedule", self)
-        form = QFormLayout(sch_box)
-        self.preset_combo = QComboBox(sch_box)
-        for name in SCHEDULE_PRESETS:
-            self.preset_combo.addItem(name, name)
-        self.preset_combo.addItem(CUSTOM, CUSTOM)
-        self.preset_combo.setToolTip(
-            "tutorial: linear 1e-4..0.04, T=100 (the article)\nddpm-paper: linear 1e-4..0.02, T=1000\n"
-            "cosine: Nichol & Dhariwal 2021\ntutorial-zero-snr: the tutorial's, rescaled so x_T is pure noise"
-        )
-        self.preset_combo.activated.connect(self._on_preset)
-        self._add_row(form, "&Preset:", self.preset_combo)
-        self.kind_combo = QComboBox(sch_box)
-        self.kind_combo.addItems(list(SCHEDULE_KINDS))
-        self.kind_combo.currentIndexChanged.connect(self._on_edit)
-        self._add_row(form, "&Kind:", self.kind_combo)
-        self.T_spin = QSpinBox(sch_box)
-        self.T_spin.setRange(1, 10000)
-        self.T_spin.setKeyboardTracking(False)
-        self.T_spin.setToolTip("Number of diffusion steps (tutorial: 100, DDPM paper: 1000)")
-        self.T_spin.valueChanged.connect(self._on_edit)
-        self._add_row(form, "&T (steps):", self.T_spin)
-        self.beta_start_spin = self._beta_spin(sch_box)
-        self._add_row(form, "beta_&start:", self.beta_start_spin)
-        self.beta_end_spin = self._beta_spin(sch_box)
-        self._add_row(form, "beta_&end:", self.beta_end_spin)
-        self.zero_snr_check = QCheckBox("&Zero terminal SNR (rescale so x_T is pure noise)", sch_box)
-        self.zero_snr_check.toggled.connect(self._on_edit)
-        form.addRow(self.zero_snr_check)
-        self.summary_label = QLabel("", sch_box)
-        self.summary_label.setStyleSheet(INFO_STYLE)
-        self.summary_label.setWordWrap(True)
-        form.addRow(self.summary_label)
-        self.error_label = QLabel("", self)
-        self.error_label.setStyleSheet(ERROR_STYLE)
-        self.error_label.setWordWrap(True)
-        self.error_label.setVisible(False)
-        self.warning_label = QLabel("", self)
-        self.warning_label.setStyleSheet(WARNING_STYLE)
-        self.warning_label.setWordWrap(True)
-        self.warning_label.setVisible(False)
-
-        # --- noise
-        noise_box = QGroupBox("Noise", self)
-        nh = QHBoxLayout(noise_box)
-        self.seed_spin = QSpinBox(noise_box)
+    def _noise_box(self) -> QGroupBox:
+        box = QGroupBox("Noise", self)
+        nh = QHBoxLayout(box)
+        self.seed_spin = QSpinBox(box)
         self.seed_spin.setRange(0, 2**31 - 1)
         self.seed_spin.valueChanged.connect(self.request_frames)
-        seed_lbl = QLabel("See&d:", noise_box)
+        seed_lbl = QLabel("See&d:", box)
         seed_lbl.setBuddy(self.seed_spin)
-        self.resample_btn = QPushButton("Resample &noise", noise_box)
+        self.resample_btn = QPushButton("Resample &noise", box)
         self.resample_btn.setToolTip("Draw new noise (a new seed)")
         self.resample_btn.clicked.connect(self.resample_noise)
         nh.addWidget(seed_lbl)
         nh.addWidget(self.seed_spin, 1)
         nh.addWidget(self.resample_btn)
+        return box
 
-        left = QWidget(self)
-        lv = QVBoxLayout(left)
-        lv.setContentsMargins(0, 0, 0, 0)
-        lv.addWidget(img_box)
-        lv.addWidget(sch_box)
-        lv.addWidget(self.error_label)
-        lv.addWidget(self.warning_label)
-        lv.addWidget(noise_box)
-        lv.addStretch(1)
-        left.setFixedWidth(360)
-
-        # --- plots
-        bg, fg = plot_colors()
-        self.plots = pg.GraphicsLayoutWidget(self)
-        self.plots.setBackground(bg)
-        self.plots.setMinimumHeight(170)
-        self.plots.setMaximumHeight(230)
-        self.plots.setFocusPolicy(Qt.FocusPolicy.NoFocus)
-        self.curves: dict[str, pg.PlotDataItem] = {}
-        self.markers: list[pg.InfiniteLine] = []
-        for col, (key, title, log) in enumerate(
-            (
-                ("beta", "β_t", False),
-                ("alpha_bar", "ᾱ_t (signal² left)", False),
-                ("snr", "SNR(t) = ᾱ/(1−ᾱ)", True),
-            )
-        ):
-            p = self.plots.addPlot(row=0, col=col, title=title)
-            p.showGrid(x=True, y=True, alpha=0.2)
-            p.setLabel("bottom", "t")
-            p.setLogMode(y=log)
-            p.setMouseEnabled(x=False, y=False)
-            p.hideButtons()
-            p.setMenuEnabled(False)
-            self.curves[key] = p.plot(pen=pg.mkPen(PLOT_PENS[col], width=2), connect="finite")
-            line = pg.InfiniteLine(
-                angle=90, movable=False, pen=pg.mkPen(fg, width=1, style=Qt.PenStyle.DashLine)
-            )
-            p.addItem(line)
-            self.markers.append(line)
-
-        # --- the two processes
+    def _views(self) -> QWidget:
         views = QWidget(self)
         vg = QGridLayout(views)
         vg.setContentsMargins(0, 0, 0, 0)
         t1 = QLabel("<b>Iterative</b>  q(x<sub>t</sub> | x<sub>t−1</sub>), applied t times", views)
         t2 = QLabel("<b>Closed form</b>  q(x<sub>t</sub> | x<sub>0</sub>)", views)
-        for k, t in enumerate((t1, t2)):
-            t.setAlignment(Qt.AlignmentFlag.AlignHCenter)
-            vg.addWidget(t, 0, k)
         self.iter_view = ImageGrid(views, columns=1, captions_visible=False)
         self.closed_view = ImageGrid(views, columns=1, captions_visible=False)
-        for k, v in enumerate((self.iter_view, self.closed_view)):
-            v.setMinimumSize(160, 160)
-            vg.addWidget(v, 1, k)
+        for k, (title, view) in enumerate(((t1, self.iter_view), (t2, self.closed_view))):
+            title.setAlignment(Qt.AlignmentFlag.AlignHCenter)
+            vg.addWidget(title, 0, k)
+            view.setMinimumSize(160, 160)
+            vg.addWidget(view, 1, k)
         vg.setRowStretch(1, 1)
         self.player = FramePlayer(self, fps=15)
         self.player.set_loop(False)
@@ -277,7 +230,9 @@ class ForwardPanel(QWidget):
         self.frame_label = QLabel("", self)
         self.frame_label.setAlignment(Qt.AlignmentFlag.AlignHCenter)
         self.frame_label.setTextFormat(Qt.TextFormat.RichText)
+        return views
 
+    def _strip_row(self) -> QWidget:
         strip_box = QWidget(self)
         sh = QHBoxLayout(strip_box)
         sh.setContentsMargins(0, 0, 0, 0)
@@ -289,125 +244,27 @@ class ForwardPanel(QWidget):
         self.steps_strip.setToolTip("6 evenly spaced steps; click one to jump there")
         sh.addWidget(sl)
         sh.addWidget(self.steps_strip, 1)
-
-        right = QWidget(self)
-        rv = QVBoxLayout(right)
-        rv.setContentsMargins(0, 0, 0, 0)
-        rv.addWidget(self.plots)
-        rv.addWidget(views, 1)
-        rv.addWidget(self.frame_label)
-        rv.addWidget(self.player)
-        rv.addWidget(strip_box)
-        right.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
-
-        lay = QHBoxLayout(self)
-        lay.addWidget(left)
-        lay.addWidget(right, 1)
-
-    @staticmethod
-    def _add_row(form: QFormLayout, text: str, w: QWidget) -> None:
-        lbl = QLabel(text, w.parentWidget())
-        lbl.setBuddy(w)
-        form.addRow(lbl, w)
-
-    def _beta_spin(self, parent: QWidget) -> QDoubleSpinBox:
-        s = QDoubleSpinBox(parent)
-        s.setDecimals(6)
-        s.setRange(0.0, 1.0)
-        s.setStepType(QDoubleSpinBox.StepType.AdaptiveDecimalStepType)
-        s.setKeyboardTracking(False)
-        s.valueChanged.connect(self._on_edit)
-        return s
+        return strip_box
 
     # ------------------------------------------------------------------ schedule
-    def schedule(self) -> NoiseSchedule:
+    def schedule(self):
         """The last valid schedule (what the plots and frames show)."""
-        return self._sched
-
-    def config_from_controls(self) -> ScheduleConfig:
-        return ScheduleConfig(
-            kind=self.kind_combo.currentText(),
-            T=int(self.T_spin.value()),
-            beta_start=float(self.beta_start_spin.value()),
-            beta_end=float(self.beta_end_spin.value()),
-            rescale_zero_snr=self.zero_snr_check.isChecked(),
-        )
+        return self.schedule_editor.schedule()
 
     def set_schedule(self, cfg: ScheduleConfig | str) -> None:
         """Set the editor to a config or a preset name."""
-        if isinstance(cfg, str):
-            cfg = SCHEDULE_PRESETS[cfg]
-        self._set_controls(cfg)
-        self._apply_schedule()
-
-    def _set_controls(self, cfg: ScheduleConfig) -> None:
-        widgets = (
-            self.kind_combo,
-            self.T_spin,
-            self.beta_start_spin,
-            self.beta_end_spin,
-            self.zero_snr_check,
-        )
-        for w in widgets:
-            w.blockSignals(True)
-        self.kind_combo.setCurrentText(cfg.kind)
-        self.T_spin.setValue(cfg.T)
-        self.beta_start_spin.setValue(cfg.beta_start)
-        self.beta_end_spin.setValue(cfg.beta_end)
-        self.zero_snr_check.setChecked(cfg.rescale_zero_snr)
-        for w in widgets:
-            w.blockSignals(False)
-
-    @Slot()
-    def _on_preset(self, *_args) -> None:
-        name = self.preset_combo.currentData()
-        if name in SCHEDULE_PRESETS:
-            self.set_schedule(name)
-
-    @Slot()
-    def _on_edit(self, *_args) -> None:
-        self._apply_schedule()
-
-    def _apply_schedule(self) -> None:
-        cfg = self.config_from_controls()
-        linear = cfg.kind in ("linear", "quadratic")
-        self.beta_start_spin.setEnabled(linear)
-        self.beta_end_spin.setEnabled(linear)
-        try:
-            sched = NoiseSchedule(cfg)
-        except ConfigError as exc:
-            self.error_label.setText(f"{exc} Showing the last valid schedule (T = {self._sched.T}).")
-            self.error_label.setVisible(True)
-            return
-        self.error_label.setVisible(False)
-        self._sched = sched
-        match = next((n for n, p in SCHEDULE_PRESETS.items() if p == sched.config), CUSTOM)
-        self.preset_combo.setCurrentIndex(self.preset_combo.findData(match))
-        self._update_plots()
-        summary = sched.summary()
-        warning = schedule_warning(summary)
-        self.warning_label.setText(warning)
-        self.warning_label.setVisible(bool(warning))
-        self.summary_label.setText(
-            f"β from {summary['beta_min']:.2g} to {summary['beta_max']:.3g}; ᾱ at T/2 = {summary['alpha_bar_mid']:.3f}, "
-            f"at T = {summary['alpha_bar_T']:.3g} (x_T keeps {summary['signal_left_at_T']:.0%} of x_0)"
-        )
-        self.request_frames()
-
-    def _update_plots(self) -> None:
-        s = self._sched
-        t = np.arange(1, s.T + 1, dtype=np.float64)
-        snr = s.snr.double().cpu().numpy().copy()
-        snr[~np.isfinite(snr) | (snr <= 0)] = np.nan  # log axis: alpha_bar_T = 0 has no SNR to draw
-        self.curves["beta"].setData(t, s.betas.double().cpu().numpy())
-        self.curves["alpha_bar"].setData(t, s.alpha_bars.double().cpu().numpy())
-        self.curves["snr"].setData(t, snr)
+        self.schedule_editor.set_schedule(cfg)
 
     def warning_text(self) -> str:
-        return self.warning_label.text() if self.warning_label.isVisibleTo(self) else ""
+        return self.schedule_editor.warning_text()
 
     def error_text(self) -> str:
-        return self.error_label.text() if self.error_label.isVisibleTo(self) else ""
+        return self.schedule_editor.error_text()
+
+    @Slot(object)
+    def _on_schedule(self, sched) -> None:
+        self.plots.show_schedule(sched)
+        self.request_frames()
 
     # ------------------------------------------------------------------ image
     def image_size(self) -> int:
@@ -440,9 +297,9 @@ class ForwardPanel(QWidget):
         else:
             self.strip.clear()
 
-    def _strip_start(self, i: int) -> int:
-        cols = 8
-        return (i // cols) * cols
+    @staticmethod
+    def _strip_start(i: int) -> int:
+        return (i // STRIP_COLUMNS) * STRIP_COLUMNS
 
     def _select_index(self, i: int) -> None:
         d = self.state.data
@@ -454,7 +311,7 @@ class ForwardPanel(QWidget):
             self.index_spin.setValue(i)
             self.index_spin.blockSignals(False)
         start = self._strip_start(i)
-        self.strip.set_images(d.images[start : start + 8])
+        self.strip.set_images(d.images[start : start + STRIP_COLUMNS])
         label = ""
         if d.labels is not None:
             k = int(d.labels[i])
@@ -487,26 +344,39 @@ class ForwardPanel(QWidget):
         try:
             img = load_image(path, self.image_size())
         except DDPMError as exc:
-            self.state.show_status(str(exc))
-            self.image_error.setText(str(exc))
-            self.image_error.setVisible(True)
+            self._refuse_image(str(exc))
             return False
         self.set_image(img, Path(path).name)
         return True
+
+    def _refuse_image(self, message: str) -> None:
+        self.state.show_status(message)
+        self.image_error.setText(message)
+        self.image_error.setVisible(True)
 
     def image_error_text(self) -> str:
         """The message of the last image file that could not be opened ("" after a good one)."""
         return self.image_error.text() if self.image_error.isVisibleTo(self) else ""
 
     def dragEnterEvent(self, event) -> None:  # Qt API
-        if event.mimeData().hasUrls() and any(u.isLocalFile() for u in event.mimeData().urls()):
-            event.acceptProposedAction()
+        accept_file_drags(event)
 
     def dropEvent(self, event) -> None:  # Qt API
-        for url in event.mimeData().urls():
-            if url.isLocalFile() and self.open_image(url.toLocalFile()):
+        for path in dropped_paths(event):
+            kind = drop_kind(path)
+            if kind == "image" and self.open_image(path):
                 event.acceptProposedAction()
                 return
+            if kind in ("folder", "run"):
+                self._refuse_image(
+                    f"{path.name} is a folder, not an image: open folders in the Data tab, "
+                    "or drop an image file here."
+                )
+            elif kind == "checkpoint":
+                self._refuse_image(
+                    f"{path.name} is a model checkpoint, not an image: the Forward tab needs no model "
+                    "(load checkpoints in the Sample or Denoise tab); drop an image file here."
+                )
 
     # ------------------------------------------------------------------ frames
     @Slot()
@@ -520,24 +390,16 @@ class ForwardPanel(QWidget):
         self._recompute_timer.start()
 
     def _start_job(self) -> None:
-        if self._shut_down:
-            return
-        if self._job is not None:
+        if self._frames_slot.is_busy():
             self._pending = True
-            self._job.request_stop()
+            self._frames_slot.stop()
             return
         self._pending = False
         gen = self._generation
-        image, sched, seed = self._image.copy(), self._sched, self.seed_spin.value()
+        image, sched, seed = self._image.copy(), self.schedule(), self.seed_spin.value()
         stop = threading.Event()
-        self._job_stop = stop
-        self._job = Job(lambda: _frames_job(image, sched, seed, gen, stop), parent=self, on_stop=stop.set)
-        self._job.event.connect(self._on_frames)
-        self._job.failed.connect(self._on_job_failed)
-        self._job.done.connect(self._on_job_done)
-        self._job.start()
+        self._frames_slot.start(lambda: _frames_job(image, sched, seed, gen, stop), on_stop=stop.set)
 
-    @Slot(object)
     def _on_frames(self, item: tuple[int, ForwardFrames]) -> None:
         generation, frames = item
         if generation != self._generation:
@@ -554,16 +416,13 @@ class ForwardPanel(QWidget):
         self.player.set_current(min(i, n - 1))
         self._show_frame(self.player.current())
         self._update_steps_strip()
+        self._update_buttons()
         self.framesReady.emit()
 
-    @Slot(str)
     def _on_job_failed(self, message: str) -> None:
-        self.error_label.setText(message)
-        self.error_label.setVisible(True)
+        self.messages.error(message)
 
-    @Slot()
     def _on_job_done(self) -> None:
-        self._job = None
         if self._pending:
             self._start_job()
 
@@ -571,9 +430,12 @@ class ForwardPanel(QWidget):
         f = self._frames
         picks = np.unique(np.linspace(0, len(f.ts) - 1, STRIP_FRAMES).round().astype(int))
         self._strip_picks = picks
-        imgs = np.concatenate([f.iterative[picks], f.closed[picks]])
         caps = [f"t={int(f.ts[i])}" for i in picks] * 2
-        self.steps_strip.set_images(imgs, caps, columns=len(picks))
+        self.steps_strip.set_images(self._strip_images(f, picks), caps, columns=len(picks))
+
+    @staticmethod
+    def _strip_images(f: ForwardFrames, picks: np.ndarray) -> np.ndarray:
+        return np.concatenate([f.iterative[picks], f.closed[picks]])
 
     @Slot(int)
     def _on_steps_strip_clicked(self, k: int) -> None:
@@ -582,12 +444,13 @@ class ForwardPanel(QWidget):
             self.player.set_current(int(picks[k % len(picks)]))
 
     def _alpha_bar(self, t: int) -> float:
-        return 1.0 if t == 0 else float(self._sched.alpha_bars[t - 1])
+        """ᾱ at step t (1-based: step t uses alpha_bars[t - 1]; step 0 is the clean image)."""
+        return 1.0 if t == 0 else float(self.schedule().alpha_bars[t - 1])
 
     def _frame_label(self, i: int, n: int) -> str:
         if self._frames is None or not 0 <= i < len(self._frames.ts):
             return ""
-        return f"step {int(self._frames.ts[i])} / {self._sched.T}"
+        return f"step {int(self._frames.ts[i])} / {self.schedule().T}"
 
     @Slot(int)
     def _show_frame(self, i: int) -> None:
@@ -598,17 +461,55 @@ class ForwardPanel(QWidget):
         self.closed_view.set_images(f.closed[i : i + 1])
         t = int(f.ts[i])
         ab = self._alpha_bar(t)
-        for m in self.markers:
-            m.setPos(max(t, 1))
-            m.setVisible(t > 0)
+        self.plots.mark(t)
         if t == 0:
             self.frame_label.setText("step 0: the clean image x<sub>0</sub>")
         else:
             self.frame_label.setText(
-                f"step {t} / {self._sched.T} &nbsp;·&nbsp; ᾱ<sub>t</sub> = {ab:.4f} &nbsp;·&nbsp; "
+                f"step {t} / {self.schedule().T} &nbsp;·&nbsp; ᾱ<sub>t</sub> = {ab:.4f} &nbsp;·&nbsp; "
                 f"x<sub>t</sub> = {math.sqrt(ab):.2f}·x<sub>0</sub> + {math.sqrt(1 - ab):.2f}·ε "
                 f"&nbsp;(signal {ab:.0%} / noise {1 - ab:.0%} of the variance)"
             )
+
+    # ------------------------------------------------------------------ export
+    def _update_buttons(self, *_args) -> None:
+        ready = self._frames is not None and not self.exporter.is_busy()
+        self.png_btn.setEnabled(ready)
+        self.anim_btn.setEnabled(ready)
+
+    def is_exporting(self) -> bool:
+        return self.exporter.is_busy()
+
+    def save_png_strip(self, path: str | Path | None = None) -> Path | None:
+        """The six-step strip (iterative above, closed form below) as one PNG, written in a worker.
+        Returns the path being written, or None (no frames yet, an export running, dialog cancelled)."""
+        f, picks = self._frames, self._strip_picks
+        if f is None or not len(picks):
+            return None
+        scale = export_scale(f.closed.shape[1])
+        return self.exporter.save_png(
+            path,
+            "Save the forward process",
+            "forward.png",
+            lambda: tile(self._strip_images(f, picks), columns=len(picks), scale=scale),
+        )
+
+    def save_animation(self, path: str | Path | None = None, fps: int | None = None) -> Path | None:
+        """Both processes side by side (iterative left), step 0 to T, as an animated GIF or WebP (by the
+        suffix), written in a worker: every step, or MAX_ANIMATION_FRAMES evenly spaced ones. Returns as
+        save_png_strip does."""
+        f = self._frames
+        if f is None:
+            return None
+        scale = export_scale(f.closed.shape[1])
+        return self.exporter.save_animation(
+            path,
+            "Save the forward process",
+            "forward.gif",
+            animation_picks(len(f.ts)),
+            lambda i: tile(np.stack([f.iterative[i], f.closed[i]]), columns=2, scale=scale),
+            fps or self.player.fps(),
+        )
 
     # ------------------------------------------------------------------ for tests and the window
     def frame_count(self) -> int:
@@ -618,14 +519,10 @@ class ForwardPanel(QWidget):
         return self._frames
 
     def is_busy(self) -> bool:
-        return self._job is not None
+        return any(s.is_busy() for s in self.findChildren(JobSlot))
 
     def shutdown(self, timeout_ms: int = 60000) -> None:
-        """Stop computing frames and wait for the thread; nothing new starts afterwards."""
-        refuse_new_jobs(self)
-        self._shut_down = True
+        """Stop computing frames and exporting, and wait for the threads; nothing new starts afterwards."""
         self._recompute_timer.stop()
         self._pending = False
-        if self._job is not None:
-            self._job.request_stop()
-            self._job.wait(timeout_ms)
+        shutdown_jobs(self, timeout_ms)

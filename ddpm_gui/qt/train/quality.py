@@ -6,13 +6,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from PySide6.QtWidgets import QCheckBox, QGridLayout, QLabel, QPushButton, QSpinBox, QWidget
+from PySide6.QtWidgets import QCheckBox, QGridLayout, QGroupBox, QLabel, QPushButton, QSpinBox, QWidget
 
 from ddpm_gui.qt.style import INFO_STYLE
 from ddpm_gui.qt.workers import JobSlot
 
 
-class QualityBox(QWidget):
+class QualityBox(QGroupBox):
     """The button, the sample count and "at each checkpoint"; `label` (placed by the panel) shows the
     progress and the result. `source()` gives what to score: a running Trainer or a ModelBundle (None:
     nothing yet); `data()` the labelled ImageData to score against (None: reloaded from the checkpoint)."""
@@ -25,7 +25,7 @@ class QualityBox(QWidget):
         dialogs: Callable[[], bool],
         parent: QWidget | None = None,
     ):
-        super().__init__(parent)
+        super().__init__("Quality check", parent)
         self._source, self._data, self._log = source, data, log
         self.last_result = None  # the last EvalResult
         self.slot = JobSlot(
@@ -52,7 +52,6 @@ class QualityBox(QWidget):
         self.label.setStyleSheet(INFO_STYLE)
         self.label.hide()
         lay = QGridLayout(self)
-        lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.eval_btn, 0, 0)
         lay.addWidget(self.n_spin, 0, 1)
         lay.addWidget(self.auto_check, 1, 0, 1, 2)

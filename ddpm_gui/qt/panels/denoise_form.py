@@ -1,0 +1,232 @@
+"""The Denoise tab's settings: the image (the dataset, the built-in shapes, or a file) and how to noise and
+denoise it (t, K, seed, sampler). `imageChanged` follows every change of the image to noise."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PySide6.QtCore import Qt, Signal, Slot
+from PySide6.QtWidgets import (
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSlider,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ddpm_gui.data.imageio import fit_square, load_image
+from ddpm_gui.errors import DDPMError
+from ddpm_gui.qt.imageview import ImageGrid
+from ddpm_gui.qt.state import AppState
+from ddpm_gui.qt.style import INFO_STYLE
+from ddpm_gui.qt.widgets import Messages, SamplerForm
+
+STRIP = 16  # images shown in the chooser strip
+DEFAULT_INDEX = 4  # the tutorial's horse is image 4 of its CIFAR-10 grid
+DEFAULT_T = 50  # the tutorial noises to t = 50 of 100
+DEFAULT_K = 10
+IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.bmp *.gif *.webp *.tif *.tiff);;All files (*)"
+
+
+class DenoiseForm(QWidget):
+    imageChanged = Signal()
+
+    def __init__(self, state: AppState, messages: Messages, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.state = state
+        self._messages = messages
+        self._model = None
+        self._file_image: np.ndarray | None = None  # an opened file, at the model's size
+        self._file_path: Path | None = None
+        self._file_name = ""
+        self._builtin: tuple[np.ndarray, np.ndarray] | None = None
+        self._builtin_names: list[str] = []
+        self._strip_start = 0
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self._image_box())
+        lay.addWidget(self._run_box())
+        state.dataChanged.connect(self._on_data_changed)
+        self._on_data_changed(state.data)
+
+    def _image_box(self) -> QGroupBox:
+        self.source_label = QLabel()
+        self.source_label.setWordWrap(True)
+        self.source_label.setStyleSheet(INFO_STYLE)
+        self.strip = ImageGrid(columns=8, captions_visible=True)
+        self.strip.setMinimumHeight(110)
+        self.strip.setMaximumHeight(150)
+        self.strip.setToolTip("Click an image to choose it")
+        self.strip.clicked.connect(self.on_strip_clicked)
+        self.index_spin = QSpinBox()
+        self.index_spin.setRange(0, 0)
+        self.index_spin.valueChanged.connect(self._on_index_changed)
+        self.open_btn = QPushButton("Open image &file…")
+        self.open_btn.setToolTip("Open an image file (or drop one on this tab)")
+        self.open_btn.clicked.connect(lambda: self.open_image())
+        box = QGroupBox("Image")
+        iv = QVBoxLayout(box)
+        iv.addWidget(self.source_label)
+        iv.addWidget(self.strip)
+        row = QFormLayout()
+        row.addRow("&Index:", self.index_spin)
+        iv.addLayout(row)
+        iv.addWidget(self.open_btn)
+        return box
+
+    def _run_box(self) -> QGroupBox:
+        self.t_slider = QSlider(Qt.Orientation.Horizontal)
+        self.t_spin = QSpinBox()
+        for w in (self.t_slider, self.t_spin):
+            w.setRange(0, 99)
+            w.setValue(DEFAULT_T)
+            w.setToolTip("t: the tutorial's 0-based index into the noise schedule (0 to T-1)")
+        self.t_slider.valueChanged.connect(self.t_spin.setValue)
+        self.t_spin.valueChanged.connect(self.t_slider.setValue)
+        self.t_note = QLabel()
+        self.t_note.setStyleSheet(INFO_STYLE)
+        self.t_note.setWordWrap(True)
+        t_row = QHBoxLayout()
+        t_row.addWidget(self.t_slider, 1)
+        t_row.addWidget(self.t_spin)
+        self.k_spin = QSpinBox()
+        self.k_spin.setRange(1, 64)
+        self.k_spin.setValue(DEFAULT_K)
+        self.k_spin.setToolTip("How many independent noisings (and denoisings) of the image")
+        self.seed_spin = QSpinBox()
+        self.seed_spin.setRange(0, 2**31 - 1)
+        self.sampler_form = SamplerForm(default="ddpm-beta", ddim_steps=20)
+        form = QFormLayout()
+        t_label = QLabel("Noise to &t:")
+        t_label.setBuddy(self.t_spin)
+        form.addRow(t_label, t_row)
+        form.addRow(self.t_note)
+        form.addRow("&K continuations:", self.k_spin)
+        form.addRow("See&d:", self.seed_spin)
+        box = QGroupBox("Noise, then denoise")
+        rv = QVBoxLayout(box)
+        rv.addLayout(form)
+        rv.addWidget(self.sampler_form)
+        return box
+
+    # ------------------------------------------------------------------ the image
+    def pool(self) -> tuple[np.ndarray, np.ndarray | None, list[str] | None, str]:
+        """(images, labels, class names, description) the index chooses from."""
+        d = self.state.data
+        if d is not None:
+            return d.images, d.labels, d.class_names, f"{d.name}: {len(d):,} images"
+        if self._builtin is None:
+            from ddpm_gui.data.builtin import BUILTIN_CLASSES, generate_builtin
+
+            imgs, labels = generate_builtin(64, size=max(self.model_size(), 8))
+            self._builtin = (imgs, labels)
+            self._builtin_names = list(BUILTIN_CLASSES)
+        imgs, labels = self._builtin
+        return imgs, labels, self._builtin_names, "built-in shapes (nothing loaded in the Data tab)"
+
+    @Slot(object)
+    def _on_data_changed(self, _data: object) -> None:
+        images, _, _, desc = self.pool()
+        self.index_spin.blockSignals(True)
+        self.index_spin.setRange(0, max(len(images) - 1, 0))
+        if self._file_image is None and self.index_spin.value() == 0:
+            self.index_spin.setValue(min(DEFAULT_INDEX, len(images) - 1))
+        self.index_spin.blockSignals(False)
+        self.source_label.setText(desc)
+        self._strip_start = -1
+        self._on_index_changed(self.index_spin.value(), keep_file=self._file_image is not None)
+
+    @Slot(int)
+    def on_strip_clicked(self, i: int) -> None:
+        self.index_spin.setValue(self._strip_start + i)
+        self._on_index_changed(self.index_spin.value())
+
+    @Slot(int)
+    def _on_index_changed(self, index: int, keep_file: bool = False) -> None:
+        if not keep_file:
+            self._file_image = self._file_path = None
+        images = self.pool()[0]
+        start = (index // STRIP) * STRIP
+        self._strip_start = start
+        chunk = images[start : start + STRIP]
+        marked = self._file_image is None
+        caps = [
+            f"[{start + j}]" if marked and start + j == index else str(start + j) for j in range(len(chunk))
+        ]
+        self.strip.set_images(chunk, captions=caps)
+        self.imageChanged.emit()
+
+    def open_image(self, path: str | Path | None = None) -> bool:
+        """Use an image file (any size; centre-cropped and resized to the model's size by the app's image
+        loader). On failure the message is shown and the current image is kept."""
+        if path is None:
+            path, _ = QFileDialog.getOpenFileName(self, "Open image", str(Path.home()), IMAGE_FILTER)
+            if not path:
+                return False
+        try:
+            image = load_image(path, self.model_size())
+        except DDPMError as e:
+            self._messages.error(str(e), "Cannot open the image")
+            return False
+        self._messages.clear_error()
+        self._file_image, self._file_path, self._file_name = image, Path(path), Path(path).name
+        self.source_label.setText(f"File: {self._file_name} (pick an index to go back to the dataset)")
+        self._on_index_changed(self.index_spin.value(), keep_file=True)  # unmarks the strip
+        return True
+
+    def _refit_file(self) -> None:
+        """After the model's size changed: read the opened file again at the new size (one crop and resize
+        from the file, as the CLI does, never a resize of a resize). If it cannot be read any more, say so
+        and go back to the dataset's image."""
+        size = self.model_size()
+        if self._file_image is None or self._file_image.shape[0] == size:
+            return
+        try:
+            self._file_image = load_image(self._file_path, size)
+        except DDPMError as e:
+            self._file_image = self._file_path = None
+            self.source_label.setText(self.pool()[3])
+            self._on_index_changed(self.index_spin.value())
+            self._messages.error(f"{e} Showing the dataset's image instead.", "Cannot open the image")
+
+    def model_size(self) -> int:
+        return self._model.image_size if self._model is not None else 32
+
+    def image(self) -> np.ndarray:
+        """The image to noise, at the model's size ((S, S, 3) uint8)."""
+        if self._file_image is not None and self._file_image.shape[0] == self.model_size():
+            return self._file_image
+        images = self.pool()[0]
+        i = min(self.index_spin.value(), len(images) - 1)
+        return fit_square(images[i], self.model_size())
+
+    def image_caption(self) -> str:
+        if self._file_image is not None:
+            return self._file_name
+        _, labels, names, _ = self.pool()
+        i = self.index_spin.value()
+        if labels is not None and names and 0 <= i < len(labels) and labels[i] < len(names):
+            return f"#{i}: {names[labels[i]]}"
+        return f"#{i}"
+
+    # ------------------------------------------------------------------ the model
+    def set_model(self, b) -> None:
+        """A new model (or None): t up to its T-1, the image at its size."""
+        self._model = b
+        if b is not None:
+            T = b.schedule.T
+            self.sampler_form.set_T(T)
+            hi = max(T - 1, 0)
+            for w in (self.t_slider, self.t_spin):
+                w.setMaximum(hi)
+            if self._builtin is not None and self._builtin[0].shape[1] != b.image_size:
+                self._builtin = None
+                self._on_data_changed(self.state.data)
+        self._refit_file()
+        self.imageChanged.emit()
