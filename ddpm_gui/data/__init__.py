@@ -16,6 +16,7 @@ decoded, after `hub_reachable()` has decided whether to work offline. It is the 
 from ddpm_gui.data.builtin import BUILTIN_CLASSES, BUILTIN_DEFAULT_COUNT, generate_builtin
 from ddpm_gui.data.cache import default_cache_dir
 from ddpm_gui.data.hub import HUB_EXTRA_INSTALL, datasets_available, hub_reachable
+from ddpm_gui.data.skips import Skipped
 from ddpm_gui.data.sources import (
     IMAGE_EXTENSIONS,
     Cancelled,
@@ -33,6 +34,7 @@ __all__ = [
     "Cancelled",
     "ImageData",
     "ProgressFn",
+    "Skipped",
     "datasets_available",
     "default_cache_dir",
     "describe_source",

@@ -290,7 +290,8 @@ class JobSlot(QObject):
             job.deleteLater()
         if self._on_done is not None:
             self._on_done()
-        self.busyChanged.emit(False)
+        if self.job is None:  # (on_done may have started the next one)
+            self.busyChanged.emit(False)
 
 
 def show_warning(parent: QWidget, title: str, text: str) -> QMessageBox:

@@ -8,6 +8,7 @@ import pytest
 pytest.importorskip("pytestqt")
 
 from ddpm_gui.qt.panels import denoise_panel as dp
+from ddpm_gui.qt.panels.denoise_form import STRIP
 from ddpm_gui.qt.state import AppState
 
 from .test_sample_panel import train_tiny_run
@@ -45,27 +46,29 @@ def test_needs_a_model(panel):
     assert panel.run() is False
     assert "File ▸ Open checkpoint" in panel.error_label.text()
     # without loaded data the built-in shapes are offered, the tutorial's index 4 chosen
-    assert panel.index_spin.value() == 4
-    assert panel.strip.count() == dp.STRIP
+    assert panel.form.index_spin.value() == 4
+    assert panel.form.strip.count() == STRIP
     assert panel.original_view.count() == 1
 
 
 def test_defaults_are_the_tutorials(panel, bundle):
     panel.state.set_bundle(bundle)
     assert bundle.schedule.T == 100
-    assert panel.t_spin.value() == 50 and panel.t_slider.value() == 50  # noise to t = 50 of 100
-    assert panel.k_spin.value() == 10
+    form = panel.form
+    assert form.t_spin.value() == 50 and form.t_slider.value() == 50  # noise to t = 50 of 100
+    assert form.k_spin.value() == 10
     assert panel.run_btn.isEnabled()
 
 
 def test_denoise_k3_t10(qtbot, panel, bundle):
     panel.state.set_bundle(bundle)
-    assert panel.t_spin.maximum() == bundle.schedule.T - 1
-    panel.k_spin.setValue(3)
-    panel.t_spin.setValue(10)
-    assert panel.t_slider.value() == 10
+    form = panel.form
+    assert form.t_spin.maximum() == bundle.schedule.T - 1
+    form.k_spin.setValue(3)
+    form.t_spin.setValue(10)
+    assert form.t_slider.value() == 10
     assert panel.run() is True
-    qtbot.waitUntil(lambda: panel._job is None, timeout=60_000)
+    qtbot.waitUntil(lambda: not panel.is_denoising(), timeout=60_000)
     assert panel.error_label.isHidden(), panel.error_label.text()
     res = panel.results()
     assert res is not None and res.shape == (3, 32, 32, 3) and res.dtype == np.uint8
@@ -77,8 +80,8 @@ def test_denoise_k3_t10(qtbot, panel, bundle):
     np.testing.assert_array_equal(panel.start_view.images()[0], panel.noised_starts()[0])
     first = res.copy()
     assert panel.rerun() is True  # a new seed: other noise, other continuations
-    assert panel.seed_spin.value() == 1
-    qtbot.waitUntil(lambda: panel._job is None, timeout=60_000)
+    assert form.seed_spin.value() == 1
+    qtbot.waitUntil(lambda: not panel.is_denoising(), timeout=60_000)
     assert not np.array_equal(panel.results(), first)
 
 
@@ -86,9 +89,9 @@ def test_choose_image_by_click_and_file(qtbot, panel, bundle, tmp_path):
     from PIL import Image
 
     panel.state.set_bundle(bundle)
-    panel._on_strip_clicked(7)
-    assert panel.index_spin.value() == 7
-    np.testing.assert_array_equal(panel.image(), panel._pool()[0][7])
+    panel.form.on_strip_clicked(7)
+    assert panel.form.index_spin.value() == 7
+    np.testing.assert_array_equal(panel.image(), panel.form.pool()[0][7])
     path = tmp_path / "photo.png"
     Image.fromarray(np.full((50, 80, 3), 200, np.uint8)).save(path)
     assert panel.open_image(path)
@@ -106,9 +109,9 @@ def test_t_clamped_to_schedule(panel):
         image_size = 32
         preset, step, num_classes, prediction, source = "tiny", 0, None, "eps", "test"
 
-    panel.t_spin.setValue(50)
+    panel.form.t_spin.setValue(50)
     panel.state.set_bundle(B())
-    assert panel.t_spin.value() == 19 and panel.t_slider.maximum() == 19
+    assert panel.form.t_spin.value() == 19 and panel.form.t_slider.maximum() == 19
 
 
 # ----------------------------------------------------------------------------- image files: the one loader
@@ -208,3 +211,146 @@ def test_a_new_model_size_reads_the_file_again(panel, tmp_path):
     panel.state.set_bundle(_Model(24))
     assert "wide.png" in panel.error_label.text() and "dataset's image instead" in panel.error_label.text()
     assert panel.image().shape == (24, 24, 3) and "wide.png" not in panel.original_title.text()
+
+
+# ----------------------------------------------------------------------------- t and steps: one meaning
+
+
+def test_t_is_explained_once_and_agrees_with_the_forward_tab(qtbot, panel, bundle):
+    from PySide6.QtWidgets import QLabel
+
+    from ddpm_gui.qt.panels.forward_panel import ForwardPanel
+
+    panel.state.set_bundle(bundle)
+    panel.form.t_spin.setValue(50)
+    ab = float(bundle.schedule.alpha_bars[50])
+    note = panel.form.t_note.text()
+    assert "t = 50 counts from 0 (0 to 99)" in note and "its step 51 of 100" in note, note
+    assert f"ᾱ = {ab:.4f}" in note
+    # the Forward tab's step 51 is this t = 50: the same ᾱ, the same mix of image and noise
+    fwd = ForwardPanel(panel.state)
+    qtbot.addWidget(fwd, before_close_func=lambda w: w.shutdown(10000))
+    fwd.set_schedule(bundle.schedule.config)
+    qtbot.waitUntil(lambda: not fwd.is_busy() and fwd.frame_count() == 101, timeout=20000)
+    fwd.player.set_current(51)
+    assert "step 51 / 100" in fwd.frame_label.text() and f"ᾱ<sub>t</sub> = {ab:.4f}" in fwd.frame_label.text()
+    # a run: every other label speaks of t = 50, and the step number is said once, in the note
+    panel.form.k_spin.setValue(2)
+    panel.form.sampler_form.set_key("ddim")
+    panel.form.sampler_form.steps_spin.setValue(3)
+    assert panel.run()
+    assert "Noising to t = 50" in panel.status_label.text()
+    qtbot.waitUntil(lambda: not panel.is_denoising(), timeout=60_000)
+    assert "(t = 50)" in panel.start_title.text() and "noised to t = 50" in panel.results_title.text()
+    assert panel.player.count() == 4  # the noised starts, then 3 reverse steps
+    panel.player.set_current(0)
+    assert panel.player.label_text() == "noised starts · t = 50"
+    assert "t = 50" in panel.results_title.text()
+    texts = [w.text() for w in panel.findChildren(QLabel)]
+    assert sum("step 51" in t for t in texts) == 1, texts
+
+
+# ----------------------------------------------------------------------------- exports
+
+
+def _run(qtbot, panel, bundle, k=3, t=10, steps=4):
+    panel.state.set_bundle(bundle)
+    panel.form.k_spin.setValue(k)
+    panel.form.t_spin.setValue(t)
+    panel.form.sampler_form.set_key("ddim")
+    panel.form.sampler_form.steps_spin.setValue(steps)
+    assert panel.run()
+    qtbot.waitUntil(lambda: not panel.is_denoising(), timeout=60_000)
+    assert panel.results() is not None, panel.error_label.text()
+
+
+def test_exports_the_row_and_the_chain_off_the_gui_thread(qtbot, panel, bundle, tmp_path, monkeypatch):
+    import threading
+
+    from PIL import Image
+
+    from ddpm_gui.qt import exports
+    from ddpm_gui.qt.exports import export_scale, tile
+
+    _run(qtbot, panel, bundle)
+    assert panel.png_btn.isEnabled() and panel.anim_btn.isEnabled()
+    writers = []
+    for name in ("save_png", "save_animation"):
+
+        def recording(*a, _real=getattr(exports, name), **k):
+            writers.append(threading.current_thread())
+            return _real(*a, **k)
+
+        monkeypatch.setattr(exports, name, recording)
+    out = tmp_path / "out"
+    row = np.concatenate([panel.image()[None], panel.noised_starts()[:1], panel.results()])
+    with qtbot.waitSignal(panel.exported, timeout=60_000):
+        png = panel.save_png_row(out / "row")
+        assert png == out / "row.png" and panel.is_exporting() and not panel.anim_btn.isEnabled()
+    qtbot.waitUntil(lambda: not panel.is_exporting(), timeout=10_000)
+    with Image.open(png) as im:  # original, noised start, the 3 results: one row
+        want = tile(row, columns=5, scale=export_scale(32))
+        np.testing.assert_array_equal(np.asarray(im.convert("RGB")), want)
+    for suffix in (".gif", ".webp"):
+        with qtbot.waitSignal(panel.exported, timeout=60_000):
+            anim = panel.save_animation(out / f"chain{suffix}")
+        qtbot.waitUntil(lambda: not panel.is_exporting(), timeout=10_000)
+        with Image.open(anim) as im:  # the noised starts, then each reverse step
+            assert im.n_frames == 1 + 4 and im.info["loop"] == 0
+            im.seek(im.n_frames - 1)
+            im.load()
+            if suffix == ".webp":  # lossless: the last frame is the PNG's row
+                np.testing.assert_array_equal(np.asarray(im.convert("RGB")), want)
+    assert len(writers) == 3 and threading.main_thread() not in writers
+    assert sorted(p.name for p in out.iterdir()) == ["chain.gif", "chain.webp", "row.png"]
+    assert panel.png_btn.isEnabled() and panel.anim_btn.isEnabled()
+
+
+@pytest.mark.parametrize(("export", "name"), [("save_png_row", "keep.png"), ("save_animation", "keep.gif")])
+def test_a_failed_export_keeps_the_old_file(qtbot, panel, bundle, tmp_path, export, name):
+    from test_imageio import disk_full_at
+
+    _run(qtbot, panel, bundle, k=2, steps=2)
+    target = tmp_path / "out" / name
+    target.parent.mkdir()
+    target.write_bytes(b"an earlier export")
+    with disk_full_at(name):
+        assert getattr(panel, export)(target) == target
+        qtbot.waitUntil(lambda: not panel.is_exporting(), timeout=60_000)
+    assert target.read_bytes() == b"an earlier export"
+    assert [p.name for p in target.parent.iterdir()] == [name]
+    assert name in panel.error_label.text() and "No space left" in panel.error_label.text()
+
+
+def test_save_dialogs_open_in_the_runs_samples_folder(panel, bundle, run_dir):
+    panel.state.set_bundle(bundle)
+    (run_dir / "samples").mkdir(exist_ok=True)
+    assert panel.exporter.folder() == run_dir / "samples"
+
+
+# ----------------------------------------------------------------------------- drops: models and folders
+
+
+@pytest.mark.parametrize("what", ["run folder", "checkpoint file"])
+def test_a_dropped_run_or_checkpoint_becomes_the_apps_model(qtbot, panel, run_dir, what):
+    from ddpm_gui.engine.checkpoint import list_checkpoints
+
+    from .test_widgets import drop
+
+    path = run_dir if what == "run folder" else list_checkpoints(run_dir)[-1][1]
+    assert drop(panel, path) is True
+    qtbot.waitUntil(lambda: panel.state.bundle is not None and not panel.is_busy(), timeout=30_000)
+    assert panel.state.bundle_source == path.name and panel.run_btn.isEnabled()
+    assert "tiny" in panel.model_label.text() and panel.error_label.isHidden()
+
+
+def test_a_dropped_image_folder_goes_to_the_data_tab(panel, tmp_path):
+    from .test_widgets import drop
+
+    (tmp_path / "photos").mkdir()
+    before = panel.image().copy()
+    assert drop(panel, tmp_path / "photos") is False
+    msg = panel.error_label.text()
+    assert "photos is a folder" in msg and "open image folders in the Data tab" in msg, msg
+    assert panel.state.bundle is None and not panel.is_busy()
+    np.testing.assert_array_equal(panel.image(), before)

@@ -251,6 +251,8 @@ def _export(qtbot, panel, call, *args):
 def test_exports_what_it_shows_off_the_gui_thread(qtbot, panel, tmp_path, monkeypatch, quiet):
     import threading
 
+    tmp_path = tmp_path / "exports"  # (the settings file lives in tmp_path itself)
+
     from ddpm_gui.qt import exports
     from ddpm_gui.qt.exports import export_scale, tile
 
@@ -299,6 +301,8 @@ def test_a_long_schedule_animates_evenly_spaced_steps(qtbot, panel, tmp_path, qu
 def test_a_failed_export_keeps_the_old_file(qtbot, panel, tmp_path, quiet, export, name):
     from test_imageio import disk_full_at
 
+    tmp_path = tmp_path / "exports"
+    tmp_path.mkdir()
     target = tmp_path / name
     target.write_bytes(b"an earlier export")
     with disk_full_at(name):
@@ -320,7 +324,7 @@ def test_save_dialogs_start_in_the_last_folder_used(qtbot, panel, tmp_path, monk
 
     def dialog(parent, title, start, filters):
         asked.append(start)
-        return str(tmp_path / "out" / "anim"), filters.split(";;")[1]  # no suffix typed, WebP picked
+        return str(tmp_path / "out" / "anim"), filters.split(";;")[-1]  # no suffix typed, the last type
 
     monkeypatch.setattr(exports.QFileDialog, "getSaveFileName", dialog)
     monkeypatch.setattr(exports.Path, "home", classmethod(lambda cls: tmp_path / "home"))

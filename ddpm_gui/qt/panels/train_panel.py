@@ -467,7 +467,7 @@ class TrainPanel(QWidget):
     # ------------------------------------------------------------------ events (GUI thread)
     def _on_event(self, e: object) -> None:
         self.view.show_event(e, paused=self.is_paused())
-        if isinstance(e, ev.Progress | ev.Started):
+        if isinstance(e, ev.Progress | ev.Started | ev.Paused):
             self._last_step = e.step
         if isinstance(e, ev.CheckpointSaved):
             self._last_checkpoint = e.path

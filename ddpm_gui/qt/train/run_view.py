@@ -123,6 +123,7 @@ class RunView(QWidget):
         elif isinstance(e, ev.CheckpointSaved):
             self.log(f"Checkpoint saved at step {e.step:,}: {e.path}")
         elif isinstance(e, ev.Paused):
+            self.progress.setValue(min(e.step, self.progress.maximum()))
             self.stats_label.setText(f"Paused at step {e.step:,}.")
             self.log(f"Paused at step {e.step:,}")
         elif isinstance(e, ev.Resumed):
