@@ -30,6 +30,7 @@ import traceback
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 TAB_TITLES = ["Data", "Forward process", "Train", "Sample", "Denoise"]
 ENGINE_TIMEOUT_S = 90.0  # a cold start from a slow disk; on this machine it takes 3-6 s
@@ -246,37 +247,47 @@ def _parquet_check(d, tmp: Path) -> str:
     return f"datasets {datasets.__version__}: wrote and read back {n} images as parquet in {time.perf_counter() - t0:.2f} s"
 
 
-def _run_checks(tmp: Path, checks: _Checks) -> None:
-    import platform
+class _SelfTestRun:
+    """The checks in order; each method is one check and keeps what later checks need on self."""
 
-    from ddpm_gui import __version__
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.app: Any = None
+        self.settings: Any = None
+        self.win: Any = None
+        self.data: Any = None
+        self.run_dir: Path | None = None
+        self.bundle: Any = None
 
-    frozen = getattr(sys, "frozen", False)
-    where = "PyInstaller bundle" if frozen else "Python package"
-    checks.ok(
-        "environment",
-        f"DDPM Studio {__version__} ({where} at {Path(sys.executable if frozen else __file__).resolve().parent}), "
-        f"Python {platform.python_version()}, Qt platform '{os.environ['QT_QPA_PLATFORM']}', temporary folder {tmp}",
-    )
-
-    state: dict = {}
+    def steps(self) -> list:
+        return [
+            ("application", self.make_app),
+            ("window opened", self.open_window),
+            ("engine loaded", self.engine),
+            ("data panel", self.panel_data),
+            ("built-in data", self.builtin_data),
+            ("parquet via datasets", lambda: _parquet_check(self.data, self.tmp)),
+            ("training", self.train),
+            ("sampling", self.sample),
+            ("window grab", self.show_model),
+        ]
 
     # --- Qt: the application, the resources, the window
-    def make_app() -> str:
+    def make_app(self) -> str:
         from PySide6.QtCore import QSettings, qVersion
 
         from ddpm_gui.qt.app import make_application, resource_path
 
         _check_qt_platform()  # Qt aborts the process when its platform cannot start: say why first
         app = make_application([sys.argv[0] if sys.argv else "ddpm-gui"])
-        ini = tmp / "settings.ini"
+        ini = self.tmp / "settings.ini"
         settings = QSettings(str(ini), QSettings.Format.IniFormat)
         # the Data panel autoloads the built-in shapes at start: keep it small
         settings.setValue("data/kind", "builtin")
         settings.setValue("data/size", IMAGE_SIZE)
         settings.setValue("data/limit", N_IMAGES)
         settings.sync()
-        state.update(app=app, settings=settings, ini=ini)
+        self.app, self.settings = app, settings
         icons = [resource_path(n) for n in ("ddpm-gui.svg", "ddpm-gui.png")]
         _need(
             all(p is not None for p in icons), "the icons (ddpm-gui.svg/.png) are not in any resource folder"
@@ -284,35 +295,29 @@ def _run_checks(tmp: Path, checks: _Checks) -> None:
         _need(not app.windowIcon().isNull(), "the window icon did not load")
         return f"Qt {qVersion()}, icons from {icons[0].parent}"
 
-    checks.run("application", make_app)
-    app = state["app"]
-
-    def open_window() -> str:
+    def open_window(self) -> str:
         from ddpm_gui.qt.main_window import MainWindow
 
         t0 = time.perf_counter()
-        win = MainWindow(settings=state["settings"])
-        state["window"] = win
-        win.resize(1280, 800)
-        win.show()
-        win.start_engine()
-        app.processEvents()
-        _need(win.isVisible(), "the window is not visible after show()")
-        title = win.windowTitle()
+        win = MainWindow(settings=self.settings)
+        self.win = win
+        self.win.resize(1280, 800)
+        self.win.show()
+        self.win.start_engine()
+        self.app.processEvents()
+        _need(self.win.isVisible(), "the window is not visible after show()")
+        title = self.win.windowTitle()
         _need("DDPM Studio" in title, f"the title is {title!r}")
-        tabs = [win.tabs.tabText(i) for i in range(win.tabs.count())]
+        tabs = [self.win.tabs.tabText(i) for i in range(self.win.tabs.count())]
         _need(tabs == TAB_TITLES, f"the tabs are {tabs}, expected {TAB_TITLES}")
         return f"{title!r}, {len(tabs)} tabs ({', '.join(tabs)}) in {time.perf_counter() - t0:.2f} s"
 
-    checks.run("window opened", open_window)
-    win = state["window"]
-
-    def engine() -> str:
+    def engine(self) -> str:
         t0 = time.perf_counter()
-        if not wait_for(app, win.is_ready, ENGINE_TIMEOUT_S):
-            msg = win.statusBar().currentMessage()
+        if not wait_for(self.app, self.win.is_ready, ENGINE_TIMEOUT_S):
+            msg = self.win.statusBar().currentMessage()
             raise CheckFailed(f"not ready after {ENGINE_TIMEOUT_S:.0f} s (status bar: {msg!r})")
-        missing = [t for (_m, cls, t) in _panels() if win.panel(cls) is None]
+        missing = [t for (_m, cls, t) in _panels() if self.win.panel(cls) is None]
         _need(not missing, f"these tabs have no panel: {', '.join(missing)}")
         import torch
 
@@ -321,20 +326,18 @@ def _run_checks(tmp: Path, checks: _Checks) -> None:
             f"{time.perf_counter() - t0:.2f} s"
         )
 
-    checks.run("engine loaded", engine)
-
-    def panel_data() -> str:
+    def panel_data(self) -> str:
         t0 = time.perf_counter()
-        ok = wait_for(app, lambda: win.state.data is not None and not win.is_busy(), DATA_TIMEOUT_S)
+        ok = wait_for(
+            self.app, lambda: self.win.state.data is not None and not self.win.is_busy(), DATA_TIMEOUT_S
+        )
         _need(ok, f"the Data panel loaded nothing in {DATA_TIMEOUT_S:.0f} s")
-        d = win.state.data
+        d = self.win.state.data
         _need(len(d) == N_IMAGES, f"the Data panel loaded {len(d)} images, expected {N_IMAGES}")
         return f"the Data panel autoloaded {d.name}: {len(d)} images in {time.perf_counter() - t0:.2f} s"
 
-    checks.run("data panel", panel_data)
-
     # --- the engine, headless (what the panels run in their threads)
-    def data() -> str:
+    def builtin_data(self) -> str:
         import numpy as np
 
         from ddpm_gui.data import default_cache_dir, load_data
@@ -344,18 +347,14 @@ def _run_checks(tmp: Path, checks: _Checks) -> None:
         _need(d.images.shape == (N_IMAGES, IMAGE_SIZE, IMAGE_SIZE, 3), f"images are {d.images.shape}")
         _need(d.images.dtype == np.uint8, f"images are {d.images.dtype}")
         _need(d.num_classes == 10, f"{d.num_classes} classes, expected 10")
-        _need(Path(default_cache_dir()).is_relative_to(tmp), f"the data cache is {default_cache_dir()}")
-        state["data"] = d
+        _need(Path(default_cache_dir()).is_relative_to(self.tmp), f"the data cache is {default_cache_dir()}")
+        self.data = d
         return (
             f"builtin:{N_IMAGES} -> {d.images.shape} uint8, {d.num_classes} classes, no download, "
             f"{time.perf_counter() - t0:.2f} s"
         )
 
-    checks.run("built-in data", data)
-
-    checks.run("parquet via datasets", lambda: _parquet_check(state["data"], tmp))
-
-    def train() -> str:
+    def train(self) -> str:
         import math
 
         from ddpm_gui.engine import events as ev
@@ -363,7 +362,7 @@ def _run_checks(tmp: Path, checks: _Checks) -> None:
         from ddpm_gui.engine.trainer import Trainer
 
         t0 = time.perf_counter()
-        run_dir = tmp / "run"
+        run_dir = self.tmp / "run"
         cfg = TrainConfig(
             data=f"builtin:{N_IMAGES}",
             image_size=IMAGE_SIZE,
@@ -377,7 +376,7 @@ def _run_checks(tmp: Path, checks: _Checks) -> None:
             checkpoint_every=0,
             checkpoint_minutes=0.0,
         )
-        trainer = Trainer(cfg, run_dir, data=state["data"])
+        trainer = Trainer(cfg, run_dir, data=self.data)
         losses: list[float] = []
         finished = None
         for e in trainer.run():
@@ -387,28 +386,26 @@ def _run_checks(tmp: Path, checks: _Checks) -> None:
                 losses.append(float(e.loss))
             if isinstance(e, ev.Finished):
                 finished = e
-            app.processEvents()  # keep the window alive while training runs in this thread
+            self.app.processEvents()  # keep the window alive while training runs in this thread
         _need(finished is not None, "training ended without a Finished event")
         _need(finished.step == TRAIN_STEPS, f"stopped at step {finished.step}, expected {TRAIN_STEPS}")
         _need(losses and all(math.isfinite(x) for x in losses), f"losses {losses}")
         ckpt = Path(finished.checkpoint) if finished.checkpoint else None
         _need(ckpt is not None and ckpt.exists(), f"no checkpoint written (got {finished.checkpoint})")
-        _need(ckpt.resolve().is_relative_to(tmp.resolve()), f"the checkpoint went to {ckpt}")
-        state["run_dir"] = run_dir
+        _need(ckpt.resolve().is_relative_to(self.tmp.resolve()), f"the checkpoint went to {ckpt}")
+        self.run_dir = run_dir
         return (
             f"tiny preset, {TRAIN_STEPS} steps of batch {BATCH} at {IMAGE_SIZE}x{IMAGE_SIZE}, loss "
             f"{losses[0]:.3f} -> {losses[-1]:.3f}, checkpoint {ckpt.name}, {time.perf_counter() - t0:.2f} s"
         )
 
-    checks.run("training", train)
-
-    def sample() -> str:
+    def sample(self) -> str:
         import numpy as np
 
         from ddpm_gui.engine.sampler import SampleConfig, load_bundle, sample_frames
 
         t0 = time.perf_counter()
-        bundle = load_bundle(state["run_dir"], device="cpu")
+        bundle = load_bundle(self.run_dir, device="cpu")
         _need(bundle.step == TRAIN_STEPS, f"the checkpoint is at step {bundle.step}, expected {TRAIN_STEPS}")
         cfg = SampleConfig(n=SAMPLES, sampler="ddim", steps=DDIM_STEPS, seed=0)
         frames = list(sample_frames(bundle, cfg))
@@ -420,25 +417,38 @@ def _run_checks(tmp: Path, checks: _Checks) -> None:
         )
         _need(x.shape == (SAMPLES, IMAGE_SIZE, IMAGE_SIZE, 3), f"samples have shape {x.shape}")
         _need(all(int(im.max()) > int(im.min()) for im in x), "a sample is a constant image")
-        state["bundle"] = bundle
+        self.bundle = bundle
         return (
             f"{SAMPLES} images {x.shape[1]}x{x.shape[2]} uint8 by DDIM in {DDIM_STEPS} steps from "
             f"{Path(bundle.source).name}, {time.perf_counter() - t0:.2f} s"
         )
 
-    checks.run("sampling", sample)
-
-    def show_model() -> str:
-        win.state.set_bundle(state["bundle"])
-        app.processEvents()
-        w, h, std = _grab_stats(win)
+    def show_model(self) -> str:
+        self.win.state.set_bundle(self.bundle)
+        self.app.processEvents()
+        w, h, std = _grab_stats(self.win)
         _need(w > 0 and h > 0, f"the grab is {w}x{h}")
         _need(std > 1.0, f"the window grab is blank (grey-level standard deviation {std:.2f})")
         return (
             f"{w}x{h} pixels, grey-level standard deviation {std:.1f}, with the trained model set as current"
         )
 
-    checks.run("window grab", show_model)
+
+def _run_checks(tmp: Path, checks: _Checks) -> None:
+    import platform
+
+    from ddpm_gui import __version__
+
+    frozen = getattr(sys, "frozen", False)
+    where = "PyInstaller bundle" if frozen else "Python package"
+    checks.ok(
+        "environment",
+        f"DDPM Studio {__version__} ({where} at {Path(sys.executable if frozen else __file__).resolve().parent}), "
+        f"Python {platform.python_version()}, Qt platform '{os.environ['QT_QPA_PLATFORM']}', temporary folder {tmp}",
+    )
+    run = _SelfTestRun(tmp)
+    for name, fn in run.steps():
+        checks.run(name, fn)
 
 
 def _panels():

@@ -21,7 +21,7 @@ every 2 steps (so saves are frequent), and is interrupted in one of these ways (
                 at the step it stopped at, and exit 130
 
 After the interruption the run folder is checked (every file under a checkpoint name loads with every
-byte verified, `load_bundle` loads the run, config.json parses, metrics.jsonl parses except at most a
+byte verified, `load_bundle` loads the run with no note, its config.toml parses, metrics.jsonl parses except at most a
 cut last line, temp files are never listed as checkpoints), then `ddpm-gui train --out RUN --resume`
 finishes the run, and the result is compared with an uninterrupted reference run: the model, EMA and
 optimizer tensors must be bitwise equal, and metrics.jsonl must hold the same steps and losses. Any
@@ -52,7 +52,7 @@ from pathlib import Path
 MODES = ("random", "training", "slow-save", "in-save", "repeated", "enospc", "sigint")
 SAVE_ACTIONS = ("kill-mid-write", "kill-before-rename", "kill-after-rename")
 HERE = Path(__file__).resolve().parent
-CONFIG_NAMES = ("config.toml", "config.json")  # a run's settings; config.json in runs of older versions
+CONFIG_NAMES = ("config.toml", "config.json")  # a run's settings (config.json: runs of older versions)
 
 
 def _script(name: str):

@@ -16,7 +16,7 @@ readers-vs-pruner: writers save a checkpoint and prune to 1 (--checkpoint-every 
     thread of this process, and a separate process) while this process loads the runs through every reader:
     none may fail or report a skipped file; read_meta of a listed path may only say the file vanished.
 output-modes: a random umask and target (new file, existing file of a random mode, symlink, chain of
-    symlinks, dangling symlink, folder; named config.json, metrics.jsonl, a PNG, a checkpoint) written
+    symlinks, dangling symlink, folder; named config.toml, metrics.jsonl, a PNG, a checkpoint...) written
     through every writer: mode 0o666 less the umask for a new file, the old mode for a replaced one,
     symlinks kept and written through, a folder refused, no temp file left.
 write-faults: a write that fails (disk full, no permission, I/O error) at a random phase: the old file keeps
@@ -373,7 +373,9 @@ def output_modes(rng: random.Random, work: Path, n: int = 12) -> tuple[int, list
         case.mkdir()
         mask = rng.choice([0o022, 0o002, 0o077, 0o027, 0o007])
         writer = rng.choice(sorted(writers))
-        name = rng.choice(["config.json", "metrics.jsonl", "grid.png", "step_00000001.safetensors"])
+        name = rng.choice(
+            ["config.toml", "config.json", "metrics.jsonl", "grid.png", "step_00000001.safetensors"]
+        )
         kind, path, real, mode = _target(rng, case, name)
         old = os.umask(mask)
         try:

@@ -948,3 +948,4 @@ def test_cli_prints_one_warning_line_for_what_it_skipped(tmp_path):
     mentions = [line for line in lines if "loose.png" in line or "broken.png" in line]
     assert len(mentions) == 1, proc.stderr
     assert "skipped 2" in mentions[0] and "move it into a class folder" in mentions[0], mentions
+    assert mentions[0].startswith("warning: "), mentions  # worded like the CLI's own warnings

@@ -70,11 +70,25 @@ def _commands() -> dict:
     }
 
 
+def _warnings_as_lines() -> None:
+    """The engine's and data layer's logged warnings (skipped images, ...) as `warning: ...` lines on stderr,
+    like the command's own; once per process."""
+    import logging
+
+    log = logging.getLogger("ddpm_gui")
+    if not any(getattr(h, "ddpm_gui_cli", False) for h in log.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("warning: %(message)s"))
+        handler.setLevel(logging.WARNING)
+        handler.ddpm_gui_cli = True  # type: ignore[attr-defined]
+        log.addHandler(handler)
+        log.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.argv = list(argv)
     if args.command is None:
         if args.self_test:
             from ddpm_gui.selftest import self_test
@@ -85,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_app([sys.argv[0]])
     from ddpm_gui.errors import DDPMError
 
+    _warnings_as_lines()
     try:
         return _commands()[args.command](args)
     except DDPMError as exc:
