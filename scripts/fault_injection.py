@@ -21,9 +21,9 @@ every 2 steps (so saves are frequent), and is interrupted in one of these ways (
                 at the step it stopped at, and exit 130
 
 After the interruption the run folder is checked (every file under a checkpoint name loads with every
-byte verified, `load_bundle` loads the run with no note, its config.toml parses, metrics.jsonl parses except at most a
-cut last line, temp files are never listed as checkpoints), then `ddpm-gui train --out RUN --resume`
-finishes the run, and the result is compared with an uninterrupted reference run: the model, EMA and
+byte verified, `load_bundle` loads the run with no note, its config.toml parses, metrics.jsonl parses
+except at most a cut last line, temp files are never listed as checkpoints), then `ddpm-gui train --out RUN
+--resume` finishes the run, and the result is compared with an uninterrupted reference run: the model, EMA and
 optimizer tensors must be bitwise equal, and metrics.jsonl must hold the same steps and losses. Any
 difference is a violation; the exit status is 1 if there was one.
 

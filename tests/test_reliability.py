@@ -68,6 +68,7 @@ def metrics(run: Path) -> list[tuple]:
     return [
         (r["step"], r["loss"], r["loss_smooth"])
         for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+        if "loss" in r  # not the records of settings changed on resume
     ]
 
 
@@ -120,7 +121,7 @@ def test_resume_without_any_checkpoint_starts_over(tmp_path, data):
     tr.fault_hook = crash_at(3)
     assert isinstance(run_all(tr)[-1], ev.Failed)
     assert list_checkpoints(tmp_path / "run") == []
-    events = run_all(Trainer(cfg(steps=6), tmp_path / "run", resume=True, data=data))
+    events = run_all(Trainer(cfg(steps=6), tmp_path / "run", resume=True, restart=True, data=data))
     assert any(isinstance(e, ev.Notice) and "from step 0" in e.message for e in events)
     assert next(e for e in events if isinstance(e, ev.Started)).step == 0
     assert isinstance(events[-1], ev.Finished) and events[-1].step == 6
@@ -407,18 +408,30 @@ def test_data_cache_vanishing_mid_run_and_corrupt_between_runs(tmp_path, monkeyp
 
 
 def test_run_folder_from_a_newer_or_older_version(tmp_path, data):
+    from ddpm_gui.engine.config import RUN_CONFIG, config_toml
+    from ddpm_gui.engine.runfolder import MARKER
+
     run = tmp_path / "run"
     run_all(Trainer(cfg(steps=2), run, data=data))
-    saved = json.loads((run / "config.json").read_text())
-    # older: fields it did not know yet take their defaults
+    saved = cfg(steps=2).to_dict()
+    # older: a run folder of a version with config.json and no marker; fields it did not know take their
+    # defaults
+    (run / RUN_CONFIG).unlink()
+    (run / MARKER).unlink()
     old = {k: saved[k] for k in ("data", "image_size", "preset", "schedule", "prediction", "steps", "device")}
     (run / "config.json").write_text(json.dumps(old))
     c = load_run_config(run)
     assert c.image_size == 16 and c.lr == TrainConfig().lr and c.version == 1
-    # newer config
+    # newer config: refused, and not overwritten
     (run / "config.json").write_text(json.dumps({**saved, "version": 7}))
     fail = run_all(Trainer(cfg(steps=4), run, resume=True, data=data))[-1]
     assert isinstance(fail, ev.Failed) and "newer DDPM Studio" in fail.message
+    assert json.loads((run / "config.json").read_text())["version"] == 7 and not (run / RUN_CONFIG).exists()
+    (run / RUN_CONFIG).write_text(config_toml({**saved, "version": 7}))
+    fail = run_all(Trainer(cfg(steps=4), run, resume=True, data=data))[-1]
+    assert isinstance(fail, ev.Failed) and "newer DDPM Studio" in fail.message
+    assert "version = 7" in (run / RUN_CONFIG).read_text()
+    (run / RUN_CONFIG).unlink()
     # newer checkpoint format: refused, not skipped and not renamed
     (run / "config.json").write_text(json.dumps(saved))
     tensors, meta = load_checkpoint(checkpoint_path(run, 2))

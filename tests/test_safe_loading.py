@@ -138,7 +138,7 @@ def test_the_crafted_files_do_run_code_when_unpickled_unsafely(tmp_path):
     files = evil_files(tmp_path)
     path, marker = files["raw4.pt"]
     with open(path, "rb") as f:
-        pickle.load(f)  # noqa: S301 - on purpose, on our own file, to prove the payload works
+        pickle.load(f)  # on purpose, on our own file, to prove the payload works
     assert marker.exists()
     path, marker = files["zip.pt"]
     torch.load(path, weights_only=False)  # noqa: S614 - the same

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ddpm_gui.engine import events as ev
-from ddpm_gui.engine.config import RESUMABLE, TrainConfig
+from ddpm_gui.engine.config import RESUMABLE, TrainConfig, load_run_config
 from ddpm_gui.engine.device import device_label
 from ddpm_gui.engine.images import make_grid, png_bytes
 from ddpm_gui.engine.learner import Learner, NonFiniteStep, free_cached_memory, is_oom
@@ -122,6 +122,10 @@ class Trainer(Learner):
             )  # a run killed while loading its data still says what it was
             return
         self.notes += [ev.Notice(n, "warning") for n in self.folder.open()]
+        if self.folder.config_file() is not None:
+            load_run_config(
+                self.run_dir
+            )  # refuse a damaged one, or one of a newer version: never overwritten
         has_checkpoints = bool(self.folder.list_checkpoints())
         if self.restart and has_checkpoints:
             raise ConfigError(

@@ -225,7 +225,7 @@ def test_t_is_explained_once_and_agrees_with_the_forward_tab(qtbot, panel, bundl
     panel.form.t_spin.setValue(50)
     ab = float(bundle.schedule.alpha_bars[50])
     note = panel.form.t_note.text()
-    assert "t = 50 counts from 0 (0 to 99)" in note and "its step 51 of 100" in note, note
+    assert "t counts from 0" in note and "t = 50 is the Forward tab's step 51 of 100" in note, note
     assert f"ᾱ = {ab:.4f}" in note
     # the Forward tab's step 51 is this t = 50: the same ᾱ, the same mix of image and noise
     fwd = ForwardPanel(panel.state)

@@ -57,8 +57,8 @@ def _dialogs() -> bool:
 def t_note(t: int, T: int, alpha_bar: float) -> str:
     """What t means, said once: the tutorial's 0-based index, the Forward tab's 1-based step t + 1."""
     return (
-        f"t = {t} counts from 0 (0 to {T - 1}), as in the tutorial and `ddpm-gui denoise --t`; the Forward "
-        f"tab counts steps from 1, so this is its step {t + 1} of {T}. ᾱ = {alpha_bar:.4f}: "
+        f"t counts from 0, as in the tutorial and `ddpm-gui denoise --t`: t = {t} is the Forward tab's "
+        f"step {t + 1} of {T}. ᾱ = {alpha_bar:.4f}, "
         f"x_t = {math.sqrt(alpha_bar):.2f}·image + {math.sqrt(1 - alpha_bar):.2f}·noise."
     )
 

@@ -180,9 +180,7 @@ class SamplePanel(QWidget):
 
     def _process_view(self) -> QWidget:
         self.xt_title = QLabel("<b>x<sub>t</sub></b>: the sample being denoised")
-        self.x0_title = QLabel(
-            "<b>predicted x<sub>0</sub></b>: the model's guess of the final image at this step"
-        )
+        self.x0_title = QLabel("<b>predicted x<sub>0</sub></b>: the model's guess of the result")
         for lab in (self.xt_title, self.x0_title):
             lab.setWordWrap(True)
         self.xt_grid = ImageGrid()
