@@ -310,3 +310,87 @@ def test_sample_of_a_missing_run_is_one_line(tmp_path, capsys):
     assert run(["sample", "--run", tmp_path / "none", "--device", "cpu", "--out", tmp_path / "x.png"]) == 2
     assert one_error_line(capsys).startswith("error: ")
     assert not (tmp_path / "x.png").exists()
+
+
+# ----------------------------------------------------------------------------- output files
+
+
+def _no_model(*_a, **_k):
+    raise AssertionError("the output path must be checked before any model is loaded")
+
+
+@pytest.mark.parametrize(
+    "setup,words",
+    [
+        (lambda p, mp: p.mkdir(), "is a folder"),
+        (lambda p, mp: mp.setattr("os.access", lambda *a, **k: False), "not writable"),
+        (
+            lambda p, mp: mp.setattr(
+                "os.statvfs", lambda _p: type("S", (), {"f_bavail": 0, "f_frsize": 4096})()
+            ),
+            "free some disk space",
+        ),
+    ],
+    ids=["folder", "read-only", "disk-full"],
+)
+@pytest.mark.parametrize("command", ["sample", "denoise", "eval"])
+def test_bad_output_is_said_before_the_work(
+    trained_run, tmp_path, capsys, monkeypatch, setup, words, command
+):
+    """sample/denoise/eval check --out/--grid before loading the model (sampling takes minutes), and the
+    message is about that option, not about a run folder."""
+    import ddpm_gui.cli.images as images
+    import ddpm_gui.engine.evaluate as evaluate
+
+    monkeypatch.setattr(images, "load_bundle", _no_model)
+    monkeypatch.setattr(evaluate, "evaluate_run", _no_model)
+    out = tmp_path / "out.png"
+    setup(out, monkeypatch)
+    flag = "--grid" if command == "eval" else "--out"
+    assert run([command, "--run", trained_run, flag, out]) == 2
+    err = one_error_line(capsys)
+    assert flag in err and words in err and "resume" not in err and "run folder" not in err, err
+
+
+def test_a_write_that_fails_after_the_check_is_worded_for_the_output(
+    trained_run, tmp_path, capsys, monkeypatch
+):
+    import errno
+    import os
+
+    from ddpm_gui.engine import fileio
+
+    real = os.replace
+
+    def refuse(src, dst, *a, **k):
+        if str(dst).endswith("grid.png"):
+            raise OSError(errno.EACCES, os.strerror(errno.EACCES), str(dst))
+        return real(src, dst, *a, **k)
+
+    monkeypatch.setattr(fileio.os, "replace", refuse)
+    out = tmp_path / "grid.png"
+    out.write_bytes(b"the user's old file")
+    assert (
+        run(["sample", "--run", trained_run, "--n", "1", "--sampler", "ddim", "--steps", "2", "--out", out])
+        == 2
+    )
+    err = one_error_line(capsys)
+    assert "Permission denied" in err and "choose a folder you can write to" in err and "resume" not in err
+    assert out.read_bytes() == b"the user's old file"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp file left
+
+
+@pytest.mark.parametrize(
+    "err,words",
+    [
+        ("ENOSPC", "free some disk space"),
+        ("EROFS", "folder you can write to"),
+        ("EISDIR", "choose a file name"),
+    ],
+)
+def test_write_advice_by_cause(err, words):
+    import errno
+
+    from ddpm_gui.engine.fileio import write_advice
+
+    assert words in write_advice(getattr(errno, err))

@@ -85,6 +85,19 @@ def _warnings_as_lines() -> None:
         log.propagate = False
 
 
+def _check_outputs(args) -> None:
+    """Every output file a command will write is checked before the work starts (sampling can take
+    minutes): a folder, a read-only place or a full disk is said at once, worded for that option."""
+    from ddpm_gui.engine.fileio import check_output
+
+    if args.command == "train":
+        return  # its --out is a run folder, checked by the run folder itself
+    for name in ("out", "gif", "grid", "json"):
+        value = getattr(args, name, None)
+        if isinstance(value, str) and value != "-":
+            check_output(value, f"--{name}")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
@@ -101,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
 
     _warnings_as_lines()
     try:
+        _check_outputs(args)
         return _commands()[args.command](args)
     except DDPMError as exc:
         if os.environ.get("DDPM_GUI_DEBUG"):

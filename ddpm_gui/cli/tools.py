@@ -189,6 +189,8 @@ def cmd_eval(args) -> int:
         grid=args.grid,
         progress=progress,
     )
+    for note in res.notes:
+        print(f"warning: {note}", file=sys.stderr)
     if args.json == "-":
         print(json.dumps(res.to_dict(), indent=2))
         return 0

@@ -9,8 +9,8 @@ limit, and CACHE_FORMAT_VERSION). It holds plain arrays only, so it loads with `
     class_names  (K,) unicode           absent when the source has no labels
     meta         0-d unicode, JSON: name, skipped (a count), skipped_items ([name, reason] pairs), format
 
-Writes go to a temporary file in the same folder and are moved into place with os.replace, so a
-reader never sees half a file. A file that cannot be read or does not look right is deleted and
+Writes are atomic (engine.fileio: a temporary file in the same folder, then a rename), so a reader never
+sees half a file. A file that cannot be read or does not look right is deleted and
 rebuilt: a broken cache must never stop anyone from loading their data.
 """
 
@@ -18,17 +18,18 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
+import os
 import json
 import logging
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ddpm_gui.data.skips import Skipped
+from ddpm_gui.engine.fileio import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -113,20 +114,13 @@ def write_cache(path: Path, c: Cached) -> bool:
     if c.labels is not None:
         arrays["labels"] = c.labels.astype(np.int64, copy=False)
         arrays["class_names"] = np.array(list(c.class_names or []), dtype=str)
-    tmp: str | None = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem + ".", suffix=".tmp")
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        atomic_write_bytes(path, buf.getbuffer())  # the app's own temp name, the umask respected
         return True
     except OSError as e:
         log.warning(
             "Could not write the cache file %s (%s); the data will be decoded again next time.", path, e
         )
-        if tmp is not None:
-            _remove(Path(tmp))
         return False

@@ -559,11 +559,11 @@ def evaluate_run(
 ) -> EvalResult:
     """`ddpm-gui eval`: a run folder or checkpoint, scored against the dataset it was trained on (or `data`)."""
     from ddpm_gui.data import load_data
-    from ddpm_gui.engine.checkpoint import read_meta
     from ddpm_gui.engine.sampler import load_bundle
 
     bundle = load_bundle(path, device=device, use_ema=use_ema)
-    cfg = read_meta(bundle.source).get("config", {})
+    # the header read with the weights: a training run may prune that file right after it was loaded
+    cfg = bundle.meta.get("config", {})
     spec = data or cfg.get("data")
     if not spec:
         raise ConfigError("This checkpoint does not say which dataset it was trained on: pass --data.")
@@ -579,4 +579,5 @@ def evaluate_run(
 
         save_png(grid, make_grid(res.samples[:64], scale=2))
         res.samples = None  # the grid holds what was asked for; the result stays small
+    res.notes = list(bundle.notes)
     return res

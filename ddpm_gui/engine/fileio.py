@@ -23,7 +23,7 @@ import stat
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ddpm_gui.errors import CheckpointError
+from ddpm_gui.errors import CheckpointError, ConfigError
 
 TEMP_RE = re.compile(r"^\..+\.ddpm-tmp-[0-9a-f]{8}$")
 
@@ -100,6 +100,61 @@ def _write_view(fd: int, view: memoryview) -> None:
         view = view[n:]
 
 
+def write_advice(err: int | None) -> str:
+    """What to do when a write failed with errno `err`, in the user's words."""
+    if err in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+        return "free some disk space"
+    if err in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "choose a folder you can write to"
+    if err == errno.EISDIR:
+        return "that name is a folder: choose a file name"
+    if err == errno.ENAMETOOLONG:
+        return "choose a shorter name"
+    if err in (errno.ENOTDIR, errno.ENOENT):
+        return "choose a path whose folders exist"
+    return "choose another place to write it"
+
+
+class WriteFailed(CheckpointError):
+    """A file could not be written (disk full, no permission, ...); the file it was to replace is intact.
+    `path`, `errno` and `reason` let a caller word the advice for what it was writing."""
+
+    def __init__(self, path: str | Path, exc: OSError):
+        self.path, self.errno = Path(path), exc.errno
+        self.reason = exc.strerror or str(exc)
+        super().__init__(
+            f"Could not write {path} ({self.reason}): {write_advice(exc.errno)}; nothing was replaced."
+        )
+
+
+def check_output(path: str | Path, flag: str = "the output") -> Path:
+    """Check, before any work, that a user's output file can be written: a file name (not a folder), in a
+    folder that exists or can be made, writable, on a disk with room. A ConfigError says what to change."""
+    text = str(path)
+    if not text.strip():
+        raise ConfigError(f"{flag} needs a file name.")
+    p = Path(text).expanduser()
+    if p.is_dir():
+        raise ConfigError(f"{flag} {p} is a folder: give a file name (for example {p / 'out.png'}).")
+    folder = p.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # atomic_write_bytes makes the missing folders
+    if not folder.is_dir():
+        raise ConfigError(f"{flag} {p}: {folder} is a file, not a folder: choose another path.")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"{flag} {p}: the folder {folder} is not writable: choose a folder you can write to."
+        )
+    try:
+        st = os.statvfs(folder)
+        full = st.f_bavail * st.f_frsize < 1024 * 1024
+    except (AttributeError, OSError):  # no statvfs (Windows): the write itself will say
+        full = False
+    if full:
+        raise ConfigError(f"{flag} {p}: the disk holding {folder} is full: free some disk space.")
+    return p
+
+
 def atomic_write_bytes(path: str | Path, data: bytes | Sequence[bytes | bytearray | memoryview]) -> None:
     """Write `data` (bytes, or a sequence of byte chunks written one after the other) to `path` so that a
     crash at any moment leaves either the old file or the new one: temp file in the same folder, fsync,
@@ -134,15 +189,7 @@ def atomic_write_bytes(path: str | Path, data: bytes | Sequence[bytes | bytearra
             hook(path, "renamed")
         fsync_dir(target.parent)
     except OSError as exc:
-        reason = exc.strerror or str(exc)
-        hint = (
-            "free some disk space"
-            if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1))
-            else "choose a writable run folder"
-        )
-        raise CheckpointError(
-            f"Could not write {path} ({reason}): {hint} and resume; the previous files were kept."
-        ) from exc
+        raise WriteFailed(path, exc) from exc
     finally:
         if tmp is not None:
             try:

@@ -117,6 +117,8 @@ class EvalResult(SampleScores):
     sample_accuracy: float
     # the (N, H, W, 3) uint8 samples, only when asked for (keep_samples); never in to_dict()
     samples: np.ndarray | None = field(default=None, repr=False, metadata=_NOT_JSON)
+    # what the model loader had to say: a newer checkpoint skipped as damaged, and which one was used
+    notes: list[str] = field(default_factory=list, metadata=_NOT_JSON)
 
 
 def format_report(res: EvalResult) -> str:

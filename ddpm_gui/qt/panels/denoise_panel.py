@@ -337,8 +337,8 @@ class DenoisePanel(QWidget):
             )
         else:
             self.results_grid.set_images(f.xt)
-            what = "the K noised starts" if f.index < 0 else "the reverse process"
-            self.results_title.setText(f"<b>continuations</b>: {what}, {self._frame_label(i, 0)}")
+            where = "the K noised starts" if f.index < 0 else f"reverse step {f.index + 1} of {f.total}"
+            self.results_title.setText(f"<b>continuations</b>: {where} (t = {f.t})")
 
     # ------------------------------------------------------------------ results (tests, export)
     def results(self) -> np.ndarray | None:
@@ -349,9 +349,11 @@ class DenoisePanel(QWidget):
     def noised_starts(self) -> np.ndarray | None:
         return self._chain[0].xt if self._chain else None
 
-    def _row(self, xt: np.ndarray) -> np.ndarray:
-        """The exported row: original, the first noised start, then the K images of one frame."""
-        return np.concatenate([self._original[None], self._chain[0].xt[:1], xt])
+    def _row_of(self):
+        """xt -> the exported row: original, the first noised start, then the K images of xt. It holds the
+        run's images itself: a new run may start while an export of this one is written."""
+        head = np.concatenate([self._original[None], self._chain[0].xt[:1]])
+        return lambda xt: np.concatenate([head, xt])
 
     def save_png_row(self, path: str | Path | None = None) -> Path | None:
         """The row (original, noised start, K results) as one PNG, written in a worker. Returns the path
@@ -359,7 +361,7 @@ class DenoisePanel(QWidget):
         res = self.results()
         if res is None:
             return None
-        row, scale = self._row(res), export_scale(res.shape[1])
+        row, scale = self._row_of()(res), export_scale(res.shape[1])
         return self.exporter.save_png(
             path, "Save the continuations", "denoise.png", lambda: tile(row, columns=len(row), scale=scale)
         )
@@ -369,13 +371,13 @@ class DenoisePanel(QWidget):
         suffix, written in a worker. Returns as save_png_row does."""
         if len(self._chain) < 2:
             return None
-        rows = [self._row(f.xt) for f in self._chain]
-        scale = export_scale(rows[0].shape[1])
+        row_of, xts = self._row_of(), [f.xt for f in self._chain]
+        scale, columns = export_scale(xts[0].shape[1]), len(xts[0]) + 2
         return self.exporter.save_animation(
             path,
             "Save the reverse chain",
             "denoise.gif",
-            rows,
-            lambda row: tile(row, columns=len(row), scale=scale),
+            xts,
+            lambda xt: tile(row_of(xt), columns=columns, scale=scale),
             fps or self.player.fps(),
         )
