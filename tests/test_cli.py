@@ -370,11 +370,12 @@ def test_a_write_that_fails_after_the_check_is_worded_for_the_output(
     monkeypatch.setattr(fileio.os, "replace", refuse)
     out = tmp_path / "grid.png"
     out.write_bytes(b"the user's old file")
-    assert (
-        run(["sample", "--run", trained_run, "--n", "1", "--sampler", "ddim", "--steps", "2", "--out", out])
-        == 2
-    )
-    err = one_error_line(capsys)
+    argv = ["sample", "--run", trained_run, "--n", "1", "--sampler", "ddim", "--steps", "2", "--out", out]
+    assert run(argv) == 2
+    text = capsys.readouterr().err
+    errors = [ln for ln in text.splitlines() if "error" in ln.lower()]  # the progress bar's lines aside
+    assert len(errors) == 1 and "Traceback" not in text, text
+    err = errors[0]
     assert "Permission denied" in err and "choose a folder you can write to" in err and "resume" not in err
     assert out.read_bytes() == b"the user's old file"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp file left
