@@ -256,9 +256,8 @@ def _time_sampling(bundle, batches, repeats: int, log: Callable[[str], None], dd
             run(SampleConfig(n=b, sampler="ddpm", every=10**9, seed=r)) for r in range(repeats)
         )
         out[str(b)] = secs
-        log(
-            f"  sampling: {bundle.schedule.T} DDPM steps at batch {b:>3d}: {secs:8.3f} s  ({b / secs:8.1f} img/s)"
-        )
+        T = bundle.schedule.T
+        log(f"  sampling: {T} DDPM steps at batch {b:>3d}: {secs:8.3f} s  ({b / secs:8.1f} img/s)")
     if ddim_steps:
         b = 16
         run(SampleConfig(n=b, sampler="ddim", steps=2, every=10**9))
@@ -330,12 +329,12 @@ def _run_bench(cfg: BenchConfig, log: Callable[[str], None]) -> dict:
         "flops_per_image_forward": float(flops["forward"]),
     }
     log(
-        f"DDPM Studio bench: preset {cfg.preset} at {cfg.image_size}x{cfg.image_size}, batch {cfg.batch_size}, "
-        f"on {res['device']} (torch {torch.__version__}); load average {res['load_average'][0]:.2f}"
+        f"DDPM Studio bench: preset {cfg.preset} at {cfg.image_size}x{cfg.image_size}, batch "
+        f"{cfg.batch_size}, on {res['device']} (torch {torch.__version__}); load average "
+        f"{res['load_average'][0]:.2f}"
     )
-    log(
-        f"  {flops['train'] / 1e9:.3f} GFLOP per image per training step ({flops['forward'] / 1e9:.3f} forward)"
-    )
+    gflops, forward = flops["train"] / 1e9, flops["forward"] / 1e9
+    log(f"  {gflops:.3f} GFLOP per image per training step ({forward:.3f} forward)")
 
     data = load_data(cfg.data, image_size=cfg.image_size)
     bundle, mem_tut, mem_studio = _time_training(cfg, data, dev, res, log)

@@ -242,7 +242,7 @@ def test_resume_refuses_a_change_of_a_fixed_setting_naming_it(tmp_path, data):
     assert snapshot(run)["metrics.jsonl"] == before["metrics.jsonl"]
 
 
-# ----------------------------------------------------------------------------- 3. no checkpoint, but a history
+# --------------------------------------------------------------------------- 3. no checkpoint, but a history
 
 
 def test_resume_without_checkpoint_but_with_history_asks_for_a_restart(tmp_path, data):
@@ -381,7 +381,7 @@ def test_resume_refuses_changed_data_unless_allowed(tmp_path, data):
     assert isinstance(events[-1], ev.Finished) and events[-1].step == 5
 
 
-# ----------------------------------------------------------------------------- 6. bad input or a runtime failure
+# ------------------------------------------------------------------------- 6. bad input or a runtime failure
 
 
 def test_failed_says_whether_the_input_was_bad(tmp_path, data, monkeypatch):

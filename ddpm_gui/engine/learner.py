@@ -282,8 +282,8 @@ class Learner:
         # saved on another kind of device (CPU <-> CUDA generators keep different states)
         self.gen.manual_seed((int(self.config.seed) * 1_000_003 + int(meta["step"])) % 2**63)
         return [
-            f"{source} was saved on another kind of device: the noise and batch order go on from a new random "
-            "stream (seeded from the run's seed and step), so the result is not bitwise the one an "
+            f"{source} was saved on another kind of device: the noise and batch order go on from a new "
+            "random stream (seeded from the run's seed and step), so the result is not bitwise the one an "
             "uninterrupted run would give."
         ]
 
@@ -309,7 +309,7 @@ class Learner:
         return loss
 
     def _forward_backward(self, images: torch.Tensor, labels: torch.Tensor | None):
-        """Loss and gradients. Changes nothing but the RNG and .grad, so an out-of-memory here can be retried."""
+        """Loss and gradients. Changes nothing but the RNG and .grad, so out of memory here can be retried."""
         c = self.config
         dev = self.device
         B = self.batch_size
@@ -363,9 +363,9 @@ class Learner:
         except Exception as exc:
             if is_oom(exc):
                 raise DDPMError(
-                    f"Out of memory while updating the weights at step {self.step + 1}: the weights in memory may "
-                    "be half-updated, so nothing was saved after the last checkpoint. Lower the batch size or "
-                    "choose a smaller preset, and resume."
+                    f"Out of memory while updating the weights at step {self.step + 1}: the weights in "
+                    "memory may be half-updated, so nothing was saved after the last checkpoint. Lower the "
+                    "batch size or choose a smaller preset, and resume."
                 ) from exc
             raise
         with torch.no_grad():
@@ -405,8 +405,9 @@ class Learner:
         )
         extra = f" (the loss was {loss:.4g})" if what == "The gradient norm" and loss is not None else ""
         return (
-            f"{what} became {value} at step {step}{extra}: training was stopped before that step could change "
-            "the weights, the EMA or a checkpoint, and nothing was saved after the last good checkpoint. "
+            f"{what} became {value} at step {step}{extra}: training was stopped before that step could "
+            "change the weights, the EMA or a checkpoint, and nothing was saved after the last good "
+            "checkpoint. "
             f"Lower the learning rate (now {c.lr:g}, try {c.lr / 3:.2g}) or {clip}, and resume."
         )
 
@@ -422,8 +423,8 @@ class Learner:
         was_training = model.training
         model.eval()
         x = torch.randn((c.preview_n, ch, s, s), generator=gen, device=self.device)
-        bundle = ModelBundle(model, self.schedule, c.prediction, s, self.num_classes, self.class_names, self.step,
-                             c.preset, "preview", self.device, ch)  # fmt: skip
+        bundle = ModelBundle(model, self.schedule, c.prediction, s, self.num_classes, self.class_names,
+                             self.step, c.preset, "preview", self.device, ch)  # fmt: skip
         denoiser = make_denoiser(bundle, c.preview_n, None, 1.0)
         if self.num_classes is not None:  # conditional: cycle through the classes
             ys = torch.arange(c.preview_n, device=self.device) % self.num_classes
@@ -431,11 +432,12 @@ class Learner:
             def denoiser(xx, tt):
                 return model(xx, tt, ys)
 
+        sampler = "ddim" if c.preview_steps > 0 else "ddpm"
         try:
             with torch.inference_mode():
-                chain = reverse_process(denoiser, x, self.sched_dev, sampler="ddim" if c.preview_steps > 0 else "ddpm",
-                                        steps=c.preview_steps or None, prediction=c.prediction, clip_x0=True,
-                                        generator=gen)  # fmt: skip
+                steps = c.preview_steps or None
+                chain = reverse_process(denoiser, x, self.sched_dev, sampler=sampler, steps=steps,
+                                        prediction=c.prediction, clip_x0=True, generator=gen)  # fmt: skip
                 last = deque(chain, maxlen=1)[0]
         finally:
             model.train(was_training)

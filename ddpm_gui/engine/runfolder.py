@@ -48,7 +48,7 @@ MARKER = ".ddpm-studio-run"
 MARKER_FORMAT = "ddpm-studio-run"
 MARKER_VERSION = 1
 METRICS = "metrics.jsonl"
-# what a file manager leaves in any folder: a folder holding only these is still empty (they are never touched)
+# what a file manager leaves in any folder: a folder holding only these is still empty (never touched)
 _OS_FILES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
 # the temp names of versions that wrote `.<name>.<random>.tmp`, for the names they wrote in a run folder
 _OLD_TEMP_RE = re.compile(
@@ -311,7 +311,7 @@ class RunFolder:
         )
 
     def set_aside_history(self) -> Path | None:
-        """Rename metrics.jsonl to metrics.<time>.jsonl (never over another file) for a restart from step 0."""
+        """Rename metrics.jsonl to metrics.<time>.jsonl (never over another file): a restart from step 0."""
         if not self.metrics.is_file():
             return None
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -322,7 +322,8 @@ class RunFolder:
                     os.replace(self.metrics, target)
                 except OSError as exc:
                     raise CheckpointError(
-                        f"Could not rename {self.metrics} ({exc.strerror or exc}): choose a writable run folder."
+                        f"Could not rename {self.metrics} ({exc.strerror or exc}): choose a writable run "
+                        "folder."
                     ) from exc
                 return target
         raise CheckpointError(f"Could not find a free name to keep {self.metrics}: tidy up the run folder.")

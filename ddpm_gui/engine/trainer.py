@@ -117,15 +117,13 @@ class Trainer(Learner):
         """Lock the run folder (creating a new run, or opening one to resume) and refuse what cannot go on."""
         if not self.resume_requested:
             self.folder.create()
-            self.folder.write_config(
-                self.config
-            )  # a run killed while loading its data still says what it was
+            # written now, so that a run killed while loading its data still says what it was
+            self.folder.write_config(self.config)
             return
         self.notes += [ev.Notice(n, "warning") for n in self.folder.open()]
         if self.folder.config_file() is not None:
-            load_run_config(
-                self.run_dir
-            )  # refuse a damaged one, or one of a newer version: never overwritten
+            # a damaged settings file, or one of a newer version, is refused (and so never overwritten)
+            load_run_config(self.run_dir)
         has_checkpoints = bool(self.folder.list_checkpoints())
         if self.restart and has_checkpoints:
             raise ConfigError(
@@ -222,8 +220,8 @@ class Trainer(Learner):
             diffs.append(f"it has {meta.get('num_classes')} classes, this run {self.num_classes}")
         if diffs:
             raise CheckpointError(
-                f"{ckpt.name} does not fit this run: {'; '.join(diffs[:3])}. Resume it with its own settings, "
-                "or start a new run folder."
+                f"{ckpt.name} does not fit this run: {'; '.join(diffs[:3])}. Resume it with its own "
+                "settings, or start a new run folder."
             )
         return changed
 
@@ -238,7 +236,10 @@ class Trainer(Learner):
         except Exception as exc:
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             if is_oom(exc):
-                msg = f"Out of memory ({msg}): lower the batch size or the number of images, or choose a smaller preset."
+                msg = (
+                    f"Out of memory ({msg}): lower the batch size or the number of images, or choose a "
+                    "smaller preset."
+                )
             else:
                 msg = f"Training failed: {type(exc).__name__}: {msg}"
             yield self._failed(msg)
@@ -265,8 +266,9 @@ class Trainer(Learner):
             )
         if len(hist_steps):
             last = float(hist_losses[-1])
-            yield ev.Progress(self.step, c.steps, last, last, 0.0, 0.0, 0.0, self.batch_size, self._lr(self.step),
-                              hist_steps, hist_losses)  # fmt: skip
+            lr = self._lr(self.step)
+            yield ev.Progress(self.step, c.steps, last, last, 0.0, 0.0, 0.0, self.batch_size, lr, hist_steps,
+                              hist_losses)  # fmt: skip
             if self._smooth is None:
                 self._smooth = last
         now = time.monotonic()
@@ -397,7 +399,7 @@ class Trainer(Learner):
             yield from read
             if isinstance(read[-1], ev.Failed):
                 return
-        if self.last_checkpoint is None or self.last_checkpoint != self.folder.checkpoint_path(self.step):
+        if self.last_checkpoint is None or self.last_checkpoint.name != f"step_{self.step:08d}.safetensors":
             path = self.save_checkpoint()
             yield ev.CheckpointSaved(self.step, str(path))
         reason = "completed" if self.step >= self.config.steps else "stopped"
@@ -426,8 +428,8 @@ class Trainer(Learner):
         return ev.Preview(self.step, grid)
 
     def _read(self, loop: _Loop) -> list[ev.Event]:
-        """Read the pending losses (one sync), log them, and return [Progress]; when one is not finite
-        (the device guard kept it out of the weights), [Progress of the good ones before it, if any, Failed]."""
+        """Read the pending losses (one sync), log them, and return [Progress]; when one is not finite (the
+        device guard kept it out of the weights), [Progress of the good ones before it, if any, Failed]."""
         vals = torch.stack([loss for _, loss in loop.pending]).float().cpu().numpy()
         steps = np.asarray([s for s, _ in loop.pending], np.int64)
         loop.pending.clear()
@@ -454,10 +456,11 @@ class Trainer(Learner):
             self._smooth = float(v) if self._smooth is None else 0.98 * self._smooth + 0.02 * float(v)
         eta = (c.steps - step) * self.batch_size / self._rate if self._rate > 0 else float("nan")
         lr = self._lr(step - 1)
-        self.folder.log({"step": step, "loss": float(vals[-1]), "loss_smooth": self._smooth, "img_per_s": self._rate,
+        loss = float(vals[-1])
+        self.folder.log({"step": step, "loss": loss, "loss_smooth": self._smooth, "img_per_s": self._rate,
                          "lr": lr, "batch_size": self.batch_size, "time": time.time()})  # fmt: skip
-        return ev.Progress(step, c.steps, float(vals[-1]), self._smooth, self._rate, eta, now - t0, self.batch_size,
-                           lr, steps, vals.astype(np.float32))  # fmt: skip
+        return ev.Progress(step, c.steps, loss, self._smooth, self._rate, eta, now - t0, self.batch_size, lr,
+                           steps, vals.astype(np.float32))  # fmt: skip
 
 
 def _show(v) -> str:

@@ -360,7 +360,7 @@ def test_conditional_run_on_data_panel_data(qtbot, panel, state, builtin_data, t
     s.n_spin.setValue(2)
     assert s.sample_config().class_label == 2 and s.sample_config().guidance == 3.0
     assert s.generate()
-    qtbot.waitUntil(lambda: s._job is None, timeout=60_000)
+    qtbot.waitUntil(lambda: not s.is_busy(), timeout=60_000)
     assert s.error_label.isHidden(), s.error_label.text()
     assert s.frames()[-1].final and s.xt_grid.count() == 2
 
