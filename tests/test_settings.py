@@ -163,7 +163,9 @@ def test_toml_schedule_by_preset_name_or_table():
         ('schedule = "nope"', "unknown schedule"),
         ("version = 99", "newer DDPM Studio"),
         ("[schedule]\nkynd = 'linear'", "schedule"),
+        ("a = " + "[" * 100_000 + "]" * 100_000, "nested too deeply"),
     ],
+    ids=["unknown", "syntax", "schedule-name", "newer", "schedule-key", "deep"],
 )
 def test_bad_toml_is_a_clear_error(text, match):
     with pytest.raises(ConfigError, match=match):

@@ -293,6 +293,8 @@ def parse_config_toml(text: str, source: str = "the config file") -> dict:
 
     try:
         d = tomllib.loads(text)
+    except RecursionError:
+        raise ConfigError(f"{source} is nested too deeply to be a settings file.") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(
             f"{source} is not valid TOML ({exc}): fix it, or save the settings again."
