@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ddpm_gui.core.schedule import NoiseSchedule, gather
-from ddpm_gui.core.spec import PREDICTIONS
+from ddpm_gui.core.spec import PREDICTIONS, SAMPLERS
 from ddpm_gui.errors import ConfigError
 
 VARIANCES = ("beta", "posterior")
@@ -201,6 +201,28 @@ def ddim_step(
     return x_prev, x0
 
 
+@dataclass(frozen=True)
+class StepOptions:
+    """What a sampler's step may use besides the model output, x_t and the timesteps."""
+
+    eta: float = 0.0  # DDIM's noise scale
+    variance: str = "beta"  # DDPM's sigma^2: beta_t or the posterior's beta~_t
+    prediction: str = "eps"
+    clip_x0: bool = False
+    generator: torch.Generator | None = None
+
+
+# name (core.spec.SAMPLERS) -> step(model_out, x_t, t, t_prev, sched, opts) -> (x_(t_prev), predicted x_0)
+STEP_FUNCTIONS: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor]]] = {
+    "ddpm": lambda out, x, t, _t_prev, sched, o: ddpm_step(
+        out, x, t, sched, o.variance, o.prediction, o.clip_x0, generator=o.generator
+    ),
+    "ddim": lambda out, x, t, t_prev, sched, o: ddim_step(
+        out, x, t, t_prev, sched, o.eta, o.prediction, o.clip_x0, generator=o.generator
+    ),
+}
+
+
 @dataclass
 class ReverseStep:
     """One frame of the reverse process."""
@@ -226,28 +248,23 @@ def reverse_process(
     generator: torch.Generator | None = None,
 ) -> Iterator[ReverseStep]:
     """Run the reverse chain from x_start at timestep t_start (default T-1, i.e. pure noise) to x_0,
-    yielding every step. DDPM visits every timestep; DDIM visits `steps` of them."""
+    yielding every step. DDPM visits every timestep; a strided sampler (DDIM) visits `steps` of them."""
     T = sched.T
     t_start = T - 1 if t_start is None else int(t_start)
     if not 0 <= t_start < T:
         raise ConfigError(f"The starting step must lie in 0..{T - 1}, got {t_start}.")
-    if sampler == "ddpm":
-        ts = list(range(t_start, -1, -1))
-    elif sampler == "ddim":
-        n = t_start + 1 if steps is None else steps
-        ts = ddim_timesteps(t_start + 1, n)
-    else:
-        raise ConfigError(f"Unknown sampler '{sampler}': use 'ddpm' or 'ddim'.")
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"Unknown sampler '{sampler}': use one of {', '.join(SAMPLERS)}.")
+    n = t_start + 1 if steps is None or not SAMPLERS[sampler].strided else steps
+    ts = ddim_timesteps(t_start + 1, n)  # n = t_start + 1 visits every timestep
+    step = STEP_FUNCTIONS[sampler]
+    opts = StepOptions(eta, variance, prediction, clip_x0, generator)
     x = x_start
     B = x.shape[0]
     for i, t in enumerate(ts):
         tt = torch.full((B,), t, device=x.device, dtype=torch.long)
-        out = denoiser(x, tt)
-        if sampler == "ddpm":
-            x, x0 = ddpm_step(out, x, t, sched, variance, prediction, clip_x0, generator=generator)
-        else:
-            t_prev = ts[i + 1] if i + 1 < len(ts) else -1
-            x, x0 = ddim_step(out, x, t, t_prev, sched, eta, prediction, clip_x0, generator=generator)
+        t_prev = ts[i + 1] if i + 1 < len(ts) else -1
+        x, x0 = step(denoiser(x, tt), x, t, t_prev, sched, opts)
         yield ReverseStep(i, len(ts), t, x, x0)
 
 

@@ -13,6 +13,26 @@ from ddpm_gui.errors import ConfigError
 # (Salimans & Ho 2022), which stays learnable where a zero-terminal-SNR schedule leaves no signal.
 PREDICTIONS = ("eps", "v")
 
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """A reverse-process sampler as the app offers it; its step function lives in core/diffusion.py."""
+
+    name: str
+    help: str
+    strided: bool  # visits a chosen number of timesteps (`steps`), else every timestep of the chain
+
+
+# Adding a sampler: an entry here, its step function in diffusion.STEP_FUNCTIONS, and its row in the
+# Sample tab's form (qt/widgets.py); the CLI's --sampler choices and SampleConfig follow from this table.
+SAMPLERS: dict[str, SamplerSpec] = {
+    s.name: s
+    for s in (
+        SamplerSpec("ddpm", "ancestral: every timestep of the chain (the tutorial)", strided=False),
+        SamplerSpec("ddim", "DDIM: --steps evenly spaced timesteps; eta = 0 is deterministic", strided=True),
+    )
+}
+
 SCHEDULE_KINDS = ("linear", "cosine", "quadratic")
 # The smallest beta accepted: below about 1e-16, 1 - beta rounds to 1 even in float64 and the posterior
 # variance at t=0 becomes 0/0 = NaN (found by tests/test_properties.py); 1e-8 leaves a wide margin and is
