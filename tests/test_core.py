@@ -208,3 +208,29 @@ def test_reverse_process_partial_and_counts():
     assert len(steps) == 5 and steps[0].t == 50
     with pytest.raises(ConfigError):
         list(reverse_process(lambda x, t: x, xs, s, t_start=100))
+
+
+def test_a_sampler_registered_in_core_runs_everywhere(monkeypatch):
+    """A sampler is an entry in core.spec.SAMPLERS plus its step function: reverse_process, SampleConfig
+    and the CLI's --sampler choices take it with no other change (here an "x0-jump" that steps straight to
+    the predicted x_0's noised version at t_prev, i.e. DDIM with eta = 0 written independently)."""
+    from ddpm_gui.cli import build_parser
+    from ddpm_gui.core import diffusion, spec
+    from ddpm_gui.engine.sampler import SampleConfig
+
+    def jump(out, x, t, t_prev, sched, o):
+        eps, x0 = split_prediction(out, x, torch.full((x.shape[0],), t), sched, o.prediction)
+        ab_prev = sched.alpha_bars[t_prev] if t_prev >= 0 else torch.tensor(1.0)
+        return ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps, x0
+
+    monkeypatch.setitem(spec.SAMPLERS, "x0-jump", spec.SamplerSpec("x0-jump", "test", strided=True))
+    monkeypatch.setitem(diffusion.STEP_FUNCTIONS, "x0-jump", jump)
+    s = NoiseSchedule()
+    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    model = lambda x, t: 0.1 * x  # noqa: E731
+    mine = list(reverse_process(model, x, s, "x0-jump", steps=7))
+    ddim = list(reverse_process(model, x, s, "ddim", steps=7, eta=0.0))
+    assert len(mine) == 7 and torch.allclose(mine[-1].x, ddim[-1].x, atol=1e-5)
+    assert SampleConfig(sampler="x0-jump", steps=7).validate().sampler == "x0-jump"
+    args = build_parser().parse_args(["sample", "--run", "r", "--sampler", "x0-jump"])
+    assert args.sampler == "x0-jump"

@@ -71,6 +71,19 @@ def add_foreign_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_sampler_args(p: argparse.ArgumentParser) -> None:
+    """--sampler (core.spec.SAMPLERS, torch-free) and --steps for the strided ones."""
+    from ddpm_gui.core.spec import SAMPLERS
+
+    p.add_argument(
+        "--sampler",
+        choices=list(SAMPLERS),
+        default="ddpm",
+        help="; ".join(f"{s.name}: {s.help}" for s in SAMPLERS.values()),
+    )
+    p.add_argument("--steps", type=positive_int, default=50, help="steps of a strided sampler (ddim)")
+
+
 def add_sample_mode_arg(p: argparse.ArgumentParser) -> None:
     modes = [
         "eager",

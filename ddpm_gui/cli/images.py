@@ -8,6 +8,7 @@ from pathlib import Path
 from ddpm_gui.cli.common import (
     add_foreign_args,
     add_sample_mode_arg,
+    add_sampler_args,
     add_schedule_args,
     load_bundle,
     nonneg_int,
@@ -31,13 +32,7 @@ def add_parsers(sub) -> None:
     )
     add_foreign_args(s)
     s.add_argument("--n", type=positive_int, default=16, help="number of images")
-    s.add_argument(
-        "--sampler",
-        choices=["ddpm", "ddim"],
-        default="ddpm",
-        help="ddpm: the full ancestral chain; ddim: --steps steps",
-    )
-    s.add_argument("--steps", type=positive_int, default=50, help="DDIM steps")
+    add_sampler_args(s)
     s.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
     s.add_argument(
         "--variance", choices=["beta", "posterior"], default="beta", help="DDPM: sigma^2 = beta_t or beta~_t"

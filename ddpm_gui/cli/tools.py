@@ -7,7 +7,14 @@ import json
 import sys
 
 from ddpm_gui import __version__
-from ddpm_gui.cli.common import add_sample_mode_arg, int_list, nonneg_int, positive_int, write_json
+from ddpm_gui.cli.common import (
+    add_sample_mode_arg,
+    add_sampler_args,
+    int_list,
+    nonneg_int,
+    positive_int,
+    write_json,
+)
 
 
 def add_parsers(sub) -> None:
@@ -61,13 +68,7 @@ def add_parsers(sub) -> None:
     esrc.add_argument("--checkpoint", help="a .safetensors checkpoint")
     e.add_argument("--data", default=None, help="labelled dataset (default: the one the run trained on)")
     e.add_argument("--n", type=positive_int, default=500, help="number of samples")
-    e.add_argument(
-        "--sampler",
-        choices=["ddpm", "ddim"],
-        default="ddpm",
-        help="ddpm: the full ancestral chain; ddim: --steps steps",
-    )
-    e.add_argument("--steps", type=positive_int, default=50, help="DDIM steps")
+    add_sampler_args(e)
     e.add_argument(
         "--guidance", type=float, default=1.0, help="classifier-free guidance scale (conditional models)"
     )

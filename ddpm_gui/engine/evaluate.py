@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ddpm_gui.core.spec import SAMPLERS
 from ddpm_gui.engine.scores import (  # noqa: F401 - format_report: re-exported with the result types
     EvalResult,
     SampleScores,
@@ -523,7 +524,7 @@ def evaluate_bundle(
         **{f.name: getattr(scores, f.name) for f in dataclasses.fields(scores)},
         conditional=bundle.num_classes is not None,
         sampler=sampler,
-        sampling_steps=bundle.schedule.T if sampler == "ddpm" else steps,
+        sampling_steps=steps if SAMPLERS[sampler].strided else bundle.schedule.T,
         guidance=guidance if bundle.num_classes is not None else None,
         sample_seconds=sample_secs,
         model_step=int(bundle.step),

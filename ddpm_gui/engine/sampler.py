@@ -14,6 +14,7 @@ from torch import nn
 
 from ddpm_gui.core.diffusion import VARIANCES, from_uint8, noise_to, reverse_process, to_uint8
 from ddpm_gui.core.schedule import NoiseSchedule, ScheduleConfig
+from ddpm_gui.core.spec import SAMPLERS
 from ddpm_gui.engine.checkpoint import (
     fallback_notes,
     is_ddpm_checkpoint,
@@ -53,7 +54,7 @@ class ModelBundle:
 @dataclass
 class SampleConfig:
     n: int = 16  # number of images
-    sampler: str = "ddpm"  # ddpm (ancestral, the tutorial) | ddim
+    sampler: str = "ddpm"  # a name of core.spec.SAMPLERS: ddpm (ancestral, the tutorial) | ddim
     steps: int = 50  # DDIM only: number of steps
     eta: float = 0.0  # DDIM only: 0 deterministic, 1 ~ DDPM
     variance: str = "beta"  # DDPM only: beta (sigma^2 = beta_t, the tutorial) | posterior (beta~_t)
@@ -66,10 +67,10 @@ class SampleConfig:
     def validate(self, bundle: ModelBundle | None = None) -> SampleConfig:
         if not (isinstance(self.n, int) and 1 <= self.n <= 1024):
             raise ConfigError(f"The number of images must be from 1 to 1024, got {self.n}.")
-        if self.sampler not in ("ddpm", "ddim"):
-            raise ConfigError(f"Unknown sampler '{self.sampler}': use 'ddpm' or 'ddim'.")
-        if self.sampler == "ddim" and not (isinstance(self.steps, int) and self.steps >= 1):
-            raise ConfigError(f"DDIM needs at least 1 step, got {self.steps}.")
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"Unknown sampler '{self.sampler}': use one of {', '.join(SAMPLERS)}.")
+        if SAMPLERS[self.sampler].strided and not (isinstance(self.steps, int) and self.steps >= 1):
+            raise ConfigError(f"{self.sampler.upper()} needs at least 1 step, got {self.steps}.")
         if self.variance not in VARIANCES:
             raise ConfigError(f"Unknown variance '{self.variance}': use 'beta' or 'posterior'.")
         if not (0.0 <= self.eta <= 1.0):
@@ -137,7 +138,7 @@ def _frames(
             sched,
             sampler=cfg.sampler,
             t_start=t_start,
-            steps=cfg.steps if cfg.sampler == "ddim" else None,
+            steps=cfg.steps if SAMPLERS[cfg.sampler].strided else None,
             eta=cfg.eta,
             variance=cfg.variance,
             prediction=bundle.prediction,

@@ -35,15 +35,16 @@ from ddpm_gui.qt.workers import JobSlot, show_warning
 
 NO_MODEL_TEXT = "No model yet. Train a model in the Train tab or load a checkpoint (File ▸ Open checkpoint…)."
 
-SAMPLERS: tuple[tuple[str, str, str], ...] = (
-    ("ddpm-beta", "DDPM, σ² = β_t (tutorial)", "Ancestral sampling with the variance the tutorial uses."),
-    (
-        "ddpm-posterior",
-        "DDPM, σ² = β̃_t (posterior)",
-        "Ancestral sampling with the posterior variance (DDPM eq. 7).",
-    ),
-    ("ddim", "DDIM", "Deterministic with eta = 0; needs far fewer steps."),
-)
+# The form's rows: (key, label, tooltip, core.spec.SAMPLERS name, DDPM variance). A new sampler in core/ needs
+# one row here; the steps and eta fields follow its `strided` flag.
+SAMPLERS: tuple[tuple[str, str, str, str, str], ...] = (
+    ("ddpm-beta", "DDPM, σ² = β_t (tutorial)", "Ancestral sampling with the variance the tutorial uses.",
+     "ddpm", "beta"),
+    ("ddpm-posterior", "DDPM, σ² = β̃_t (posterior)",
+     "Ancestral sampling with the posterior variance (DDPM eq. 7).", "ddpm", "posterior"),
+    ("ddim", "DDIM", "Deterministic with eta = 0; needs far fewer steps.", "ddim", "beta"),
+)  # fmt: skip
+_ROWS = {row[0]: row for row in SAMPLERS}
 
 MAX_FRAMES = 100  # reverse-process frames kept for the player (and the animation)
 FRAME_BUDGET_BYTES = 256 * 2**20  # ... and at most this much memory for them
@@ -82,7 +83,7 @@ class SamplerForm(QWidget):
     def __init__(self, parent: QWidget | None = None, default: str = "ddpm-beta", ddim_steps: int = 50):
         super().__init__(parent)
         self.combo = QComboBox()
-        for key, label, tip in SAMPLERS:
+        for key, label, tip, _name, _variance in SAMPLERS:
             self.combo.addItem(label, key)
             self.combo.setItemData(self.combo.count() - 1, tip, Qt.ItemDataRole.ToolTipRole)
         self.combo.setCurrentIndex(max(self.combo.findData(default), 0))
@@ -124,10 +125,10 @@ class SamplerForm(QWidget):
         self.steps_spin.setMaximum(max(T, 1))
 
     def kwargs(self) -> dict:
-        key = self.key()
+        _key, _label, _tip, name, variance = _ROWS[self.key()]
         return {
-            "sampler": "ddim" if key == "ddim" else "ddpm",
-            "variance": "posterior" if key == "ddpm-posterior" else "beta",
+            "sampler": name,
+            "variance": variance,
             "steps": self.steps_spin.value(),
             "eta": self.eta_spin.value(),
             "clip_x0": self.clip_check.isChecked(),
@@ -135,17 +136,23 @@ class SamplerForm(QWidget):
 
     def chain_length(self, t_start: int) -> int:
         """Number of reverse steps from timestep t_start (T-1 for pure noise) down to 0."""
-        if self.key() == "ddim":
+        if self.strided():
             from ddpm_gui.core.diffusion import ddim_timesteps
 
             return len(ddim_timesteps(t_start + 1, self.steps_spin.value()))
         return t_start + 1
 
+    def strided(self) -> bool:
+        """Whether the chosen sampler visits a chosen number of steps (DDIM) rather than every timestep."""
+        from ddpm_gui.core.spec import SAMPLERS as SPECS
+
+        return SPECS[_ROWS[self.key()][3]].strided
+
     @Slot()
     def _update(self, *_args) -> None:
-        ddim = self.key() == "ddim"
+        strided = self.strided()
         for w in (self.steps_spin, self.eta_spin, self._steps_label, self._eta_label):
-            w.setEnabled(ddim)
+            w.setEnabled(strided)
         self.changed.emit()
 
 
