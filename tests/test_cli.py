@@ -395,3 +395,24 @@ def test_write_advice_by_cause(err, words):
     from ddpm_gui.engine.fileio import write_advice
 
     assert words in write_advice(getattr(errno, err))
+
+
+def test_long_commands_show_progress_on_stderr(trained_run, tmp_path, capsys):
+    """denoise draws a progress bar on stderr; stdout keeps only the result line."""
+    out = tmp_path / "d.png"
+    assert run(["denoise", "--run", trained_run, "--t", "20", "--k", "2", "--out", out]) == 0
+    cap = capsys.readouterr()
+    assert "denoising 2 ways from t=20" in cap.err and "21/21" in cap.err
+    assert cap.out.strip().startswith("wrote") and "denoising" not in cap.out
+
+
+def test_phase_bars_follow_the_engine_progress(capsys):
+    from ddpm_gui.cli.common import PhaseBars
+
+    bars = PhaseBars()
+    for i in (25, 50):
+        bars(i, 50, f"Training the quality classifier: step {i}/50")
+    bars(8, 16, "Sampling: 8/16 images")
+    bars.close()
+    err = capsys.readouterr().err
+    assert "Training the quality classifier" in err and "50/50" in err and "Sampling" in err and "8/16" in err

@@ -181,3 +181,29 @@ def write_json(path: str, obj: dict) -> None:
     from ddpm_gui.engine.checkpoint import atomic_write_bytes
 
     atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+class PhaseBars:
+    """A `progress(done, total, message)` callback (the engine's) drawn as tqdm bars on stderr, one per phase
+    (the message's text before its first colon): stdout stays clean for --json."""
+
+    def __init__(self):
+        self.bar = None
+        self.phase = None
+
+    def __call__(self, done: int, total: int, message: str) -> None:
+        from tqdm import tqdm
+
+        phase = message.split(":")[0]
+        if phase != self.phase or self.bar is None:
+            self.close()
+            self.phase = phase
+            self.bar = tqdm(
+                total=total, desc=phase, unit="", file=sys.stderr, dynamic_ncols=True, leave=False
+            )
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

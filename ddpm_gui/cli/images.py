@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ddpm_gui.cli.common import (
@@ -204,11 +205,22 @@ def cmd_denoise(args) -> int:
     bundle = accelerated(load_bundle(args), args.sample_mode)
     args.image_size = bundle.image_size
     img, name = _one_image(args)
+    from tqdm import tqdm
+
     start = last = None
+    bar = None
     for fr in denoise_frames(bundle, img, t=args.t, k=args.k, seed=args.seed):
         if fr.index == -1:
             start = fr.xt
+        elif bar is None:
+            bar = tqdm(
+                total=fr.total, desc=f"denoising {args.k} ways from t={args.t}", unit="step", file=sys.stderr
+            )
+        if bar is not None:
+            bar.update(1)
         last = fr
+    if bar is not None:
+        bar.close()
     row = np.concatenate([img[None], start[:1], last.xt])
     save_png(args.out, make_grid(row, columns=len(row), scale=args.scale))
     print(f"wrote {args.out}: original, noised to t={args.t}, then {args.k} denoised continuations")

@@ -8,6 +8,7 @@ import sys
 
 from ddpm_gui import __version__
 from ddpm_gui.cli.common import (
+    PhaseBars,
     add_sample_mode_arg,
     add_sampler_args,
     int_list,
@@ -171,10 +172,7 @@ def cmd_bench(args) -> int:
 def cmd_eval(args) -> int:
     from ddpm_gui.engine.evaluate import evaluate_run, format_report
 
-    def progress(done: int, total: int, msg: str) -> None:
-        if args.json != "-":
-            print(f"  {msg}", file=sys.stderr, flush=True)
-
+    progress = PhaseBars()
     res = evaluate_run(
         args.run or args.checkpoint,
         data=args.data,
@@ -190,6 +188,7 @@ def cmd_eval(args) -> int:
         grid=args.grid,
         progress=progress,
     )
+    progress.close()
     for note in res.notes:
         print(f"warning: {note}", file=sys.stderr)
     if args.json == "-":
