@@ -198,9 +198,7 @@ class PhaseBars:
         if phase != self.phase or self.bar is None:
             self.close()
             self.phase = phase
-            self.bar = tqdm(
-                total=total, desc=phase, unit="", file=sys.stderr, dynamic_ncols=True, leave=False
-            )
+            self.bar = tqdm(total=total, desc=phase, unit="", file=sys.stderr, dynamic_ncols=True)
         self.bar.update(done - self.bar.n)
 
     def close(self) -> None:
