@@ -19,9 +19,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import os
 import json
 import logging
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path

@@ -206,8 +206,9 @@ def _check_layout(f: BinaryIO, size: int) -> tuple[dict, int]:
                 raise _Damaged("its metadata is not a table of strings")
             continue
         off = v.get("data_offsets") if isinstance(v, dict) else None
-        ints = isinstance(off, list) and len(off) == 2 and all(type(o) is int for o in off)
-        if not (ints and 0 <= off[0] <= off[1]):
+        if not (isinstance(off, list) and len(off) == 2 and all(type(o) is int for o in off)):
+            raise _Damaged(f"the entry of tensor {k[:60]!r} is damaged")
+        if not 0 <= off[0] <= off[1]:
             raise _Damaged(f"the entry of tensor {k[:60]!r} is damaged")
         end = max(end, off[1])
     if 8 + n + end > size:

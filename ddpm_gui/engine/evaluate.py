@@ -453,7 +453,9 @@ def generate(
     K = bundle.num_classes
     requested = None if K is None else np.arange(n) % K
     groups: list[tuple[int | None, np.ndarray]] = (
-        [(None, np.arange(n))] if K is None else [(k, np.nonzero(requested == k)[0]) for k in range(K)]
+        [(None, np.arange(n))]
+        if requested is None
+        else [(k, np.flatnonzero(requested == k)) for k in range(K)]
     )
     out = np.zeros((n, bundle.image_size, bundle.image_size, 3), np.uint8)
     done = 0
@@ -575,7 +577,7 @@ def evaluate_run(
     res = evaluate_bundle(
         bundle, ds, n, sampler, steps, guidance, seed, clf, sample_mode, progress, keep_samples=bool(grid)
     )
-    if grid:
+    if grid and res.samples is not None:
         from ddpm_gui.engine.images import make_grid, save_png
 
         save_png(grid, make_grid(res.samples[:64], scale=2))

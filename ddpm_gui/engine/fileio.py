@@ -84,7 +84,7 @@ def _write_all(fd: int, chunks: list[memoryview], target: Path) -> None:
     half = total // 2 if hook is not None else -1
     written = 0
     for c in chunks:
-        if written <= half < written + c.nbytes:  # only with a hook: split the write at half the bytes
+        if hook is not None and written <= half < written + c.nbytes:  # split the write at half the bytes
             _write_view(fd, c[: half - written])
             hook(target, "half")
             _write_view(fd, c[half - written :])
@@ -273,7 +273,7 @@ class RunLock:
             if os.name == "nt":  # pragma: no cover - Windows
                 import msvcrt
 
-                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
             else:
                 import fcntl
 

@@ -365,8 +365,8 @@ def load_bundle(
             sd = load_foreign_state_dict(path)
         # a class-conditional UNet: its number of classes (+ the null row) from the file
         emb = sd.get("class_emb.weight")
-        conditional = torch.is_tensor(emb) and emb.ndim == 2 and emb.shape[0] > 1
-        num_classes = int(emb.shape[0]) - 1 if conditional else None
+        conditional = emb is not None and emb.ndim == 2 and emb.shape[0] > 1
+        num_classes = int(emb.shape[0]) - 1 if emb is not None and conditional else None
         meta = {
             "config": {"preset": preset, "image_size": image_size},
             "model_config": mcfg.to_dict(),
