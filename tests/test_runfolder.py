@@ -23,6 +23,7 @@ from ddpm_gui.engine.runfolder import (
     check_new_run_dir,
     check_resume_dir,
     is_run_dir,
+    resume_data_change,
 )
 from ddpm_gui.engine.text import fmt_duration
 from ddpm_gui.engine.trainer import Trainer, is_oom
@@ -359,6 +360,8 @@ def test_resume_refuses_changed_data_unless_allowed(tmp_path, data):
         images=np.concatenate([small.images, small.images[:3]]),
         labels=np.concatenate([small.labels, small.labels[:3]]),
     )
+    assert resume_data_change(run, small) is None
+    assert resume_data_change(run, more) == "it had 64 images, now 67"  # asked before resuming, in the app
     fail = run_all(Trainer(cfg(steps=4), run, resume=True, data=more))[-1]
     assert isinstance(fail, ev.Failed) and "64 images" in fail.message and "67" in fail.message
     assert "allow" in fail.message and fail.bad_input

@@ -34,9 +34,11 @@ from ddpm_gui.engine.checkpoint import (
     checkpoint_path,
     fallback_notes,
     is_ddpm_checkpoint,
+    latest_checkpoint,
     list_checkpoints,
     load_latest_checkpoint,
     prune_checkpoints,
+    read_meta,
     save_checkpoint,
     set_aside,
 )
@@ -403,6 +405,20 @@ def data_change(old, new: dict) -> str | None:
     if old["labels_sha256"] != new["labels_sha256"]:
         what.append("labels")
     return f"the same {new['count']} images, but their {' and '.join(what)} changed"
+
+
+def resume_data_change(path: str | Path, data) -> str | None:
+    """How `data` differs from the data the newest readable checkpoint of the run in `path` was trained on,
+    in words (None: the same, or nothing recorded to compare with). Reads checkpoint headers only, so a
+    caller can ask before resuming with `allow_data_change`."""
+    ckpt, _problems = latest_checkpoint(run_path(path))
+    if ckpt is None:
+        return None
+    try:
+        recorded = read_meta(ckpt).get("data_fingerprint")
+    except CheckpointError:
+        return None
+    return data_change(recorded, data_fingerprint(data))
 
 
 def refuse_data_change(step: int, change: str) -> DataError:
