@@ -20,10 +20,12 @@ import math
 import threading
 from collections import deque
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ddpm_gui import __version__
 from ddpm_gui.core.diffusion import from_uint8, q_sample, reverse_process, to_uint8, training_target
@@ -34,6 +36,9 @@ from ddpm_gui.engine.device import pick_device
 from ddpm_gui.engine.runfolder import data_fingerprint
 from ddpm_gui.engine.sampler import ModelBundle, check_fit, make_denoiser
 from ddpm_gui.errors import CheckpointError, ConfigError, DataError, DDPMError
+
+if TYPE_CHECKING:
+    from ddpm_gui.models.presets import ModelConfig
 
 # how the allocators say they ran out: CUDA and MPS ("... out of memory ..."), the CPU's DefaultCPUAllocator
 # ("can't allocate memory"), an MPS buffer larger than the GPU allows ("Invalid buffer size")
@@ -64,6 +69,22 @@ class NonFiniteStep(Exception):
 
 
 class Learner:
+    # built by setup() (an AttributeError before it)
+    model: nn.Module
+    model_config: ModelConfig
+    n_params: int
+    ema: nn.Module | None  # the EMA of the weights (None when ema_decay is 0)
+    optim: torch.optim.AdamW
+    schedule: NoiseSchedule  # float64 master copy on the CPU
+    sched_dev: NoiseSchedule  # on the device
+    gen: torch.Generator  # batches and noise
+    device: torch.device
+    batch_size: int  # may be halved after running out of memory
+    t_loss_sum: torch.Tensor  # (T,) running sums of the loss per timestep, kept on the device
+    t_loss_cnt: torch.Tensor
+    images: torch.Tensor  # the dataset on the device (uint8)
+    labels: torch.Tensor | None
+
     def __init__(
         self,
         config: TrainConfig,
@@ -76,12 +97,6 @@ class Learner:
         self.data_progress = data_progress
         self._lock = threading.Lock()  # guards the weights while a snapshot is taken
         self.step = 0
-        self.model = None
-        self.ema = None
-        self.schedule: NoiseSchedule | None = None
-        self.device: torch.device | None = None
-        self.images: torch.Tensor | None = None  # the dataset on the device (uint8), after setup()
-        self.labels: torch.Tensor | None = None
         self.num_classes: int | None = None
         self.class_names: list[str] | None = None
         # how a non-finite loss is kept out of the weights: "auto" = "device" on CUDA (fused AdamW skips the
@@ -96,7 +111,7 @@ class Learner:
     def bundle(self) -> ModelBundle:
         """A snapshot of the model being trained (EMA weights when on), safe to sample from in
         another thread while training goes on."""
-        if self.model is None:
+        if getattr(self, "model", None) is None:
             raise DDPMError("The model is not built yet: wait for training to start.")
         with self._lock:
             src = self.ema if self.ema is not None else self.model
@@ -177,17 +192,14 @@ class Learner:
         fused = self.device.type in ("cuda", "cpu")
         self._device_guard = guard == "device" and fused
         self.optim = torch.optim.AdamW(
-            self.model.parameters(),
-            lr=c.lr,
-            weight_decay=c.weight_decay,
-            **({"fused": True} if fused else {}),
+            self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay, fused=True if fused else None
         )
         self.schedule = NoiseSchedule(c.schedule)
         self.sched_dev = self.schedule.to(self.device)
         self.gen = torch.Generator(device=self.device)
         self.gen.manual_seed(c.seed)
         self.batch_size = c.batch_size
-        # (T,) running sums of the loss per timestep, kept on the device (no sync per step)
+        # summed on the device: no sync per step
         self.t_loss_sum = torch.zeros(self.schedule.T, device=self.device)
         self.t_loss_cnt = torch.zeros(self.schedule.T, device=self.device)
 
@@ -320,7 +332,7 @@ class Learner:
         xt, eps = q_sample(x0, t, self.sched_dev, noise=noise)
         target = training_target(x0, eps, t, self.sched_dev, c.prediction)
         y = None
-        if self.num_classes is not None:
+        if self.num_classes is not None and labels is not None:
             y = labels[idx.to(labels.device)].to(dev)
             drop = torch.rand(B, generator=self.gen, device=dev) < c.cond_drop
             y = torch.where(drop, torch.full_like(y, self.num_classes), y)
@@ -383,17 +395,17 @@ class Learner:
             if ok is not None:
                 # the mechanism GradScaler uses: fused AdamW skips the whole update (weights, moments,
                 # step count) on the device when found_inf is 1, so weights and EMA stay finite
-                self.optim.found_inf = (~ok).float()
+                self.optim.found_inf = (~ok).float()  # type: ignore[attr-defined]
             try:
                 self.optim.step()
             finally:
                 if ok is not None:
-                    del self.optim.found_inf
+                    del self.optim.found_inf  # type: ignore[attr-defined]
             if self.ema is not None:
                 # EMA with warm-up: early on the average follows the weights closely. The weights are
                 # finite (every update was guarded), so the EMA is too.
                 d = min(self.config.ema_decay, (1 + self.step) / (10 + self.step))
-                ema_p = list(self.ema.parameters())
+                ema_p: list[torch.Tensor] = list(self.ema.parameters())
                 torch._foreach_lerp_(ema_p, [p.detach() for p in self.model.parameters()], 1 - d)
 
     def _nonfinite_message(self, step: int, what: str, value: float, loss: float | None) -> str:

@@ -268,7 +268,9 @@ class RunFolder:
 
     def logged(self) -> tuple[int, int]:
         """(number of logged losses, last logged step) in metrics.jsonl."""
-        steps = [rec["step"] for _l, rec in self._records() if self._loss(rec) is not None]
+        steps = [
+            rec["step"] for _l, rec in self._records() if rec is not None and self._loss(rec) is not None
+        ]
         return len(steps), max(steps, default=0)
 
     def history(self, step: int) -> tuple[np.ndarray, np.ndarray]:

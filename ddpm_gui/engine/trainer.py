@@ -373,14 +373,15 @@ class Trainer(Learner):
         c = self.config
         read = self._read(loop)
         yield from read
-        if isinstance(read[-1], ev.Failed):
-            return False
+        progress = read[-1]
+        if not isinstance(progress, ev.Progress):
+            return False  # Failed
         if not loop.told_estimate and self.step - loop.logged_to >= 2 * c.log_every and self._rate > 0:
             loop.told_estimate = True
             if self.device.type == "cpu":
                 yield ev.Notice(
                     f"On this CPU the run goes at about {self._rate:.0f} images/s: the remaining "
-                    f"{c.steps - self.step} steps take about {fmt_duration(read[-1].eta_s)}."
+                    f"{c.steps - self.step} steps take about {fmt_duration(progress.eta_s)}."
                 )
         if self.step % (c.log_every * 5) == 0 or self.step >= c.steps:
             yield self._timestep_loss()
@@ -452,15 +453,22 @@ class Trainer(Learner):
             inst = (step - last_step) * self.batch_size / (now - last_t)
             self._rate = inst if self._rate == 0 else 0.8 * self._rate + 0.2 * inst
         self._last_read = (now, step)
-        for v in vals:
-            self._smooth = float(v) if self._smooth is None else 0.98 * self._smooth + 0.02 * float(v)
+        smooth = self._smoothed(vals)
         eta = (c.steps - step) * self.batch_size / self._rate if self._rate > 0 else float("nan")
         lr = self._lr(step - 1)
         loss = float(vals[-1])
-        self.folder.log({"step": step, "loss": loss, "loss_smooth": self._smooth, "img_per_s": self._rate,
-                         "lr": lr, "batch_size": self.batch_size, "time": time.time()})  # fmt: skip
-        return ev.Progress(step, c.steps, loss, self._smooth, self._rate, eta, now - t0, self.batch_size, lr,
-                           steps, vals.astype(np.float32))  # fmt: skip
+        self.folder.log({"step": step, "loss": loss, "loss_smooth": smooth, "img_per_s": self._rate, "lr": lr,
+                         "batch_size": self.batch_size, "time": time.time()})  # fmt: skip
+        return ev.Progress(step, c.steps, loss, smooth, self._rate, eta, now - t0, self.batch_size, lr, steps,
+                           vals.astype(np.float32))  # fmt: skip
+
+    def _smoothed(self, vals: np.ndarray) -> float:
+        """The exponential moving average of the loss, taken through `vals` (never empty)."""
+        smooth = self._smooth
+        for v in vals.tolist():
+            smooth = v if smooth is None else 0.98 * smooth + 0.02 * v
+        self._smooth = smooth
+        return float("nan") if smooth is None else smooth
 
 
 def _show(v) -> str:

@@ -5,9 +5,11 @@ The loss curve follows pyqtgraph's own advice for live plots (DESIGN.md, "Qt fac
 - the curves are redrawn from a GUI QTimer at ~15 Hz, and only when new points came, not per event;
 - `setDownsampling(auto=True, method='peak')` + `setClipToView(True)` keep a redraw of 200k points
   around 10 ms: only the visible range is drawn, at most about one point pair per pixel.
-The smoothed curve is an exponential moving average with bias correction (as TensorBoard's
-smoothing), computed incrementally and vectorised per block, so appending 200k points costs
-milliseconds.
+The smoothed curve is the trainer's own smoothed loss (Progress.loss_smooth, what the stats line
+shows), so the two never disagree: the same exponential moving average (decay SMOOTHING, starting at
+the first loss), computed incrementally and vectorised per block so appending 200k points costs
+milliseconds, and set to the trainer's value at the last point of each event (`append(...,
+smooth_last)`): a resumed run's average, restored from its checkpoint, is carried on from there.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from PySide6.QtCore import Qt, QTimer, Slot
 from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
 from ddpm_gui.qt.style import INFO_STYLE, PLOT_PENS, plot_colors
+
+SMOOTHING = 0.98  # the decay of the trainer's loss_smooth (ddpm_gui.engine.trainer)
 
 
 def _pens() -> tuple:
@@ -52,27 +56,26 @@ def _plot_widget(title: str, xlabel: str, ylabel: str) -> pg.PlotWidget:
     return w
 
 
-def ema_block(values: np.ndarray, decay: float, state: float, count: int) -> tuple[np.ndarray, float, int]:
-    """Exponential moving average of `values` continuing from (state, count).
-
-    Raw EMA: e_i = decay * e_(i-1) + (1 - decay) * y_i, starting at e = 0; returned debiased by
-    1 / (1 - decay**n) so the first points are not pulled towards zero. Vectorised in blocks small
-    enough that decay**-k stays finite.
-    """
+def ema_block(values: np.ndarray, decay: float, state: float | None) -> tuple[np.ndarray, float | None]:
+    """Exponential moving average of `values` continuing from `state` (None: none yet, the average
+    starts at the first value), as the trainer's: e_i = decay * e_(i-1) + (1 - decay) * y_i. Returns
+    the averages and the new state. Vectorised in blocks small enough that decay**-k stays finite."""
     out = np.empty(len(values), np.float64)
+    if len(values) == 0:
+        return out, state
+    if state is None:
+        state = float(values[0])  # then e_0 = y_0
     block = 256
     lin = np.arange(block, dtype=np.float64)
     for s in range(0, len(values), block):
         y = values[s : s + block].astype(np.float64)
         m = len(y)
         p = decay ** lin[:m]  # decay**i
-        # e_i = decay**(i+1) e_0 + (1 - decay) * sum_{k<=i} decay**(i-k) y_k
+        # e_i = decay**(i+1) e_(-1) + (1 - decay) * sum_{k<=i} decay**(i-k) y_k
         e = decay * p * state + (1.0 - decay) * p * np.cumsum(y / p)
-        n = count + np.arange(1, m + 1)
-        out[s : s + m] = e / (1.0 - decay**n)
+        out[s : s + m] = e
         state = float(e[-1])
-        count += m
-    return out, state, count
+    return out, state
 
 
 class LossPlot(QWidget):
@@ -80,7 +83,9 @@ class LossPlot(QWidget):
 
     REDRAW_MS = 66  # ~15 Hz
 
-    def __init__(self, parent: QWidget | None = None, smoothing: float = 0.9, title: str = "Training loss"):
+    def __init__(
+        self, parent: QWidget | None = None, smoothing: float = SMOOTHING, title: str = "Training loss"
+    ):
         super().__init__(parent)
         self._decay = smoothing
         self._cap = 4096
@@ -88,8 +93,7 @@ class LossPlot(QWidget):
         self._y = np.zeros(self._cap, np.float64)
         self._ys = np.zeros(self._cap, np.float64)
         self._n = 0
-        self._ema_state = 0.0
-        self._ema_count = 0
+        self._ema_state: float | None = None
         self._dirty = False
         self.last_redraw_ms = 0.0
 
@@ -103,7 +107,7 @@ class LossPlot(QWidget):
             c.setClipToView(True)
             c.setSkipFiniteCheck(True)  # losses are finite; saves a pass over 200k points per redraw
 
-        self.log_box = QCheckBox("&log y")
+        self.log_box = QCheckBox("log &y")
         self.log_box.setToolTip("Logarithmic loss axis: the slow late improvements become visible.")
         self.log_box.toggled.connect(self.set_log)
         self.info = QLabel("")
@@ -136,8 +140,14 @@ class LossPlot(QWidget):
     def smoothed(self) -> np.ndarray:
         return self._ys[: self._n].copy()
 
-    def append(self, steps: np.ndarray, losses: np.ndarray) -> None:
-        """Add loss points (cheap: a copy into the buffer; the redraw happens on the timer)."""
+    def header(self) -> str:
+        """The line above the plot: the points, the last loss and its smoothed value."""
+        n = self._n
+        return f"{n:,} points · last {self._y[n - 1]:.4f} · smoothed {self._ys[n - 1]:.4f}" if n else ""
+
+    def append(self, steps: np.ndarray, losses: np.ndarray, smooth_last: float | None = None) -> None:
+        """Add loss points (cheap: a copy into the buffer; the redraw happens on the timer). `smooth_last`:
+        the smoothed loss the trainer reports at the last of them (Progress.loss_smooth)."""
         steps = np.asarray(steps, dtype=np.float64).reshape(-1)
         losses = np.asarray(losses, dtype=np.float64).reshape(-1)
         m = min(len(steps), len(losses))
@@ -161,9 +171,9 @@ class LossPlot(QWidget):
                 new[: self._n] = old[: self._n]
                 setattr(self, name, new)
             self._cap = cap
-        sm, self._ema_state, self._ema_count = ema_block(
-            losses, self._decay, self._ema_state, self._ema_count
-        )
+        sm, self._ema_state = ema_block(losses, self._decay, self._ema_state)
+        if smooth_last is not None and np.isfinite(smooth_last) and ok[-1]:
+            sm[-1] = self._ema_state = float(smooth_last)
         self._x[self._n : need] = steps
         self._y[self._n : need] = losses
         self._ys[self._n : need] = sm
@@ -172,8 +182,7 @@ class LossPlot(QWidget):
 
     def clear(self) -> None:
         self._n = 0
-        self._ema_state = 0.0
-        self._ema_count = 0
+        self._ema_state = None
         self._raw.setData([], [])
         self._smooth.setData([], [])
         self.info.setText("")
@@ -193,8 +202,7 @@ class LossPlot(QWidget):
         # views into the buffer: later appends write past n, a reallocation leaves these intact
         self._raw.setData(self._x[:n], self._y[:n])
         self._smooth.setData(self._x[:n], self._ys[:n])
-        if n:
-            self.info.setText(f"{n:,} points · last {self._y[n - 1]:.4f} · smoothed {self._ys[n - 1]:.4f}")
+        self.info.setText(self.header())
         self._dirty = False
         self.last_redraw_ms = (time.perf_counter() - t0) * 1000
         return self.last_redraw_ms

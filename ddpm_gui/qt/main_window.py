@@ -29,6 +29,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from ddpm_gui.qt.mnemonics import MENU_TITLES
 from ddpm_gui.qt.panels import PANELS
 from ddpm_gui.qt.state import AppState
 from ddpm_gui.qt.workers import JobSlot, show_warning
@@ -112,6 +113,7 @@ class MainWindow(QMainWindow):
         self._force_close = False
         self._build_queue: list[int] = []
         self.engine_info: dict = {}
+        self.closed_at: float | None = None  # time.monotonic() when the window closed (for run_app)
 
         self.tabs = QTabWidget(self)
         self.tabs.setDocumentMode(True)
@@ -120,7 +122,7 @@ class MainWindow(QMainWindow):
         self.setCentralWidget(self.tabs)
 
         self._build_menus()
-        self.state.status.connect(self._on_status)
+        self.state.statusFor.connect(self._on_status)
         self.state.recentChanged.connect(self._rebuild_recent)
         self.statusBar().showMessage("Loading engine…")
         self._restore_settings()
@@ -128,7 +130,7 @@ class MainWindow(QMainWindow):
     # ------------------------------------------------------------------ menus
     def _build_menus(self) -> None:
         mb = self.menuBar()
-        file_menu = mb.addMenu("&File")
+        file_menu = mb.addMenu(MENU_TITLES["file"])
         self.open_action = QAction("&Open checkpoint…", self)
         self.open_action.setShortcut(QKeySequence.StandardKey.Open)
         self.open_action.setStatusTip("Load a trained model (.safetensors) to sample and denoise with")
@@ -149,7 +151,7 @@ class MainWindow(QMainWindow):
         quit_action.triggered.connect(self.close)
         file_menu.addAction(quit_action)
 
-        view_menu = mb.addMenu("&View")
+        view_menu = mb.addMenu(MENU_TITLES["view"])
         self.tab_actions: list[QAction] = []
         for i, (_m, _c, title) in enumerate(PANELS):
             act = QAction(title, self)
@@ -160,7 +162,7 @@ class MainWindow(QMainWindow):
             self.addAction(act)
             self.tab_actions.append(act)
 
-        help_menu = mb.addMenu("&Help")
+        help_menu = mb.addMenu(MENU_TITLES["help"])
         about = QAction("&About DDPM Studio", self)
         about.setMenuRole(QAction.MenuRole.AboutRole)
         about.triggered.connect(self.show_about)
@@ -355,9 +357,9 @@ class MainWindow(QMainWindow):
         )
         return answer == QMessageBox.StandardButton.Yes
 
-    @Slot(str)
-    def _on_status(self, text: str) -> None:
-        self.statusBar().showMessage(text)
+    @Slot(str, int)
+    def _on_status(self, text: str, timeout_ms: int) -> None:
+        self.statusBar().showMessage(text, timeout_ms)
 
     # ------------------------------------------------------------------ settings and shutdown
     def _restore_settings(self) -> None:
@@ -413,3 +415,4 @@ class MainWindow(QMainWindow):
             self.statusBar().repaint()  # shutdown() blocks the event loop until the checkpoint is saved
         self.shutdown()
         event.accept()
+        self.closed_at = time.monotonic()

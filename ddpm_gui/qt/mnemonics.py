@@ -35,35 +35,70 @@ def _candidates(text: str) -> list[str]:
 def assign_mnemonics(texts: Iterable[str], taken: Iterable[str] = ()) -> list[str]:
     """`texts` with "&" put before a letter each, no two the same and none in `taken` (lower case).
 
-    Finds the largest set of texts that can all have distinct letters (a bipartite matching, each text
-    trying its letters in order of preference), so one text's pick never leaves another without a
-    letter it could have had. A text that cannot get one (every letter of it taken) stays as it is;
-    a text that already has a mnemonic keeps it."""
+    The assignment is the cheapest one (the Hungarian method), a letter costing its place in the text's
+    order of preference (the first letter of each word first): so as many texts as possible get a
+    letter, and as many of them as can a word's first. A text that cannot get one (every letter of it
+    taken) stays as it is; a text that already has a mnemonic keeps it."""
     texts = list(texts)
-    owner: dict[str, int] = {k: -1 for k in taken}  # letter -> index of the text that has it (-1: fixed)
-    for i, t in enumerate(texts):
-        k = mnemonic(t)
-        if k is not None:
-            owner.setdefault(k, i)
-    options = [[] if mnemonic(t) is not None else _candidates(t) for t in texts]
+    fixed = set(taken) | {k for k in map(mnemonic, texts) if k is not None}
+    rows = [i for i, t in enumerate(texts) if mnemonic(t) is None]
+    letters = sorted({k for i in rows for k in _candidates(texts[i])} - fixed)
+    none = 10**9  # the cost of no letter: more than any sum of preferences, so fewest texts go without
+    cost = []
+    for n, i in enumerate(rows):
+        # a letter's place in the preferences, the earlier texts' counting a little more (ties go to them)
+        weight = 1000 + len(rows) - n
+        rank = {k: r * weight for r, k in enumerate(_candidates(texts[i]))}
+        cost.append([rank.get(k, none) for k in letters] + [none] * len(rows))  # + "no letter" columns
+    chosen = _cheapest_assignment(cost)
+    out = list(texts)
+    for row, col in enumerate(chosen):
+        if col < len(letters) and cost[row][col] < none:
+            out[rows[row]] = _insert(texts[rows[row]], letters[col])
+    return out
 
-    def place(i: int, seen: set[str]) -> bool:
-        for k in options[i]:
-            if k in seen:
-                continue
-            seen.add(k)
-            holder = owner.get(k)
-            if holder is None or (holder >= 0 and options[holder] and place(holder, seen)):
-                owner[k] = i
-                return True
-        return False
 
-    # the texts with the fewest letters first: they have the least choice
-    for i in sorted(range(len(texts)), key=lambda j: len(options[j])):
-        if options[i]:
-            place(i, set())
-    letter = {i: k for k, i in owner.items() if i >= 0 and options[i]}
-    return [_insert(t, letter[i]) if i in letter else t for i, t in enumerate(texts)]
+def _cheapest_assignment(cost: list[list[int]]) -> list[int]:
+    """For each row, the column it gets (distinct), at the least total cost; needs rows <= columns. The
+    Hungarian method with potentials, O(rows^2 * columns)."""
+    n = len(cost)
+    if n == 0:
+        return []
+    m = len(cost[0])
+    inf = float("inf")
+    u, v = [0.0] * (n + 1), [0.0] * (m + 1)
+    owner, way = [0] * (m + 1), [0] * (m + 1)  # column -> row (1-based, 0: none); the path back
+    for i in range(1, n + 1):
+        owner[0], j0 = i, 0
+        least, used = [inf] * (m + 1), [False] * (m + 1)
+        while True:
+            used[j0] = True
+            i0, delta, j1 = owner[j0], inf, 0
+            for j in range(1, m + 1):
+                if not used[j]:
+                    reduced = cost[i0 - 1][j - 1] - u[i0] - v[j]
+                    if reduced < least[j]:
+                        least[j], way[j] = reduced, j0
+                    if least[j] < delta:
+                        delta, j1 = least[j], j
+            for j in range(m + 1):
+                if used[j]:
+                    u[owner[j]] += delta
+                    v[j] -= delta
+                else:
+                    least[j] -= delta
+            j0 = j1
+            if owner[j0] == 0:
+                break
+        while j0:
+            j1 = way[j0]
+            owner[j0] = owner[j1]
+            j0 = j1
+    chosen = [0] * n
+    for j in range(1, m + 1):
+        if owner[j]:
+            chosen[owner[j] - 1] = j - 1
+    return chosen
 
 
 def _insert(text: str, key: str) -> str:

@@ -15,6 +15,7 @@ class AppState(QObject):
     bundleChanged = Signal(object)  # ddpm_gui.engine.sampler.ModelBundle | None
     trainingChanged = Signal(bool)  # True while a training run is active
     status = Signal(str)  # a one-line message for the status bar
+    statusFor = Signal(str, int)  # the same message and how long it stays, in ms (0: until the next one)
     recentChanged = Signal()
 
     MAX_RECENT = 8
@@ -45,8 +46,11 @@ class AppState(QObject):
         self.training = active
         self.trainingChanged.emit(active)
 
-    def show_status(self, text: str) -> None:
+    def show_status(self, text: str, timeout_ms: int = 0) -> None:
+        """A message for the status bar; `timeout_ms` > 0 for news that is stale after a while ("training
+        started"), 0 for a state that holds until the next message ("paused at step 31")."""
         self.status.emit(text)
+        self.statusFor.emit(text, timeout_ms)
 
     # --- recent checkpoints / runs, one click away in the File menu
     def recent(self) -> list[str]:

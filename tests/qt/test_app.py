@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -61,9 +62,12 @@ def test_ctrl_number_switches_tabs(qtbot, window):
         assert window.tabs.currentIndex() == i
 
 
-def test_status_bar_follows_state(window):
+def test_status_bar_follows_state(qtbot, window):
     window.state.show_status("hello from a panel")
     assert window.statusBar().currentMessage() == "hello from a panel"
+    window.state.show_status("passing news", 50)  # gone after its time: it would go stale
+    assert window.statusBar().currentMessage() == "passing news"
+    qtbot.waitUntil(lambda: window.statusBar().currentMessage() == "", timeout=10_000)
 
 
 def test_remembers_tab_and_geometry(qtbot, tmp_path):
@@ -222,6 +226,36 @@ def test_run_app_reports_timing_and_stalls(tmp_path):
     # CPU may take longer: then this also checks that closing during start-up is clean)
     assert "stall probe: longest gap" in proc.stdout
     print(proc.stdout)
+
+
+def test_the_process_ends_soon_after_the_window_closes_and_keeps_its_settings(tmp_path):
+    """`python -m ddpm_gui`, closed by DDPM_GUI_EXIT_AFTER: the process ends (and says how long after the
+    window closed: the figure for people, not an assertion) with the settings written at close on disk."""
+    config = tmp_path / "config"
+    conf = config / "DDPM Studio" / "ddpm_gui.conf"  # QSettings' own place for the app's settings
+    conf.parent.mkdir(parents=True)
+    ini = QSettings(str(conf), QSettings.Format.IniFormat)
+    ini.setValue("data/limit", 100)  # autoload a small built-in set
+    ini.setValue("window/tab", 2)
+    ini.sync()
+    env = dict(
+        os.environ,
+        QT_QPA_PLATFORM="offscreen",
+        DDPM_GUI_EXIT_AFTER="15",
+        DDPM_GUI_TIMING="1",
+        XDG_CONFIG_HOME=str(config),
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "ddpm_gui"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    ended = re.search(r"process ends (\d+\.\d+) s after the window closed", proc.stdout)
+    assert ended, proc.stdout + proc.stderr[-3000:]
+    print(f"\nthe process ended {ended.group(1)} s after the window closed")
+    saved = QSettings(str(conf), QSettings.Format.IniFormat)
+    assert saved.value("window/geometry") is not None and int(saved.value("window/tab")) == 2
+    if "engine ready after" in proc.stdout:  # the data was loaded before the close: its source was kept
+        assert saved.value("data/kind") == "builtin"
 
 
 def test_every_control_is_reachable_by_tab(qtbot, window):

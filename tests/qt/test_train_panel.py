@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
@@ -105,11 +106,11 @@ def test_lossplot_smoothing_growth_and_log(qtbot):
         w.append(s, y[s])
     assert w.n_points == 10_000
     np.testing.assert_allclose(w.losses(), y)
-    # the smoothed curve equals a plain debiased EMA computed point by point
-    ref, e = [], 0.0
-    for i, v in enumerate(y[:500]):
-        e = 0.9 * e + 0.1 * v
-        ref.append(e / (1 - 0.9 ** (i + 1)))
+    # the smoothed curve is the trainer's loss_smooth, computed point by point as the trainer does
+    ref, e = [], None
+    for v in y[:500]:
+        e = float(v) if e is None else 0.98 * e + 0.02 * float(v)
+        ref.append(e)
     np.testing.assert_allclose(w.smoothed()[:500], ref, rtol=1e-9)
     w.append(np.array([10_000, 10_001]), np.array([np.nan, 0.5]))  # non-finite points are left out
     assert w.n_points == 10_001
@@ -118,6 +119,17 @@ def test_lossplot_smoothing_growth_and_log(qtbot):
     w.redraw()
     w.clear()
     assert w.n_points == 0
+
+
+def test_lossplot_takes_the_trainers_smoothed_value_at_each_event(qtbot):
+    """A resumed run's average comes from its checkpoint, not from the points the plot holds: the plot
+    shows the trainer's value at each event's last point and carries on from it."""
+    w = lossplot.LossPlot()
+    qtbot.addWidget(w)
+    w.append(np.array([1, 2]), np.array([1.0, 0.8]), smooth_last=0.5)
+    assert w.smoothed()[-1] == 0.5 and "smoothed 0.5000" in w.header()
+    w.append(np.array([3]), np.array([0.7]))
+    assert w.smoothed()[-1] == pytest.approx(0.98 * 0.5 + 0.02 * 0.7)
 
 
 def test_lossplot_200k_points_redraw_time(qtbot):
@@ -209,6 +221,120 @@ def test_amp_disabled_on_cpu_and_model_info_shown(panel):
     assert panel.device_combo.findData("cpu") >= 0
 
 
+# ----------------------------------------------------------------------------- what the tab says
+
+
+def _started(device: str = "cpu (2 threads)", step: int = 0, resumed: bool = False) -> ev.Started:
+    return ev.Started(step, 100, device, 1000, None, "builtin", 64, "/tmp/run", resumed, 4)
+
+
+def _progress(step: int, smooth: float) -> ev.Progress:
+    return ev.Progress(
+        step, 100, 0.5, smooth, 10.0, 9.0, 1.0, 4, 1e-4, np.array([step]), np.array([0.5], np.float32)
+    )
+
+
+def test_threads_row_shows_auto_and_says_what_it_does(panel):
+    spin = panel.form.widget("threads")
+    assert spin.value() == 0 and spin.text() == "auto"
+    tip = spin.toolTip()
+    assert "auto" in tip and "free" in tip and "--threads" in tip, tip
+    spin.setValue(2)
+    assert spin.text() == "2" and panel.build_config().threads == 2
+    spin.setValue(0)
+    assert panel.build_config().threads == 0
+
+
+def test_run_view_names_the_cpu_threads_really_used(qtbot):
+    from ddpm_gui.engine.config import TrainConfig
+    from ddpm_gui.engine.device import usable_cpus
+    from ddpm_gui.qt.train.run_view import RunView, ThreadsUsed
+
+    view = RunView()
+    qtbot.addWidget(view)
+    cores = usable_cpus()
+    of = f"of {cores} thread{'s' if cores != 1 else ''}"
+    view.start(TrainConfig(threads=0), "/tmp/run", resumed=False)
+    view.show_event(ThreadsUsed(1))  # read in the training thread
+    view.show_event(_started("cpu (2 threads)"))  # the GUI-side count, which may differ
+    assert f"cpu (1 {of}, auto)" in view.stats_label.text()
+    assert "2 threads" not in view.run_label.text() and view.run_label.text().startswith("cpu · ")
+    view.show_event(_progress(10, 0.4))
+    assert view.stats_label.text().endswith(f"· cpu (1 {of}, auto)")
+    view.start(TrainConfig(threads=1), "/tmp/run", resumed=False)  # a count the user chose
+    view.show_event(ThreadsUsed(1))
+    view.show_event(_started())
+    view.show_event(_progress(10, 0.4))
+    assert view.stats_label.text().endswith(f"· cpu (1 {of})")
+    view.start(TrainConfig(), "/tmp/run", resumed=False)
+    view.show_event(_started("cuda:0 (Some GPU)"))
+    view.show_event(_progress(10, 0.4))
+    assert view.stats_label.text().endswith("· cuda:0 (Some GPU)")
+
+
+def test_run_view_says_what_is_true_now(qtbot):
+    from ddpm_gui.engine.config import TrainConfig
+    from ddpm_gui.qt.train.run_view import RunView
+
+    view = RunView()
+    qtbot.addWidget(view)
+    view.show()
+    assert not view.progress.isTextVisible()  # no "step 0 / 1" before any run
+    assert view.stats_label.text() == "No run yet."
+    view.start(TrainConfig(steps=100), "/tmp/run", resumed=False)
+    view.show_event(_started())
+    view.show_event(_progress(31, 0.4))
+    assert view.progress.isTextVisible() and view.progress.text() == "step 31 / 100"
+    assert view.estimate_label.isVisible()
+    view.show_event(ev.Paused(31))
+    assert view.stats_label.text() == "Paused at step 31."
+    assert not view.estimate_label.isVisible()  # its "done around" would go stale while paused
+    view.show_event(ev.Resumed(31))
+    assert "Paused" not in view.stats_label.text() and "Resumed at step 31" in view.stats_label.text()
+    view.show_event(_progress(32, 0.4))
+    assert view.stats_label.text().startswith("loss 0.5000 (smoothed 0.4000)")
+
+
+def test_a_run_shows_one_smoothed_loss_its_threads_and_a_true_status(qtbot, panel, state, tmp_path):
+    """The stats line and the plot show the same smoothed loss, the trainer's own series (its
+    metrics.jsonl); the stats line names the CPU threads used; the status bar drops "Loading data…"."""
+    from ddpm_gui.engine.device import usable_cpus
+
+    run_dir = tmp_path / "said"
+    configure(panel, run_dir, steps=12, batch=4)
+    statuses = []
+    state.statusFor.connect(lambda text, ms: statuses.append((text, ms)))
+    assert panel.start()
+    seen = []  # (event, stats line, plot header) right after the panel showed the event
+    panel.train_slot.job.event.connect(
+        lambda e: seen.append((e, panel.stats_label.text(), panel.loss_plot.header()))
+    )
+    qtbot.waitUntil(lambda: not panel.is_busy(), timeout=120_000)
+    assert panel.last_finished is not None and panel.last_finished.reason == "completed"
+    progress = [(e, text, header) for e, text, header in seen if isinstance(e, ev.Progress)]
+    assert progress
+    for e, text, header in progress:
+        smoothed = f"smoothed {e.loss_smooth:.4f}"
+        assert smoothed in text and smoothed in header, (text, header)
+    logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    logged = [r for r in logged if "loss_smooth" in r]
+    steps, smooth = panel.loss_plot.steps(), panel.loss_plot.smoothed()
+    assert len(logged) >= 2 and len(steps) == 12
+    for r in logged:
+        assert smooth[np.flatnonzero(steps == r["step"])[0]] == pytest.approx(r["loss_smooth"], rel=1e-9)
+    started = next(e for e, _t, _h in seen if isinstance(e, ev.Started))
+    if started.device.startswith("cpu"):
+        m = re.search(r"· cpu \((\d+) of (\d+) threads?, auto\)$", progress[-1][1])
+        assert m, progress[-1][1]
+        assert int(m.group(2)) == usable_cpus() and 1 <= int(m.group(1)) <= usable_cpus()
+    # the status bar: what the run loads holds until training starts; then only passing news, until the end
+    texts = [t for t, _ms in statuses]
+    first = next(i for i, t in enumerate(texts) if t.startswith("Training started on"))
+    assert statuses[first][1] > 0 and any(ms == 0 for _t, ms in statuses[:first])
+    lasting = [t for t, ms in statuses[first:] if ms == 0]
+    assert all(t.startswith(("Training finished", "Sample and Denoise now use")) for t in lasting), lasting
+
+
 def test_short_training_run(qtbot, panel, state, tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
     configure(panel, run_dir, steps=30, batch=16, preview=10)
@@ -275,7 +401,7 @@ def test_pause_resume_stop(qtbot, panel, state, tmp_path):
     assert panel.use_btn.isEnabled()
     panel.pause()
     qtbot.waitUntil(lambda: "Paused" in panel.stats_label.text(), timeout=30_000)
-    assert panel.pause_btn.text() == "&Resume"
+    assert panel.pause_btn.text() == tp.TEXTS["resume"] and panel.resume_btn.text() == tp.TEXTS["saved_run"]
     s1 = panel.trainer.step
     qtbot.wait(600)
     assert panel.trainer.step == s1  # no steps while paused
@@ -283,6 +409,8 @@ def test_pause_resume_stop(qtbot, panel, state, tmp_path):
     qtbot.waitUntil(lambda: state.bundle is not None, timeout=30_000)
     assert state.bundle.step == s1 and "training run" in state.bundle.source
     panel.resume()
+    qtbot.waitUntil(lambda: "Paused" not in panel.stats_label.text(), timeout=30_000)
+    assert panel.pause_btn.text() == tp.TEXTS["pause"]
     qtbot.waitUntil(lambda: panel.trainer.step > s1, timeout=30_000)
     panel.stop()
     qtbot.waitUntil(lambda: not panel.is_busy(), timeout=60_000)
@@ -504,7 +632,9 @@ def test_resume_run_with_a_bad_config_shows_one_line(panel, tmp_path, monkeypatc
     panel.resume_btn.click()  # as a user does: the slot must not raise
     text = panel.error_label.text()
     assert not panel.error_label.isHidden() and "config.json" in text and "\n" not in text, text
-    assert not panel.is_busy() and panel.resume_btn.text() == "&Resume run…"
+    assert (
+        not panel.is_busy() and panel.resume_btn.text() == tp.TEXTS["saved_run"] == "Co&ntinue a saved run…"
+    )
     assert panel.resume_run(run) is False
 
 
@@ -518,7 +648,7 @@ def test_resume_uses_the_edited_resumable_settings(qtbot, panel, tmp_path):
     assert panel.last_finished.step == 4
     panel.apply_recipe("tutorial")  # the form shows something else now
     assert panel.resume_run(run_dir, start=False) is True
-    assert panel.preset_combo.currentData() == "tiny" and panel.start_btn.text() == "&Continue run"
+    assert panel.preset_combo.currentData() == "tiny" and panel.start_btn.text() == tp.TEXTS["continue"]
     assert not panel.preset_combo.isEnabled() and not panel.seed_spin.isEnabled()  # fixed by the run
     assert panel.steps_spin.isEnabled() and panel.lr_edit.isEnabled()  # resumable
     panel.steps_spin.setValue(7)
@@ -529,7 +659,7 @@ def test_resume_uses_the_edited_resumable_settings(qtbot, panel, tmp_path):
     assert panel.last_finished.reason == "completed" and panel.last_finished.step == 7
     saved = load_run_config(run_dir)
     assert saved.steps == 7 and saved.lr == 0.002 and saved.preset == "tiny"
-    assert panel.preset_combo.isEnabled() and panel.start_btn.text() == "&Start"  # a new run again
+    assert panel.preset_combo.isEnabled() and panel.start_btn.text() == tp.TEXTS["start"]  # a new run again
 
 
 def test_paused_run_continues_with_the_edited_settings(qtbot, panel, state, tmp_path):

@@ -11,6 +11,10 @@ end with Finished(reason="stopped").
 A paused run, and a run folder loaded to be continued, offer only the settings a resumed run may change
 (RESUMABLE). Edits to a paused run take effect through a checkpoint: the run stops (saving one) and
 continues from it with the new settings.
+
+"Resume" (the Pause button while paused) goes on with this run; "Continue a saved run…" loads an older
+run folder to go on from its newest checkpoint. Each button keeps its own Alt+letter (TEXTS), which the
+settings rows (lettered by the form) and the menus never take.
 """
 
 from __future__ import annotations
@@ -35,12 +39,13 @@ from ddpm_gui.engine.config import RESUMABLE, TrainConfig, load_run_config
 from ddpm_gui.engine.events import coalesce_progress
 from ddpm_gui.engine.text import describe_data
 from ddpm_gui.errors import ConfigError, DDPMError
+from ddpm_gui.qt.mnemonics import WINDOW_KEYS, mnemonic
 from ddpm_gui.qt.state import AppState
 from ddpm_gui.qt.train.fields import OUTPUT
 from ddpm_gui.qt.train.form import SettingsForm, setting_values
 from ddpm_gui.qt.train.model_size import ModelSize
 from ddpm_gui.qt.train.quality import QualityBox
-from ddpm_gui.qt.train.run_view import RunView
+from ddpm_gui.qt.train.run_view import RunView, ThreadsUsed
 from ddpm_gui.qt.workers import JobSlot, show_warning, shutdown_jobs
 
 # Tests set this to False: failures are then shown in the panel only, never in a dialog.
@@ -65,6 +70,18 @@ WIDGET_NAMES = {
     "preview_spin": "preview_every",
 }
 MODEL_FIELDS = ("preset", "image_size", "conditional")  # what the parameter/FLOP count depends on
+# the run buttons' texts, in every state they show (each with its own Alt+letter)
+TEXTS = {
+    "start": "&Start",
+    "continue": "&Continue run",  # Start, when a saved run is loaded to be continued
+    "pause": "&Pause",
+    "resume": "&Resume",  # Pause, while paused
+    "stop": "St&op",
+    "saved_run": "Co&ntinue a saved run…",
+    "new_run": "&New run",  # "Continue a saved run…", when one is loaded: back to a new run
+    "use": "Use current &weights",
+}
+STATUS_MS = 8000  # how long a passing message ("Training started…") stays in the status bar
 
 
 @dataclass
@@ -118,7 +135,11 @@ class TrainPanel(QWidget):
 
     # ------------------------------------------------------------------ UI
     def _build_ui(self) -> None:
-        self.form = SettingsForm(self.state.settings)
+        self.view = RunView()
+        self.quality = QualityBox(self._eval_source, self._eval_data, self.view.log, _dialogs)
+        # Alt+letters beside the form: the menus', the buttons' (in every state), the run view's
+        beside = [*TEXTS.values(), self.quality.eval_btn.text(), self.view.loss_plot.log_box.text()]
+        self.form = SettingsForm(self.state.settings, WINDOW_KEYS | {mnemonic(t) for t in beside})
         self.data_note = self.form.add_note("data")
         self.model_info_label = self.form.add_note("preset")
         self.model_size = ModelSize(self.model_info_label, self._model_key, self)
@@ -133,21 +154,23 @@ class TrainPanel(QWidget):
         row = QHBoxLayout()
         row.addWidget(self.run_edit, 1)
         row.addWidget(self.browse_btn)
-        self.form.add_row(OUTPUT, "Run folder:", row)
+        self.form.add_row(OUTPUT, "Run folder:", row, self.run_edit)
 
-        self.start_btn = _button("&Start", self.start, "Start a new run with these settings")
+        self.start_btn = _button(TEXTS["start"], self.start, "Start a new run with these settings")
         self.start_btn.setDefault(True)
         self.pause_btn = _button(
-            "&Pause",
+            TEXTS["pause"],
             self.toggle_pause,
             "Pause; while paused, the settings a resumed run may change can be edited",
         )
-        self.stop_btn = _button("St&op", self.stop, "Stop after the current step and save a checkpoint")
+        self.stop_btn = _button(TEXTS["stop"], self.stop, "Stop after the current step and save a checkpoint")
         self.resume_btn = _button(
-            "&Resume run…", self._on_resume_clicked, "Continue a run folder from its newest checkpoint"
+            TEXTS["saved_run"],
+            self._on_resume_clicked,
+            "Load a run folder saved earlier, to go on from its newest checkpoint",
         )
         self.use_btn = _button(
-            "Use current &weights",
+            TEXTS["use"],
             self.use_current_weights,
             "Send the model being trained (EMA weights) to the Sample and Denoise tabs",
         )
@@ -158,8 +181,6 @@ class TrainPanel(QWidget):
         buttons.addWidget(self.resume_btn, 1, 0, 1, 1)
         buttons.addWidget(self.use_btn, 1, 1, 1, 2)
 
-        self.view = RunView()
-        self.quality = QualityBox(self._eval_source, self._eval_data, self.view.log, _dialogs)
         self.quality.slot.busyChanged.connect(lambda _busy: self._update_buttons())
         self.view.add_message(self.quality.label)
 
@@ -286,11 +307,11 @@ class TrainPanel(QWidget):
             self.form.set_mode(mode)
         running, stopping = self.is_busy(), self.train_slot.stopping()
         self.start_btn.setEnabled(not running and self._config_ok)
-        self.start_btn.setText("&Continue run" if mode == "resume" else "&Start")
+        self.start_btn.setText(TEXTS["continue"] if mode == "resume" else TEXTS["start"])
         self.resume_btn.setEnabled(not running)
-        self.resume_btn.setText("&New run" if mode == "resume" else "&Resume run…")
+        self.resume_btn.setText(TEXTS["new_run"] if mode == "resume" else TEXTS["saved_run"])
         self.pause_btn.setEnabled(running and not stopping)
-        self.pause_btn.setText("&Resume" if self.is_paused() else "&Pause")
+        self.pause_btn.setText(TEXTS["resume"] if self.is_paused() else TEXTS["pause"])
         self.stop_btn.setEnabled(running and not stopping)
         self.use_btn.setEnabled(
             running and not stopping and self._last_step > 0 and not self.snapshot_slot.is_busy()
@@ -302,7 +323,8 @@ class TrainPanel(QWidget):
     # ------------------------------------------------------------------ starting and resuming
     @Slot()
     def start(self) -> bool:
-        """Start a new run with the form's settings, or continue the run folder loaded with "Resume run…".
+        """Start a new run with the form's settings, or continue the run folder loaded with "Continue a saved
+        run…".
         Returns False (message shown) when it cannot."""
         if self.is_busy() or not self._validate():
             return False
@@ -315,7 +337,8 @@ class TrainPanel(QWidget):
         ckpts = run_dir / "checkpoints"
         if ckpts.is_dir() and any(ckpts.iterdir()):
             self.view.show_error(
-                f"{run_dir} already holds a run: use “Resume run…” to continue it, or choose another folder."
+                f"{run_dir} already holds a run: use “Continue a saved run…” to go on with it, or choose "
+                "another folder."
             )
             return False
         self.form.store()
@@ -339,7 +362,7 @@ class TrainPanel(QWidget):
         if run_dir is None:
             root = default_runs_root()
             run_dir = QFileDialog.getExistingDirectory(
-                self, "Resume run folder", str(root if root.exists() else Path.home())
+                self, "Continue a saved run", str(root if root.exists() else Path.home())
             )
             if not run_dir:
                 return False
@@ -373,7 +396,7 @@ class TrainPanel(QWidget):
             return False
         self._trainer, self._run_cfg, self._run_dir, self._resume_dir = trainer, cfg, run_dir, None
         self._last_checkpoint, self._last_step, self.last_finished = None, 0, None
-        self.view.start(cfg.preset, cfg.data, cfg.steps, run_dir, resumed)
+        self.view.start(cfg, run_dir, resumed)
         self.train_slot.start(
             lambda: _train_iter(trainer),
             throttle_s=0.05,
@@ -441,7 +464,7 @@ class TrainPanel(QWidget):
 
     def _on_snapshot(self, bundle: object) -> None:
         step = getattr(bundle, "step", "?")
-        self.state.set_bundle(bundle, f"the weights of training step {step}")
+        self.state.set_bundle(bundle, "the weights being trained")
         self.view.log(f"Published the weights of step {step} to Sample and Denoise")
 
     def _on_snapshot_failed(self, message: str) -> None:
@@ -469,11 +492,10 @@ class TrainPanel(QWidget):
         self.view.show_event(e, paused=self.is_paused())
         if isinstance(e, ev.Progress | ev.Started | ev.Paused):
             self._last_step = e.step
+        self._tell_status(e)
         if isinstance(e, ev.CheckpointSaved):
             self._last_checkpoint = e.path
             self.quality.on_checkpoint()
-        elif isinstance(e, ev.Notice):
-            self.state.show_status(e.message)
         elif isinstance(e, ev.Finished):
             self._on_finished(e)
         elif isinstance(e, ev.Failed):
@@ -484,6 +506,20 @@ class TrainPanel(QWidget):
         elif isinstance(e, BundleReady):
             self.state.set_bundle(e.bundle, f"the model trained in {self._run_dir}")
         self._update_buttons()
+
+    def _tell_status(self, e: object) -> None:
+        """The run in the status bar (seen from every tab), never a message that is no longer true: what it
+        is loading stays until training starts; passing news ("started", a notice while training) goes
+        after STATUS_MS; "paused" stays until it resumes; the end stays."""
+        started = self.view.started
+        if isinstance(e, ev.Notice):
+            self.state.show_status(e.message, STATUS_MS if started else 0)
+        elif isinstance(e, ev.Started):
+            self.state.show_status(f"Training started on {self.view.device_text()}.", STATUS_MS)
+        elif isinstance(e, ev.Paused):
+            self.state.show_status(f"Training paused at step {e.step:,}.")
+        elif isinstance(e, ev.Resumed):
+            self.state.show_status(f"Training resumed at step {e.step:,}.", STATUS_MS)
 
     def _on_finished(self, e: ev.Finished) -> None:
         self.last_finished = e
@@ -550,10 +586,15 @@ def _button(text: str, slot, tip: str) -> QPushButton:
 
 
 def _devices():
-    """Worker: the devices present (imports torch off the GUI thread)."""
-    from ddpm_gui.engine.device import describe_devices
+    """Worker: the devices present (imports torch off the GUI thread). The CPU is named by its cores, not
+    by a thread count: the CPU threads row says how many are used, and that count may change."""
+    from ddpm_gui.engine.device import describe_devices, pick_device, usable_cpus
 
-    yield describe_devices()
+    cores = f"{usable_cpus()} core{'s' if usable_cpus() != 1 else ''}"
+    names = {"cpu": f"cpu ({cores})"}
+    if pick_device("auto").type == "cpu":
+        names["auto"] = f"auto (cpu, {cores})"
+    yield [(value, names.get(value, label)) for value, label in describe_devices()]
 
 
 def _is_progress(e: object) -> bool:
@@ -562,10 +603,17 @@ def _is_progress(e: object) -> bool:
 
 
 def _train_iter(trainer):
-    """Worker: the Trainer's events, then the final model (built here, not in the GUI thread)."""
-    failed = False
+    """Worker: the Trainer's events, then the final model (built here, not in the GUI thread). Before an
+    event, how many CPU threads torch uses here when that changed (ThreadsUsed): torch keeps the count per
+    thread, so only this thread, the trainer's, can tell."""
+    import torch
+
+    failed, threads = False, None
     for e in trainer.run():
         failed = failed or isinstance(e, ev.Failed)
+        if torch.get_num_threads() != threads:
+            threads = torch.get_num_threads()
+            yield ThreadsUsed(threads)
         yield e
     if not failed:
         try:

@@ -83,6 +83,7 @@ ROWS: dict[str, Row] = {
     "prediction": Row(DATA, items=_prediction_items),
     "steps": Row(step=100),
     "device": Row(items=lambda: (("auto", "auto", "auto (detecting…)", ""), ("cpu", "cpu", "cpu", ""))),
+    "threads": Row(special="auto"),
     "log_every": Row(OUTPUT, suffix=" steps"),
     "preview_every": Row(OUTPUT, suffix=" steps", special="off"),
     "preview_n": Row(OUTPUT, suffix=" images"),

@@ -9,6 +9,7 @@ first values are TrainConfig()'s own defaults.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from PySide6.QtCore import QSettings, Qt, Signal
@@ -34,6 +35,7 @@ from ddpm_gui.engine.config import (
 )
 from ddpm_gui.engine.recipes import RECIPES, matching_recipe
 from ddpm_gui.errors import ConfigError, DDPMError
+from ddpm_gui.qt.mnemonics import WINDOW_KEYS, assign_mnemonics, mnemonic
 from ddpm_gui.qt.style import ERROR_STYLE, INFO_STYLE
 from ddpm_gui.qt.train.fields import PAGES, CheckField, ComboField, Field, make_field
 
@@ -47,9 +49,14 @@ FILE_FILTER = "Settings (*.toml);;All files (*)"
 class SettingsForm(QWidget):
     changed = Signal(str)  # a setting's name, after its widget changed
 
-    def __init__(self, settings: QSettings, parent: QWidget | None = None):
+    def __init__(
+        self, settings: QSettings, reserved: Iterable[str] = WINDOW_KEYS, parent: QWidget | None = None
+    ):
+        """`reserved`: the Alt+letter mnemonics that controls shown beside the form already take."""
         super().__init__(parent)
         self.settings = settings
+        self._reserved = frozenset(reserved)
+        self._keyed: dict[str, list[tuple[QWidget, str]]] = {}  # page -> (label or check box, plain text)
         self.fields: dict[str, Field] = {name: make_field(name) for name in SETTINGS}
         self._locks: dict[str, tuple[object, str]] = {}  # name -> (forced value, why)
         self._mode = "new"
@@ -86,7 +93,9 @@ class SettingsForm(QWidget):
         self.save_btn.clicked.connect(lambda: self.save_file())
 
         top = QFormLayout()
-        top.addRow("Recipe:", self.recipe_combo)
+        self.recipe_label = QLabel("Recipe:")
+        self.recipe_label.setBuddy(self.recipe_combo)
+        top.addRow(self.recipe_label, self.recipe_combo)
         top.addRow(self.recipe_note)
         files = QHBoxLayout()
         files.addWidget(self.load_btn)
@@ -104,15 +113,15 @@ class SettingsForm(QWidget):
             form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
             form.setVerticalSpacing(4)
             self.page_forms[title] = form
+            self._keyed[title] = []
             self.pages.addTab(page, title)
         for f in self.fields.values():
-            form = self.page_forms.get(f.row.page, self.page_forms[PAGES[1]])
+            page = f.row.page if f.row.page in self.page_forms else PAGES[1]
             if isinstance(f, CheckField):
-                form.addRow("", f.widget)
+                self.page_forms[page].addRow("", f.widget)
+                self._keyed[page].append((f.widget, f.label))
             else:
-                label = QLabel(f"{f.label}:")
-                label.setBuddy(f.widget)
-                form.addRow(label, f.widget)
+                self._add_labelled(page, f"{f.label}:", f.widget, f.widget)
 
         self.config_error = QLabel()
         self.config_error.setWordWrap(True)
@@ -123,6 +132,31 @@ class SettingsForm(QWidget):
         lay.addLayout(top)
         lay.addWidget(self.pages)
         lay.addWidget(self.config_error)
+        self._assign_keys()
+
+    def _add_labelled(self, page: str, text: str, field: QWidget | QHBoxLayout, buddy: QWidget) -> None:
+        label = QLabel(text)
+        label.setBuddy(buddy)
+        self.page_forms[page].addRow(label, field)
+        self._keyed[page].append((label, text))
+
+    def _assign_keys(self) -> None:
+        """Alt+letter mnemonics for the rows (generated, so a new setting gets one too): distinct on each
+        page and apart from `reserved`; then the recipe and settings-file controls, shown beside every
+        page, get letters no page uses, where any are left (the rows come first)."""
+        used = set(self._reserved)
+        for items in self._keyed.values():
+            texts = assign_mnemonics([text for _w, text in items], self._reserved)
+            for (w, _text), text in zip(items, texts, strict=True):
+                w.setText(text)
+                used.add(mnemonic(text))
+        shared = (
+            (self.recipe_label, "Recipe:"),
+            (self.load_btn, "Load settings…"),
+            (self.save_btn, "Save settings…"),
+        )
+        for (w, _text), text in zip(shared, assign_mnemonics([t for _w, t in shared], used), strict=True):
+            w.setText(text)
 
     def widget(self, name: str) -> QWidget:
         return self.fields[name].widget
@@ -136,9 +170,10 @@ class SettingsForm(QWidget):
         form.insertRow(row + 1, "", note)
         return note
 
-    def add_row(self, page: str, label: str, field: QWidget | QHBoxLayout) -> None:
-        """A row that is not a TrainConfig setting (the run folder)."""
-        self.page_forms[page].addRow(label, field)
+    def add_row(self, page: str, label: str, field: QWidget | QHBoxLayout, buddy: QWidget) -> None:
+        """A row that is not a TrainConfig setting (the run folder); `buddy` takes the focus on its Alt+key."""
+        self._add_labelled(page, label, field, buddy)
+        self._assign_keys()
 
     def show_error(self, message: str) -> None:
         self.config_error.setText(message)

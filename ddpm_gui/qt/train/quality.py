@@ -11,6 +11,8 @@ from PySide6.QtWidgets import QCheckBox, QGridLayout, QGroupBox, QLabel, QPushBu
 from ddpm_gui.qt.style import INFO_STYLE
 from ddpm_gui.qt.workers import JobSlot
 
+EVAL_TEXT = "Evaluate &quality"
+
 
 class QualityBox(QGroupBox):
     """The button, the sample count and "at each checkpoint"; `label` (placed by the panel) shows the
@@ -32,7 +34,7 @@ class QualityBox(QGroupBox):
             self, on_event=self._on_event, on_failed=self._on_failed, error_title=None, dialogs=dialogs
         )
         self.slot.busyChanged.connect(lambda _busy: self.refresh())
-        self.eval_btn = QPushButton("E&valuate quality")
+        self.eval_btn = QPushButton(EVAL_TEXT)
         self.eval_btn.setToolTip(
             "Sample images from the current weights and score them with a small classifier trained on the\n"
             "real images (trained once per dataset, then cached): the share of recognisable samples (for a\n"

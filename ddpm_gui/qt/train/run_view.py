@@ -1,35 +1,62 @@
 """The Train tab's right side: progress, live figures, messages, loss curves, preview grid and log.
 
 It only shows what a run reports (`show_event`); what the events mean for the run's control (the
-buttons, the current model, a quality check at each checkpoint) is the panel's business.
+buttons, the current model, a quality check at each checkpoint) is the panel's business. Every line
+says what is true now: the stats line follows the run (training, paused, resumed, stopping, ended) and
+names the device and the CPU threads really used.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QLabel, QListWidget, QProgressBar, QSplitter, QVBoxLayout, QWidget
 
 from ddpm_gui.engine import events as ev
+from ddpm_gui.engine.config import TrainConfig
+from ddpm_gui.engine.device import usable_cpus
 from ddpm_gui.engine.text import fmt_count, fmt_duration
 from ddpm_gui.qt.imageview import ImageGrid
 from ddpm_gui.qt.lossplot import LossPlot, TimestepLossPlot
 from ddpm_gui.qt.style import ERROR_STYLE, INFO_STYLE, WARNING_STYLE
 
 LOG_LIMIT = 300  # entries kept in the log list
+NO_RUN = "No run yet."
+
+
+@dataclass
+class ThreadsUsed:
+    """How many CPU threads torch uses in the training thread, read in that thread (torch keeps the
+    count per thread: the GUI thread's own count says nothing about the trainer's)."""
+
+    threads: int
+
+
+def cpu_text(threads: int | None, auto: bool, cores: int) -> str:
+    """The CPU as the stats line names it: "cpu (1 of 2 threads, auto)"."""
+    if threads is None:
+        return "cpu"
+    how = ", auto" if auto else ""
+    if threads > cores:
+        return f"cpu ({threads} threads on {cores} core{'s' if cores != 1 else ''}{how})"
+    return f"cpu ({threads} of {cores} thread{'s' if cores != 1 else ''}{how})"
 
 
 class RunView(QWidget):
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
-        self._on_cpu = False
+        self._device = ""  # the run's device as the trainer names it ("cpu (2 threads)", "cuda:0 (...)")
+        self._threads: int | None = None  # the CPU threads the trainer uses (ThreadsUsed, or its events)
+        self._threads_auto = True
+        self.started = False  # the run being shown has begun training (its Started event came)
         self.progress = QProgressBar()
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
-        self.progress.setFormat("step %v / %m")
-        self.stats_label = _label("Not running.", selectable=True)
+        self.progress.setTextVisible(False)  # no "step 0 / 1" before a run
+        self.stats_label = _label(NO_RUN, selectable=True)
         self.run_label = _label("", INFO_STYLE, selectable=True)
         self.estimate_label = _label("", WARNING_STYLE, hidden=True)
         self.error_label = _label("", ERROR_STYLE, selectable=True, hidden=True)
@@ -81,21 +108,37 @@ class RunView(QWidget):
         """Another message line under the run's own (the quality check's result)."""
         self._layout.insertWidget(self._layout.indexOf(self.error_label) + 1, label)
 
+    @property
+    def on_cpu(self) -> bool:
+        return self._device.startswith("cpu")
+
+    def device_text(self) -> str:
+        """The run's device and, on the CPU, the threads really used: "cpu (1 of 2 threads, auto)"."""
+        if self.on_cpu:
+            return cpu_text(self._threads, self._threads_auto, usable_cpus())
+        return self._device
+
     # ------------------------------------------------------------------ a run starts
-    def start(self, preset: str, data: str, steps: int, run_dir, resumed: bool) -> None:
+    def start(self, cfg: TrainConfig, run_dir, resumed: bool) -> None:
         self.error_label.hide()
         self.estimate_label.hide()
+        self._device, self._threads, self._threads_auto = "", None, cfg.threads == 0
+        self.started = False
         # a resumed run re-sends its logged losses in its first Progress event
         self.loss_plot.clear()
         self.t_plot.clear()
         if not resumed:
             self.preview_grid.clear()
             self.preview_label.setText("Preview: none yet")
-        self.progress.setRange(0, steps)
+        self.progress.setRange(0, cfg.steps)
         self.progress.setValue(0)
+        self.progress.setFormat("step %v / %m")
+        self.progress.setTextVisible(True)
         self.stats_label.setText("Starting: loading data and building the model…")
         self.run_label.setText(f"Run folder: {run_dir}")
-        self.log(("Resuming" if resumed else "Starting") + f" {preset} on {data}, {steps:,} steps")
+        self.log(
+            ("Resuming" if resumed else "Starting") + f" {cfg.preset} on {cfg.data}, {cfg.steps:,} steps"
+        )
 
     def show_error(self, message: str) -> None:
         self.error_label.setText(message)
@@ -111,6 +154,9 @@ class RunView(QWidget):
 
     # ------------------------------------------------------------------ events (GUI thread)
     def show_event(self, e: object, paused: bool = False) -> None:
+        threads = getattr(e, "threads", None)  # ThreadsUsed, or an engine event that carries the count
+        if isinstance(threads, int) and threads > 0:
+            self._threads = threads
         if isinstance(e, ev.Progress):
             self._progress(e, paused)
         elif isinstance(e, ev.Started):
@@ -125,8 +171,10 @@ class RunView(QWidget):
         elif isinstance(e, ev.Paused):
             self.progress.setValue(min(e.step, self.progress.maximum()))
             self.stats_label.setText(f"Paused at step {e.step:,}.")
+            self.estimate_label.hide()  # its "done around" moves on while the run waits
             self.log(f"Paused at step {e.step:,}")
         elif isinstance(e, ev.Resumed):
+            self.stats_label.setText(f"Resumed at step {e.step:,}: training on {self.device_text()}…")
             self.log(f"Resumed at step {e.step:,}")
         elif isinstance(e, ev.Notice):
             self.log(e.message, warn=e.level == "warning")
@@ -150,14 +198,17 @@ class RunView(QWidget):
     def _started(self, e: ev.Started) -> None:
         self.progress.setRange(0, max(e.total_steps, 1))
         self.progress.setValue(e.step)
+        self._device, self.started = e.device, True
         flops = f" · {fmt_count(e.flops_per_image)}FLOP/image" if e.flops_per_image else ""
+        # the device without its thread count: that one changes while training and the stats line has it
+        device = "cpu" if self.on_cpu else e.device
         self.run_label.setText(
-            f"{e.device} · {e.n_params:,} parameters{flops} · {e.dataset} ({e.n_images:,} images) · "
+            f"{device} · {e.n_params:,} parameters{flops} · {e.dataset} ({e.n_images:,} images) · "
             f"batch {e.batch_size} · {e.run_dir}"
         )
-        self.stats_label.setText(f"Training from step {e.step:,}…" if e.resumed else "Training…")
-        self._on_cpu = e.device.startswith("cpu")
-        self.log(f"Started on {e.device}: {e.n_params:,} parameters, {e.n_images:,} images")
+        where = f" from step {e.step:,}" if e.resumed else ""
+        self.stats_label.setText(f"Training{where} on {self.device_text()}…")
+        self.log(f"Started on {self.device_text()}: {e.n_params:,} parameters, {e.n_images:,} images")
         if e.estimate_note:
             self.estimate_label.setText(e.estimate_note)
             self.estimate_label.show()
@@ -166,14 +217,15 @@ class RunView(QWidget):
     def _progress(self, e: ev.Progress, paused: bool) -> None:
         self.progress.setMaximum(max(e.total_steps, 1))
         self.progress.setValue(min(e.step, e.total_steps))
-        self.loss_plot.append(e.steps, e.losses)
-        if not paused:
-            self.stats_label.setText(
-                f"loss {e.loss:.4f} (smoothed {e.loss_smooth:.4f}) · {e.img_per_s:,.1f} img/s · "
-                f"ETA {fmt_duration(e.eta_s) if e.img_per_s > 0 else '–'} · "
-                f"elapsed {fmt_duration(e.elapsed_s)} · lr {e.lr:.2e}"
-            )
-        if self._on_cpu and e.img_per_s > 0 and math.isfinite(e.eta_s) and e.step < e.total_steps:
+        self.loss_plot.append(e.steps, e.losses, e.loss_smooth)
+        if paused:
+            return  # the stats line keeps "Paused at step N."
+        self.stats_label.setText(
+            f"loss {e.loss:.4f} (smoothed {e.loss_smooth:.4f}) · {e.img_per_s:,.1f} img/s · "
+            f"ETA {fmt_duration(e.eta_s) if e.img_per_s > 0 else '–'} · "
+            f"elapsed {fmt_duration(e.elapsed_s)} · lr {e.lr:.2e} · {self.device_text()}"
+        )
+        if self.on_cpu and e.img_per_s > 0 and math.isfinite(e.eta_s) and e.step < e.total_steps:
             done_at = time.strftime("%H:%M", time.localtime(time.time() + e.eta_s))
             self.estimate_label.setText(
                 f"Training on the CPU at about {e.img_per_s:,.0f} images/s: the remaining "
