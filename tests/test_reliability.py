@@ -451,20 +451,20 @@ def test_run_folder_from_a_newer_or_older_version(tmp_path, data):
 
 
 BAD_TRAIN_ARGS = [
-    (["--lr", "-0.1"], "learning rate"),
-    (["--lr", "nan"], "learning rate"),
+    (["--lr", "-0.1"], "--lr: must be from 1e-08 to 1"),  # ranges from TrainConfig's settings
+    (["--lr", "nan"], "--lr: expected a finite number"),
     (["--T", "0"], "T must be"),
     (["--beta-start", "1.5"], "beta_start"),
     (["--beta-end", "0"], "beta_end"),
     (["--image-size", "30"], "multiple of 8"),
     (["--preset", "huge"], "Unknown preset"),
     (["--schedule", "wiggly"], "Unknown schedule"),
-    (["--ema", "1"], "ema_decay"),
+    (["--ema", "1"], "--ema: must be from 0 to 0.99999"),
     (["--device", "cuda:x"], "device must be"),
-    (["--checkpoint-minutes", "-1"], "checkpoint_minutes"),
-    (["--grad-clip", "inf"], "grad_clip"),
-    (["--batch-size", "0"], "at least 1"),  # argparse
-    (["--steps", "-5"], "at least 1"),  # argparse
+    (["--checkpoint-minutes", "-1"], "--checkpoint-minutes: must be from 0"),
+    (["--grad-clip", "inf"], "--grad-clip: expected a finite number"),
+    (["--batch-size", "0"], "--batch-size: must be from 1 to 65,536"),
+    (["--steps", "-5"], "--steps: must be from 1 to 100,000,000"),
 ]
 
 
@@ -486,7 +486,7 @@ def test_cli_resume_of_newer_or_missing_run_is_one_line(tmp_path, capsys):
     (tmp_path / "new" / "config.json").write_text(json.dumps({**TrainConfig().to_dict(), "version": 9}))
     assert cli.main(["train", "--out", str(tmp_path / "new"), "--resume"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and "no config.json" in err[0] and "newer DDPM Studio" in err[1]
+    assert len(err) == 2 and "not a DDPM Studio run folder" in err[0] and "newer DDPM Studio" in err[1]
 
 
 def run_cli(*args, env=None, fault=None, timeout=300) -> subprocess.CompletedProcess:

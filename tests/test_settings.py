@@ -116,7 +116,7 @@ def test_out_of_range_option_is_one_line(capsys):
     with pytest.raises(SystemExit) as exc:
         _parse("--batch-size", "0")
     err = capsys.readouterr().err
-    assert exc.value.code == 2 and "--batch-size" in err and "from 1 to 65536" in err
+    assert exc.value.code == 2 and "--batch-size" in err and "from 1 to 65,536" in err
     assert len(err.strip().splitlines()) == 1
 
 

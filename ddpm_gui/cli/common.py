@@ -22,10 +22,11 @@ def number_type(kind: type, lo: float | None = None, hi: float | None = None):
         if kind is float and not math.isfinite(v):
             raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
         if (lo is not None and v < lo) or (hi is not None and v > hi):
+            show = (lambda x: f"{int(x):,}") if kind is int else (lambda x: f"{x:g}")
             if hi is None:
-                rng = "at least 1" if lo == 1 else f"{lo:g} or more"
+                rng = "at least 1" if lo == 1 else f"{show(lo)} or more"
             else:
-                rng = f"from {lo:g} to {hi:g}"
+                rng = f"from {show(lo)} to {show(hi)}"
             raise argparse.ArgumentTypeError(f"must be {rng}, got {text}")
         return v
 

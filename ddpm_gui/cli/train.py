@@ -150,10 +150,10 @@ class _Console:
         self.bar = None
         self.code = 0
 
-    def write(self, text: str) -> None:
+    def write(self, text: str, file=None) -> None:
         from tqdm import tqdm
 
-        tqdm.write(text, file=sys.stderr)
+        tqdm.write(text, file=file or sys.stdout)  # around the bar, which is on stderr
 
     def close_bar(self) -> None:
         if self.bar is not None:
@@ -175,7 +175,10 @@ class _Console:
             self.bar.update(e.step - self.bar.n)
             self.bar.set_postfix(loss=f"{e.loss_smooth:.4f}", img_s=f"{e.img_per_s:.0f}")
         elif isinstance(e, ev.Notice):
-            self.write(("warning: " if e.level == "warning" else "") + e.message)
+            if e.level == "warning":
+                self.write("warning: " + e.message, file=sys.stderr)
+            else:
+                self.write(e.message)
         elif isinstance(e, ev.CheckpointSaved):
             self.write(f"checkpoint: {e.path}")
         elif isinstance(e, ev.Preview):

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ddpm_gui.data.skips import Skipped
-from ddpm_gui.engine.fileio import atomic_write_bytes
+from ddpm_gui.engine.fileio import WriteFailed, atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def write_cache(path: Path, c: Cached) -> bool:
         np.savez(buf, **arrays)
         atomic_write_bytes(path, buf.getbuffer())  # the app's own temp name, the umask respected
         return True
-    except OSError as e:
+    except (OSError, WriteFailed) as e:
         log.warning(
             "Could not write the cache file %s (%s); the data will be decoded again next time.", path, e
         )

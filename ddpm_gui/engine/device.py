@@ -101,13 +101,16 @@ class ThreadChooser:
 
     `requested` > 0 fixes the count (the user's choice). Otherwise each `check()` measures how many cores
     other processes used since the previous check (from /proc where there is one, the load average
-    elsewhere) and returns the count to use: the usable cores minus the busy ones, at least 1."""
+    elsewhere) and returns the count to use: the usable cores minus the busy ones, at least 1, and never
+    more than `cap` (torch's own count when the run starts: OMP_NUM_THREADS and an earlier
+    torch.set_num_threads stay upper bounds, so on an idle machine auto is torch's default)."""
 
-    def __init__(self, requested: int = 0):
+    def __init__(self, requested: int = 0, cap: int | None = None):
         self.requested = requested
+        self.cap = max(1, min(cap or usable_cpus(), usable_cpus()))
         self._last = _cpu_times()
         self._t = time.monotonic()
-        self.threads = requested or usable_cpus()
+        self.threads = requested or self.cap
 
     def others_busy(self) -> float | None:
         """Cores that other processes kept busy since the previous call (None: cannot tell here)."""
@@ -127,7 +130,7 @@ class ThreadChooser:
         busy = self.others_busy()
         if busy is not None:
             # round: a core that others use 30% of the time is still worth a thread
-            self.threads = max(1, min(usable_cpus(), round(usable_cpus() - busy)))
+            self.threads = max(1, min(self.cap, round(usable_cpus() - busy)))
         return self.threads
 
 

@@ -21,6 +21,8 @@ class Started:
     resumed: bool
     batch_size: int
     estimate_note: str = ""  # plain words about how long this will take (CPU)
+    threads: int = 0  # CPU threads torch uses for this run (0: not a CPU run)
+    threads_auto: bool = False  # chosen from what other programs leave free (the threads setting is 0)
 
 
 @dataclass

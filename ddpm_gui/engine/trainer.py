@@ -31,7 +31,8 @@ import torch
 
 from ddpm_gui.engine import events as ev
 from ddpm_gui.engine.config import RESUMABLE, TrainConfig, load_run_config
-from ddpm_gui.engine.device import device_label
+from ddpm_gui.engine.device import ThreadChooser, device_label
+from ddpm_gui.engine.fileio import WriteFailed, write_advice
 from ddpm_gui.engine.images import make_grid, png_bytes
 from ddpm_gui.engine.learner import Learner, NonFiniteStep, free_cached_memory, is_oom
 from ddpm_gui.engine.runfolder import RunFolder, data_change, refuse_data_change
@@ -52,6 +53,9 @@ class _Loop:
     told_estimate: bool = False
     due_ckpt: bool = False
     due_preview: bool = False
+    reads: int = 0  # loss reads so far in this session: the first ones also draw the loss by timestep
+    previewed: bool = False  # a preview was drawn in this session
+    threads_checked: float = 0.0  # when the CPU thread count was last re-checked (monotonic)
 
 
 class Trainer(Learner):
@@ -229,8 +233,18 @@ class Trainer(Learner):
 
     def run(self) -> Iterator[ev.Event]:
         """Set up and train, yielding events. Every failure ends in a Failed event, never a traceback."""
+        old_threads = torch.get_num_threads()
         try:
             yield from self._run()
+        except WriteFailed as exc:  # a run file: the advice is about the run folder, and resuming
+            hint = (
+                "free some disk space"
+                if "disk space" in write_advice(exc.errno)
+                else "choose a writable run folder"
+            )
+            yield self._failed(
+                f"Could not write {exc.path} ({exc.reason}): {hint} and resume; the previous files were kept."
+            )
         except DDPMError as exc:
             yield self._failed(str(exc), bad_input=not self._started and not _disk_failure(exc))
         except Exception as exc:
@@ -244,6 +258,7 @@ class Trainer(Learner):
                 msg = f"Training failed: {type(exc).__name__}: {msg}"
             yield self._failed(msg)
         finally:
+            torch.set_num_threads(old_threads)  # process-wide: give back what the run changed
             self.folder.release()
 
     def _failed(self, message: str, bad_input: bool = False) -> ev.Failed:
@@ -253,8 +268,12 @@ class Trainer(Learner):
     def _run(self) -> Iterator[ev.Event]:
         c = self.config
         self._open_folder()
+        # measures what other programs use while the data loads; a fixed --threads N is taken as it is
+        self._threads = ThreadChooser(c.threads, cap=torch.get_num_threads())
         yield ev.Notice("Loading data…")
         self.setup()
+        if self.device.type == "cpu":
+            torch.set_num_threads(self._threads.check())
         hist_steps, hist_losses = self._resume_or_start()
         yield from self.notes
         self.notes = []
@@ -310,6 +329,8 @@ class Trainer(Learner):
             resumed=resumed,
             batch_size=self.batch_size,
             estimate_note=note,
+            threads=torch.get_num_threads() if self.device.type == "cpu" else 0,
+            threads_auto=self.device.type == "cpu" and not self.config.threads,
         )
 
     def _wait_while_paused(self) -> Iterator[ev.Event]:
@@ -357,7 +378,12 @@ class Trainer(Learner):
             (c.checkpoint_every and self.step % c.checkpoint_every == 0)
             or (c.checkpoint_minutes and time.monotonic() - loop.last_ckpt_t > 60 * c.checkpoint_minutes)
         )
-        loop.due_preview = bool(c.preview_every and self.step % c.preview_every == 0)
+        # the first preview comes early (a short run shows one too), then every preview_every steps
+        first = not loop.previewed and self.step % c.log_every == 0 and self.step >= min(c.preview_every, 20)
+        loop.due_preview = bool(
+            c.preview_every
+            and (self.step % c.preview_every == 0 or first or (self.step >= c.steps and not loop.previewed))
+        )
         return bool(
             self.step % c.log_every == 0
             or loop.due_ckpt
@@ -383,15 +409,37 @@ class Trainer(Learner):
                     f"On this CPU the run goes at about {self._rate:.0f} images/s: the remaining "
                     f"{c.steps - self.step} steps take about {fmt_duration(progress.eta_s)}."
                 )
+        loop.reads += 1
         if self.step % (c.log_every * 5) == 0 or self.step >= c.steps:
             yield self._timestep_loss()
+        elif loop.reads <= 3:  # a short run's plot fills early; these looks do not decay the statistics
+            yield self._timestep_loss(decay=False)
         if loop.due_preview:
+            loop.previewed = True
             yield self._preview_event()
+        note = self._recheck_threads(loop)
+        if note is not None:
+            yield note
         if loop.due_ckpt and self.step < c.steps:
             path = self.save_checkpoint()
             loop.last_ckpt_t = time.monotonic()
             yield ev.CheckpointSaved(self.step, str(path))
         return True
+
+    def _recheck_threads(self, loop: _Loop) -> ev.Notice | None:
+        """Auto threads on a CPU: every 30 s, follow what other programs leave free (a Notice on a change)."""
+        now = time.monotonic()
+        if self.device.type != "cpu" or self.config.threads or now - loop.threads_checked < 30:
+            return None
+        loop.threads_checked = now
+        n, old = self._threads.check(), torch.get_num_threads()
+        if n == old:
+            return None
+        torch.set_num_threads(n)
+        return ev.Notice(
+            f"CPU threads {old} -> {n} (auto: {'other programs now use' if n < old else 'freed'} "
+            f"{'some of ' if n < old else ''}the CPU)."
+        )
 
     def _finish(self, loop: _Loop) -> Iterator[ev.Event]:
         """Completed or stopped: always leave a checkpoint of the last good state."""
@@ -406,13 +454,13 @@ class Trainer(Learner):
         reason = "completed" if self.step >= self.config.steps else "stopped"
         yield ev.Finished(self.step, str(self.run_dir), reason, str(self.last_checkpoint))
 
-    def _timestep_loss(self) -> ev.TimestepLoss:
+    def _timestep_loss(self, decay: bool = True) -> ev.TimestepLoss:
         cnt = self.t_loss_cnt.cpu().numpy()
         # a decayed count can be below 1: divide by the count itself (a weighted mean), never by max(cnt, 1)
         by_t = np.divide(self.t_loss_sum.cpu().numpy(), cnt, out=np.full(cnt.shape, np.nan), where=cnt > 0)
-        # decay the sums so the plot follows the recent loss
-        self.t_loss_sum.mul_(0.9)
-        self.t_loss_cnt.mul_(0.9)
+        if decay:  # so the plot follows the recent loss
+            self.t_loss_sum.mul_(0.9)
+            self.t_loss_cnt.mul_(0.9)
         return ev.TimestepLoss(self.step, by_t.astype(np.float32))
 
     def _preview_event(self) -> ev.Preview | ev.Notice:

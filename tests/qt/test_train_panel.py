@@ -286,6 +286,12 @@ def test_run_view_says_what_is_true_now(qtbot):
     view.show_event(_progress(31, 0.4))
     assert view.progress.isTextVisible() and view.progress.text() == "step 31 / 100"
     assert view.estimate_label.isVisible()
+    training = view.stats_label.text()
+    view.pausing()  # asked for; the run pauses after the step it is in
+    assert view.stats_label.text() == "Pausing after the current step…"
+    view.unpausing()  # resumed before it paused: it never stopped
+    assert view.stats_label.text() == training
+    view.pausing()
     view.show_event(ev.Paused(31))
     assert view.stats_label.text() == "Paused at step 31."
     assert not view.estimate_label.isVisible()  # its "done around" would go stale while paused
@@ -400,6 +406,7 @@ def test_pause_resume_stop(qtbot, panel, state, tmp_path):
     qtbot.waitUntil(lambda: panel.last_step >= 2, timeout=60_000)
     assert panel.use_btn.isEnabled()
     panel.pause()
+    assert "Paus" in panel.stats_label.text()  # at once: "Pausing after the current step…", or paused
     qtbot.waitUntil(lambda: "Paused" in panel.stats_label.text(), timeout=30_000)
     assert panel.pause_btn.text() == tp.TEXTS["resume"] and panel.resume_btn.text() == tp.TEXTS["saved_run"]
     s1 = panel.trainer.step

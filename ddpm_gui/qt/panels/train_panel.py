@@ -417,6 +417,7 @@ class TrainPanel(QWidget):
             return
         if not t.paused:
             t.pause()
+            self.view.pausing()
         else:
             try:
                 edited = self._paused_edits()
@@ -425,6 +426,7 @@ class TrainPanel(QWidget):
                 return
             if edited is None:
                 t.resume()
+                self.view.unpausing()
             else:  # through a checkpoint: stop (it saves one), then continue with the new settings
                 self._restart = edited
                 self.view.log("Continuing with the changed settings from a checkpoint…")

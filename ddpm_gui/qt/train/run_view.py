@@ -52,6 +52,7 @@ class RunView(QWidget):
         self._threads: int | None = None  # the CPU threads the trainer uses (ThreadsUsed, or its events)
         self._threads_auto = True
         self.started = False  # the run being shown has begun training (its Started event came)
+        self._before_pause: str | None = None  # the stats line while a pause is asked for, not yet done
         self.progress = QProgressBar()
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
@@ -140,6 +141,17 @@ class RunView(QWidget):
             ("Resuming" if resumed else "Starting") + f" {cfg.preset} on {cfg.data}, {cfg.steps:,} steps"
         )
 
+    def pausing(self) -> None:
+        """Pause was asked for: the run pauses after the step it is in (seconds, on a busy CPU)."""
+        self._before_pause = self.stats_label.text()
+        self.stats_label.setText("Pausing after the current step…")
+
+    def unpausing(self) -> None:
+        """Resume was asked for: if the run had not paused yet, it simply goes on."""
+        if self._before_pause is not None:
+            self.stats_label.setText(self._before_pause)
+            self._before_pause = None
+
     def show_error(self, message: str) -> None:
         self.error_label.setText(message)
         self.error_label.show()
@@ -171,6 +183,7 @@ class RunView(QWidget):
         elif isinstance(e, ev.Paused):
             self.progress.setValue(min(e.step, self.progress.maximum()))
             self.stats_label.setText(f"Paused at step {e.step:,}.")
+            self._before_pause = None
             self.estimate_label.hide()  # its "done around" moves on while the run waits
             self.log(f"Paused at step {e.step:,}")
         elif isinstance(e, ev.Resumed):
