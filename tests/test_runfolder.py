@@ -418,3 +418,21 @@ def test_fmt_duration():
 
 def test_checkpoint_path_is_unchanged(tmp_path):
     assert RunFolder(tmp_path).checkpoint_path(12) == checkpoint_path(tmp_path, 12)
+
+
+def test_cli_resumes_a_run_killed_before_its_settings_were_written(tmp_path):
+    """A kill at any moment resumes: a folder holding only the marker (and its empty folders) is a run
+    that has not started, and `--resume` starts it with the options given."""
+    from ddpm_gui import cli
+    from ddpm_gui.engine.config import load_run_config
+    from ddpm_gui.engine.runfolder import RunFolder
+
+    run = tmp_path / "run"
+    folder = RunFolder(run)
+    folder.create()
+    folder.release()
+    assert not (run / "config.toml").exists()
+    code = cli.main(["train", "--out", str(run), "--resume", "--data", "builtin:64", "--image-size", "16",
+                     "--batch-size", "4", "--steps", "2", "--device", "cpu", "--preview-every", "0"])  # fmt: skip
+    assert code == 0
+    assert load_run_config(run).steps == 2 and (run / "checkpoints" / "step_00000002.safetensors").exists()

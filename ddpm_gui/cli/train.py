@@ -206,14 +206,24 @@ def _on_signals(handler) -> dict:
     return old
 
 
+def _resume_config(args, out: Path) -> TrainConfig:
+    """The config to resume with: the run's own with the changes given; for a run killed before its
+    settings file was written (its marker only), the options given, as for a new run."""
+    from ddpm_gui.engine.config import LEGACY_RUN_CONFIG, RUN_CONFIG, load_run_config
+    from ddpm_gui.engine.runfolder import is_run_dir
+
+    if is_run_dir(out) and not (out / RUN_CONFIG).exists() and not (out / LEGACY_RUN_CONFIG).exists():
+        return config_from_args(args)
+    return resumed_config(args, load_run_config(out))
+
+
 def cmd_train(args) -> int:
     import signal
 
-    from ddpm_gui.engine.config import load_run_config
     from ddpm_gui.engine.trainer import Trainer
 
     out = Path(args.out)
-    cfg = resumed_config(args, load_run_config(out)) if args.resume else config_from_args(args)
+    cfg = _resume_config(args, out) if args.resume else config_from_args(args)
     cfg.validate()
     trainer = Trainer(
         cfg, out, resume=args.resume, restart=args.restart, allow_data_change=args.allow_data_change

@@ -202,10 +202,11 @@ def atomic_write_json(path: str | Path, obj) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
-def remove_temp_files(run_dir: str | Path) -> list[Path]:
+def remove_temp_files(run_dir: str | Path, also: Callable[[str], bool] | None = None) -> list[Path]:
     """Delete the temp files a killed save left in a run folder and its checkpoints/ and samples/ folders:
-    regular files named as atomic_write_bytes names them, nothing else (not a user's `.notes.tmp`, not a
-    folder or a symlink of that name). Call it only while holding the run's lock."""
+    regular files named as atomic_write_bytes names them (or that `also` accepts: the names older versions
+    used), nothing else (not a user's `.notes.tmp`, not a folder or a symlink of that name). Call it only
+    while holding the run's lock."""
     removed = []
     run_dir = Path(run_dir)
     for d in (run_dir, run_dir / "checkpoints", run_dir / "samples"):
@@ -215,7 +216,8 @@ def remove_temp_files(run_dir: str | Path) -> list[Path]:
             continue
         for e in entries:
             try:
-                if is_own_temp(e.name) and e.is_file(follow_symlinks=False):
+                ours = is_own_temp(e.name) or (also is not None and also(e.name))
+                if ours and e.is_file(follow_symlinks=False):
                     os.unlink(e.path)
                     removed.append(Path(e.path))
             except OSError:

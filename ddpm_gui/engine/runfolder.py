@@ -43,7 +43,7 @@ from ddpm_gui.engine.checkpoint import (
     set_aside,
 )
 from ddpm_gui.engine.config import LEGACY_RUN_CONFIG, RUN_CONFIG, TrainConfig, config_toml
-from ddpm_gui.engine.fileio import RunLock, atomic_write_bytes, is_own_temp
+from ddpm_gui.engine.fileio import RunLock, atomic_write_bytes, remove_temp_files
 from ddpm_gui.errors import CheckpointError, ConfigError, DataError
 
 MARKER = ".ddpm-studio-run"
@@ -198,24 +198,9 @@ class RunFolder:
         atomic_write_bytes(self.path / MARKER, (json.dumps(info, indent=2) + "\n").encode())
 
     def remove_temp_files(self) -> list[Path]:
-        """Delete the temp files a killed save left here: regular files under the app's own temp names only
-        (a user's `.draft.tmp` is not one). Only in a folder the marker proves ours, with the lock held."""
-        removed = []
-        for d in (self.path, self.checkpoints, self.samples):
-            try:
-                entries = list(os.scandir(d))
-            except OSError:
-                continue
-            for e in entries:
-                try:
-                    if (is_own_temp(e.name) or _OLD_TEMP_RE.match(e.name)) and e.is_file(
-                        follow_symlinks=False
-                    ):
-                        os.unlink(e.path)
-                        removed.append(Path(e.path))
-                except OSError:
-                    pass
-        return removed
+        """Delete the temp files a killed save left here: the app's own temp names, and the names older
+        versions gave temp files of run files. Only in a folder the marker proves ours, with the lock held."""
+        return remove_temp_files(self.path, also=lambda name: _OLD_TEMP_RE.match(name) is not None)
 
     # ------------------------------------------------------------------ settings
 
