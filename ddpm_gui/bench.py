@@ -201,18 +201,8 @@ def _studio_learner(cfg: BenchConfig, data):
     from ddpm_gui.engine.config import TrainConfig
     from ddpm_gui.engine.learner import Learner
 
-    tc = TrainConfig(
-        data=cfg.data,
-        image_size=cfg.image_size,
-        preset=cfg.preset,
-        batch_size=cfg.batch_size,
-        device=cfg.device,
-        steps=10**8,
-        seed=cfg.seed,
-        preview_every=0,
-        checkpoint_every=0,
-        checkpoint_minutes=0,
-    )
+    same = {k: getattr(cfg, k) for k in ("data", "image_size", "preset", "batch_size", "device", "seed")}
+    tc = TrainConfig(**same, steps=10**8, preview_every=0, checkpoint_every=0, checkpoint_minutes=0)
     learner = Learner(tc, data=data)
     learner.setup()
     return learner

@@ -15,3 +15,28 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def small_config(**kw):
+    """A TrainConfig the engine tests train in seconds on a CPU: the tiny UNet on 256 built-in shapes at
+    16x16, batch 8, every step logged, nothing saved unless asked; `kw` changes any setting."""
+    from ddpm_gui.engine.config import TrainConfig
+
+    base = dict(
+        data="builtin:256", image_size=16, preset="tiny", batch_size=8, steps=10, lr=1e-3, warmup_steps=0,
+        log_every=1, preview_every=0, checkpoint_every=0, checkpoint_minutes=0, device="cpu", seed=0,
+    )  # fmt: skip
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def data():
+    """The 256 built-in shapes at 16x16 of small_config, decoded once per module."""
+    from ddpm_gui.data import load_data
+
+    return load_data("builtin:256", image_size=16)
+
+
+def run_all(trainer) -> list:
+    """Every event of a run."""
+    return list(trainer.run())

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_all, small_config
 
 from ddpm_gui import cli
 from ddpm_gui.data import load_data
@@ -35,22 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
-@pytest.fixture(scope="module")
-def data():
-    return load_data("builtin:256", image_size=16)
-
-
 def cfg(**kw) -> TrainConfig:
-    base = dict(
-        data="builtin:256", image_size=16, preset="tiny", batch_size=8, steps=10, lr=1e-3, warmup_steps=0,
-        log_every=1, preview_every=0, checkpoint_every=0, checkpoint_minutes=0, device="cpu", seed=0,
-    )  # fmt: skip
-    base.update(kw)
-    return TrainConfig(**base)
-
-
-def run_all(trainer: Trainer) -> list:
-    return list(trainer.run())
+    return small_config(**{"steps": 10, **kw})
 
 
 def state(path) -> dict[str, torch.Tensor]:

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_all, small_config
 
 from ddpm_gui import cli
-from ddpm_gui.data import load_data
 from ddpm_gui.engine import events as ev
 from ddpm_gui.engine.checkpoint import checkpoint_path, list_checkpoints
 from ddpm_gui.engine.config import RUN_CONFIG, TrainConfig, read_config_toml
@@ -37,22 +37,8 @@ CPU_OOM = (
 )
 
 
-@pytest.fixture(scope="module")
-def data():
-    return load_data("builtin:256", image_size=16)
-
-
 def cfg(**kw) -> TrainConfig:
-    base = dict(
-        data="builtin:256", image_size=16, preset="tiny", batch_size=8, steps=6, lr=1e-3, warmup_steps=0,
-        log_every=1, preview_every=0, checkpoint_every=0, checkpoint_minutes=0, device="cpu", seed=0,
-    )  # fmt: skip
-    base.update(kw)
-    return TrainConfig(**base)
-
-
-def run_all(trainer: Trainer) -> list:
-    return list(trainer.run())
+    return small_config(**{"steps": 6, **kw})
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

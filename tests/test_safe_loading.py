@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import small_config
 from safetensors.torch import save_file
 
 from ddpm_gui import cli
@@ -35,12 +36,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def cfg(**kw) -> TrainConfig:
-    base = dict(
-        data="builtin:64", image_size=16, preset="tiny", batch_size=8, steps=2, lr=1e-3, warmup_steps=0,
-        log_every=1, preview_every=0, checkpoint_every=2, checkpoint_minutes=0, device="cpu", seed=0,
-    )  # fmt: skip
-    base.update(kw)
-    return TrainConfig(**base)
+    return small_config(**{"data": "builtin:64", "checkpoint_every": 2, "steps": 2, **kw})
 
 
 @pytest.fixture(scope="module")

@@ -54,6 +54,29 @@ def add_schedule_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--zero-snr", action="store_true", default=None, help="rescale to zero terminal SNR")
 
 
+def command(sub, name: str, help: str, **kw) -> argparse.ArgumentParser:
+    """A sub-command whose --help shows every option's default."""
+    return sub.add_parser(name, help=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter, **kw)
+
+
+def add_model_source(p: argparse.ArgumentParser, foreign: bool = True) -> None:
+    """--run or --checkpoint (one of them), and with `foreign` the options for a plain state dict."""
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--run", help="run folder (its newest checkpoint)")
+    g.add_argument(
+        "--checkpoint",
+        help="a .safetensors checkpoint"
+        + (", or a plain .pt/.pth state dict with --preset" if foreign else ""),
+    )
+    if foreign:
+        add_foreign_args(p)
+
+
+def pick(args, *names: str) -> dict:
+    """The options `names` as keyword arguments (the engine's parameters share the options' names)."""
+    return {name: getattr(args, name) for name in names}
+
+
 def add_foreign_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group(
         "foreign weights (a plain state dict of a DDPM Studio UNet, read with "

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 from ddpm_gui.cli.common import (
-    add_foreign_args,
+    add_model_source,
     add_sample_mode_arg,
     add_sampler_args,
     add_schedule_args,
+    command,
     load_bundle,
     nonneg_int,
     note_fallback,
+    pick,
     positive_int,
     schedule_from_args,
 )
@@ -21,17 +22,8 @@ from ddpm_gui.cli.common import (
 
 def add_parsers(sub) -> None:
     # --- sample
-    s = sub.add_parser(
-        "sample",
-        help="sample images from a trained model",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    src = s.add_mutually_exclusive_group(required=True)
-    src.add_argument("--run", help="run folder (its newest checkpoint)")
-    src.add_argument(
-        "--checkpoint", help="a .safetensors checkpoint, or a plain .pt/.pth state dict with --preset"
-    )
-    add_foreign_args(s)
+    s = command(sub, "sample", "sample images from a trained model")
+    add_model_source(s)
     s.add_argument("--n", type=positive_int, default=16, help="number of images")
     add_sampler_args(s)
     s.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
@@ -52,11 +44,7 @@ def add_parsers(sub) -> None:
     s.add_argument("--scale", type=positive_int, default=2, help="pixel scale of the outputs")
 
     # --- forward
-    f = sub.add_parser(
-        "forward",
-        help="show the forward (noising) process of one image",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    f = command(sub, "forward", "show the forward (noising) process of one image")
     fsrc = f.add_mutually_exclusive_group()
     fsrc.add_argument("--data", default="builtin", help="dataset to take the image from")
     fsrc.add_argument("--image", help="an image file instead")
@@ -73,17 +61,8 @@ def add_parsers(sub) -> None:
     add_schedule_args(f)
 
     # --- denoise
-    d = sub.add_parser(
-        "denoise",
-        help="the tutorial's experiment: noise an image to t and denoise it K ways",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    dsrc = d.add_mutually_exclusive_group(required=True)
-    dsrc.add_argument("--run", help="run folder (its newest checkpoint)")
-    dsrc.add_argument(
-        "--checkpoint", help="a .safetensors checkpoint, or a plain .pt/.pth state dict with --preset"
-    )
-    add_foreign_args(d)
+    d = command(sub, "denoise", "the tutorial's experiment: noise an image to t and denoise it K ways")
+    add_model_source(d)
     d.add_argument("--data", default="builtin", help="dataset to take the image from")
     d.add_argument("--image", default=None, help="an image file instead of --data/--index")
     d.add_argument("--index", type=nonneg_int, default=4, help="image index in the dataset")
@@ -119,14 +98,8 @@ def cmd_sample(args) -> int:
                     f"Unknown class '{label}': use an index or one of {', '.join(names)}."
                 ) from None
     cfg = SampleConfig(
-        n=args.n,
-        sampler=args.sampler,
-        steps=args.steps,
-        eta=args.eta,
-        variance=args.variance,
-        seed=args.seed,
+        **pick(args, "n", "sampler", "steps", "eta", "variance", "seed", "guidance"),
         class_label=label,
-        guidance=args.guidance,
         clip_x0=not args.no_clip,
     )
     frames = []

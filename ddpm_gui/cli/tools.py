@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
 from ddpm_gui import __version__
 from ddpm_gui.cli.common import (
     PhaseBars,
+    add_model_source,
     add_sample_mode_arg,
     add_sampler_args,
+    command,
     int_list,
     nonneg_int,
+    pick,
     positive_int,
     write_json,
 )
@@ -20,10 +22,10 @@ from ddpm_gui.cli.common import (
 
 def add_parsers(sub) -> None:
     # --- bench
-    b = sub.add_parser(
+    b = command(
+        sub,
         "bench",
-        help="time DDPM Studio's training and sampling against the tutorial's own loop",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "time DDPM Studio's training and sampling against the tutorial's own loop",
         description="In one process: the tutorial's training loop and DDPM Studio's trainer on the same "
         "model and batch (img/s, speedup, FLOPs, TFLOP/s, fraction of the measured matmul peak), "
         "sampling time for the full DDPM chain, peak memory. See docs/benchmarks.md.",
@@ -55,18 +57,16 @@ def add_parsers(sub) -> None:
     b.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
 
     # --- eval
-    e = sub.add_parser(
+    e = command(
+        sub,
         "eval",
-        help="sample quality without a network: a classifier trained on the real images",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "sample quality without a network: a classifier trained on the real images",
         description="Draw samples from a run, classify them with a small CNN trained on the run's "
         "(labelled) dataset and cached, and print the classifier's held-out accuracy, the share of "
         "recognisable samples (conditional: accuracy on the requested class) and the Frechet distance "
         "of its features, real vs generated and real vs real.",
     )
-    esrc = e.add_mutually_exclusive_group(required=True)
-    esrc.add_argument("--run", help="run folder (its newest checkpoint)")
-    esrc.add_argument("--checkpoint", help="a .safetensors checkpoint")
+    add_model_source(e, foreign=False)
     e.add_argument("--data", default=None, help="labelled dataset (default: the one the run trained on)")
     e.add_argument("--n", type=positive_int, default=500, help="number of samples")
     add_sampler_args(e)
@@ -143,13 +143,7 @@ def cmd_bench(args) -> int:
         cfg = BenchConfig.quick_config(args.device)
     else:
         cfg = BenchConfig(
-            preset=args.preset,
-            batch_size=args.batch_size,
-            image_size=args.image_size,
-            iters=args.iters,
-            warmup=args.warmup,
-            device=args.device,
-            data=args.data,
+            **pick(args, "preset", "batch_size", "image_size", "iters", "warmup", "device", "data"),
             sample_batches=int_list(args.sample_batches, "--sample-batches"),
             sample_repeats=args.sample_repeats,
         )
@@ -175,16 +169,8 @@ def cmd_eval(args) -> int:
     progress = PhaseBars()
     res = evaluate_run(
         args.run or args.checkpoint,
-        data=args.data,
-        n=args.n,
-        sampler=args.sampler,
-        steps=args.steps,
-        guidance=args.guidance,
-        seed=args.seed,
-        device=args.device,
+        **pick(args, "data", "n", "sampler", "steps", "guidance", "seed", "device", "sample_mode", "retrain"),
         use_ema=not args.no_ema,
-        sample_mode=args.sample_mode,
-        retrain=args.retrain,
         grid=args.grid,
         progress=progress,
     )

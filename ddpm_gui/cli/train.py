@@ -22,22 +22,13 @@ def add_setting_options(p: argparse.ArgumentParser) -> None:
             continue
         if kind is bool:
             g = p.add_mutually_exclusive_group()
-            g.add_argument(
-                s.flag,
-                dest=name,
-                action="store_const",
-                const=True,
-                default=argparse.SUPPRESS,
-                help=f"{s.help}{' (the default)' if default else ''}",
-            )
-            g.add_argument(
-                s.negative,
-                dest=name,
-                action="store_const",
-                const=False,
-                default=argparse.SUPPRESS,
-                help=f"the opposite of {s.flag}{' (the default)' if not default else ''}",
-            )
+            for flag, value, text in (
+                (s.flag, True, s.help),
+                (s.negative, False, f"the opposite of {s.flag}"),
+            ):
+                mark = " (the default)" if value == default else ""
+                g.add_argument(flag, dest=name, action="store_const", const=value, default=argparse.SUPPRESS,
+                               help=text + mark)  # fmt: skip
             continue
         shown = "" if default is None else f" (default: {default})"
         kw: dict = {"dest": name, "default": argparse.SUPPRESS, "help": s.help + shown}

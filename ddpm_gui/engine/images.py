@@ -1,8 +1,8 @@
 """Image grids, PNG, GIF and animated WebP output (Pillow), shared by the CLI, the trainer and the GUI's
 exports.
 
-Every PNG, GIF and WebP the app writes goes through save_png / save_gif / save_webp (save_animation picks
-by suffix): atomic writes (a failure leaves the previous file as it was; see
+Every PNG, GIF and WebP the app writes goes through save_png or save_animation (GIF or WebP by
+suffix, or save_gif / save_webp): atomic writes (a failure leaves the previous file as it was; see
 engine.fileio.atomic_write_bytes).
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -109,41 +110,6 @@ def animation_bytes(
     return buf.getvalue()
 
 
-def gif_bytes(
-    frames: Sequence,
-    duration_ms: int = 60,
-    hold_last_ms: int = 1000,
-    render: Callable[[Any], np.ndarray] | None = None,
-    progress: ProgressFn | None = None,
-) -> bytes:
-    """An animated GIF (see animation_bytes)."""
-    return animation_bytes(frames, duration_ms, hold_last_ms, render, progress, "GIF")
-
-
-def save_gif(
-    path: str | Path,
-    frames: Sequence,
-    duration_ms: int = 60,
-    hold_last_ms: int = 1000,
-    render: Callable[[Any], np.ndarray] | None = None,
-    progress: ProgressFn | None = None,
-) -> None:
-    """gif_bytes written atomically to `path` (CheckpointError if it cannot be; the old file is kept)."""
-    atomic_write_bytes(path, gif_bytes(frames, duration_ms, hold_last_ms, render, progress))
-
-
-def save_webp(
-    path: str | Path,
-    frames: Sequence,
-    duration_ms: int = 60,
-    hold_last_ms: int = 1000,
-    render: Callable[[Any], np.ndarray] | None = None,
-    progress: ProgressFn | None = None,
-) -> None:
-    """A lossless animated WebP (see animation_bytes), written atomically as save_gif writes."""
-    atomic_write_bytes(path, animation_bytes(frames, duration_ms, hold_last_ms, render, progress, "WEBP"))
-
-
 def save_animation(
     path: str | Path,
     frames: Sequence,
@@ -151,10 +117,22 @@ def save_animation(
     hold_last_ms: int = 1000,
     render: Callable[[Any], np.ndarray] | None = None,
     progress: ProgressFn | None = None,
+    fmt: str | None = None,
 ) -> None:
-    """save_gif or save_webp, by the suffix of `path` (.gif or .webp; ConfigError for any other)."""
-    suffix = Path(path).suffix.lower()
-    if suffix not in ANIMATION_FORMATS:
-        raise ConfigError(f"{Path(path).name}: an animation is saved as .gif or .webp; pick one of those.")
-    data = animation_bytes(frames, duration_ms, hold_last_ms, render, progress, ANIMATION_FORMATS[suffix])
-    atomic_write_bytes(path, data)
+    """animation_bytes written atomically to `path` (CheckpointError if it cannot be; the old file is kept),
+    as `fmt` ("GIF" or "WEBP"), or by the suffix of `path` when fmt is None (.gif or .webp; ConfigError for
+    any other)."""
+    if fmt is None:
+        suffix = Path(path).suffix.lower()
+        if suffix not in ANIMATION_FORMATS:
+            raise ConfigError(
+                f"{Path(path).name}: an animation is saved as .gif or .webp; pick one of those."
+            )
+        fmt = ANIMATION_FORMATS[suffix]
+    atomic_write_bytes(path, animation_bytes(frames, duration_ms, hold_last_ms, render, progress, fmt))
+
+
+# One format whatever the suffix: animation_bytes and save_animation with their other arguments.
+gif_bytes = partial(animation_bytes, fmt="GIF")
+save_gif = partial(save_animation, fmt="GIF")
+save_webp = partial(save_animation, fmt="WEBP")  # lossless

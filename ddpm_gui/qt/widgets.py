@@ -7,13 +7,15 @@ Messages               a panel's status line, busy bar and error box
 ModelLoader            loads a checkpoint or run folder in a worker; the model enters the app through
                        AppState.set_bundle, as every model does
 dropped_paths, drop_kind, accept_file_drags   what a drag-and-drop carries, for the panels' drop events
+button, laid_out, side_column                  a push button, a bare container, a tab's controls column
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from PySide6.QtCore import QObject, Qt, Signal, Slot
 from PySide6.QtWidgets import (
@@ -22,8 +24,12 @@ from PySide6.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
+    QHBoxLayout,
     QLabel,
+    QLayout,
     QProgressBar,
+    QPushButton,
+    QScrollArea,
     QSpinBox,
     QVBoxLayout,
     QWidget,
@@ -32,6 +38,8 @@ from PySide6.QtWidgets import (
 from ddpm_gui.qt.state import AppState
 from ddpm_gui.qt.style import ERROR_STYLE
 from ddpm_gui.qt.workers import JobSlot, show_warning
+
+L = TypeVar("L", bound=QLayout)
 
 NO_MODEL_TEXT = "No model yet. Train a model in the Train tab or load a checkpoint (File ▸ Open checkpoint…)."
 
@@ -291,3 +299,49 @@ def drop_kind(path: Path) -> str:
 
         return "run" if is_run_dir(path) else "folder"
     return "checkpoint" if path.suffix.lower() in CHECKPOINT_SUFFIXES else "image"
+
+
+# ----------------------------------------------------------------------------- layout
+
+
+def button(text: str, slot: Callable, tip: str = "", parent: QWidget | None = None) -> QPushButton:
+    """A push button that calls `slot` when clicked, with the tooltip `tip`."""
+    b = QPushButton(text, parent)
+    if tip:
+        b.setToolTip(tip)
+    b.clicked.connect(slot)
+    return b
+
+
+def laid_out(
+    layout_type: type[L], parent: QWidget | None = None, margins: tuple[int, int, int, int] = (0, 0, 0, 0)
+) -> tuple[QWidget, L]:
+    """A plain widget and its new `layout_type` layout with these margins (none by default): a container
+    that adds no space of its own around what it holds."""
+    widget = QWidget(parent)
+    layout = layout_type(widget)
+    layout.setContentsMargins(*margins)
+    return widget, layout
+
+
+def side_column(items: Sequence[QWidget | Sequence[QWidget]], min_width: int, max_width: int) -> QScrollArea:
+    """A tab's controls column: `items` top to bottom (a sequence of widgets is one row of them), then
+    space; it scrolls vertically when the window is short, and is min_width to max_width pixels wide."""
+    left, lv = laid_out(QVBoxLayout, margins=(0, 0, 4, 0))
+    for item in items:
+        if isinstance(item, QWidget):
+            lv.addWidget(item)
+            continue
+        row = QHBoxLayout()
+        for w in item:
+            row.addWidget(w)
+        lv.addLayout(row)
+    lv.addStretch(1)
+    scroll = QScrollArea()
+    scroll.setWidgetResizable(True)
+    scroll.setWidget(left)
+    scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+    scroll.setMinimumWidth(min_width)
+    scroll.setMaximumWidth(max_width)
+    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    return scroll

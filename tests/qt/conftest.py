@@ -97,3 +97,117 @@ def grab_variance(widget) -> float:
     w, h, bpl = img.width(), img.height(), img.bytesPerLine()
     a = np.frombuffer(img.constBits(), np.uint8, count=bpl * h).reshape(h, bpl)[:, : w * 3]
     return float(a.astype(np.float32).var())
+
+
+# ----------------------------------------------------------------------------- the Sample, Forward and Denoise tabs
+
+
+def train_tiny_run(root, steps: int = 5):
+    """A real run folder: the tiny preset trained for a few steps on 64 built-in images (headless)."""
+    import torch
+
+    from ddpm_gui.engine import events as ev
+    from ddpm_gui.engine.config import TrainConfig
+    from ddpm_gui.engine.trainer import Trainer
+
+    run_dir = root / "run"
+    cfg = TrainConfig(
+        data="builtin:64", preset="tiny", batch_size=8, steps=steps, preview_every=0, log_every=1
+    )
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # see test_train_panel.one_torch_thread
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DDPM_GUI_CACHE", str(root / "cache"))
+        events = list(Trainer(cfg, run_dir).run())
+    torch.set_num_threads(n)
+    assert isinstance(events[-1], ev.Finished), events[-1]
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def bundle(run_dir):
+    """The test module's `run_dir` fixture (a tiny trained run), loaded on the CPU."""
+    from ddpm_gui.engine.sampler import load_bundle
+
+    return load_bundle(run_dir, device="cpu")
+
+
+@pytest.fixture
+def show_panel(qtbot, settings, monkeypatch):
+    """show_panel(module, cls): a `cls` panel over a fresh AppState, with its module's SHOW_DIALOGS off,
+    shown at 1280x800; shut down after the test, its threads waited for."""
+    from ddpm_gui.qt.state import AppState
+
+    shown = []
+
+    def show(module, cls):
+        monkeypatch.setattr(module, "SHOW_DIALOGS", False)
+        p = cls(AppState(settings))
+        qtbot.addWidget(p)
+        p.resize(1280, 800)
+        p.show()
+        shown.append(p)
+        return p
+
+    yield show
+    for p in shown:
+        p.shutdown(60000)
+        qtbot.waitUntil(lambda p=p: not p.is_busy(), timeout=10000)
+
+
+def file_mime(*paths):
+    """The QMimeData of local files dragged from a file manager."""
+    from PySide6.QtCore import QMimeData, QUrl
+
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(p)) for p in paths])
+    return mime
+
+
+def drop(widget, *paths) -> bool:
+    """Drop local files on a widget as a file manager does; True when the widget took them."""
+    from PySide6.QtCore import QPoint, QPointF, Qt
+    from PySide6.QtGui import QDragEnterEvent, QDropEvent
+
+    mime = file_mime(*paths)
+    enter, ev = (
+        kind(point, Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
+        for kind, point in ((QDragEnterEvent, QPoint(10, 10)), (QDropEvent, QPointF(10, 10)))
+    )
+    widget.dragEnterEvent(enter)
+    assert enter.isAccepted()  # every local file is taken in: the drop says what it does with it
+    widget.dropEvent(ev)
+    return ev.isAccepted()
+
+
+@pytest.fixture
+def export_writers(monkeypatch):
+    """The threads that write the exports (qt.exports' save_png and save_animation, which still write)."""
+    import threading
+
+    from ddpm_gui.qt import exports
+
+    writers = []
+    for name in ("save_png", "save_animation"):
+
+        def recording(*a, _real=getattr(exports, name), **k):
+            writers.append(threading.current_thread())
+            return _real(*a, **k)
+
+        monkeypatch.setattr(exports, name, recording)
+    return writers
+
+
+def export_to_a_full_disk(qtbot, panel, export: str, target) -> str:
+    """panel.<export>(target) over an earlier file while the disk is full: the earlier file is kept and
+    nothing else is left in its folder. Returns the panel's error message."""
+    from test_imageio import disk_full_at
+
+    target.write_bytes(b"an earlier export")
+    with disk_full_at(target.name):
+        assert getattr(panel, export)(target) == target
+        qtbot.waitUntil(lambda: not panel.is_exporting(), timeout=60_000)
+    assert target.read_bytes() == b"an earlier export"
+    assert [p.name for p in target.parent.iterdir()] == [target.name]
+    assert not panel.messages.error_label.isHidden()
+    return panel.messages.error_label.text()

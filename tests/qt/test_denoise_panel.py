@@ -9,9 +9,7 @@ pytest.importorskip("pytestqt")
 
 from ddpm_gui.qt.panels import denoise_panel as dp
 from ddpm_gui.qt.panels.denoise_form import STRIP
-from ddpm_gui.qt.state import AppState
-
-from .test_sample_panel import train_tiny_run
+from tests.qt.conftest import drop, export_to_a_full_disk, train_tiny_run
 
 pytestmark = pytest.mark.qt
 
@@ -21,23 +19,9 @@ def run_dir(tmp_path_factory):
     return train_tiny_run(tmp_path_factory.mktemp("denoise"), steps=3)
 
 
-@pytest.fixture(scope="module")
-def bundle(run_dir):
-    from ddpm_gui.engine.sampler import load_bundle
-
-    return load_bundle(run_dir, device="cpu")
-
-
 @pytest.fixture
-def panel(qtbot, settings, monkeypatch):
-    monkeypatch.setattr(dp, "SHOW_DIALOGS", False)
-    p = dp.DenoisePanel(AppState(settings))
-    qtbot.addWidget(p)
-    p.resize(1280, 800)
-    p.show()
-    yield p
-    p.shutdown(60000)
-    qtbot.waitUntil(lambda: not p.is_busy(), timeout=10000)
+def panel(show_panel):
+    return show_panel(dp, dp.DenoisePanel)
 
 
 def test_needs_a_model(panel):
@@ -117,22 +101,6 @@ def test_t_clamped_to_schedule(panel):
 # ----------------------------------------------------------------------------- image files: the one loader
 
 
-def _drop(panel, path) -> None:
-    from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
-    from PySide6.QtGui import QDropEvent
-
-    mime = QMimeData()
-    mime.setUrls([QUrl.fromLocalFile(str(path))])
-    ev = QDropEvent(
-        QPointF(10, 10),
-        Qt.DropAction.CopyAction,
-        mime,
-        Qt.MouseButton.LeftButton,
-        Qt.KeyboardModifier.NoModifier,
-    )
-    panel.dropEvent(ev)
-
-
 class _Model:
     """A bundle with only what the panel reads, at a chosen image size."""
 
@@ -165,13 +133,13 @@ def test_hostile_files_show_an_error_and_keep_the_image(panel, tmp_path, door):
         if door == "open":
             assert panel.open_image(path) is False, key
         else:
-            _drop(panel, path)
+            drop(panel, path)
         msg = panel.error_label.text()
         assert not panel.error_label.isHidden() and path.name in msg and re.search(pattern, msg), (key, msg)
         assert "\n" not in msg
         np.testing.assert_array_equal(panel.image(), before)
         assert "photo.png" in panel.original_title.text()
-    _drop(panel, tmp_path / "photo.png")  # a good file again: the error goes
+    assert drop(panel, tmp_path / "photo.png")  # a good file again: the error goes
     assert panel.error_label.isHidden()
 
 
@@ -264,24 +232,15 @@ def _run(qtbot, panel, bundle, k=3, t=10, steps=4):
     assert panel.results() is not None, panel.error_label.text()
 
 
-def test_exports_the_row_and_the_chain_off_the_gui_thread(qtbot, panel, bundle, tmp_path, monkeypatch):
+def test_exports_the_row_and_the_chain_off_the_gui_thread(qtbot, panel, bundle, tmp_path, export_writers):
     import threading
 
     from PIL import Image
 
-    from ddpm_gui.qt import exports
     from ddpm_gui.qt.exports import export_scale, tile
 
     _run(qtbot, panel, bundle)
     assert panel.png_btn.isEnabled() and panel.anim_btn.isEnabled()
-    writers = []
-    for name in ("save_png", "save_animation"):
-
-        def recording(*a, _real=getattr(exports, name), **k):
-            writers.append(threading.current_thread())
-            return _real(*a, **k)
-
-        monkeypatch.setattr(exports, name, recording)
     out = tmp_path / "out"
     row = np.concatenate([panel.image()[None], panel.noised_starts()[:1], panel.results()])
     with qtbot.waitSignal(panel.exported, timeout=60_000):
@@ -301,25 +260,17 @@ def test_exports_the_row_and_the_chain_off_the_gui_thread(qtbot, panel, bundle, 
             im.load()
             if suffix == ".webp":  # lossless: the last frame is the PNG's row
                 np.testing.assert_array_equal(np.asarray(im.convert("RGB")), want)
-    assert len(writers) == 3 and threading.main_thread() not in writers
+    assert len(export_writers) == 3 and threading.main_thread() not in export_writers
     assert sorted(p.name for p in out.iterdir()) == ["chain.gif", "chain.webp", "row.png"]
     assert panel.png_btn.isEnabled() and panel.anim_btn.isEnabled()
 
 
 @pytest.mark.parametrize(("export", "name"), [("save_png_row", "keep.png"), ("save_animation", "keep.gif")])
 def test_a_failed_export_keeps_the_old_file(qtbot, panel, bundle, tmp_path, export, name):
-    from test_imageio import disk_full_at
-
     _run(qtbot, panel, bundle, k=2, steps=2)
-    target = tmp_path / "out" / name
-    target.parent.mkdir()
-    target.write_bytes(b"an earlier export")
-    with disk_full_at(name):
-        assert getattr(panel, export)(target) == target
-        qtbot.waitUntil(lambda: not panel.is_exporting(), timeout=60_000)
-    assert target.read_bytes() == b"an earlier export"
-    assert [p.name for p in target.parent.iterdir()] == [name]
-    assert name in panel.error_label.text() and "No space left" in panel.error_label.text()
+    (tmp_path / "out").mkdir()
+    msg = export_to_a_full_disk(qtbot, panel, export, tmp_path / "out" / name)
+    assert name in msg and "No space left" in msg, msg
 
 
 def test_save_dialogs_open_in_the_runs_samples_folder(panel, bundle, run_dir):
@@ -335,8 +286,6 @@ def test_save_dialogs_open_in_the_runs_samples_folder(panel, bundle, run_dir):
 def test_a_dropped_run_or_checkpoint_becomes_the_apps_model(qtbot, panel, run_dir, what):
     from ddpm_gui.engine.checkpoint import list_checkpoints
 
-    from .test_widgets import drop
-
     path = run_dir if what == "run folder" else list_checkpoints(run_dir)[-1][1]
     assert drop(panel, path) is True
     qtbot.waitUntil(lambda: panel.state.bundle is not None and not panel.is_busy(), timeout=30_000)
@@ -345,8 +294,6 @@ def test_a_dropped_run_or_checkpoint_becomes_the_apps_model(qtbot, panel, run_di
 
 
 def test_a_dropped_image_folder_goes_to_the_data_tab(panel, tmp_path):
-    from .test_widgets import drop
-
     (tmp_path / "photos").mkdir()
     before = panel.image().copy()
     assert drop(panel, tmp_path / "photos") is False

@@ -8,6 +8,7 @@ from PIL import Image
 
 from ddpm_gui.core.schedule import SCHEDULE_PRESETS
 from ddpm_gui.qt.panels.forward_panel import ForwardPanel
+from tests.qt.conftest import drop, export_to_a_full_disk
 
 pytestmark = pytest.mark.qt
 
@@ -142,42 +143,14 @@ def test_steps_strip_shows_six_steps(panel):
 
 
 def test_drop_an_image_file(qtbot, panel, tmp_path):
-    from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
-    from PySide6.QtGui import QDropEvent
-
     path = tmp_path / "dropped.png"
     Image.fromarray(np.full((20, 20, 3), 30, np.uint8)).save(path)
-    mime = QMimeData()
-    mime.setUrls([QUrl.fromLocalFile(str(path))])
-    ev = QDropEvent(
-        QPointF(10, 10),
-        Qt.DropAction.CopyAction,
-        mime,
-        Qt.MouseButton.LeftButton,
-        Qt.KeyboardModifier.NoModifier,
-    )
-    panel.dropEvent(ev)
+    assert drop(panel, path)
     assert panel.clean_image().shape == (32, 32, 3) and int(panel.clean_image().mean()) == 30
     _wait_frames(qtbot, panel)
 
 
 # ----------------------------------------------------------------------------- image files: the one loader
-
-
-def _drop(panel, path) -> None:
-    from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
-    from PySide6.QtGui import QDropEvent
-
-    mime = QMimeData()
-    mime.setUrls([QUrl.fromLocalFile(str(path))])
-    ev = QDropEvent(
-        QPointF(10, 10),
-        Qt.DropAction.CopyAction,
-        mime,
-        Qt.MouseButton.LeftButton,
-        Qt.KeyboardModifier.NoModifier,
-    )
-    panel.dropEvent(ev)
 
 
 @pytest.mark.parametrize("door", ["open", "drop"])
@@ -193,7 +166,7 @@ def test_hostile_files_show_an_error_and_keep_the_image(qtbot, panel, tmp_path, 
         if door == "open":
             assert panel.open_image(path) is False, key
         else:
-            _drop(panel, path)
+            drop(panel, path)
         msg = panel.image_error_text()
         assert path.name in msg and re.search(pattern, msg) and "\n" not in msg, (key, msg)
         assert statuses[-1] == msg
@@ -248,22 +221,13 @@ def _export(qtbot, panel, call, *args):
     return path
 
 
-def test_exports_what_it_shows_off_the_gui_thread(qtbot, panel, tmp_path, monkeypatch, quiet):
+def test_exports_what_it_shows_off_the_gui_thread(qtbot, panel, tmp_path, export_writers, quiet):
     import threading
 
     tmp_path = tmp_path / "exports"  # (the settings file lives in tmp_path itself)
 
-    from ddpm_gui.qt import exports
     from ddpm_gui.qt.exports import export_scale, tile
 
-    writers = []
-    for name in ("save_png", "save_animation"):
-
-        def recording(*a, _real=getattr(exports, name), **k):
-            writers.append(threading.current_thread())
-            return _real(*a, **k)
-
-        monkeypatch.setattr(exports, name, recording)
     f, s = panel.frames(), export_scale(32)
     png = _export(qtbot, panel, panel.save_png_strip, tmp_path / "strip")  # .png added
     assert png == tmp_path / "strip.png"
@@ -280,7 +244,7 @@ def test_exports_what_it_shows_off_the_gui_thread(qtbot, panel, tmp_path, monkey
             if suffix == ".webp":  # lossless
                 last = tile(np.stack([f.iterative[100], f.closed[100]]), columns=2, scale=s)
                 np.testing.assert_array_equal(np.asarray(im.convert("RGB")), last)
-    assert len(writers) == 3 and threading.main_thread() not in writers
+    assert len(export_writers) == 3 and threading.main_thread() not in export_writers
     assert "Saved" in panel.messages.status_label.text()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["forward.gif", "forward.webp", "strip.png"]
 
@@ -299,19 +263,9 @@ def test_a_long_schedule_animates_evenly_spaced_steps(qtbot, panel, tmp_path, qu
     ("export", "name"), [("save_png_strip", "keep.png"), ("save_animation", "keep.webp")]
 )
 def test_a_failed_export_keeps_the_old_file(qtbot, panel, tmp_path, quiet, export, name):
-    from test_imageio import disk_full_at
-
-    tmp_path = tmp_path / "exports"
-    tmp_path.mkdir()
-    target = tmp_path / name
-    target.write_bytes(b"an earlier export")
-    with disk_full_at(name):
-        assert getattr(panel, export)(target) == target
-        qtbot.waitUntil(lambda: not panel.is_exporting(), timeout=60_000)
-    assert target.read_bytes() == b"an earlier export"
-    assert [p.name for p in tmp_path.iterdir()] == [name]
-    msg = panel.messages.error_label.text()
-    assert not panel.messages.error_label.isHidden() and name in msg and "No space left" in msg, msg
+    (tmp_path / "exports").mkdir()  # (the settings file lives in tmp_path itself)
+    msg = export_to_a_full_disk(qtbot, panel, export, tmp_path / "exports" / name)
+    assert name in msg and "No space left" in msg, msg
     assert panel.anim_btn.isEnabled()
 
 
@@ -343,8 +297,6 @@ def test_save_dialogs_start_in_the_last_folder_used(qtbot, panel, tmp_path, monk
 
 
 def test_dropped_folders_and_checkpoints_say_what_to_drop(panel, tmp_path):
-    from .test_widgets import drop
-
     before = panel.clean_image().copy()
     (tmp_path / "photos").mkdir()
     assert drop(panel, tmp_path / "photos") is False

@@ -12,34 +12,10 @@ pytest.importorskip("pytestqt")
 from ddpm_gui.qt import exports
 from ddpm_gui.qt.exports import export_scale, tile
 from ddpm_gui.qt.panels import sample_panel as sp
-from ddpm_gui.qt.state import AppState
 from ddpm_gui.qt.widgets import frames_every
-
-from .test_widgets import drop
+from tests.qt.conftest import drop, export_to_a_full_disk, train_tiny_run
 
 pytestmark = pytest.mark.qt
-
-
-def train_tiny_run(root, steps: int = 5):
-    """A real run folder: the tiny preset trained for a few steps on 64 built-in images (headless)."""
-    import torch
-
-    from ddpm_gui.engine import events as ev
-    from ddpm_gui.engine.config import TrainConfig
-    from ddpm_gui.engine.trainer import Trainer
-
-    run_dir = root / "run"
-    cfg = TrainConfig(
-        data="builtin:64", preset="tiny", batch_size=8, steps=steps, preview_every=0, log_every=1
-    )
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # see test_train_panel.one_torch_thread
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DDPM_GUI_CACHE", str(root / "cache"))
-        events = list(Trainer(cfg, run_dir).run())
-    torch.set_num_threads(n)
-    assert isinstance(events[-1], ev.Finished), events[-1]
-    return run_dir
 
 
 @pytest.fixture(scope="module")
@@ -47,23 +23,9 @@ def run_dir(tmp_path_factory):
     return train_tiny_run(tmp_path_factory.mktemp("sample"))
 
 
-@pytest.fixture(scope="module")
-def bundle(run_dir):
-    from ddpm_gui.engine.sampler import load_bundle
-
-    return load_bundle(run_dir, device="cpu")
-
-
 @pytest.fixture
-def panel(qtbot, settings, monkeypatch):
-    monkeypatch.setattr(sp, "SHOW_DIALOGS", False)
-    p = sp.SamplePanel(AppState(settings))
-    qtbot.addWidget(p)
-    p.resize(1280, 800)
-    p.show()
-    yield p
-    p.shutdown(60000)
-    qtbot.waitUntil(lambda: not p.is_busy(), timeout=10000)
+def panel(show_panel):
+    return show_panel(sp, sp.SamplePanel)
 
 
 def test_tile_and_frames_every():
@@ -168,20 +130,12 @@ def _generate(qtbot, panel, bundle, n: int = 4) -> np.ndarray:
     return panel.final_images()
 
 
-def test_export_runs_in_a_worker_with_a_busy_bar(qtbot, panel, bundle, tmp_path, monkeypatch):
+def test_export_runs_in_a_worker_with_a_busy_bar(qtbot, panel, bundle, tmp_path, export_writers):
     import threading
 
     from PIL import Image
 
     final = _generate(qtbot, panel, bundle)
-    writers = []
-    for name in ("save_png", "save_animation"):  # record the thread that writes, then write for real
-
-        def recording(*a, _real=getattr(exports, name), **k):
-            writers.append(threading.current_thread())
-            return _real(*a, **k)
-
-        monkeypatch.setattr(exports, name, recording)
     with qtbot.waitSignal(panel.exported, timeout=60_000) as done:
         png = panel.save_png_grid(tmp_path / "grid")  # no suffix: .png is added
         assert png == tmp_path / "grid.png"
@@ -212,24 +166,8 @@ def test_export_runs_in_a_worker_with_a_busy_bar(qtbot, panel, bundle, tmp_path,
         im.seek(im.n_frames - 1)
         np.testing.assert_array_equal(np.asarray(im.convert("RGB")), tile(final, scale=export_scale(32)))
         assert im.info["duration"] == exports.HOLD_LAST_MS
-    assert len(writers) == 3 and threading.main_thread() not in writers
+    assert len(export_writers) == 3 and threading.main_thread() not in export_writers
     assert not list(tmp_path.glob(".*"))  # no temp file left beside them
-
-
-def test_failed_export_shows_an_error_and_keeps_the_old_file(qtbot, panel, bundle, tmp_path):
-    from test_imageio import disk_full_at
-
-    _generate(qtbot, panel, bundle)
-    target = tmp_path / "keep.gif"
-    target.write_bytes(b"an earlier export")
-    with disk_full_at("keep.gif"):
-        assert panel.save_animation(target) == target
-        qtbot.waitUntil(lambda: not panel.is_exporting(), timeout=60_000)
-    assert target.read_bytes() == b"an earlier export"
-    assert [p.name for p in tmp_path.iterdir()] == ["keep.gif"]
-    msg = panel.error_label.text()
-    assert not panel.error_label.isHidden() and "keep.gif" in msg and "No space left" in msg, msg
-    assert panel.anim_btn.isEnabled() and not panel.export_bar.isVisible()
 
 
 def test_save_dialogs_open_in_the_runs_samples_folder(qtbot, panel, bundle, run_dir, tmp_path, monkeypatch):
@@ -254,19 +192,15 @@ def test_save_dialogs_open_in_the_runs_samples_folder(qtbot, panel, bundle, run_
     assert exports.run_folder(bundle) == run_dir and exports.run_folder(panel.state.bundle) is None
 
 
-@pytest.mark.parametrize(("export", "name"), [("save_png_grid", "keep.png"), ("save_animation", "keep.webp")])
-def test_every_failed_export_keeps_the_old_file(qtbot, panel, bundle, tmp_path, export, name):
-    from test_imageio import disk_full_at
-
+@pytest.mark.parametrize(
+    ("export", "name"),
+    [("save_png_grid", "keep.png"), ("save_animation", "keep.gif"), ("save_animation", "keep.webp")],
+)
+def test_a_failed_export_shows_an_error_and_keeps_the_old_file(qtbot, panel, bundle, tmp_path, export, name):
     _generate(qtbot, panel, bundle)
-    target = tmp_path / name
-    target.write_bytes(b"an earlier export")
-    with disk_full_at(name):
-        assert getattr(panel, export)(target) == target
-        qtbot.waitUntil(lambda: not panel.is_exporting(), timeout=60_000)
-    assert target.read_bytes() == b"an earlier export"
-    assert [p.name for p in tmp_path.iterdir()] == [name]
-    assert name in panel.error_label.text() and "No space left" in panel.error_label.text()
+    msg = export_to_a_full_disk(qtbot, panel, export, tmp_path / name)
+    assert name in msg and "No space left" in msg, msg
+    assert panel.anim_btn.isEnabled() and not panel.export_bar.isVisible()
 
 
 # ----------------------------------------------------------------------------- drag and drop

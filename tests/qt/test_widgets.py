@@ -8,42 +8,13 @@ import io
 import numpy as np
 import pytest
 from PIL import Image
-from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QUrl
-from PySide6.QtGui import QDragEnterEvent, QDropEvent
+from PySide6.QtCore import Qt, QUrl
 from PySide6.QtWidgets import QApplication
 
 from ddpm_gui.qt.player import FramePlayer
+from tests.qt.conftest import file_mime
 
 pytestmark = pytest.mark.qt
-
-
-def _mime(*paths) -> QMimeData:
-    mime = QMimeData()
-    mime.setUrls([QUrl.fromLocalFile(str(p)) for p in paths])
-    return mime
-
-
-def drop(widget, *paths) -> bool:
-    """Drop local files on a widget as a file manager does; True when the widget took them."""
-    mime = _mime(*paths)
-    enter = QDragEnterEvent(
-        QPoint(10, 10),
-        Qt.DropAction.CopyAction,
-        mime,
-        Qt.MouseButton.LeftButton,
-        Qt.KeyboardModifier.NoModifier,
-    )
-    widget.dragEnterEvent(enter)
-    assert enter.isAccepted()  # every local file is taken in: the drop says what it does with it
-    ev = QDropEvent(
-        QPointF(10, 10),
-        Qt.DropAction.CopyAction,
-        mime,
-        Qt.MouseButton.LeftButton,
-        Qt.KeyboardModifier.NoModifier,
-    )
-    widget.dropEvent(ev)
-    return ev.isAccepted()
 
 
 # ----------------------------------------------------------------------------- the frame player
@@ -153,7 +124,7 @@ def test_drop_kinds(tmp_path, monkeypatch):
 
     class Ev:
         def mimeData(self):
-            m = _mime(tmp_path / "a.png", tmp_path / "photos")
+            m = file_mime(tmp_path / "a.png", tmp_path / "photos")
             m.setUrls([*m.urls(), QUrl("https://example.com/b.png")])  # not a local file: left out
             return m
 

@@ -20,31 +20,28 @@ what it shows (qt/exports.py): a PNG of the row (original, noised start, K resul
 from __future__ import annotations
 
 import math
-import threading
 from pathlib import Path
 
 import numpy as np
-from PySide6.QtCore import Qt, Signal, Slot
-from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QScrollArea, QVBoxLayout, QWidget
+from PySide6.QtCore import Slot
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
-from ddpm_gui.qt.exports import Exporter, export_scale, tile
+from ddpm_gui.qt.exports import export_scale, tile
 from ddpm_gui.qt.imageview import ImageGrid
+from ddpm_gui.qt.panels.chain_panel import ChainPanel
 from ddpm_gui.qt.panels.denoise_form import DenoiseForm
 from ddpm_gui.qt.player import FramePlayer
 from ddpm_gui.qt.state import AppState
-from ddpm_gui.qt.style import INFO_STYLE
 from ddpm_gui.qt.widgets import (
     NO_MODEL_TEXT,
-    Messages,
-    ModelLoader,
-    accept_file_drags,
-    describe_bundle,
+    button,
     drop_kind,
     dropped_paths,
     frames_every,
     kept_frames,
+    laid_out,
+    side_column,
 )
-from ddpm_gui.qt.workers import JobSlot, shutdown_jobs
 
 # Tests set this to False: errors are then shown in the panel only, never in a modal dialog.
 SHOW_DIALOGS = True
@@ -63,79 +60,40 @@ def t_note(t: int, T: int, alpha_bar: float) -> str:
     )
 
 
-class DenoisePanel(QWidget):
-    exported = Signal(object)  # the Path of a finished export
-
+class DenoisePanel(ChainPanel):
     def __init__(self, state: AppState, parent: QWidget | None = None):
-        super().__init__(parent)
-        self.state = state
-        self._chain: list = []  # SampleFrames: the K noised starts (index -1), then the kept reverse steps
+        super().__init__(state, _dialogs, "Denoising failed", parent)
         self._original: np.ndarray | None = None  # the image of the last run
         self._seed_used = 0
         self._t_used = 0
-        self.messages = Messages(state, _dialogs, self)
-        self.status_label, self.error_label = self.messages.status_label, self.messages.error_label
-        self._denoising = JobSlot(
-            self,
-            self._on_frame,
-            self._on_failed,
-            self._on_done,
-            error_title="Denoising failed",
-            dialogs=_dialogs,
-        )
-        self.loader = ModelLoader(self, state, self.messages, _dialogs)
-        self.exporter = Exporter(self, state, self.messages, _dialogs, bundle=lambda: self.state.bundle)
-        self.exporter.exported.connect(self.exported)
-        self._build_ui()
-        for slot in (self._denoising, self.loader, self.exporter):
-            slot.busyChanged.connect(self._update_buttons)
         self.form.imageChanged.connect(self._show_original)
         self.form.t_spin.valueChanged.connect(self._update_t_note)
-        state.bundleChanged.connect(self._on_bundle_changed)
-        self._on_bundle_changed(state.bundle)
-        self.setAcceptDrops(True)
+        self._on_bundle(state.bundle)
 
     # ------------------------------------------------------------------ UI
     def _build_ui(self) -> None:
         self.form = DenoiseForm(self.state, self.messages, self)
-        self.run_btn = QPushButton("&Run")
+        self.run_btn = button("&Run", self.run)
         self.run_btn.setDefault(True)
-        self.run_btn.clicked.connect(self.run)
-        self.stop_btn = QPushButton("St&op")
-        self.stop_btn.clicked.connect(self.stop)
-        self.rerun_btn = QPushButton("Re-run with &new seeds")
-        self.rerun_btn.setToolTip("Increase the seed and run again: other noise, other continuations")
-        self.rerun_btn.clicked.connect(self.rerun)
-        self.png_btn = QPushButton("Save PN&G row…")
-        self.png_btn.setToolTip("Original, noised start and the K results in one row, as a PNG")
-        self.png_btn.clicked.connect(lambda: self.save_png_row())
-        self.anim_btn = QPushButton("Save GIF / &WebP…")
-        self.anim_btn.setToolTip("That row through the reverse chain, as an animated GIF or WebP")
-        self.anim_btn.clicked.connect(lambda: self.save_animation())
-        self.model_label = QLabel(NO_MODEL_TEXT)
-        self.model_label.setWordWrap(True)
-        self.model_label.setStyleSheet(INFO_STYLE)
-        left = QWidget()
-        lv = QVBoxLayout(left)
-        lv.setContentsMargins(0, 0, 4, 0)
-        lv.addWidget(self.form)
-        for pair in ((self.run_btn, self.stop_btn), (self.rerun_btn,), (self.png_btn, self.anim_btn)):
-            row = QHBoxLayout()
-            for b in pair:
-                row.addWidget(b)
-            lv.addLayout(row)
-        lv.addWidget(self.model_label)
-        lv.addWidget(self.messages)
-        lv.addStretch(1)
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setWidget(left)
-        scroll.setFrameShape(QScrollArea.Shape.NoFrame)
-        scroll.setMinimumWidth(340)
-        scroll.setMaximumWidth(420)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.stop_btn = button("St&op", self.stop)
+        self.rerun_btn = button(
+            "Re-run with &new seeds",
+            self.rerun,
+            "Increase the seed and run again: other noise, other continuations",
+        )
+        self.png_btn = button(
+            "Save PN&G row…",
+            lambda: self.save_png_row(),
+            "Original, noised start and the K results in one row, as a PNG",
+        )
+        self.anim_btn = button(
+            "Save GIF / &WebP…",
+            lambda: self.save_animation(),
+            "That row through the reverse chain, as an animated GIF or WebP",
+        )
+        rows = ((self.run_btn, self.stop_btn), (self.rerun_btn,), (self.png_btn, self.anim_btn))
         outer = QHBoxLayout(self)
-        outer.addWidget(scroll)
+        outer.addWidget(side_column([self.form, *rows, self.model_label, self.messages], 340, 420))
         outer.addWidget(self._results_view(), 1)
 
     def _results_view(self) -> QWidget:
@@ -160,9 +118,7 @@ class DenoisePanel(QWidget):
         self.player = FramePlayer(fps=10)
         self.player.set_loop(False)
         self.player.frameChanged.connect(self._show_frame)
-        right = QWidget()
-        rl = QVBoxLayout(right)
-        rl.setContentsMargins(4, 0, 0, 0)
+        right, rl = laid_out(QVBoxLayout, margins=(4, 0, 0, 0))
         rl.addLayout(top, 2)
         rl.addWidget(self.results_title)
         rl.addWidget(self.results_grid, 3)
@@ -184,9 +140,6 @@ class DenoisePanel(QWidget):
         self.original_view.set_images(self.image())
         self.original_title.setText(f"<b>original</b> ({self.form.image_caption()})")
 
-    def dragEnterEvent(self, event) -> None:  # Qt API
-        accept_file_drags(event)
-
     def dropEvent(self, event) -> None:  # Qt API
         for path in dropped_paths(event):
             kind = drop_kind(path)
@@ -205,12 +158,10 @@ class DenoisePanel(QWidget):
 
     # ------------------------------------------------------------------ model
     @Slot(object)
-    def _on_bundle_changed(self, b: object) -> None:
-        if b is None:
-            self.model_label.setText(NO_MODEL_TEXT)
-        else:
+    def _on_bundle(self, b: object) -> None:
+        self._show_model(b)
+        if b is not None:
             T = b.schedule.T  # type: ignore[attr-defined]
-            self.model_label.setText(describe_bundle(b))
             self.player.set_label_func(self._frame_label, widest=self._label_text(T, T, T - 1, True))
         self.form.set_model(b)
         self._update_t_note()
@@ -227,24 +178,18 @@ class DenoisePanel(QWidget):
         self.form.t_note.setText(t_note(t, b.schedule.T, float(b.schedule.alpha_bars[t])))
 
     # ------------------------------------------------------------------ running
-    def is_busy(self) -> bool:
-        return any(s.is_busy() for s in self.findChildren(JobSlot))
-
     def is_denoising(self) -> bool:
-        return self._denoising.is_busy()
-
-    def is_exporting(self) -> bool:
-        return self.exporter.is_busy()
+        return self._job.is_busy()
 
     def _update_buttons(self, *_args) -> None:
         has = self.state.bundle is not None
-        running = self._denoising.is_busy()
+        running = self._job.is_busy()
         self.run_btn.setEnabled(has and not running)
         self.rerun_btn.setEnabled(has and not running)
         self.stop_btn.setEnabled(running)
         idle = not running and not self.exporter.is_busy()
         self.png_btn.setEnabled(idle and self.results() is not None)
-        self.anim_btn.setEnabled(idle and len(self._chain) > 1)
+        self.anim_btn.setEnabled(idle and len(self._frames) > 1)
 
     @Slot()
     def rerun(self) -> bool:
@@ -257,7 +202,7 @@ class DenoisePanel(QWidget):
         if b is None:
             self.messages.error(NO_MODEL_TEXT, "No model")
             return False
-        if self._denoising.is_busy():
+        if self._job.is_busy():
             return False
         from ddpm_gui.engine.sampler import SampleConfig, accelerated, denoise_frames
 
@@ -269,47 +214,31 @@ class DenoisePanel(QWidget):
         every = frames_every(chain, k, b.image_size)
         cfg = SampleConfig(n=k, seed=seed, every=every, **self.form.sampler_form.kwargs())
         self._seed_used, self._t_used, self._original = seed, t, image
-        self._chain = []
-        self.player.clear()
-        self.player.set_expected(1 + kept_frames(chain, every))  # the noised starts, then the chain
-        self.messages.clear_error()
         for view in (self.start_view, self.starts_grid, self.results_grid):
             view.clear()
         self.start_title.setText(f"<b>noised start</b> (t = {t})")
         self.results_title.setText("<b>continuations</b>: the reverse process from each noised start")
-        self.messages.status(f"Noising to t = {t}, then {chain} reverse steps for {k} images…")
-        stop = threading.Event()
-        return self._denoising.start(
-            lambda: denoise_frames(accelerated(b), image, t=t, k=k, seed=seed, cfg=cfg, stop=stop),
-            on_stop=stop.set,
-            close_on_stop=True,
+        return self._start_chain(
+            lambda stop: denoise_frames(accelerated(b), image, t=t, k=k, seed=seed, cfg=cfg, stop=stop),
+            1 + kept_frames(chain, every),  # the noised starts, then the chain
+            f"Noising to t = {t}, then {chain} reverse steps for {k} images…",
         )
 
     @Slot()
     def stop(self) -> None:
-        self._denoising.stop()
+        self._job.stop()
 
     def _on_frame(self, f) -> None:  # f: SampleFrame
         if f.index < 0:  # the K noised starts
             self.start_view.set_images(f.xt[0])
             self.starts_grid.set_images(f.xt)
-        self._chain.append(f)
-        self.player.append_frame(f)
+        super()._on_frame(f)
 
-    def _on_failed(self, message: str) -> None:
-        self.messages.error(message)  # the JobSlot shows the dialog
+    def _done_text(self) -> str:
+        return f"Done: {len(self._frames[-1].xt)} continuations (seed {self._seed_used})."
 
-    def _on_done(self) -> None:
-        self.player.set_expected(0)
-        res = self.results()
-        if res is not None:
-            self.player.set_current(len(self._chain) - 1)
-            self.messages.status(f"Done: {len(res)} continuations (seed {self._seed_used}).")
-        elif not self.messages.has_error():
-            self.messages.status("Stopped.")
-
-    def shutdown(self, timeout_ms: int = 60000) -> None:
-        shutdown_jobs(self, timeout_ms)
+    def _stopped_text(self) -> str:
+        return "Stopped."
 
     # ------------------------------------------------------------------ frames
     @staticmethod
@@ -319,16 +248,16 @@ class DenoisePanel(QWidget):
         return f"reverse step {index + 1} of {total} · t = {t}" + (" · final" if final else "")
 
     def _frame_label(self, i: int, n: int) -> str:
-        if not 0 <= i < len(self._chain):
+        f = self._kept(i)
+        if f is None:
             return ""
-        f = self._chain[i]
         return self._label_text(f.index, f.total, f.t, f.final)
 
     @Slot(int)
     def _show_frame(self, i: int) -> None:
-        if not 0 <= i < len(self._chain):
+        f = self._kept(i)
+        if f is None:
             return
-        f = self._chain[i]
         if f.final:
             self.results_grid.set_images(f.xt, captions=[f"#{j + 1}" for j in range(len(f.xt))])
             self.results_title.setText(
@@ -342,17 +271,16 @@ class DenoisePanel(QWidget):
 
     # ------------------------------------------------------------------ results (tests, export)
     def results(self) -> np.ndarray | None:
-        if self._chain and self._chain[-1].final:
-            return self._chain[-1].xt
-        return None
+        """The K continuations of the last run, once it finished."""
+        return self.final_images()
 
     def noised_starts(self) -> np.ndarray | None:
-        return self._chain[0].xt if self._chain else None
+        return self._frames[0].xt if self._frames else None
 
     def _row_of(self):
         """xt -> the exported row: original, the first noised start, then the K images of xt. It holds the
         run's images itself: a new run may start while an export of this one is written."""
-        head = np.concatenate([self._original[None], self._chain[0].xt[:1]])
+        head = np.concatenate([self._original[None], self._frames[0].xt[:1]])
         return lambda xt: np.concatenate([head, xt])
 
     def save_png_row(self, path: str | Path | None = None) -> Path | None:
@@ -369,15 +297,14 @@ class DenoisePanel(QWidget):
     def save_animation(self, path: str | Path | None = None, fps: int | None = None) -> Path | None:
         """The row through the reverse chain (noised starts to results), as an animated GIF or WebP by the
         suffix, written in a worker. Returns as save_png_row does."""
-        if len(self._chain) < 2:
+        if not self._frames:
             return None
-        row_of, xts = self._row_of(), [f.xt for f in self._chain]
-        scale, columns = export_scale(xts[0].shape[1]), len(xts[0]) + 2
-        return self.exporter.save_animation(
+        row_of, columns = self._row_of(), len(self._frames[0].xt) + 2
+        scale = export_scale(self._frames[0].xt.shape[1])
+        return self._save_chain(
             path,
+            fps,
             "Save the reverse chain",
             "denoise.gif",
-            xts,
             lambda xt: tile(row_of(xt), columns=columns, scale=scale),
-            fps or self.player.fps(),
         )

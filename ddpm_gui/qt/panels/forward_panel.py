@@ -28,7 +28,6 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QPushButton,
-    QScrollArea,
     QSizePolicy,
     QSpinBox,
     QVBoxLayout,
@@ -45,7 +44,15 @@ from ddpm_gui.qt.player import FramePlayer
 from ddpm_gui.qt.schedule_view import ScheduleEditor, SchedulePlots
 from ddpm_gui.qt.state import AppState
 from ddpm_gui.qt.style import ERROR_STYLE, INFO_STYLE
-from ddpm_gui.qt.widgets import Messages, accept_file_drags, drop_kind, dropped_paths
+from ddpm_gui.qt.widgets import (
+    Messages,
+    accept_file_drags,
+    button,
+    drop_kind,
+    dropped_paths,
+    laid_out,
+    side_column,
+)
 from ddpm_gui.qt.workers import JobSlot, shutdown_jobs
 
 # Tests set this to False: errors are then shown in the panel only, never in a modal dialog.
@@ -116,37 +123,21 @@ class ForwardPanel(QWidget):
     # ------------------------------------------------------------------ UI
     def _build_ui(self) -> None:
         self.schedule_editor = ScheduleEditor(self)
-        left = QWidget(self)
-        lv = QVBoxLayout(left)
-        lv.setContentsMargins(0, 0, 4, 0)
-        lv.addWidget(self._image_box())
-        lv.addWidget(self.schedule_editor)
-        lv.addWidget(self._noise_box())
-        self.png_btn = QPushButton("Save PN&G strip…", left)
-        self.png_btn.setToolTip(
-            "The six steps below the player (iterative above, closed form below) as a PNG"
+        self.png_btn = button(
+            "Save PN&G strip…",
+            lambda: self.save_png_strip(),
+            "The six steps below the player (iterative above, closed form below) as a PNG",
         )
-        self.png_btn.clicked.connect(lambda: self.save_png_strip())
-        self.anim_btn = QPushButton("Save GIF / &WebP…", left)
-        self.anim_btn.setToolTip("Both processes side by side, x_0 to x_T, as an animated GIF or WebP")
-        self.anim_btn.clicked.connect(lambda: self.save_animation())
-        row = QHBoxLayout()
-        row.addWidget(self.png_btn)
-        row.addWidget(self.anim_btn)
-        lv.addLayout(row)
-        lv.addWidget(self.messages)
-        lv.addStretch(1)
-        scroll = QScrollArea(self)
-        scroll.setWidgetResizable(True)
-        scroll.setWidget(left)
-        scroll.setFrameShape(QScrollArea.Shape.NoFrame)
-        scroll.setFixedWidth(370)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.anim_btn = button(
+            "Save GIF / &WebP…",
+            lambda: self.save_animation(),
+            "Both processes side by side, x_0 to x_T, as an animated GIF or WebP",
+        )
+        boxes = [self._image_box(), self.schedule_editor, self._noise_box()]
+        scroll = side_column([*boxes, (self.png_btn, self.anim_btn), self.messages], 370, 370)
 
         self.plots = SchedulePlots(self)
-        right = QWidget(self)
-        rv = QVBoxLayout(right)
-        rv.setContentsMargins(0, 0, 0, 0)
+        right, rv = laid_out(QVBoxLayout, self)
         rv.addWidget(self.plots)
         rv.addWidget(self._views(), 1)
         rv.addWidget(self.frame_label)
@@ -209,9 +200,7 @@ class ForwardPanel(QWidget):
         return box
 
     def _views(self) -> QWidget:
-        views = QWidget(self)
-        vg = QGridLayout(views)
-        vg.setContentsMargins(0, 0, 0, 0)
+        views, vg = laid_out(QGridLayout, self)
         t1 = QLabel("<b>Iterative</b>  q(x<sub>t</sub> | x<sub>t−1</sub>), applied t times", views)
         t2 = QLabel("<b>Closed form</b>  q(x<sub>t</sub> | x<sub>0</sub>)", views)
         self.iter_view = ImageGrid(views, columns=1, captions_visible=False)
@@ -233,9 +222,7 @@ class ForwardPanel(QWidget):
         return views
 
     def _strip_row(self) -> QWidget:
-        strip_box = QWidget(self)
-        sh = QHBoxLayout(strip_box)
-        sh.setContentsMargins(0, 0, 0, 0)
+        strip_box, sh = laid_out(QHBoxLayout, self)
         sl = QLabel("top: iterative\nbottom: closed form", strip_box)
         sl.setStyleSheet(INFO_STYLE)
         self.steps_strip = ImageGrid(strip_box, columns=STRIP_FRAMES)

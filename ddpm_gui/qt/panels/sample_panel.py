@@ -10,11 +10,9 @@ the FramePlayer and exported (qt/exports.py) as a PNG grid or an animated GIF or
 from __future__ import annotations
 
 import math
-import threading
 from pathlib import Path
 
-import numpy as np
-from PySide6.QtCore import Qt, Signal, Slot
+from PySide6.QtCore import Slot
 from PySide6.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
@@ -24,30 +22,27 @@ from PySide6.QtWidgets import (
     QLabel,
     QMenu,
     QPushButton,
-    QScrollArea,
     QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
-from ddpm_gui.qt.exports import Exporter, export_scale, tile
+from ddpm_gui.qt.exports import export_scale, tile
 from ddpm_gui.qt.imageview import ImageGrid
+from ddpm_gui.qt.panels.chain_panel import ChainPanel
 from ddpm_gui.qt.player import FramePlayer
 from ddpm_gui.qt.state import AppState
 from ddpm_gui.qt.style import INFO_STYLE
 from ddpm_gui.qt.widgets import (
-    NO_MODEL_TEXT,
-    Messages,
-    ModelLoader,
     SamplerForm,
-    accept_file_drags,
-    describe_bundle,
+    button,
     drop_kind,
     dropped_paths,
     frames_every,
     kept_frames,
+    laid_out,
+    side_column,
 )
-from ddpm_gui.qt.workers import JobSlot, shutdown_jobs
 
 # Tests set this to False: errors are then shown in the panel only, never in a modal dialog.
 SHOW_DIALOGS = True
@@ -62,72 +57,31 @@ def _dialogs() -> bool:
     return SHOW_DIALOGS
 
 
-class SamplePanel(QWidget):
-    exported = Signal(object)  # the Path of a finished export
-
+class SamplePanel(ChainPanel):
     def __init__(self, state: AppState, parent: QWidget | None = None):
-        super().__init__(parent)
-        self.state = state
-        self._frames: list = []
+        super().__init__(state, _dialogs, "Sampling failed", parent)
         self._run_info = ""
-        self.messages = Messages(state, _dialogs, self)
-        self.status_label, self.error_label = self.messages.status_label, self.messages.error_label
         self.export_bar = self.messages.busy_bar
-        self._sampling = JobSlot(
-            self,
-            self._on_frame,
-            self._on_failed,
-            self._on_done,
-            error_title="Sampling failed",
-            dialogs=_dialogs,
-        )
-        self.loader = ModelLoader(self, state, self.messages, _dialogs)
-        self.exporter = Exporter(self, state, self.messages, _dialogs, bundle=lambda: self.state.bundle)
-        self.exporter.exported.connect(self.exported)
-        self._build_ui()
-        for slot in (self._sampling, self.loader, self.exporter):
-            slot.busyChanged.connect(self._update_buttons)
-        state.bundleChanged.connect(self._on_bundle)
         self._on_bundle(state.bundle)
-        self.setAcceptDrops(True)
 
     # ------------------------------------------------------------------ UI
     def _build_ui(self) -> None:
-        left = QWidget()
-        lv = QVBoxLayout(left)
-        lv.setContentsMargins(0, 0, 4, 0)
-        lv.addWidget(self._model_box())
-        lv.addWidget(self._settings_box())
-        self.generate_btn = QPushButton("&Generate")
+        self.generate_btn = button("&Generate", self.generate)
         self.generate_btn.setDefault(True)
-        self.generate_btn.clicked.connect(self.generate)
-        self.stop_btn = QPushButton("St&op")
-        self.stop_btn.clicked.connect(self.stop)
-        self.png_btn = QPushButton("Save P&NG grid…")
-        self.png_btn.setToolTip("The final samples as one PNG mosaic")
-        self.png_btn.clicked.connect(lambda: self.save_png_grid())
-        self.anim_btn = QPushButton("Save G&IF / WebP…")
-        self.anim_btn.setToolTip(
-            "The reverse process as an animated GIF or WebP (pick the type in the dialog)"
+        self.stop_btn = button("St&op", self.stop)
+        self.png_btn = button(
+            "Save P&NG grid…", lambda: self.save_png_grid(), "The final samples as one PNG mosaic"
         )
-        self.anim_btn.clicked.connect(lambda: self.save_animation())
-        for pair in ((self.generate_btn, self.stop_btn), (self.png_btn, self.anim_btn)):
-            row = QHBoxLayout()
-            for b in pair:
-                row.addWidget(b)
-            lv.addLayout(row)
-        lv.addWidget(self.messages)
-        lv.addStretch(1)
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setWidget(left)
-        scroll.setFrameShape(QScrollArea.Shape.NoFrame)
-        scroll.setMinimumWidth(320)
-        scroll.setMaximumWidth(400)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-
+        self.anim_btn = button(
+            "Save G&IF / WebP…",
+            lambda: self.save_animation(),
+            "The reverse process as an animated GIF or WebP (pick the type in the dialog)",
+        )
+        rows = ((self.generate_btn, self.stop_btn), (self.png_btn, self.anim_btn))
         outer = QHBoxLayout(self)
-        outer.addWidget(scroll)
+        outer.addWidget(
+            side_column([self._model_box(), self._settings_box(), *rows, self.messages], 320, 400)
+        )
         outer.addWidget(self._process_view(), 1)
         self.class_combo.currentIndexChanged.connect(self._update_buttons)
         self._update_buttons()
@@ -141,10 +95,6 @@ class SamplePanel(QWidget):
         menu.addAction("Checkpoint file (.safetensors)…", lambda: self.load_checkpoint())
         menu.addAction("Run folder (its newest checkpoint)…", lambda: self.load_checkpoint(folder=True))
         self.load_btn.setMenu(menu)
-        self.model_label = QLabel(NO_MODEL_TEXT)
-        self.model_label.setWordWrap(True)
-        self.model_label.setStyleSheet(INFO_STYLE)
-        self.model_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         box = QGroupBox("Model")
         v = QVBoxLayout(box)
         v.addWidget(self.model_label)
@@ -195,9 +145,7 @@ class SamplePanel(QWidget):
             grids.addLayout(col, 1)
         self.frame_label = QLabel("")
         self.frame_label.setStyleSheet(INFO_STYLE)
-        right = QWidget()
-        rv = QVBoxLayout(right)
-        rv.setContentsMargins(4, 0, 0, 0)
+        right, rv = laid_out(QVBoxLayout, margins=(4, 0, 0, 0))
         rv.addLayout(grids, 1)
         rv.addWidget(self.player)
         rv.addWidget(self.frame_label)
@@ -210,12 +158,11 @@ class SamplePanel(QWidget):
 
     @Slot(object)
     def _on_bundle(self, b: object) -> None:
+        self._show_model(b)
         if b is None:
-            self.model_label.setText(NO_MODEL_TEXT)
             self.player.set_label_func(self._frame_label)
         else:
             T = b.schedule.T  # type: ignore[attr-defined]
-            self.model_label.setText(describe_bundle(b))
             self.sampler_form.set_T(T)
             self.player.set_label_func(self._frame_label, widest=f"step {T} / {T} · t = {T - 1} · final")
         self._fill_classes(b)
@@ -239,9 +186,6 @@ class SamplePanel(QWidget):
         failure becomes a message. None: ask for a file (or a folder)."""
         return self.loader.load(path, folder)
 
-    def dragEnterEvent(self, event) -> None:  # Qt API
-        accept_file_drags(event)
-
     def dropEvent(self, event) -> None:  # Qt API
         paths = dropped_paths(event)
         for path in paths:
@@ -253,21 +197,15 @@ class SamplePanel(QWidget):
             self.messages.error(f"{paths[0].name}: not a checkpoint or a run folder. {DROP_HINT}")
 
     # ------------------------------------------------------------------ sampling
-    def is_busy(self) -> bool:
-        return any(s.is_busy() for s in self.findChildren(JobSlot))
-
     def is_sampling(self) -> bool:
-        return self._sampling.is_busy()
+        return self._job.is_busy()
 
     def is_loading(self) -> bool:
         return self.loader.is_busy()
 
-    def is_exporting(self) -> bool:
-        return self.exporter.is_busy()
-
     def _update_buttons(self, *_args) -> None:
         b = self.bundle()
-        running = self._sampling.is_busy()
+        running = self._job.is_busy()
         self.generate_btn.setEnabled(b is not None and not running)
         self.stop_btn.setEnabled(running)
         self.load_btn.setEnabled(not self.loader.is_busy())
@@ -295,7 +233,7 @@ class SamplePanel(QWidget):
     @Slot()
     def generate(self) -> bool:
         b = self.bundle()
-        if b is None or self._sampling.is_busy():
+        if b is None or self._job.is_busy():
             return False
         from ddpm_gui.engine.sampler import accelerated, sample_frames
         from ddpm_gui.errors import DDPMError
@@ -308,57 +246,41 @@ class SamplePanel(QWidget):
         except DDPMError as e:
             self.messages.error(str(e), "Cannot sample")
             return False
-        self.messages.clear_error()
-        self.player.clear()
-        self._frames = []
-        self.player.set_expected(kept_frames(chain, cfg.every))
         sampler = self.sampler_form.combo.currentText()
         self._run_info = f"{sampler}, {chain} steps, seed {cfg.seed}"
-        self.messages.status(f"Sampling {cfg.n} images ({self._run_info})…")
-        stop = threading.Event()
-        return self._sampling.start(
-            lambda: sample_frames(accelerated(b), cfg, stop=stop), on_stop=stop.set, close_on_stop=True
+        return self._start_chain(
+            lambda stop: sample_frames(accelerated(b), cfg, stop=stop),
+            kept_frames(chain, cfg.every),
+            f"Sampling {cfg.n} images ({self._run_info})…",
         )
 
     @Slot()
     def stop(self) -> None:
-        if self._sampling.is_busy():
-            self._sampling.stop()
+        if self._job.is_busy():
+            self._job.stop()
             self.messages.status("Stopping…")
 
-    def _on_frame(self, frame: object) -> None:
-        self._frames.append(frame)
-        self.player.append_frame(frame)
+    def _done_text(self) -> str:
+        return f"Done: {len(self._frames)} frames kept ({self._run_info})."
 
-    def _on_failed(self, message: str) -> None:
-        self.messages.error(message)  # the JobSlot shows the dialog
-
-    def _on_done(self) -> None:
-        self.player.set_expected(0)
-        if self._frames and self._frames[-1].final:
-            self.messages.status(f"Done: {len(self._frames)} frames kept ({self._run_info}).")
-            self.player.set_current(len(self._frames) - 1)
-        elif not self.messages.has_error():
-            self.messages.status(f"Stopped after {len(self._frames)} frames.")
-
-    def shutdown(self, timeout_ms: int = 60000) -> None:
-        shutdown_jobs(self, timeout_ms)
+    def _stopped_text(self) -> str:
+        return f"Stopped after {len(self._frames)} frames."
 
     # ------------------------------------------------------------------ frames
     def frames(self) -> list:
         return list(self._frames)
 
     def _frame_label(self, i: int, n: int) -> str:
-        if not 0 <= i < len(self._frames):
+        f = self._kept(i)
+        if f is None:
             return ""
-        f = self._frames[i]
         return f"step {f.index + 1} / {f.total} · t = {f.t}" + (" · final" if f.final else "")
 
     @Slot(int)
     def _show_frame(self, i: int) -> None:
-        if not 0 <= i < len(self._frames):
+        f = self._kept(i)
+        if f is None:
             return
-        f = self._frames[i]
         cols = max(1, math.ceil(math.sqrt(len(f.xt))))
         self.xt_grid.set_images(f.xt, columns=cols)
         self.x0_grid.set_images(f.x0, columns=cols)
@@ -371,11 +293,6 @@ class SamplePanel(QWidget):
         )
 
     # ------------------------------------------------------------------ export
-    def final_images(self) -> np.ndarray | None:
-        if self._frames and self._frames[-1].final:
-            return self._frames[-1].xt
-        return None
-
     def export_folder(self) -> Path:
         return self.exporter.folder()
 
@@ -393,15 +310,9 @@ class SamplePanel(QWidget):
     def save_animation(self, path: str | Path | None = None, fps: int | None = None) -> Path | None:
         """Write the x_t frames as an animated GIF or WebP (by the suffix; loops, holds the final samples a
         little longer), in a worker. Returns as save_png_grid does."""
-        if len(self._frames) < 2:
+        if not self._frames:
             return None
         scale = export_scale(self._frames[0].xt.shape[1])
-        xts = [f.xt for f in self._frames]
-        return self.exporter.save_animation(
-            path,
-            "Save animation",
-            "reverse_process.gif",
-            xts,
-            lambda xt: tile(xt, scale=scale),
-            fps or self.player.fps(),
+        return self._save_chain(
+            path, fps, "Save animation", "reverse_process.gif", lambda xt: tile(xt, scale=scale)
         )
