@@ -203,18 +203,28 @@ def _lock_case(rng: random.Random, run: Path, outside: Path) -> list[str]:
 
 # ----------------------------------------------------------------------------- readers vs a pruning writer
 
-WRITER = """
+
+def write_until(run: Path, stop: Path) -> int:
+    """Save and prune to 1 checkpoint (`--checkpoint-every 1 --keep 1`) as fast as possible until `stop`
+    exists; the last step saved."""
+    from ddpm_gui.engine import checkpoint as ck
+
+    tensors, meta = ck.load_checkpoint(ck.checkpoint_path(run, 1))
+    step = 1
+    while not stop.exists():
+        step += 1
+        p = ck.save_checkpoint(ck.checkpoint_path(run, step), tensors, {**meta, "step": step})
+        ck.prune_checkpoints(run, 1, protect=[p])
+    return step
+
+
+# write_until in a second process
+WRITER = f"""
 import sys
 from pathlib import Path
-from ddpm_gui.engine import checkpoint as ck
-run, stop = Path(sys.argv[1]), Path(sys.argv[2])
-tensors, meta = ck.load_checkpoint(ck.checkpoint_path(run, 1))
-step = 1
-while not stop.exists():
-    step += 1
-    p = ck.save_checkpoint(ck.checkpoint_path(run, step), tensors, {**meta, "step": step})
-    ck.prune_checkpoints(run, 1, protect=[p])
-print(step)
+sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
+from io_campaign import write_until
+print(write_until(Path(sys.argv[1]), Path(sys.argv[2])))
 """
 
 
@@ -241,16 +251,9 @@ def _reader_call(which: str, small: Path, model: Path) -> tuple[list[str], int]:
 def _thread_writer(run: Path, stop: Path, saves: list[int]) -> threading.Thread:
     """WRITER in a thread of this process: the interpreter switches threads every few milliseconds, often
     right between a reader's listing and its open (a wider window than a second process on another core)."""
-    from ddpm_gui.engine import checkpoint as ck
 
     def loop() -> None:
-        tensors, meta = ck.load_checkpoint(ck.checkpoint_path(run, 1))
-        step = 1
-        while not stop.exists():
-            step += 1
-            p = ck.save_checkpoint(ck.checkpoint_path(run, step), tensors, {**meta, "step": step})
-            ck.prune_checkpoints(run, 1, protect=[p])
-        saves.append(step)
+        saves.append(write_until(run, stop))
 
     t = threading.Thread(target=loop, daemon=True)
     t.start()

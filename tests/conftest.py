@@ -40,3 +40,15 @@ def data():
 def run_all(trainer) -> list:
     """Every event of a run."""
     return list(trainer.run())
+
+
+def load_script(name: str):
+    """scripts/<name>.py as a module (the fault-injection and I/O campaigns that tests run in short form)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

@@ -6,7 +6,6 @@ counts: `python scripts/fault_injection.py --campaign io --runs N` (scripts/io_c
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import stat
 import threading
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_script
 
 from ddpm_gui import cli
 from ddpm_gui.engine import checkpoint as ck
@@ -458,10 +458,7 @@ def test_run_lock_never_rewrites_a_foreign_lock_file(tmp_path):
 
 
 def _campaign():
-    spec = importlib.util.spec_from_file_location("io_campaign", ROOT / "scripts" / "io_campaign.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("io_campaign")
 
 
 def test_io_campaign_short_form(tmp_path):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import errno
-import importlib.util
 import json
 import os
 import subprocess
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_all, small_config
+from conftest import load_script, run_all, small_config
 
 from ddpm_gui import cli
 from ddpm_gui.data import load_data
@@ -505,10 +504,7 @@ def test_cli_disk_full_is_one_line_and_resume_finishes(tmp_path, data):
 
 
 def _fault_injection():
-    spec = importlib.util.spec_from_file_location("fault_injection", ROOT / "scripts" / "fault_injection.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("fault_injection")
 
 
 def test_sigkill_fault_injection_ci_subset(tmp_path):

@@ -41,25 +41,22 @@ class Recipe:
 # what every recipe sets alike: the tutorial's image size, a short warm-up, a preview every 250 steps
 _BOTH = dict(image_size=32, warmup_steps=100, preview_every=250)
 
-RECIPES: dict[str, Recipe] = {
-    r.name: r
-    for r in (
-        Recipe(
-            "quick-cpu",
-            "tiny class-conditional UNet, batch 64, lr 1e-3, cosine schedule with v-prediction, 1,700 "
-            "steps: recognisable built-in shapes in about 10 minutes on a 2-core CPU",
-            dict(_BOTH, preset="tiny", batch_size=64, steps=1700, lr=1e-3, ema_decay=0.995,
-                 schedule=SCHEDULE_PRESETS["cosine"], prediction="v", conditional=True),
-        ),
-        Recipe(
-            "tutorial",
-            "the article's settings: its 42M UNet, batch 128, lr 3e-4, linear beta over T=100 "
-            "(hours on a CPU, minutes on a GPU)",
-            dict(_BOTH, preset="tutorial", batch_size=128, steps=2000, lr=3e-4, ema_decay=0.999,
-                 schedule=SCHEDULE_PRESETS["tutorial"], prediction="eps", conditional=False),
-        ),
-    )
-}  # fmt: skip
+_QUICK_CPU = Recipe(
+    "quick-cpu",
+    "tiny class-conditional UNet, batch 64, lr 1e-3, cosine schedule with v-prediction, 1,700 steps: "
+    "recognisable built-in shapes in about 10 minutes on a 2-core CPU",
+    dict(_BOTH, preset="tiny", batch_size=64, steps=1700, lr=1e-3, ema_decay=0.995, conditional=True,
+         schedule=SCHEDULE_PRESETS["cosine"], prediction="v"),
+)  # fmt: skip
+# the article's own settings
+_TUTORIAL = Recipe(
+    "tutorial",
+    "the article's settings: its 42M UNet, batch 128, lr 3e-4, linear beta over T=100 (hours on a CPU, "
+    "minutes on a GPU)",
+    dict(_BOTH, preset="tutorial", batch_size=128, steps=2000, lr=3e-4, ema_decay=0.999, conditional=False,
+         schedule=SCHEDULE_PRESETS["tutorial"], prediction="eps"),
+)  # fmt: skip
+RECIPES: dict[str, Recipe] = {r.name: r for r in (_QUICK_CPU, _TUTORIAL)}
 
 
 def get_recipe(name: str) -> Recipe:

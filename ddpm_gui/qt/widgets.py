@@ -305,11 +305,11 @@ def drop_kind(path: Path) -> str:
 
 
 def button(text: str, slot: Callable, tip: str = "", parent: QWidget | None = None) -> QPushButton:
-    """A push button that calls `slot` when clicked, with the tooltip `tip`."""
+    """A push button that calls slot() (without clicked's `checked`) when clicked, with the tooltip `tip`."""
     b = QPushButton(text, parent)
     if tip:
         b.setToolTip(tip)
-    b.clicked.connect(slot)
+    b.clicked.connect(lambda: slot())
     return b
 
 

@@ -21,7 +21,15 @@ from ddpm_gui.qt.exports import Exporter
 from ddpm_gui.qt.player import FramePlayer
 from ddpm_gui.qt.state import AppState
 from ddpm_gui.qt.style import INFO_STYLE
-from ddpm_gui.qt.widgets import NO_MODEL_TEXT, Messages, ModelLoader, accept_file_drags, describe_bundle
+from ddpm_gui.qt.widgets import (
+    NO_MODEL_TEXT,
+    Messages,
+    ModelLoader,
+    accept_file_drags,
+    describe_bundle,
+    drop_kind,
+    dropped_paths,
+)
 from ddpm_gui.qt.workers import JobSlot, shutdown_jobs
 
 
@@ -73,6 +81,28 @@ class ChainPanel(QWidget):
 
     def dragEnterEvent(self, event) -> None:  # Qt API
         accept_file_drags(event)
+
+    def dropEvent(self, event) -> None:  # Qt API
+        """The first checkpoint or run folder dropped becomes the app's model, unless `_drop_other` takes a
+        path before it; `_nothing_taken` answers a drop that nothing took."""
+        paths = dropped_paths(event)
+        for path in paths:
+            kind = drop_kind(path)
+            if kind in ("checkpoint", "run"):
+                event.acceptProposedAction()
+                self.loader.load(path)
+                return
+            if self._drop_other(path, kind):
+                event.acceptProposedAction()
+                return
+        self._nothing_taken(paths)
+
+    def _drop_other(self, path: Path, kind: str) -> bool:
+        """A dropped path that is no model (drop_kind `kind`): True when the panel took it."""
+        return False
+
+    def _nothing_taken(self, paths: list[Path]) -> None:
+        """No dropped path was taken."""
 
     def is_busy(self) -> bool:
         return any(s.is_busy() for s in self.findChildren(JobSlot))

@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (
 )
 
 from ddpm_gui.qt.style import INFO_STYLE
+from ddpm_gui.qt.widgets import laid_out
 
 # source kinds, in the order of the combo
 BUILTIN, HUB, FOLDER, FILE = "builtin", "hub", "folder", "file"
@@ -79,9 +80,7 @@ class SourceForm(QGroupBox):
         self.hub_label.setBuddy(self.hub_combo)
         form.addRow(self.hub_label, self.hub_combo)
 
-        self.path_row = QWidget(self)
-        ph = QHBoxLayout(self.path_row)
-        ph.setContentsMargins(0, 0, 0, 0)
+        self.path_row, ph = laid_out(QHBoxLayout, self)
         self.path_edit = QLineEdit(self.path_row)
         self.path_edit.setPlaceholderText("a folder of images, or a .parquet / .arrow file")
         self.path_edit.setClearButtonEnabled(True)
@@ -94,23 +93,30 @@ class SourceForm(QGroupBox):
         form.addRow(self.path_label, self.path_row)
 
     def _build_size_rows(self, form: QFormLayout) -> None:
-        self.size_spin = QSpinBox(self)
-        self.size_spin.setRange(8, 1024)
+        self.size_spin = self._spin_row(
+            form,
+            "Image si&ze:",
+            8,
+            1024,
+            "Images are cropped to their centre square, then resized to this size",
+        )
         self.size_spin.setValue(32)
         self.size_spin.setSuffix(" px")
-        self.size_spin.setToolTip("Images are cropped to their centre square, then resized to this size")
-        size_lbl = QLabel("Image si&ze:", self)
-        size_lbl.setBuddy(self.size_spin)
-        form.addRow(size_lbl, self.size_spin)
-
-        self.limit_spin = QSpinBox(self)
-        self.limit_spin.setRange(0, 10_000_000)
+        self.limit_spin = self._spin_row(
+            form, "&Limit:", 0, 10_000_000, "Use only the first N images (0 = all)"
+        )
         self.limit_spin.setSingleStep(1000)
         self.limit_spin.setSpecialValueText("all")
-        self.limit_spin.setToolTip("Use only the first N images (0 = all)")
-        limit_lbl = QLabel("&Limit:", self)
-        limit_lbl.setBuddy(self.limit_spin)
-        form.addRow(limit_lbl, self.limit_spin)
+
+    def _spin_row(self, form: QFormLayout, label: str, lo: int, hi: int, tip: str) -> QSpinBox:
+        """A spin box from lo to hi in a new row of `form`, after a label that is its buddy."""
+        spin = QSpinBox(self)
+        spin.setRange(lo, hi)
+        spin.setToolTip(tip)
+        buddy = QLabel(label, self)
+        buddy.setBuddy(spin)
+        form.addRow(buddy, spin)
+        return spin
 
     def _build_load_rows(self, form: QFormLayout) -> None:
         btn_row = QHBoxLayout()

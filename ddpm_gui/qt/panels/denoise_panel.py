@@ -32,16 +32,7 @@ from ddpm_gui.qt.panels.chain_panel import ChainPanel
 from ddpm_gui.qt.panels.denoise_form import DenoiseForm
 from ddpm_gui.qt.player import FramePlayer
 from ddpm_gui.qt.state import AppState
-from ddpm_gui.qt.widgets import (
-    NO_MODEL_TEXT,
-    button,
-    drop_kind,
-    dropped_paths,
-    frames_every,
-    kept_frames,
-    laid_out,
-    side_column,
-)
+from ddpm_gui.qt.widgets import NO_MODEL_TEXT, button, frames_every, kept_frames, laid_out, side_column
 
 # Tests set this to False: errors are then shown in the panel only, never in a modal dialog.
 SHOW_DIALOGS = True
@@ -83,12 +74,12 @@ class DenoisePanel(ChainPanel):
         )
         self.png_btn = button(
             "Save PN&G row…",
-            lambda: self.save_png_row(),
+            self.save_png_row,
             "Original, noised start and the K results in one row, as a PNG",
         )
         self.anim_btn = button(
             "Save GIF / &WebP…",
-            lambda: self.save_animation(),
+            self.save_animation,
             "That row through the reverse chain, as an animated GIF or WebP",
         )
         rows = ((self.run_btn, self.stop_btn), (self.rerun_btn,), (self.png_btn, self.anim_btn))
@@ -140,21 +131,15 @@ class DenoisePanel(ChainPanel):
         self.original_view.set_images(self.image())
         self.original_title.setText(f"<b>original</b> ({self.form.image_caption()})")
 
-    def dropEvent(self, event) -> None:  # Qt API
-        for path in dropped_paths(event):
-            kind = drop_kind(path)
-            if kind in ("checkpoint", "run"):
-                event.acceptProposedAction()
-                self.loader.load(path)
-                return
-            if kind == "image" and self.open_image(path):
-                event.acceptProposedAction()
-                return
-            if kind == "folder":
-                self.messages.error(
-                    f"{path.name} is a folder, not an image or a run folder: open image folders in the Data "
-                    "tab; drop an image file, a checkpoint or a run folder here."
-                )
+    def _drop_other(self, path: Path, kind: str) -> bool:
+        if kind == "image":
+            return self.open_image(path)
+        if kind == "folder":
+            self.messages.error(
+                f"{path.name} is a folder, not an image or a run folder: open image folders in the Data "
+                "tab; drop an image file, a checkpoint or a run folder here."
+            )
+        return False
 
     # ------------------------------------------------------------------ model
     @Slot(object)

@@ -60,11 +60,17 @@ SHOW_DIALOGS = True
 
 STRIP_FRAMES = 6  # the tutorial's figure: 6 evenly spaced steps
 STRIP_COLUMNS = 8  # images of the dataset shown in the chooser strip
+EXPORT_TITLE = "Save the forward process"  # the save dialogs' title
 IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.bmp *.gif *.webp *.tif *.tiff);;All files (*)"
 
 
 def _dialogs() -> bool:
     return SHOW_DIALOGS
+
+
+def _tiled(images: np.ndarray, columns: int) -> np.ndarray:
+    """The exported mosaic of these images, `columns` wide, upscaled as every export is."""
+    return tile(images, columns=columns, scale=export_scale(images.shape[1]))
 
 
 def _frames_job(image: np.ndarray, sched, seed: int, generation: int, stop: threading.Event):
@@ -125,12 +131,12 @@ class ForwardPanel(QWidget):
         self.schedule_editor = ScheduleEditor(self)
         self.png_btn = button(
             "Save PN&G strip…",
-            lambda: self.save_png_strip(),
+            self.save_png_strip,
             "The six steps below the player (iterative above, closed form below) as a PNG",
         )
         self.anim_btn = button(
             "Save GIF / &WebP…",
-            lambda: self.save_animation(),
+            self.save_animation,
             "Both processes side by side, x_0 to x_T, as an animated GIF or WebP",
         )
         boxes = [self._image_box(), self.schedule_editor, self._noise_box()]
@@ -473,12 +479,8 @@ class ForwardPanel(QWidget):
         f, picks = self._frames, self._strip_picks
         if f is None or not len(picks):
             return None
-        scale = export_scale(f.closed.shape[1])
         return self.exporter.save_png(
-            path,
-            "Save the forward process",
-            "forward.png",
-            lambda: tile(self._strip_images(f, picks), columns=len(picks), scale=scale),
+            path, EXPORT_TITLE, "forward.png", lambda: _tiled(self._strip_images(f, picks), len(picks))
         )
 
     def save_animation(self, path: str | Path | None = None, fps: int | None = None) -> Path | None:
@@ -488,13 +490,12 @@ class ForwardPanel(QWidget):
         f = self._frames
         if f is None:
             return None
-        scale = export_scale(f.closed.shape[1])
         return self.exporter.save_animation(
             path,
-            "Save the forward process",
+            EXPORT_TITLE,
             "forward.gif",
             animation_picks(len(f.ts)),
-            lambda i: tile(np.stack([f.iterative[i], f.closed[i]]), columns=2, scale=scale),
+            lambda i: _tiled(np.stack([f.iterative[i], f.closed[i]]), 2),
             fps or self.player.fps(),
         )
 

@@ -33,16 +33,7 @@ from ddpm_gui.qt.panels.chain_panel import ChainPanel
 from ddpm_gui.qt.player import FramePlayer
 from ddpm_gui.qt.state import AppState
 from ddpm_gui.qt.style import INFO_STYLE
-from ddpm_gui.qt.widgets import (
-    SamplerForm,
-    button,
-    drop_kind,
-    dropped_paths,
-    frames_every,
-    kept_frames,
-    laid_out,
-    side_column,
-)
+from ddpm_gui.qt.widgets import SamplerForm, button, frames_every, kept_frames, laid_out, side_column
 
 # Tests set this to False: errors are then shown in the panel only, never in a modal dialog.
 SHOW_DIALOGS = True
@@ -69,12 +60,10 @@ class SamplePanel(ChainPanel):
         self.generate_btn = button("&Generate", self.generate)
         self.generate_btn.setDefault(True)
         self.stop_btn = button("St&op", self.stop)
-        self.png_btn = button(
-            "Save P&NG grid…", lambda: self.save_png_grid(), "The final samples as one PNG mosaic"
-        )
+        self.png_btn = button("Save P&NG grid…", self.save_png_grid, "The final samples as one PNG mosaic")
         self.anim_btn = button(
             "Save G&IF / WebP…",
-            lambda: self.save_animation(),
+            self.save_animation,
             "The reverse process as an animated GIF or WebP (pick the type in the dialog)",
         )
         rows = ((self.generate_btn, self.stop_btn), (self.png_btn, self.anim_btn))
@@ -186,13 +175,7 @@ class SamplePanel(ChainPanel):
         failure becomes a message. None: ask for a file (or a folder)."""
         return self.loader.load(path, folder)
 
-    def dropEvent(self, event) -> None:  # Qt API
-        paths = dropped_paths(event)
-        for path in paths:
-            if drop_kind(path) in ("checkpoint", "run"):
-                event.acceptProposedAction()
-                self.load_checkpoint(path)
-                return
+    def _nothing_taken(self, paths: list[Path]) -> None:
         if paths:
             self.messages.error(f"{paths[0].name}: not a checkpoint or a run folder. {DROP_HINT}")
 
