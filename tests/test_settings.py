@@ -244,3 +244,9 @@ def test_cli_abbreviations_train_what_was_typed(tmp_path):
     assert code == 0
     cfg = load_run_config(run)
     assert (cfg.batch_size, cfg.steps) == (4, 3)
+
+
+@pytest.mark.parametrize("text", ["\x7f", "a\x00b", 'quote " and \\ backslash', "\u2028", "\x1f", "é ✓"])
+def test_toml_keeps_any_text_setting(text):
+    """Found by the round-trip property: TOML refuses a raw DEL, which JSON's escaping leaves as it is."""
+    assert parse_config_toml(config_toml({"data": text}))["data"] == text

@@ -264,7 +264,8 @@ def _toml_value(v) -> str:
     if isinstance(v, float):
         return repr(v)  # shortest round-trip form; TOML reads 1e-05 and 0.0003 alike
     if isinstance(v, str):
-        return json.dumps(v, ensure_ascii=False)  # JSON's escapes are all valid in a TOML basic string
+        # JSON's escapes are all valid in a TOML basic string; TOML also refuses a raw DEL (U+007F)
+        return json.dumps(v, ensure_ascii=False).replace("\x7f", "\\u007f")
     raise ConfigError(f"Cannot write {v!r} to a TOML file.")
 
 
