@@ -227,7 +227,10 @@ def end_process(win, rc: int, timing: bool = False) -> None:
     exit handlers run, the output flushed. A normal interpreter exit would then spend seconds tearing
     down torch, datasets and Qt (measured: 2-3 s of garbage collection and library destructors on a busy
     2-core machine) with nothing left to save. Returns (a normal exit follows) while work is unfinished."""
-    if unfinished_work(win):
+    left = unfinished_work(win)
+    if left:
+        if timing:
+            print(f"a normal exit waits for: {', '.join(left)}", flush=True)
         return
     win.settings.sync()
     atexit._run_exitfuncs()  # the libraries' exit handlers (temporary files, logging) still run

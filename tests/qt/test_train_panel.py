@@ -266,6 +266,11 @@ def test_run_view_names_the_cpu_threads_really_used(qtbot):
     view.show_event(_started())
     view.show_event(_progress(10, 0.4))
     assert view.stats_label.text().endswith(f"· cpu (1 {of})")
+    view.start(TrainConfig(threads=0), "/tmp/run", resumed=False)  # the trainer's Started says it all
+    view.show_event(
+        ev.Started(0, 100, "cpu", 1000, None, "builtin", 64, "/r", False, 4, threads=1, threads_auto=True)
+    )
+    assert f"cpu (1 {of}, auto)" in view.stats_label.text()
     view.start(TrainConfig(), "/tmp/run", resumed=False)
     view.show_event(_started("cuda:0 (Some GPU)"))
     view.show_event(_progress(10, 0.4))

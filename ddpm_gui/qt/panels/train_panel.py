@@ -20,7 +20,6 @@ settings rows (lettered by the form) and the menus never take.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from PySide6.QtCore import Slot
@@ -43,9 +42,10 @@ from ddpm_gui.qt.mnemonics import WINDOW_KEYS, mnemonic
 from ddpm_gui.qt.state import AppState
 from ddpm_gui.qt.train.fields import OUTPUT
 from ddpm_gui.qt.train.form import SettingsForm, setting_values
+from ddpm_gui.qt.train.jobs import BundleReady, devices, is_progress, train_iter
 from ddpm_gui.qt.train.model_size import ModelSize
 from ddpm_gui.qt.train.quality import QualityBox
-from ddpm_gui.qt.train.run_view import RunView, ThreadsUsed
+from ddpm_gui.qt.train.run_view import RunView
 from ddpm_gui.qt.workers import JobSlot, show_warning, shutdown_jobs
 
 # Tests set this to False: failures are then shown in the panel only, never in a dialog.
@@ -82,13 +82,6 @@ TEXTS = {
     "use": "Use current &weights",
 }
 STATUS_MS = 8000  # how long a passing message ("Training started…") stays in the status bar
-
-
-@dataclass
-class BundleReady:
-    """Yielded by the worker after the Trainer ended: the final (EMA) model, built off the GUI thread."""
-
-    bundle: object
 
 
 def default_runs_root() -> Path:
@@ -130,7 +123,7 @@ class TrainPanel(QWidget):
         self.form.changed.connect(self._on_form_changed)
         self.state.dataChanged.connect(self._on_data_changed)
         self._on_data_changed(self.state.data)
-        self.device_slot.start(_devices)
+        self.device_slot.start(devices)
         self._validate()
 
     # ------------------------------------------------------------------ UI
@@ -397,11 +390,13 @@ class TrainPanel(QWidget):
         self._trainer, self._run_cfg, self._run_dir, self._resume_dir = trainer, cfg, run_dir, None
         self._last_checkpoint, self._last_step, self.last_finished = None, 0, None
         self.view.start(cfg, run_dir, resumed)
+        if not resumed:
+            self.quality.forget()
         self.train_slot.start(
-            lambda: _train_iter(trainer),
+            lambda: train_iter(trainer),
             throttle_s=0.05,
             coalesce=coalesce_progress,
-            holdable=_is_progress,
+            holdable=is_progress,
             on_stop=trainer.stop,
             close_on_stop=False,
         )
@@ -470,7 +465,7 @@ class TrainPanel(QWidget):
         self.view.log(f"Published the weights of step {step} to Sample and Denoise")
 
     def _on_snapshot_failed(self, message: str) -> None:
-        self.state.show_status(f"No weights yet: {message}")
+        self.state.show_status(f"No weights yet: {message}", STATUS_MS)
 
     # ------------------------------------------------------------------ the quality check
     def _eval_source(self):
@@ -585,40 +580,3 @@ def _button(text: str, slot, tip: str) -> QPushButton:
     b.setToolTip(tip)
     b.clicked.connect(slot)
     return b
-
-
-def _devices():
-    """Worker: the devices present (imports torch off the GUI thread). The CPU is named by its cores, not
-    by a thread count: the CPU threads row says how many are used, and that count may change."""
-    from ddpm_gui.engine.device import describe_devices, pick_device, usable_cpus
-
-    cores = f"{usable_cpus()} core{'s' if usable_cpus() != 1 else ''}"
-    names = {"cpu": f"cpu ({cores})"}
-    if pick_device("auto").type == "cpu":
-        names["auto"] = f"auto (cpu, {cores})"
-    yield [(value, names.get(value, label)) for value, label in describe_devices()]
-
-
-def _is_progress(e: object) -> bool:
-    """Only Progress events are held back for merging; the rest (Paused, Notice...) show at once."""
-    return isinstance(e, ev.Progress)
-
-
-def _train_iter(trainer):
-    """Worker: the Trainer's events, then the final model (built here, not in the GUI thread). Before an
-    event, how many CPU threads torch uses here when that changed (ThreadsUsed): torch keeps the count per
-    thread, so only this thread, the trainer's, can tell."""
-    import torch
-
-    failed, threads = False, None
-    for e in trainer.run():
-        failed = failed or isinstance(e, ev.Failed)
-        if torch.get_num_threads() != threads:
-            threads = torch.get_num_threads()
-            yield ThreadsUsed(threads)
-        yield e
-    if not failed:
-        try:
-            yield BundleReady(trainer.bundle())
-        except Exception:  # no model (stopped before it was built): nothing to publish
-            return

@@ -30,8 +30,14 @@ class QualityBox(QGroupBox):
         super().__init__("Quality check", parent)
         self._source, self._data, self._log = source, data, log
         self.last_result = None  # the last EvalResult
+        self._unfinished = False  # a check is under way: its progress, not a result, is shown
         self.slot = JobSlot(
-            self, on_event=self._on_event, on_failed=self._on_failed, error_title=None, dialogs=dialogs
+            self,
+            on_event=self._on_event,
+            on_failed=self._on_failed,
+            on_done=self._on_done,
+            error_title=None,
+            dialogs=dialogs,
         )
         self.slot.busyChanged.connect(lambda _busy: self.refresh())
         self.eval_btn = QPushButton(EVAL_TEXT)
@@ -76,6 +82,7 @@ class QualityBox(QGroupBox):
             return False
         self.label.setText("Quality check: preparing…")
         self.label.show()
+        self._unfinished = True
         return True
 
     def on_checkpoint(self) -> None:
@@ -88,14 +95,25 @@ class QualityBox(QGroupBox):
             done, total, what = e
             self.label.setText(f"Quality check: {what} {done:,}/{total:,}…")
             return
-        self.last_result = e
+        self.last_result, self._unfinished = e, False
         self.label.setText(result_text(e))
         self._log(result_text(e), False)
 
     def _on_failed(self, message: str) -> None:
+        self._unfinished = False
         self.label.setText(f"Quality check failed: {message}")
         self.label.show()
         self._log(f"Quality check failed: {message}", True)
+
+    def _on_done(self) -> None:
+        if self._unfinished:  # stopped: its last progress line would stay for good
+            self._unfinished = False
+            self.label.setText("Quality check stopped before it finished.")
+
+    def forget(self) -> None:
+        """A new run starts: the last result was another model's."""
+        if not self.slot.is_busy():
+            self.label.hide()
 
 
 def result_text(res) -> str:

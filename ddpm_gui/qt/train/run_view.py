@@ -212,6 +212,8 @@ class RunView(QWidget):
         self.progress.setRange(0, max(e.total_steps, 1))
         self.progress.setValue(e.step)
         self._device, self.started = e.device, True
+        if e.threads:  # the trainer's own word on the count and how it was chosen
+            self._threads_auto = e.threads_auto
         flops = f" · {fmt_count(e.flops_per_image)}FLOP/image" if e.flops_per_image else ""
         # the device without its thread count: that one changes while training and the stats line has it
         device = "cpu" if self.on_cpu else e.device
