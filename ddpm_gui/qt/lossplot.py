@@ -1,6 +1,6 @@
 """Live training plots: the loss curve (fast past 100k points) and the loss by timestep.
 
-The loss curve follows pyqtgraph's own advice for live plots (DESIGN.md, "Qt facts"):
+The loss curve follows pyqtgraph's own advice for live plots:
 - points go into a preallocated numpy buffer that doubles when full, never a Python list;
 - the curves are redrawn from a GUI QTimer at ~15 Hz, and only when new points came, not per event;
 - `setDownsampling(auto=True, method='peak')` + `setClipToView(True)` keep a redraw of 200k points
