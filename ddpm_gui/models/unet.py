@@ -201,6 +201,35 @@ def level_channels(n_channels: int, ch_mults: Sequence[int], compound: bool = Tr
     return out
 
 
+def _down_path(n_channels, levels, is_attn, n_blocks, time_channels, dropout) -> list[nn.Module]:
+    """The first half: decreasing resolution."""
+    down: list[nn.Module] = []
+    in_channels = n_channels
+    for i, out_channels in enumerate(levels):
+        for _ in range(n_blocks):
+            down.append(DownBlock(in_channels, out_channels, time_channels, is_attn[i], dropout))
+            in_channels = out_channels
+        if i < len(levels) - 1:
+            down.append(Downsample(in_channels))
+    return down
+
+
+def _up_path(n_channels, levels, is_attn, n_blocks, time_channels, dropout) -> list[nn.Module]:
+    """The second half: increasing resolution. The last block of each resolution narrows to the width of
+    the resolution above (labml: `in_channels // ch_mults[i]`, the same thing when multipliers compound)."""
+    up: list[nn.Module] = []
+    in_channels = levels[-1]
+    for i in reversed(range(len(levels))):
+        for _ in range(n_blocks):
+            up.append(UpBlock(in_channels, in_channels, time_channels, is_attn[i], dropout))
+        out_channels = levels[i - 1] if i > 0 else n_channels
+        up.append(UpBlock(in_channels, out_channels, time_channels, is_attn[i], dropout))
+        in_channels = out_channels
+        if i > 0:
+            up.append(Upsample(in_channels))
+    return up
+
+
 class UNet(nn.Module):
     """The noise predictor eps_theta(x_t, t[, y]): returns a tensor shaped like x.
 
@@ -267,36 +296,12 @@ class UNet(nn.Module):
             nn.Embedding(num_classes + 1, time_channels) if num_classes is not None else None
         )
 
-        # First half: decreasing resolution
-        down: list[nn.Module] = []
-        in_channels = n_channels
-        for i, out_channels in enumerate(levels):
-            for _ in range(n_blocks):
-                down.append(DownBlock(in_channels, out_channels, time_channels, is_attn[i], dropout))
-                in_channels = out_channels
-            if i < self.n_resolutions - 1:
-                down.append(Downsample(in_channels))
-        self.down = nn.ModuleList(down)
-
-        self.middle = MiddleBlock(in_channels, time_channels, dropout)
-
-        # Second half: increasing resolution. The last block of each resolution narrows to the width of the
-        # resolution above (labml: `in_channels // ch_mults[i]`, the same thing when multipliers compound).
-        up: list[nn.Module] = []
-        for i in reversed(range(self.n_resolutions)):
-            out_channels = in_channels
-            for _ in range(n_blocks):
-                up.append(UpBlock(in_channels, out_channels, time_channels, is_attn[i], dropout))
-            out_channels = levels[i - 1] if i > 0 else n_channels
-            up.append(UpBlock(in_channels, out_channels, time_channels, is_attn[i], dropout))
-            in_channels = out_channels
-            if i > 0:
-                up.append(Upsample(in_channels))
-        self.up = nn.ModuleList(up)
-
+        self.down = nn.ModuleList(_down_path(n_channels, levels, is_attn, n_blocks, time_channels, dropout))
+        self.middle = MiddleBlock(levels[-1], time_channels, dropout)
+        self.up = nn.ModuleList(_up_path(n_channels, levels, is_attn, n_blocks, time_channels, dropout))
         self.norm = nn.GroupNorm(8, n_channels)
         self.act = Swish()
-        self.final = nn.Conv2d(in_channels, image_channels, kernel_size=(3, 3), padding=(1, 1))
+        self.final = nn.Conv2d(n_channels, image_channels, kernel_size=(3, 3), padding=(1, 1))
 
     def min_divisor(self) -> int:
         """The image side must be a multiple of this (one halving per resolution below the top)."""
