@@ -63,6 +63,6 @@ def test_main_window_refuses_crafted_files_with_a_dialog(qtbot, settings, crafte
         qtbot.waitUntil(lambda: box() is not None, timeout=30000)
         assert path.name in box().text(), box().text()
         box().close()
-        qtbot.waitUntil(lambda: not w.bundle_slot.is_busy(), timeout=5000)
+        qtbot.waitUntil(lambda: not w.bundle_slot.is_busy(), timeout=60_000)
         assert w.state.bundle is None and w.isVisible()
     qtbot.waitUntil(lambda: w.state.data is not None and not w.is_busy(), timeout=30000)
