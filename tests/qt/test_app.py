@@ -56,7 +56,7 @@ def test_shows_loading_state_before_the_engine(qtbot, settings):
 
 def test_ctrl_number_switches_tabs(qtbot, window):
     window.activateWindow()
-    qtbot.waitUntil(lambda: QApplication.activeWindow() is window, timeout=2000)
+    qtbot.waitUntil(lambda: QApplication.activeWindow() is window, timeout=30_000)
     for i in (2, 4, 0, 1):
         qtbot.keyClick(window, Qt.Key(Qt.Key.Key_1 + i), Qt.KeyboardModifier.ControlModifier)
         assert window.tabs.currentIndex() == i
@@ -265,7 +265,7 @@ def test_every_control_is_reachable_by_tab(qtbot, window):
 
     kinds = (QAbstractButton, QAbstractSpinBox, QComboBox, QLineEdit, QSlider)
     window.activateWindow()
-    qtbot.waitUntil(lambda: QApplication.activeWindow() is window, timeout=2000)
+    qtbot.waitUntil(lambda: QApplication.activeWindow() is window, timeout=30_000)
     for name in ("DataPanel", "ForwardPanel", "TrainPanel", "SamplePanel", "DenoisePanel"):
         panel = window.panel(name)
         assert panel is not None, name
@@ -283,7 +283,7 @@ def test_every_control_is_reachable_by_tab(qtbot, window):
         usable = [w for w in controls if w.isEnabled() and w.isVisible()]
         first = usable[0]
         first.setFocus(Qt.FocusReason.TabFocusReason)
-        qtbot.waitUntil(lambda w=first: QApplication.focusWidget() is w, timeout=2000)
+        qtbot.waitUntil(lambda w=first: QApplication.focusWidget() is w, timeout=30_000)
         reached = set()
         for _ in range(4 * len(controls) + 50):
             qtbot.keyClick(QApplication.focusWidget(), Qt.Key.Key_Tab)

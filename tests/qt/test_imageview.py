@@ -48,7 +48,7 @@ def test_grid_click_signal(qtbot):
     # the centre of image 1 in view coordinates -> widget pixels
     scene_pt = vb.mapViewToScene(QPointF(16 + ImageGrid.PAD + 8, 8))
     view_pt = grid._view_widget.mapFromScene(scene_pt)
-    with qtbot.waitSignal(grid.clicked, timeout=1000) as blocker:
+    with qtbot.waitSignal(grid.clicked, timeout=30_000) as blocker:
         qtbot.mouseClick(grid._view_widget.viewport(), Qt.MouseButton.LeftButton, pos=view_pt)
     assert blocker.args == [1]
 

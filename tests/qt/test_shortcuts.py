@@ -135,7 +135,7 @@ def test_alt_key_of_a_train_setting_reaches_its_field(qtbot, window):
     panel = window.panel("TrainPanel")
     window.tabs.setCurrentWidget(panel)
     window.activateWindow()
-    qtbot.waitUntil(lambda: QApplication.activeWindow() is window, timeout=2000)
+    qtbot.waitUntil(lambda: QApplication.activeWindow() is window, timeout=30_000)
     pages = panel.form.pages
     reached = []
     for page in range(pages.count()):

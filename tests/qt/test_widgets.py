@@ -36,9 +36,9 @@ def test_player_steps_plays_and_follows_live(qtbot):
     assert p.current() == 1  # not at the end: stays where the user is
     p.set_current(0)
     p.play()
-    qtbot.waitUntil(lambda: p.current() == 3, timeout=2000)
+    qtbot.waitUntil(lambda: p.current() == 3, timeout=30_000)
     p.append_frame("f4")
-    qtbot.waitUntil(lambda: p.current() == 4, timeout=2000)
+    qtbot.waitUntil(lambda: p.current() == 4, timeout=30_000)
     p.pause()
     assert not p.is_playing()
     assert "4 / 4" in p.label_text()
@@ -53,7 +53,7 @@ def test_player_keyboard(qtbot):
     p.set_count(10)
     p.set_current(5)
     p.activateWindow()
-    qtbot.waitUntil(lambda: QApplication.activeWindow() is p, timeout=2000)
+    qtbot.waitUntil(lambda: QApplication.activeWindow() is p, timeout=30_000)
     p._slider.setFocus()
     qtbot.keyClick(p._slider, Qt.Key.Key_Left)
     assert p.current() == 4
