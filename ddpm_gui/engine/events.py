@@ -7,6 +7,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+# the decay of Progress.loss_smooth, an exponential moving average of the loss from its first value: the
+# one smoothing the CLI, the stats line and the plot show
+LOSS_SMOOTHING = 0.98
+
 
 @dataclass
 class Started:

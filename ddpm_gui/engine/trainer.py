@@ -286,10 +286,11 @@ class Trainer(Learner):
         if len(hist_steps):
             last = float(hist_losses[-1])
             lr = self._lr(self.step)
-            yield ev.Progress(self.step, c.steps, last, last, 0.0, 0.0, 0.0, self.batch_size, lr, hist_steps,
-                              hist_losses)  # fmt: skip
             if self._smooth is None:
                 self._smooth = last
+            # the smoothed loss the checkpoint restored (what the stats line and the plot carry on from)
+            yield ev.Progress(self.step, c.steps, last, self._smooth, 0.0, 0.0, 0.0, self.batch_size, lr,
+                              hist_steps, hist_losses)  # fmt: skip
         now = time.monotonic()
         loop = _Loop(t0=now, last_ckpt_t=now, logged_to=int(hist_steps[-1]) if len(hist_steps) else 0)
         self._rate, self._last_read = 0.0, (now, self.step)
@@ -514,7 +515,7 @@ class Trainer(Learner):
         """The exponential moving average of the loss, taken through `vals` (never empty)."""
         smooth = self._smooth
         for v in vals.tolist():
-            smooth = v if smooth is None else 0.98 * smooth + 0.02 * v
+            smooth = v if smooth is None else ev.LOSS_SMOOTHING * smooth + (1 - ev.LOSS_SMOOTHING) * v
         self._smooth = smooth
         return float("nan") if smooth is None else smooth
 

@@ -21,9 +21,10 @@ import pyqtgraph as pg
 from PySide6.QtCore import Qt, QTimer, Slot
 from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
+from ddpm_gui.engine.events import LOSS_SMOOTHING
 from ddpm_gui.qt.style import INFO_STYLE, PLOT_PENS, plot_colors
 
-SMOOTHING = 0.98  # the decay of the trainer's loss_smooth (ddpm_gui.engine.trainer)
+SMOOTHING = LOSS_SMOOTHING  # the trainer's own decay: one smoothing
 
 
 def _pens() -> tuple:

@@ -67,7 +67,7 @@ class DenoiseForm(QWidget):
         self.index_spin = QSpinBox()
         self.index_spin.setRange(0, 0)
         self.index_spin.valueChanged.connect(self._on_index_changed)
-        self.open_btn = QPushButton("Open image &file…")
+        self.open_btn = QPushButton("Open image fi&le…")
         self.open_btn.setToolTip("Open an image file (or drop one on this tab)")
         self.open_btn.clicked.connect(lambda: self.open_image())
         box = QGroupBox("Image")

@@ -62,7 +62,7 @@ class SamplePanel(ChainPanel):
         self.stop_btn = button("St&op", self.stop)
         self.png_btn = button("Save P&NG grid…", self.save_png_grid, "The final samples as one PNG mosaic")
         self.anim_btn = button(
-            "Save G&IF / WebP…",
+            "Save GIF / &WebP…",
             self.save_animation,
             "The reverse process as an animated GIF or WebP (pick the type in the dialog)",
         )
