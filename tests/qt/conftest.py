@@ -211,3 +211,18 @@ def export_to_a_full_disk(qtbot, panel, export: str, target) -> str:
     assert [p.name for p in target.parent.iterdir()] == [target.name]
     assert not panel.messages.error_label.isHidden()
     return panel.messages.error_label.text()
+
+
+def open_window(qtbot, settings, limit: int):
+    """The main window at 1280x800, shown, its engine started and ready; it autoloads `limit` built-in
+    images."""
+    from ddpm_gui.qt.main_window import MainWindow
+
+    settings.setValue("data/limit", limit)
+    w = MainWindow(settings=settings)
+    qtbot.addWidget(w)
+    w.resize(1280, 800)
+    w.show()
+    w.start_engine()
+    qtbot.waitUntil(w.is_ready, timeout=60_000)
+    return w

@@ -13,7 +13,7 @@ from PySide6.QtWidgets import QApplication, QMessageBox, QWidget
 
 from ddpm_gui.qt.app import resource_path
 from ddpm_gui.qt.main_window import CLOSE_QUESTION, MainWindow
-from tests.qt.conftest import grab_variance
+from tests.qt.conftest import grab_variance, open_window
 
 pytestmark = pytest.mark.qt
 
@@ -21,14 +21,7 @@ TAB_TITLES = ["Data", "Forward process", "Train", "Sample", "Denoise"]
 
 
 def _open_window(qtbot, settings) -> MainWindow:
-    settings.setValue("data/limit", 300)  # autoload a small built-in set
-    w = MainWindow(settings=settings)
-    qtbot.addWidget(w)
-    w.resize(1280, 800)
-    w.show()
-    w.start_engine()
-    qtbot.waitUntil(w.is_ready, timeout=30000)
-    return w
+    return open_window(qtbot, settings, limit=300)
 
 
 @pytest.fixture

@@ -18,4 +18,6 @@ def test_qt_calls_keep_none_and_bools_alive(qtbot):
     after = sys.getrefcount(None), sys.getrefcount(True), sys.getrefcount(False)
     # a healthy binding leaves the counts where they were (give or take a few); the broken one drops 2000
     for b, a in zip(before, after, strict=True):
-        assert a > b - 100, f"Qt calls leaked references: {before} -> {after}; install PySide6-Essentials<6.12"
+        assert a > b - 100, (
+            f"Qt calls leaked references: {before} -> {after}; install PySide6-Essentials<6.12"
+        )

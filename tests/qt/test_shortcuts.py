@@ -17,19 +17,15 @@ from PySide6.QtWidgets import QAbstractButton, QApplication, QGroupBox, QLabel, 
 from ddpm_gui.qt.main_window import MainWindow
 from ddpm_gui.qt.mnemonics import assign_mnemonics, mnemonic
 from ddpm_gui.qt.panels import PANELS
+from tests.qt.conftest import open_window
 
 pytestmark = pytest.mark.qt
 
 
 @pytest.fixture
 def window(qtbot, settings):
-    settings.setValue("data/limit", 100)  # autoload a small built-in set
-    w = MainWindow(settings=settings)
-    qtbot.addWidget(w)
-    w.resize(1280, 800)
-    w.show()
-    w.start_engine()
-    qtbot.waitUntil(lambda: w.is_ready() and w.state.data is not None and not w.is_busy(), timeout=60_000)
+    w = open_window(qtbot, settings, limit=100)
+    qtbot.waitUntil(lambda: w.state.data is not None and not w.is_busy(), timeout=60_000)
     yield w
     w.shutdown(60_000)
 

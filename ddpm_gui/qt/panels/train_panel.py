@@ -365,9 +365,6 @@ class TrainPanel(QWidget):
         except DDPMError as e:
             self.view.show_error(str(e))
             return False
-        except RecursionError:
-            self.view.show_error(f"The settings file in {run_dir} is nested too deeply to read: restore it.")
-            return False
         self.view.error_label.hide()
         self.form.set_values(setting_values(cfg), force=True)
         self._resume_dir, self._run_cfg = run_dir, cfg

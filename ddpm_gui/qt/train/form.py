@@ -355,8 +355,6 @@ class SettingsForm(QWidget):
             values = read_config_toml(path)
         except DDPMError as exc:
             return self._file_done(f"Settings not loaded: {exc}", ok=False)
-        except RecursionError:
-            return self._file_done(f"Settings not loaded: {path} is nested too deeply to read.", ok=False)
         self.settings.setValue(DIR_KEY, str(path.parent))
         self.set_values(values)
         only = "" if self._mode == "new" else " (only the settings a resumed run may change)"
