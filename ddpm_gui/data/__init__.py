@@ -15,6 +15,7 @@ decoded, after `hub_reachable()` has decided whether to work offline. It is the 
 
 from ddpm_gui.data.builtin import BUILTIN_CLASSES, BUILTIN_DEFAULT_COUNT, generate_builtin
 from ddpm_gui.data.cache import default_cache_dir
+from ddpm_gui.data.cifar import CIFAR_ARCHIVE_EXTENSIONS
 from ddpm_gui.data.hub import HUB_EXTRA_INSTALL, datasets_available, hub_reachable
 from ddpm_gui.data.skips import Skipped
 from ddpm_gui.data.sources import (
@@ -29,6 +30,7 @@ from ddpm_gui.data.sources import (
 __all__ = [
     "BUILTIN_CLASSES",
     "BUILTIN_DEFAULT_COUNT",
+    "CIFAR_ARCHIVE_EXTENSIONS",
     "IMAGE_EXTENSIONS",
     "HUB_EXTRA_INSTALL",
     "Cancelled",

@@ -9,6 +9,9 @@ same thing:
                          otherwise an image folder: one sub-folder per class, or the images
                          directly inside it for an unlabelled dataset
     an existing file     a .parquet or .arrow file
+    a CIFAR archive      cifar-10-python.tar.gz, cifar-10-binary.tar.gz, cifar-100-python.tar.gz (or
+                         -binary), or the folder it extracts to; then ':test' for the test split and,
+                         for CIFAR-100, ':coarse' for the 20 superclasses (see `cifar.py`)
     anything else        a Hugging Face Hub dataset id: "cifar10", "mnist", "uoft-cs/cifar10",
                          optionally with a config: "id:config"
 
@@ -16,11 +19,12 @@ Hub ids, parquet/arrow files and save_to_disk folders are read with `datasets`, 
 extra (see `hub.require_datasets`); the built-in shapes and image folders need only Pillow.
 
 Every image, of a folder or of a table row, is decoded by the app's one image loader (`imageio.py`: its
-limits, its RGB conversion and its crop policy) at `image_size`, and the result is written to a cache
-file (see `cache.py`); the next call with the same arguments loads that file and decodes nothing. What
-could not be used is left out and listed (`ImageData.skipped_items`, see `skips.py`). Nothing here
-imports Qt: the GUI runs `load_data` in a worker thread, passes a `progress` callback and a `cancel`
-event, and shows errors (DataError) as they are.
+limits, its RGB conversion and its crop policy) at `image_size` (CIFAR's pixels are already RGB arrays:
+only its resizing applies), and the result is written to a cache file (see `cache.py`); the next call
+with the same arguments loads that file and decodes nothing. What could not be used is left out and
+listed (`ImageData.skipped_items`, see `skips.py`). Nothing here imports Qt: the GUI runs `load_data` in
+a worker thread, passes a `progress` callback and a `cancel` event, and shows errors (DataError) as they
+are.
 """
 
 from __future__ import annotations
@@ -53,7 +57,8 @@ DATASET_INFO, DATASET_STATE, DATASET_DICT = "dataset_info.json", "state.json", "
 _MAX_JSON_BYTES = 1024 * 1024  # save_to_disk's JSON files are small; a larger one is someone else's
 ACCEPTED = (
     f"a folder of images ({', '.join(IMAGE_EXTENSIONS)}; one sub-folder per class, or the images directly "
-    "inside), a folder written by datasets' save_to_disk, a .parquet or .arrow file, 'builtin' or a Hub id"
+    "inside), a folder written by datasets' save_to_disk, a .parquet or .arrow file, a CIFAR-10/100 archive "
+    "(cifar-10-python.tar.gz...) or its extracted folder, 'builtin' or a Hub id"
 )
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 1024
 
@@ -251,7 +256,10 @@ def _nothing_to_load(path: str) -> str:
                 found = sorted(os.listdir(os.path.join(path, sub)))
                 tables += [os.path.join(sub, n) for n in found if n.lower().endswith(TABLE_EXTENSIONS)]
     missing = _missing_shards(path)
-    if tables:
+    cifar = [n for n in names if describe_source(os.path.join(path, n)) == "cifar"]
+    if cifar:
+        hint = f" It holds {', '.join(cifar[:3])}: give that itself."
+    elif tables:
         hint = f" It holds {', '.join(tables[:3])}: give that file itself."
     elif missing:
         hint = f" Its {DATASET_STATE} lists {', '.join(missing[:3])}, which is missing: save it again."
@@ -261,7 +269,8 @@ def _nothing_to_load(path: str) -> str:
 
 
 def describe_source(spec: str) -> str:
-    """What `spec` points at: "builtin", "folder", "file", "saved" (a save_to_disk folder) or "hub".
+    """What `spec` points at: "builtin", "folder", "file", "saved" (a save_to_disk folder), "cifar" (a CIFAR
+    archive or extracted folder, with its ':test'...) or "hub".
 
     Only checks the file system (no network, no decoding). A string that looks like a path but does
     not exist is reported as the "file" or "folder" it was meant to be; `load_data` then says it is
@@ -270,6 +279,10 @@ def describe_source(spec: str) -> str:
     s = spec.strip()
     if s == "builtin" or s.startswith("builtin:"):
         return "builtin"
+    from ddpm_gui.data import cifar
+
+    if cifar.split_spec(s) is not None:
+        return "cifar"
     p = os.path.expanduser(s)
     if os.path.isdir(p):
         return "saved" if saved_layout(p) else "folder"
@@ -360,14 +373,18 @@ def _request(spec: str, split: str, size: int, limit: int | None, seed: int, rep
         repo, _, config = spec.partition(":")
         r.key.update(id=repo, config=config or None)
         r.slug = f"hub-{repo.replace('/', '_')}-{config}-{split}-{size}"
+    elif kind == "cifar":
+        _cifar_request(r)
     elif not os.path.exists(path):
         raise DataError(
-            f"'{spec}' does not exist: give an existing folder or .parquet/.arrow file, or 'builtin'."
+            f"'{spec}' does not exist: give an existing folder, .parquet/.arrow file or CIFAR archive, "
+            "or 'builtin'."
         )
     elif kind == "file":
         if os.path.splitext(path)[1].lower() not in TABLE_EXTENSIONS:
             raise DataError(
-                f"'{spec}' is not a dataset file: give a .parquet or .arrow file, or the folder that holds the images."
+                f"'{spec}' is not a dataset file: give a .parquet or .arrow file, a CIFAR archive "
+                "(cifar-10-python.tar.gz...), or the folder that holds the images."
             )
         r.key.update(path=path, stamp=_file_stamp(path), split=None)  # a file has no splits
         r.slug = f"file-{os.path.basename(path)}-{size}"
@@ -381,6 +398,23 @@ def _request(spec: str, split: str, size: int, limit: int | None, seed: int, rep
     return r
 
 
+def _cifar_request(r: _Request) -> None:
+    """A CIFAR archive or folder: the path without its ':test'..., the split and label set it names."""
+    from ddpm_gui.data import cifar
+
+    path, options = cifar.split_spec(r.spec)
+    r.path = os.path.abspath(path)
+    if not os.path.exists(r.path):
+        raise DataError(
+            f"'{path}' does not exist: give a CIFAR archive (cifar-10-python.tar.gz...) or its extracted "
+            "folder."
+        )
+    r.split, labels = cifar.parse_options(r.spec, options, r.split)
+    stamp = _tree_stamp(r.path) if os.path.isdir(r.path) else _file_stamp(r.path)
+    r.key.update(path=r.path, stamp=stamp, split=r.split, labels=labels)
+    r.slug = f"cifar-{os.path.basename(os.path.normpath(r.path))}-{r.split}-{labels}-{r.size}"
+
+
 def _decode(r: _Request, rep: Reporter) -> Cached:
     """Decode the request's source (nothing cached for it yet)."""
     if r.kind == "builtin":
@@ -389,6 +423,10 @@ def _decode(r: _Request, rep: Reporter) -> Cached:
         from ddpm_gui.data.folder import decode_folder
 
         return decode_folder(r.scan, r.size, r.limit, rep)
+    if r.kind == "cifar":
+        from ddpm_gui.data.cifar import load_cifar
+
+        return load_cifar(r.path, r.split, r.key["labels"], r.size, r.limit, rep)
     from ddpm_gui.data import hub
 
     if r.kind == "hub":
@@ -410,8 +448,9 @@ def load_data(
 ) -> ImageData:
     """Load `spec` (see the module docstring) as (N, image_size, image_size, 3) uint8 images.
 
-    split:     which split of a Hub dataset, parquet/arrow DatasetDict or save_to_disk folder; for the
-               built-in data, "train" and any other name give two independent sets of images.
+    split:     which split of a Hub dataset, parquet/arrow DatasetDict or save_to_disk folder, or of a
+               CIFAR archive when its spec names none (':test' in the spec wins); for the built-in
+               data, "train" and any other name give two independent sets of images.
     limit:     keep only the first `limit` rows (of a folder: the first in an order that takes the
                classes in turn, so a limit keeps every class).
     progress:  called as progress(done, total, message), at most about 20 times a second, last with

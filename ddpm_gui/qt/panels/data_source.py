@@ -1,5 +1,6 @@
-"""The Data tab's source form: which data (built-in shapes, a Hub id, a folder or a file), at which size and
-how many images, the Load and Cancel buttons, and the progress of the load that the Data tab runs."""
+"""The Data tab's source form: which data (built-in shapes, a Hub id, a folder or a file: an image folder, a
+parquet/arrow file, or a CIFAR archive or its extracted folder), at which size and how many images, the Load
+and Cancel buttons, and the progress of the load that the Data tab runs."""
 
 from __future__ import annotations
 
@@ -32,6 +33,10 @@ SOURCE_LABELS = {
     FILE: "Local file…",
 }
 HUB_IDS = ("cifar10", "mnist", "fashion_mnist")
+PLACEHOLDERS = {
+    FILE: "a .parquet or .arrow file, or a CIFAR archive (cifar-10-python.tar.gz; :test for its test split)",
+    FOLDER: "a folder: one sub-folder of images per class, or an extracted CIFAR folder",
+}
 
 
 def data_api():
@@ -39,6 +44,15 @@ def data_api():
     import ddpm_gui.data as data
 
     return data
+
+
+def file_filters() -> str:
+    """The Browse dialog's filters for a file: every dataset file load_data reads, then each kind alone."""
+    archives = " ".join("*" + ext for ext in data_api().CIFAR_ARCHIVE_EXTENSIONS)
+    return (
+        f"Datasets (*.parquet *.arrow {archives});;CIFAR-10/100 archives ({archives});;"
+        "Parquet and Arrow files (*.parquet *.arrow);;All files (*)"
+    )
 
 
 class SourceForm(QGroupBox):
@@ -82,8 +96,15 @@ class SourceForm(QGroupBox):
 
         self.path_row, ph = laid_out(QHBoxLayout, self)
         self.path_edit = QLineEdit(self.path_row)
-        self.path_edit.setPlaceholderText("a folder of images, or a .parquet / .arrow file")
+        self.path_edit.setPlaceholderText(PLACEHOLDERS[FOLDER])
         self.path_edit.setClearButtonEnabled(True)
+        self.path_edit.setToolTip(
+            "A folder of images, a .parquet/.arrow file, or CIFAR-10/100 as downloaded\n"
+            "(cifar-10-python.tar.gz, cifar-10-binary.tar.gz, cifar-100-python.tar.gz) or extracted\n"
+            "(cifar-10-batches-py...), read offline. After a CIFAR archive or folder, ':test' picks its\n"
+            "test split (default: train), and for CIFAR-100 ':coarse' its 20 superclasses (default: the\n"
+            "100 fine classes)."
+        )
         self.browse_btn = QPushButton("&Browse…", self.path_row)
         self.browse_btn.clicked.connect(self.browse)
         ph.addWidget(self.path_edit, 1)
@@ -175,6 +196,10 @@ class SourceForm(QGroupBox):
                 kind = data_api().describe_source(spec)
             except Exception:  # a guess is enough to fill the controls
                 kind = HUB
+            if kind == "cifar":  # an archive is picked as a file, its extracted folder as a folder
+                from ddpm_gui.data.cifar import split_spec
+
+                kind = FOLDER if Path(split_spec(spec)[0]).is_dir() else FILE
             kind = {"saved": FOLDER}.get(kind, kind)
             if kind == HUB:
                 self.hub_combo.setCurrentText(spec)
@@ -192,10 +217,8 @@ class SourceForm(QGroupBox):
             w.setVisible(kind == HUB)
         for w in (self.path_label, self.path_row):
             w.setVisible(kind in (FOLDER, FILE))
-        if kind == FILE:
-            self.path_edit.setPlaceholderText("a .parquet or .arrow file")
-        elif kind == FOLDER:
-            self.path_edit.setPlaceholderText("a folder: one sub-folder of images per class")
+        if kind in PLACEHOLDERS:
+            self.path_edit.setPlaceholderText(PLACEHOLDERS[kind])
         if not self._busy:
             self.progress_label.setText(self.needs_text())
         self.sourceChanged.emit(kind)
@@ -205,6 +228,8 @@ class SourceForm(QGroupBox):
         if self.kind() not in (HUB, FILE):
             return ""
         api = data_api()
+        if self.kind() == FILE and api.describe_source(self.spec()) == "cifar":  # read without `datasets`
+            return ""
         if api.datasets_available():
             return ""
         return f"Hub datasets and parquet/arrow files need the `datasets` package: {api.HUB_EXTRA_INSTALL}"
@@ -213,11 +238,11 @@ class SourceForm(QGroupBox):
     def browse(self) -> None:
         start = self.path_edit.text().strip() or str(Path.home())
         if self.kind() == FILE:
-            path, _ = QFileDialog.getOpenFileName(
-                self, "Open a dataset file", start, "Datasets (*.parquet *.arrow);;All files (*)"
-            )
+            path, _ = QFileDialog.getOpenFileName(self, "Open a dataset file", start, file_filters())
         else:
-            path = QFileDialog.getExistingDirectory(self, "Pick a folder of images", start)
+            path = QFileDialog.getExistingDirectory(
+                self, "Pick a folder of images or an extracted CIFAR folder", start
+            )
         if path:
             self.path_edit.setText(path)
 
