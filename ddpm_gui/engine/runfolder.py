@@ -172,6 +172,11 @@ class RunFolder:
             f"({', '.join(p.name for p in removed[:3])}); the saved checkpoints are intact."
         ]
 
+    @property
+    def locked(self) -> bool:
+        """Whether this process holds the run's lock (it created or opened the run)."""
+        return self._lock is not None
+
     def release(self) -> None:
         if self._lock is not None:
             self._lock.release()
@@ -325,10 +330,11 @@ class RunFolder:
     def list_checkpoints(self) -> list[tuple[int, Path]]:
         return list_checkpoints(self.path)
 
-    def save_checkpoint(self, step: int, tensors: dict, meta: dict, keep: int) -> Path:
-        """Write the checkpoint of `step`, then prune all but the `keep` newest (never this one)."""
+    def save_checkpoint(self, step: int, tensors: dict, meta: dict, keep: int, protect=()) -> Path:
+        """Write the checkpoint of `step`, then prune all but the `keep` newest (never this one, nor those in
+        `protect`)."""
         path = save_checkpoint(self.checkpoint_path(step), tensors, meta)
-        prune_checkpoints(self.path, keep, protect=[path])
+        prune_checkpoints(self.path, keep, protect=[path, *protect])
         return path
 
     def load_latest(self) -> tuple[Path, dict, dict, list[str]]:

@@ -1,4 +1,5 @@
-"""The main window's tabs, one module each: data, forward process, train, sample, denoise.
+"""The main window's tabs, one module each: data, forward process, train, sample, denoise,
+runs.
 
 Every panel is a QWidget built as `Panel(state: AppState, parent=None)` with `is_busy() -> bool` and
 `shutdown(timeout_ms=60000) -> None` (stop its jobs and wait for their threads). Panel modules may
@@ -12,4 +13,5 @@ PANELS: tuple[tuple[str, str, str], ...] = (
     ("ddpm_gui.qt.panels.train_panel", "TrainPanel", "Train"),
     ("ddpm_gui.qt.panels.sample_panel", "SamplePanel", "Sample"),
     ("ddpm_gui.qt.panels.denoise_panel", "DenoisePanel", "Denoise"),
+    ("ddpm_gui.qt.panels.runs_panel", "RunsPanel", "Runs"),
 )

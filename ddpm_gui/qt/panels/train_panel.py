@@ -36,9 +36,11 @@ from PySide6.QtWidgets import (
 from ddpm_gui.engine import events as ev
 from ddpm_gui.engine.config import RESUMABLE, TrainConfig, load_run_config
 from ddpm_gui.engine.events import coalesce_progress
+from ddpm_gui.engine.runs import default_runs_root
 from ddpm_gui.engine.text import describe_data
 from ddpm_gui.errors import ConfigError, DDPMError
 from ddpm_gui.qt.mnemonics import WINDOW_KEYS, mnemonic
+from ddpm_gui.qt.runs import QueueActions
 from ddpm_gui.qt.state import AppState
 from ddpm_gui.qt.train.fields import OUTPUT
 from ddpm_gui.qt.train.form import SettingsForm, setting_values
@@ -73,6 +75,7 @@ MODEL_FIELDS = ("preset", "image_size", "conditional")  # what the parameter/FLO
 # the run buttons' texts, in every state they show (each with its own Alt+letter)
 TEXTS = {
     "start": "&Start",
+    "queue": "&Add to queue",  # beside Start: the run waits in the runs folder's queue (the Runs tab)
     "continue": "&Continue run",  # Start, when a saved run is loaded to be continued
     "pause": "&Pause",
     "resume": "&Resume",  # Pause, while paused
@@ -84,10 +87,6 @@ TEXTS = {
 STATUS_MS = 8000  # how long a passing message ("Training started…") stays in the status bar
 
 
-def default_runs_root() -> Path:
-    return Path.home() / "DDPM Studio" / "runs"
-
-
 def timestamp_dir(root: Path | None = None) -> Path:
     return (root or default_runs_root()) / time.strftime("%Y-%m-%d_%H-%M-%S")
 
@@ -96,7 +95,7 @@ def _dialogs() -> bool:
     return SHOW_DIALOGS
 
 
-class TrainPanel(QWidget):
+class TrainPanel(QueueActions, QWidget):
     def __init__(self, state: AppState, parent: QWidget | None = None):
         super().__init__(parent)
         self.state = state
@@ -151,6 +150,10 @@ class TrainPanel(QWidget):
 
         self.start_btn = _button(TEXTS["start"], self.start, "Start a new run with these settings")
         self.start_btn.setDefault(True)
+        self.queue_btn = _button(
+            TEXTS["queue"], self.add_to_queue, "Queue a run with these settings: it starts when the runs before "
+            "it have finished (the Runs tab shows the queue; `ddpm-gui queue run` trains it headless)"
+        )  # fmt: skip
         self.pause_btn = _button(
             TEXTS["pause"],
             self.toggle_pause,
@@ -168,11 +171,10 @@ class TrainPanel(QWidget):
             "Send the model being trained (EMA weights) to the Sample and Denoise tabs",
         )
         buttons = QGridLayout()
-        buttons.addWidget(self.start_btn, 0, 0)
-        buttons.addWidget(self.pause_btn, 0, 1)
-        buttons.addWidget(self.stop_btn, 0, 2)
-        buttons.addWidget(self.resume_btn, 1, 0, 1, 1)
-        buttons.addWidget(self.use_btn, 1, 1, 1, 2)
+        for i, b in enumerate((self.start_btn, self.queue_btn, self.pause_btn, self.stop_btn)):
+            buttons.addWidget(b, 0, i)
+        buttons.addWidget(self.resume_btn, 1, 0, 1, 2)
+        buttons.addWidget(self.use_btn, 1, 2, 1, 2)
 
         self.quality.slot.busyChanged.connect(lambda _busy: self._update_buttons())
         self.view.add_message(self.quality.label)
@@ -300,6 +302,7 @@ class TrainPanel(QWidget):
             self.form.set_mode(mode)
         running, stopping = self.is_busy(), self.train_slot.stopping()
         self.start_btn.setEnabled(not running and self._config_ok)
+        self.queue_btn.setEnabled(self._config_ok and mode == "new")
         self.start_btn.setText(TEXTS["continue"] if mode == "resume" else TEXTS["start"])
         self.resume_btn.setEnabled(not running)
         self.resume_btn.setText(TEXTS["new_run"] if mode == "resume" else TEXTS["saved_run"])
@@ -374,13 +377,16 @@ class TrainPanel(QWidget):
         self.view.log(f"Loaded {run_dir} to continue it ({cfg.preset}, {cfg.steps:,} steps)")
         return self.start() if start else True
 
-    def _start_trainer(self, cfg: TrainConfig, run_dir: Path, resumed: bool) -> bool:
+    def _start_trainer(self, cfg: TrainConfig, run_dir: Path, resumed: bool, own_data: bool = False) -> bool:
+        """`own_data`: a new run that loads its own data unless the Data tab's is the same (a queued run)."""
         from ddpm_gui.engine.trainer import Trainer
 
         d = self.state.data  # a resumed run reuses the Data tab's images when they are the run's own
         same = d is not None and d.source == cfg.data and d.size == cfg.image_size and cfg.data_limit is None
         try:
-            trainer = Trainer(cfg, run_dir, resume=resumed, data=d if same or not resumed else None)
+            trainer = Trainer(
+                cfg, run_dir, resume=resumed, data=d if same or not (resumed or own_data) else None
+            )
         except DDPMError as e:
             self.view.show_error(str(e))
             return False
@@ -545,6 +551,9 @@ class TrainPanel(QWidget):
             and self._start_trainer(restart, self._run_dir, True)
         ):
             return  # the same run goes on with the changed settings: still training
+        stopped = self.last_finished is not None and self.last_finished.reason == "stopped"
+        if not stopped and self.start_queued():
+            return  # the next queued run (a run stopped by the user stops the queue too)
         self.state.set_training(False)
         self._update_buttons()
 

@@ -1,0 +1,164 @@
+"""The Runs tab: the runs of a folder, their curves overlaid, previews side by side, a run opened, followed
+live, "watch it learn", and the queue."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ddpm_gui.engine import runs
+from ddpm_gui.engine.fileio import RunLock
+from ddpm_gui.engine.queue import RunQueue
+from ddpm_gui.engine.trainer import Trainer
+from ddpm_gui.qt.panels import runs_panel as rp
+from ddpm_gui.qt.runs import RUNS_FOLDER_KEY
+from tests.conftest import small_config
+
+TIMEOUT = 120_000
+
+
+@pytest.fixture(autouse=True)
+def no_dialogs(monkeypatch):
+    monkeypatch.setattr(rp, "SHOW_DIALOGS", False)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One intra-op thread: two OpenMP threads stall on each other on a busy 2-core machine."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory):
+    """Two finished runs (lr differs) with previews and two checkpoints each."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("runs")
+    try:
+        for name, lr in (("a", 1e-3), ("b", 5e-4)):
+            cfg = small_config(
+                steps=6, lr=lr, preview_every=3, preview_n=4, preview_steps=2, checkpoint_every=3
+            )
+            list(Trainer(cfg, root / name).run())
+    finally:
+        torch.set_num_threads(n)
+    return root
+
+
+def make_panel(qtbot, state, root: Path) -> rp.RunsPanel:
+    state.settings.setValue(RUNS_FOLDER_KEY, str(root))
+    panel = rp.RunsPanel(state)
+    qtbot.addWidget(panel, before_close_func=lambda w: w.shutdown())
+    return panel
+
+
+def records(run: Path) -> list[dict]:
+    return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+
+def test_overlay_plots_the_files_data_and_shows_the_differences(qtbot, state, runs_dir):
+    panel = make_panel(qtbot, state, runs_dir)
+    assert [panel.table.item(r, 0).text() for r in range(panel.table.rowCount())] == ["b", "a"]
+    assert all(panel.table.item(r, 1).text() == runs.FINISHED for r in range(2))
+    panel.select([runs_dir / "a", runs_dir / "b"])
+    assert set(panel.selected_paths()) == {runs_dir / "a", runs_dir / "b"}
+    for name in ("a", "b"):
+        raw, smooth = panel.overlay.curves[runs_dir / name]
+        recs = records(runs_dir / name)
+        x, y = raw.xData, raw.yData  # the data given (getData() is log10 of it on a log axis)
+        assert list(x) == [r["step"] for r in recs] and list(y) == [r["loss"] for r in recs]
+        assert list(smooth.xData) == list(x)
+        y = smooth.yData
+        assert list(y) == pytest.approx([r["loss_smooth"] for r in recs])
+        assert panel.overlay.t_curves[runs_dir / name].xData.size > 0  # loss by timestep drawn
+    assert panel.overlay.plot.getPlotItem().getAxis("left").logMode
+    assert panel.diff.rowCount() == 1 and panel.diff.verticalHeaderItem(0).text() == "Learning rate"
+    assert {panel.diff.item(0, c).text() for c in range(2)} == {"0.001", "0.0005"}
+    assert panel.previews.step_combo.currentData() == 6  # the newest step both runs have a preview of
+    assert sorted(panel.previews.strip.captions) == ["a @ 6", "b @ 6"]
+
+
+def test_opening_a_finished_run_shows_its_curve_previews_and_sends_its_checkpoint(qtbot, state, runs_dir):
+    panel = make_panel(qtbot, state, runs_dir)
+    panel.select([runs_dir / "a"])
+    assert list(panel.overlay.curves) == [runs_dir / "a"]
+    assert panel.previews.strip.captions == ["a @ 6"]
+    assert [panel.ckpt_combo.itemText(i) for i in range(panel.ckpt_combo.count())] == ["step 6", "step 3"]
+    panel.ckpt_combo.setCurrentIndex(1)
+    assert panel.open_selected()
+    qtbot.waitUntil(lambda: state.bundle is not None, timeout=TIMEOUT)
+    assert (
+        state.bundle.step == 3
+        and Path(state.bundle.source) == runs_dir / "a" / "checkpoints" / "step_00000003.safetensors"
+    )
+
+
+def test_watch_it_learn_strip_and_gif(qtbot, state, runs_dir, tmp_path):
+    panel = make_panel(qtbot, state, runs_dir)
+    panel.select([runs_dir / "b"])
+    assert panel.watch_it_learn()
+    qtbot.waitUntil(lambda: not panel.learn_slot.is_busy(), timeout=TIMEOUT)
+    assert [s for s, _g in panel.learning.frames] == [3, 6]
+    assert panel.learning.captions == ["step 3", "step 6"]
+    a, b = (g for _s, g in panel.learning.frames)
+    assert a.shape == b.shape and not np.array_equal(a, b)  # the same noise through different weights
+    target = panel.export_learning(tmp_path / "learn.gif")
+    qtbot.waitUntil(lambda: not panel.exporter.is_busy(), timeout=TIMEOUT)
+    with Image.open(target) as im:
+        assert im.n_frames == 2
+
+
+def test_a_run_written_elsewhere_is_followed(qtbot, state, tmp_path, runs_dir):
+    """A run whose lock is held and whose metrics grow (as another process writes them) updates on the next
+    poll: its row, and its curve while selected."""
+    import shutil
+
+    run = tmp_path / "live"
+    shutil.copytree(runs_dir / "a", run)
+    cfg_text = (run / "config.toml").read_text().replace("steps = 6", "steps = 100")
+    (run / "config.toml").write_text(cfg_text)
+    panel = make_panel(qtbot, state, tmp_path)
+    panel.select([run])
+    with RunLock(run):
+        with open(run / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"step": 7, "loss": 0.5, "loss_smooth": 0.6}) + "\n")
+            f.write('{"step": 8, "lo')  # half written
+        panel.poll()
+        assert panel.table.item(0, 1).text() == runs.RUNNING
+        assert panel.table.item(0, 4).text() == "7 / 100"
+        assert list(panel.overlay.curves[run][0].xData)[-1] == 7
+        with open(run / "metrics.jsonl", "a") as f:
+            f.write('ss": 0.4, "loss_smooth": 0.55}\n')
+        panel.poll()
+        assert list(panel.overlay.curves[run][0].yData)[-2:] == [0.5, 0.4]
+    panel.poll()
+    assert panel.table.item(0, 1).text() == runs.STOPPED
+
+
+def test_queue_edits_survive_a_new_panel(qtbot, state, tmp_path):
+    q = RunQueue(tmp_path)
+    for steps in (1, 2, 3):
+        q.add(small_config(steps=steps))
+    panel = make_panel(qtbot, state, tmp_path)
+    assert panel.queue_list.count() == 3
+    panel.queue_list.setCurrentRow(2)
+    panel.move_queued(-1)
+    assert panel.queue_list.currentRow() == 1
+    panel.queue_list.setCurrentRow(0)
+    panel.remove_queued()
+    panel.close()
+    again = make_panel(qtbot, state, tmp_path)
+    texts = [again.queue_list.item(i).text() for i in range(again.queue_list.count())]
+    assert len(texts) == 2 and "3 steps" in texts[0] and "2 steps" in texts[1]
+    assert [e.config.steps for e in RunQueue(tmp_path).entries()] == [3, 2]
