@@ -1,6 +1,9 @@
-"""Model presets: from the tutorial's exact 42M-parameter UNet to small CPU-friendly ones.
+"""Model presets: from the tutorial's exact 42M-parameter UNet to small CPU-friendly ones, and the DDPM
+paper's CIFAR-10 network as a diffusers UNet2DModel.
 
-A preset is a `ModelConfig` (plain data, saved with every run as JSON); `build_model` turns it into a UNet.
+A preset is a `ModelConfig` (plain data, saved with every run as JSON); `build_model` turns it into a UNet:
+labml's (models/unet.py) for `arch="labml"`, a diffusers `UNet2DModel` behind the same calling convention
+(models/diffusers_unet.py) for `arch="diffusers"`, which `ddpm-gui export` writes as a diffusers pipeline.
 Throughputs in PRESET_NOTES were measured on the project's 2-core CPU (torch 2.13, 2 threads): fwd + bwd +
 AdamW step at batch 64 on 32x32 RGB images, median after warm-up (`presets.benchmark(name)`).
 """
@@ -14,6 +17,23 @@ from torch import nn
 
 from ddpm_gui.errors import ConfigError
 from ddpm_gui.models.unet import N_GROUPS, UNet, level_channels
+
+# labml: this app's UNet (models/unet.py); diffusers: a diffusers UNet2DModel (the optional extra)
+ARCHS = ("labml", "diffusers")
+# What every diffusers-architecture preset shares with google/ddpm-cifar10-32's config.json (the DDPM
+# paper's network as diffusers converted it): these keys change what the weights compute, not their shapes.
+DDPM_UNET_FAMILY: dict = {
+    "act_fn": "silu",
+    "attention_head_dim": None,
+    "center_input_sample": False,
+    "downsample_padding": 0,
+    "flip_sin_to_cos": False,
+    "freq_shift": 1,
+    "mid_block_scale_factor": 1,
+    "norm_eps": 1e-06,
+    "norm_num_groups": 32,
+    "time_embedding_type": "positional",
+}
 
 
 @dataclass(frozen=True)
@@ -34,6 +54,9 @@ class ModelConfig:
     )
     dropout: float = 0.1  # inside every residual block (labml's fixed 0.1)
     image_channels: int = 3  # 3 for RGB, 1 for greyscale
+    # which network: labml's UNet, or a diffusers UNet2DModel (block_out_channels = n_channels * ch_mults,
+    # AttnDown/UpBlock2D where is_attn, layers_per_block = n_blocks, the rest DDPM_UNET_FAMILY)
+    arch: str = "labml"
 
     def __post_init__(self) -> None:
         # JSON gives lists; tuples keep the config hashable (it keys the FLOP cache) and comparable.
@@ -80,6 +103,10 @@ class ModelConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must lie in [0, 1), got {self.dropout}.")
+        if self.arch not in ARCHS:
+            raise ConfigError(f"Unknown model architecture {self.arch!r}: use one of {', '.join(ARCHS)}.")
+        if self.arch == "diffusers" and self.compound:
+            raise ConfigError("A diffusers UNet's widths do not compound: set compound to false.")
         return self
 
 
@@ -93,6 +120,28 @@ PRESETS: dict[str, ModelConfig] = {
     "small": ModelConfig(**_LIGHT, ch_mults=(1, 2, 4, 4), is_attn=(False, False, False, True)),
     # Narrow everywhere, attention only in the middle (4x4): ~0.79M parameters.
     "tiny": ModelConfig(**_LIGHT, ch_mults=(1, 1, 1, 2), is_attn=(False, False, False, False)),
+    # google/ddpm-cifar10-32 (Ho et al. 2020's CIFAR-10 network): block_out_channels (128, 256, 256, 256),
+    # two blocks per resolution, attention at 16x16 and in the middle; 35.7M parameters. Dropout 0.1 as the
+    # paper trained it (its config.json leaves dropout out: inference does not use it).
+    "ddpm-cifar10": ModelConfig(
+        n_channels=128,
+        ch_mults=(1, 2, 2, 2),
+        is_attn=(False, True, False, False),
+        n_blocks=2,
+        compound=False,
+        dropout=0.1,
+        arch="diffusers",
+    ),
+    # The same family at CPU size: two resolutions (attention at the lower one), one block each.
+    "diffusers-tiny": ModelConfig(
+        n_channels=32,
+        ch_mults=(1, 2),
+        is_attn=(False, True),
+        n_blocks=1,
+        compound=False,
+        dropout=0.0,
+        arch="diffusers",
+    ),
 }
 
 PRESET_NOTES: dict[str, str] = {
@@ -101,6 +150,11 @@ PRESET_NOTES: dict[str, str] = {
     "small": "4.0M parameters, 1.5 GFLOP per 32x32 training image; about 120 img/s on a 2-core CPU.",
     "tiny": "0.79M parameters, 0.73 GFLOP per 32x32 training image; about 190 img/s on a 2-core CPU: "
     "simple shapes within minutes.",
+    "ddpm-cifar10": "The DDPM paper's CIFAR-10 UNet as diffusers builds it (google/ddpm-cifar10-32): "
+    "35.7M parameters; exports as a diffusers pipeline and starts from that model's weights. "
+    "Needs the diffusers extra and a GPU.",
+    "diffusers-tiny": "A tiny diffusers UNet2DModel of the same family (0.74M parameters): exports as a "
+    "diffusers pipeline; for trying that out on a CPU. Needs the diffusers extra.",
 }
 
 
@@ -119,9 +173,49 @@ def _as_config(cfg: ModelConfig | str) -> ModelConfig:
     raise TypeError(f"Expected a ModelConfig or a preset name, got {type(cfg).__name__}.")
 
 
-def build_model(cfg: ModelConfig | str, num_classes: int | None = None) -> UNet:
-    """A freshly initialised UNet for a config or preset name (class-conditional when num_classes is set)."""
+def diffusers_unet_config(
+    cfg: ModelConfig | str, image_size: int = 32, num_classes: int | None = None
+) -> dict:
+    """The UNet2DModel keyword arguments (its config.json) of a diffusers-architecture config: the one
+    description the model is built, exported and compared from. A class-conditional model gets
+    num_classes + 1 embedding rows, the last one the null class (as in this app's own UNet)."""
     cfg = _as_config(cfg).validate()
+    if cfg.arch != "diffusers":
+        raise ConfigError(f"This model is DDPM Studio's own UNet ({cfg.arch}), not a diffusers UNet2DModel.")
+    down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in cfg.is_attn)
+    up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cfg.is_attn))
+    return {
+        **DDPM_UNET_FAMILY,
+        "block_out_channels": tuple(cfg.level_channels()),
+        "down_block_types": down,
+        "up_block_types": up,
+        "layers_per_block": cfg.n_blocks,
+        "dropout": cfg.dropout,
+        "in_channels": cfg.image_channels,
+        "out_channels": cfg.image_channels,
+        "sample_size": int(image_size),
+        "num_class_embeds": None if num_classes is None else int(num_classes) + 1,
+    }
+
+
+def _diffusers_unet(cfg: ModelConfig, num_classes: int | None) -> nn.Module:
+    from ddpm_gui.models.diffusers_unet import DiffusersUNet
+
+    if num_classes is not None and num_classes < 1:
+        raise ConfigError(f"num_classes must be at least 1 (or None), got {num_classes}.")
+    unet_config = diffusers_unet_config(cfg, num_classes=num_classes)
+    try:
+        return DiffusersUNet.from_config(unet_config, null_class=num_classes)
+    except ConfigError as exc:  # the extra is not installed: say which preset wanted it
+        raise ConfigError(f"This preset builds a diffusers UNet2DModel. {exc}") from None
+
+
+def build_model(cfg: ModelConfig | str, num_classes: int | None = None) -> nn.Module:
+    """A freshly initialised UNet for a config or preset name (class-conditional when num_classes is set):
+    this app's UNet, or for a diffusers-architecture preset a DiffusersUNet (same calling convention)."""
+    cfg = _as_config(cfg).validate()
+    if cfg.arch == "diffusers":
+        return _diffusers_unet(cfg, num_classes)
     return UNet(
         image_channels=cfg.image_channels,
         n_channels=cfg.n_channels,
@@ -157,7 +251,7 @@ _FLOPS_CACHE: dict[tuple, dict[str, int]] = {}
 def _model_config(model: nn.Module) -> ModelConfig:
     if not isinstance(model, UNet):
         raise TypeError(
-            f"flops_per_image needs a ModelConfig, a preset name or a UNet, got {type(model).__name__}."
+            f"flops_per_image needs a ModelConfig, a preset name or this app's UNet, got {type(model).__name__}."
         )
     return ModelConfig(**model.hparams)
 
