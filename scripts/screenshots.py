@@ -2,7 +2,10 @@
 """Take the README's screenshots (docs/img/*.png) from the real app, driven the way a person would.
 
     xvfb-run -a -s "-screen 0 1280x800x24" python scripts/screenshots.py --run runs/quick
+    xvfb-run -a -s "-screen 0 1024x768x24" python scripts/screenshots.py --run runs/quick --size 1024x768
     QT_QPA_PLATFORM=offscreen python scripts/screenshots.py --run runs/quick      # no X server needed
+
+At a --size other than the default 1280x800 the PNGs are named `<tab>-<size>.png`.
 
 `--run` is a finished run folder (e.g. from `ddpm-gui train --recipe quick-cpu --out runs/quick`): the Train
 tab resumes a copy of it for `--extra-steps` more steps (so the loss curve and the previews of a trained
@@ -13,12 +16,12 @@ cache, the copy of the run) lives in a temporary folder; only the PNGs in --out 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 
@@ -27,7 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run", required=True, help="a finished run folder whose weights the tabs use")
     ap.add_argument("--out", default="docs/img", help="folder for the PNGs")
     ap.add_argument("--extra-steps", type=int, default=60, help="steps the Train tab runs on the copy")
+    ap.add_argument("--size", default="1280x800", help="window size WIDTHxHEIGHT")
     args = ap.parse_args(argv)
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    suffix = "" if args.size == "1280x800" else f"-{args.size}"
 
     tmp = Path(tempfile.mkdtemp(prefix="ddpm-gui-shots-"))
     os.environ.setdefault("DDPM_GUI_CACHE", str(tmp / "cache"))
@@ -39,11 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     # the Train tab resumes a copy for a few more steps (a finished run has nothing left to do)
     run = tmp / "run"
     shutil.copytree(args.run, run)
-    cfg_path = run / "config.json"
-    cfg = json.loads(cfg_path.read_text())
-    cfg["steps"] = int(cfg["steps"]) + args.extra_steps
-    cfg["preview_every"] = max(10, args.extra_steps // 2)
-    cfg_path.write_text(json.dumps(cfg))
+    from ddpm_gui.engine.config import RUN_CONFIG, config_toml, load_run_config
+
+    cfg = load_run_config(run)
+    cfg = replace(cfg, steps=cfg.steps + args.extra_steps, preview_every=max(10, args.extra_steps // 2))
+    (run / RUN_CONFIG).write_text(config_toml(cfg))
 
     from PySide6.QtCore import QSettings
 
@@ -53,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     app = make_application(sys.argv[:1])  # the app's own style, palette and icon, as `ddpm-gui` has them
     settings = QSettings(str(tmp / "settings.ini"), QSettings.Format.IniFormat)
     win = MainWindow(settings=settings)
-    win.resize(1280, 800)
+    win.resize(width, height)
     win.show()
     win.start_engine()
 
@@ -74,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     def shot(tab: int, name: str) -> None:
         win.tabs.setCurrentIndex(tab)
         settle()
-        path = out / f"{name}.png"
+        path = out / f"{name}{suffix}.png"
         win.grab().save(str(path))
         print(f"wrote {path}")
 

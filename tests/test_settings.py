@@ -84,7 +84,7 @@ def _value_for(name: str):
         return (s.lo or 0.0) + 1e-3 if s.hi is None else ((s.lo or 0.0) + s.hi) / 3
     if s.choices:
         return s.choices[-1]
-    return {"data": "builtin:64", "preset": "small", "device": "cpu"}[name]
+    return {"data": "builtin:64", "preset": "small", "device": "cpu", "init_from": "runs/base"}[name]
 
 
 _SCALARS = [n for n in SETTINGS if SETTING_TYPES[n] in (int, float, str)]

@@ -78,6 +78,7 @@ ROWS: dict[str, Row] = {
     "data_limit": Row(DATA, suffix=" images", special="all"),
     "preset": Row(DATA, items=_preset_items),
     "conditional": Row(DATA),
+    "init_from": Row(DATA),
     "cond_drop": Row(DATA),
     "schedule": Row(DATA, items=_schedule_items),
     "prediction": Row(DATA, items=_prediction_items),
