@@ -220,6 +220,34 @@ def test_evaluate_bundle_refuses_mismatches(clf, data):
         evaluate_bundle(_bundle(3), data, n=4, classifier=clf)
 
 
+def test_record_eval_keeps_results_in_a_run_folder_only(clf, data, tmp_path):
+    from ddpm_gui.engine import runs
+    from ddpm_gui.engine.evaluate import record_eval
+    from ddpm_gui.engine.runfolder import RunFolder
+
+    res = evaluate_bundle(_bundle(), data, n=4, sampler="ddim", steps=1, classifier=clf)
+    run = RunFolder(tmp_path / "run")
+    run.create()
+    run.release()
+    (run.path / "evals").mkdir()
+    foreign = run.path / "evals" / "step_00000000.json"
+    foreign.write_text("a file of someone else's")
+    first = record_eval(run.path, res)
+    second = record_eval(run.path, res)
+    assert (first.name, second.name) == ("step_00000000-2.json", "step_00000000-3.json")
+    assert foreign.read_text() == "a file of someone else's"  # never written over
+    back = runs.quality_results(run.path)
+    assert len(back) == 2 and all(r["frechet_distance"] == res.frechet_distance for r in back)
+    assert {k: back[0][k] for k in res.to_dict()} == json.loads(json.dumps(res.to_dict()))
+    assert back[0]["time"] <= back[1]["time"]
+    assert runs.read_run(run.path).quality_last["time"] == back[1]["time"]
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    assert record_eval(plain, res) is None and record_eval(None, res) is None
+    assert record_eval(tmp_path / "missing", res) is None
+    assert list(plain.iterdir()) == [] and not (tmp_path / "missing").exists()
+
+
 # ----------------------------------------------------------------------------- ddpm-gui eval
 
 
@@ -247,7 +275,10 @@ def test_cli_eval_of_a_tiny_run_writes_its_scores(tmp_path, monkeypatch, capsys)
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
     assert "Frechet distance" in printed and f"wrote {out}" in printed
+    kept = run / "evals" / "step_00000003.json"
+    assert f"kept in {kept}" in printed  # the results, kept in the run for the Runs tab
     res = json.loads(out.read_text())
+    assert {k: v for k, v in json.loads(kept.read_text()).items() if k != "time"} == res
     assert list(res) == SCORE_KEYS + RUN_KEYS
     assert res["n"] == 4 and res["sampler"] == "ddim" and res["sampling_steps"] == 2
     assert res["model_step"] == 3 and res["model_preset"] == "tiny" and not res["conditional"]
@@ -259,6 +290,7 @@ def test_cli_eval_of_a_tiny_run_writes_its_scores(tmp_path, monkeypatch, capsys)
     for key in ("frechet_distance", "frechet_distance_real"):
         assert math.isfinite(res[key]) and res[key] >= 0.0, (key, res[key])
     assert sum(res["class_histogram"].values()) == 4
-    # a second eval reads the cached classifier
-    assert cli.main(argv) == 0
+    # a second eval reads the cached classifier; --no-record keeps nothing in the run
+    assert cli.main([*argv, "--no-record"]) == 0
     assert json.loads(out.read_text())["classifier_from_cache"]
+    assert [p.name for p in (run / "evals").iterdir()] == ["step_00000003.json"]

@@ -248,3 +248,117 @@ def test_cli_queue_add_list_remove_run(tmp_path, capsys):
     done = {r.path: r for r in runs.scan_runs(runs_dir)} | {tmp_path / "c": runs.read_run(tmp_path / "c")}
     assert sorted((r.status, r.step) for r in done.values()) == [(runs.FINISHED, 2), (runs.FINISHED, 3)]
     assert RunQueue(runs_dir).entries() == []
+
+
+# ----------------------------------------------------------------------------- forking, validation, quality
+
+
+def tree_bytes(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` (relative path -> contents)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_fork_copies_one_checkpoint_and_resumes_there_leaving_the_run_as_it_was(tmp_path, data):
+    from ddpm_gui.errors import CheckpointError
+
+    run = tmp_path / "r"
+    events = train(run, data, steps=9, checkpoint_every=3, val_every=3, val_size=12)
+    assert isinstance(events[-1], ev.Finished)
+    assert [s for s, _p in runs.checkpoints(run)] == [3, 6, 9]
+    before = tree_bytes(run)
+    fork = runs.fork_run(run, 3)
+    assert runs.is_run_dir(fork) and runs.read_run(fork).step == 3
+    assert fork == tmp_path / "r-from-3"
+    assert [s for s, _p in runs.checkpoints(fork)] == [3]
+    assert (fork / "checkpoints" / "step_00000003.safetensors").read_bytes() == before[
+        "checkpoints/step_00000003.safetensors"
+    ]
+    assert (fork / "config.toml").read_bytes() == before["config.toml"]
+    recs = file_records(fork)
+    assert recs and max(r["step"] for r in recs) == 3
+    kept = [r for r in file_records(run) if r["step"] <= 3]
+    assert recs == kept  # the history up to the step, validation records included
+    assert any("val" in r for r in recs)
+    assert (fork / ".ddpm-studio-run").read_bytes() != before[".ddpm-studio-run"]  # a run of its own
+    assert runs.fork_run(run, 3) == tmp_path / "r-from-3-2"  # never into an existing folder
+    with pytest.raises(CheckpointError, match="keeps no checkpoint of step 4"):
+        runs.fork_run(run, 4)
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not empty"):
+        runs.fork_run(run, 6, dest=tmp_path / "taken")
+    assert [p.name for p in (tmp_path / "taken").iterdir()] == ["notes.txt"]
+    assert tree_bytes(run) == before
+
+    # the fork trains on from step 3, as a resume of it
+    tr = Trainer(
+        small_config(steps=9, checkpoint_every=3, val_every=3, val_size=12), fork, resume=True, data=data
+    )
+    out = list(tr.run())
+    started = next(e for e in out if isinstance(e, ev.Started))
+    assert started.step == 3 and isinstance(out[-1], ev.Finished)
+    info = runs.read_run(fork)
+    assert (info.status, info.step) == (runs.FINISHED, 9)
+    assert [r["step"] for r in file_records(fork) if runs.loss_of(r) is not None] == list(range(1, 10))
+    assert tree_bytes(run) == before  # the original is byte-identical after the fork trained
+
+
+def test_a_half_done_fork_is_removed(tmp_path, data, monkeypatch):
+    from ddpm_gui.errors import CheckpointError
+
+    run = tmp_path / "r"
+    train(run, data, steps=6, checkpoint_every=3)
+    before = tree_bytes(run)
+    real = runs.atomic_write_bytes
+
+    def fail_on_checkpoint(path, data):
+        if str(path).endswith(".safetensors"):
+            raise CheckpointError("disk full")
+        real(path, data)
+
+    monkeypatch.setattr(runs, "atomic_write_bytes", fail_on_checkpoint)
+    with pytest.raises(CheckpointError, match="disk full"):
+        runs.fork_run(run, 3)
+    assert not (tmp_path / "r-from-3").exists() and tree_bytes(run) == before
+
+
+def test_validation_records_are_read_apart_from_the_training_loss(tmp_path, data):
+    from ddpm_gui.engine.validation import ValResult
+
+    run = tmp_path / "r"
+    train(run, data, steps=6)
+    with open(run / "metrics.jsonl", "a") as f:
+        for step, total in ((2, 0.30), (4, 0.20), (6, 0.25)):
+            rec = ValResult(
+                step, total, {"low": total / 2, "mid": total, "high": total * 1.5}, 0.1, 12
+            ).record()
+            f.write(json.dumps(rec) + "\n")
+    m = runs.RunMetrics.of(run)
+    steps, vals = m.val_curve()
+    assert list(steps) == [2, 4, 6] and list(vals) == pytest.approx([0.30, 0.20, 0.25])
+    assert m.steps == list(range(1, 7))  # validation records are not training losses
+    info = runs.read_run(run)
+    assert (info.val_last["step"], info.val_last["val"]) == (6, pytest.approx(0.25))
+    assert (info.val_best["step"], info.val_best["val"]) == (4, pytest.approx(0.20))
+    assert runs.val_text(info.val_best) == "0.2 @4"
+
+
+def test_quality_results_read_what_record_eval_keeps(tmp_path, data):
+    """Records of EvalResult dicts: the newest of one step is the last; checkpoints locate their run."""
+    run = tmp_path / "r"
+    train(run, data, steps=3, checkpoint_every=3)
+    ckpt = runs.checkpoints(run)[0][1]
+    assert runs.run_of_checkpoint(ckpt) == run and runs.run_of_checkpoint(run) == run
+    assert (
+        runs.run_of_checkpoint(tmp_path) is None
+        and runs.run_of_checkpoint(tmp_path / "x.safetensors") is None
+    )
+    evals = run / runs.EVALS
+    evals.mkdir()
+    for name, step, fd, t in (("step_00000003.json", 3, 5.0, 1.0), ("step_00000003-2.json", 3, 4.0, 2.0),
+                              ("step_00000001.json", 1, 9.0, 3.0)):  # fmt: skip
+        (evals / name).write_text(json.dumps({"frechet_distance": fd, "model_step": step, "time": t}))
+    (evals / "notes.json").write_text('{"something": "else"}')
+    info = runs.read_run(run)
+    assert [(r["model_step"], r["frechet_distance"]) for r in info.evals] == [(1, 9.0), (3, 5.0), (3, 4.0)]
+    assert info.quality_last["frechet_distance"] == 4.0 and info.quality_best["frechet_distance"] == 4.0

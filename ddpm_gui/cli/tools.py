@@ -28,7 +28,9 @@ def add_parsers(sub) -> None:
         "time DDPM Studio's training and sampling against the tutorial's own loop",
         description="In one process: the tutorial's training loop and DDPM Studio's trainer on the same "
         "model and batch (img/s, speedup, FLOPs, TFLOP/s, fraction of the measured matmul peak), "
-        "sampling time for the full DDPM chain, peak memory. See docs/benchmarks.md.",
+        "sampling time for the full DDPM chain, peak memory (the compare section); with --sections busy, "
+        "the app's CPU thread count against torch's default on a machine that other processes keep busy. "
+        "Progress goes to stderr. See docs/benchmarks.md.",
     )
     b.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     b.add_argument("--preset", default="tutorial", help="model preset for both loops")
@@ -53,6 +55,20 @@ def add_parsers(sub) -> None:
     )
     b.add_argument(
         "--quick", action="store_true", help="a smoke run: tiny preset, 16x16, batch 16, few steps"
+    )
+    b.add_argument(
+        "--sections",
+        default="compare",
+        help="what to run, comma-separated: compare (the tutorial's loop against DDPM Studio's trainer, "
+        "the matmul peak, sampling, memory; the options above), busy (the app's CPU thread count against "
+        "torch's default with 0, 1 and 2 competing CPU-bound processes; about 2 minutes on a 2-core CPU)",
+    )
+    b.add_argument(
+        "--busy-reps",
+        type=positive_int,
+        default=None,
+        help="busy section: alternating timed runs of each thread count per load, for the medians "
+        "(default: 5; with --quick 2)",
     )
     b.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
 
@@ -81,6 +97,12 @@ def add_parsers(sub) -> None:
         "--retrain", action="store_true", help="train the classifier again instead of using the cache"
     )
     e.add_argument("--grid", default=None, metavar="PNG", help="also save the first 64 samples as a grid")
+    e.add_argument(
+        "--no-record",
+        action="store_true",
+        help="do not keep the results in the run folder (by default they go to RUN/evals/step_N.json, "
+        "where the Runs tab shows them)",
+    )
     e.add_argument(
         "--json",
         nargs="?",
@@ -152,19 +174,35 @@ def cmd_bench(args) -> int:
     cfg.variants = args.variants
     if args.threads:
         cfg.threads = args.threads
+    cfg.sections = tuple(s.strip() for s in args.sections.split(",") if s.strip())
+    if args.busy_reps:
+        cfg.busy.reps = args.busy_reps
     from ddpm_gui.models.presets import check_image_size, get_preset
 
     check_image_size(get_preset(cfg.preset), cfg.image_size)
-    with torch.random.fork_rng(devices=[]):
-        res = run_bench(cfg)
+    progress = PhaseBars()  # on stderr; the report's lines go to stdout between the bars
+    try:
+        with torch.random.fork_rng(devices=[]):
+            res = run_bench(cfg, log=_write_line, progress=progress)
+    finally:
+        progress.close()
     if args.json:
         write_json(args.json, res)
         print(f"wrote {args.json}")
     return 0
 
 
+def _write_line(text: str) -> None:
+    """A report line on stdout that does not tear the progress bar on stderr."""
+    from tqdm import tqdm
+
+    tqdm.write(text, file=sys.stdout)
+
+
 def cmd_eval(args) -> int:
-    from ddpm_gui.engine.evaluate import evaluate_run, format_report
+    from ddpm_gui.engine.evaluate import evaluate_run, format_report, record_eval
+    from ddpm_gui.engine.runs import run_of_checkpoint
+    from ddpm_gui.errors import DDPMError
 
     progress = PhaseBars()
     res = evaluate_run(
@@ -177,13 +215,23 @@ def cmd_eval(args) -> int:
     progress.close()
     for note in res.notes:
         print(f"warning: {note}", file=sys.stderr)
-    if args.json == "-":
+    to_stdout = args.json == "-"
+    if to_stdout:
         print(json.dumps(res.to_dict(), indent=2))
-        return 0
-    print(format_report(res))
+    else:
+        print(format_report(res))
+    said = sys.stderr if to_stdout else sys.stdout  # stdout holds only the JSON then
     if args.grid:
-        print(f"wrote {args.grid}")
-    if args.json:
+        print(f"wrote {args.grid}", file=said)
+    if args.json and not to_stdout:
         write_json(args.json, res.to_dict())
         print(f"wrote {args.json}")
+    if not args.no_record:
+        try:  # the run of the checkpoint scored (None: a checkpoint outside a run folder)
+            kept = record_eval(run_of_checkpoint(res.model_source), res)
+        except DDPMError as exc:
+            print(f"warning: the results were not kept in the run folder: {exc}", file=sys.stderr)
+        else:
+            if kept is not None:
+                print(f"kept in {kept}", file=said)
     return 0

@@ -3,6 +3,7 @@
     clf = get_classifier(data)                   # trained once per dataset (~1 min on a 2-core CPU), cached
     res = evaluate_bundle(bundle, data, n=500)   # samples, then the numbers below: an EvalResult
     res.frechet_distance, res.to_dict()          # attributes; the JSON-able dict `ddpm-gui eval --json` writes
+    record_eval(run_dir, res)                    # kept in the run: RUN/evals/step_XXXXXXXX.json
 
 What the numbers mean
 - `classifier_accuracy`: the classifier's accuracy on real images it never saw (a held-out tenth of the
@@ -43,6 +44,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ddpm_gui.core.spec import SAMPLERS
+from ddpm_gui.engine.fileio import atomic_write_bytes
+from ddpm_gui.engine.runfolder import is_run_dir
+from ddpm_gui.engine.runs import EVALS, free_path
 from ddpm_gui.engine.scores import (  # noqa: F401 - format_report: re-exported with the result types
     EvalResult,
     SampleScores,
@@ -299,8 +303,6 @@ def train_classifier(
 def save_classifier(clf: RealClassifier, path: Path) -> None:
     from safetensors.torch import save
 
-    from ddpm_gui.engine.checkpoint import atomic_write_bytes
-
     tensors = {f"net.{k}": v.detach().cpu().contiguous() for k, v in clf.net.state_dict().items()}
     tensors.update(
         heldout=torch.from_numpy(clf.heldout.astype(np.int64)),
@@ -545,6 +547,18 @@ def evaluate_bundle(
     )
 
 
+def record_eval(run_dir: str | Path | None, result: EvalResult) -> Path | None:
+    """Keep a quality result in the run it scored (the Runs tab reads it back): RUN/evals/step_XXXXXXXX.json,
+    to_dict() and the time, atomically; only in a run folder (else None), never over a file (a second result
+    of one step: step_XXXXXXXX-2.json). A failed write raises CheckpointError."""
+    if run_dir is None or not str(run_dir).strip() or not is_run_dir(run_dir):
+        return None
+    path = free_path(Path(run_dir).expanduser() / EVALS, f"step_{int(result.model_step):08d}", ".json")
+    text = json.dumps({**result.to_dict(), "time": time.time()}, indent=2) + "\n"
+    atomic_write_bytes(path, text.encode())
+    return path
+
+
 def evaluate_run(
     path: str | Path,
     data: str | None = None,
@@ -570,8 +584,7 @@ def evaluate_run(
     spec = data or cfg.get("data")
     if not spec:
         raise ConfigError("This checkpoint does not say which dataset it was trained on: pass --data.")
-    limit = None if data else cfg.get("data_limit")
-    ds = load_data(spec, image_size=bundle.image_size, limit=limit)
+    ds = load_data(spec, image_size=bundle.image_size, limit=None if data else cfg.get("data_limit"))
     _check_data(ds)
     clf = get_classifier(ds, device=bundle.device, retrain=retrain, progress=progress)
     res = evaluate_bundle(

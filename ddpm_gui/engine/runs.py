@@ -1,11 +1,13 @@
 """The runs of a runs folder, read while other processes write them: what each run is (settings, status,
-steps, quality figures, date), its metrics followed as they grow, and how runs differ.
+steps, validation loss, quality figures, date), its metrics followed as they grow, and how runs differ; and a
+run forked from one of its kept checkpoints (`fork_run`).
 
-Everything here only reads. A run being trained by another process (the CLI, another window) is followed
-without disturbing it: its lock is never taken (whether it is held is read from the kernel's lock table),
-metrics.jsonl is read incrementally (`MetricsReader`: only new complete lines, a half-written last line is
-read once it is complete, a log cut back on resume is read again from the start), and files in the middle of
-an atomic write (engine/fileio.py temp names) are never listed.
+Everything here only reads, but `fork_run`, which writes only in a new run folder. A run being trained by
+another process (the CLI, another window) is followed without disturbing it: its lock is never taken (whether
+it is held is read from the kernel's lock table), metrics.jsonl is read incrementally (`MetricsReader`: only
+new complete lines, a half-written last line is read once it is complete, a log cut back on resume is read
+again from the start), and files in the middle of an atomic write (engine/fileio.py temp names) are never
+listed.
 
 Status of a run:
     running    its lock is held (or, where locks cannot be seen, its metrics grew in the last GROWING_S
@@ -17,9 +19,11 @@ Status of a run:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -27,16 +31,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ddpm_gui.engine.checkpoint import CKPT_RE, list_checkpoints
+from ddpm_gui.engine.checkpoint import CKPT_RE, checkpoint_dir, list_checkpoints
 from ddpm_gui.engine.config import SETTINGS, TrainConfig, load_run_config
-from ddpm_gui.engine.fileio import is_own_temp
-from ddpm_gui.engine.runfolder import MARKER, METRICS, is_run_dir
-from ddpm_gui.errors import DDPMError
+from ddpm_gui.engine.fileio import atomic_write_bytes, is_own_temp
+from ddpm_gui.engine.runfolder import MARKER, METRICS, RunFolder, is_run_dir
+from ddpm_gui.errors import CheckpointError, ConfigError, DDPMError
 
 RUNNING, FINISHED, STOPPED, FAILED = "running", "finished", "stopped", "failed"
 FAILED_EVENT = "failed"  # the "event" of the record a failed run ends with
 GROWING_S = 30.0  # metrics written this recently by a live process: running, where locks cannot be seen
 EVALS = "evals"  # <run>/evals/*.json: quality-check results (EvalResult.to_dict()), also *.json in the run
+FORK_NAME = "{run}-from-{step}"  # the folder a run forked from an older checkpoint gets, beside the run
 _PREVIEW_RE = CKPT_RE.pattern.replace("safetensors", "png")
 
 
@@ -60,6 +65,10 @@ def _record(line: bytes) -> dict | None:
     except (ValueError, RecursionError):
         return None  # a damaged line (a crash mid-write long ago): skipped
     return rec if isinstance(rec, dict) and type(rec.get("step")) is int else None
+
+
+def _number(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def loss_of(rec: dict) -> float | None:
@@ -163,6 +172,11 @@ class RunMetrics:
             np.asarray(self.smooth, np.float64),
         )
 
+    def val_curve(self) -> tuple[np.ndarray, np.ndarray]:
+        """(steps, validation losses) of the validation records, as arrays."""
+        pts = [(r["step"], float(r["val"])) for r in self.val if _number(r.get("val"))]
+        return np.asarray([p[0] for p in pts], np.int64), np.asarray([p[1] for p in pts], np.float64)
+
     @property
     def last_step(self) -> int:
         return max(self.steps[-1] if self.steps else 0, max((e["step"] for e in self.events), default=0))
@@ -226,8 +240,6 @@ def _alive(pid: int | None) -> bool:
 
 def previews(run_dir: str | Path) -> list[tuple[int, Path]]:
     """(step, path) of the preview grids in samples/, oldest first (files mid-write are not listed)."""
-    import re
-
     pat = re.compile(_PREVIEW_RE)
     try:
         entries = list(os.scandir(Path(run_dir) / "samples"))
@@ -251,12 +263,26 @@ def checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
     return [(s, p) for s, p in list_checkpoints(run_dir) if not is_own_temp(p.name)]
 
 
+def run_of_checkpoint(path: str | Path) -> Path | None:
+    """The run folder a model file belongs to: `path` itself when it is a run folder, the run of a checkpoint
+    in a run's checkpoints/ folder; None for anything else (a checkpoint copied elsewhere)."""
+    p = Path(path).expanduser()
+    for cand in (p, p.parent.parent):
+        try:
+            if (cand == p or p.parent == checkpoint_dir(cand)) and is_run_dir(cand):
+                return cand
+        except (OSError, DDPMError):
+            continue
+    return None
+
+
 QUALITY_KEYS = ("frechet_distance", "model_step")
 
 
 def quality_results(run_dir: str | Path) -> list[dict]:
     """The quality-check results a run holds (EvalResult.to_dict() JSON files in the run folder or its
-    evals/ folder, as `ddpm-gui eval --json` writes them), by the step of the model they scored."""
+    evals/ folder, as `ddpm-gui eval` and the Train tab keep them: record_eval), by the step of the model
+    they scored, then by when they were recorded."""
     run = Path(run_dir)
     found = []
     for d in (run, run / EVALS):
@@ -271,7 +297,12 @@ def quality_results(run_dir: str | Path) -> list[dict]:
                 continue
             if isinstance(d_, dict) and all(isinstance(d_.get(k), int | float) for k in QUALITY_KEYS):
                 found.append(d_)
-    return sorted(found, key=lambda r: r["model_step"])
+    return sorted(found, key=lambda r: (r["model_step"], r["time"] if _number(r.get("time")) else 0.0))
+
+
+def val_text(rec: dict | None) -> str:
+    """A validation record in a few characters: its loss and step."""
+    return f"{rec['val']:.4g} @{int(rec['step']):,}" if rec else ""
 
 
 def quality_text(res: dict | None) -> str:
@@ -297,6 +328,9 @@ class RunInfo:
     last_loss: float | None = None
     quality_last: dict | None = None
     quality_best: dict | None = None  # the lowest Fréchet distance
+    evals: list[dict] = field(default_factory=list)  # every quality result kept in the run, by model step
+    val_last: dict | None = None  # the newest validation record ({"step", "val", "val_low", ...})
+    val_best: dict | None = None  # the validation record with the lowest "val"
     created: float = 0.0  # seconds since the epoch
     updated: float = 0.0  # when the metrics (or the config) last changed
     checkpoints: list[tuple[int, Path]] = field(default_factory=list)
@@ -351,11 +385,13 @@ def read_run(run_dir: str | Path, metrics: RunMetrics | None = None) -> RunInfo:
     except OSError:
         updated = _created(run)
     evals = quality_results(run)
+    vals = [r for r in metrics.val if _number(r.get("val"))]
     info = RunInfo(
         path=run, status=STOPPED, config=config, error=error, step=step,
         last_loss=metrics.losses[-1] if metrics.losses else None,
         quality_last=evals[-1] if evals else None,
-        quality_best=min(evals, key=lambda r: r["frechet_distance"]) if evals else None,
+        quality_best=min(evals, key=lambda r: r["frechet_distance"]) if evals else None, evals=evals,
+        val_last=vals[-1] if vals else None, val_best=min(vals, key=lambda r: r["val"]) if vals else None,
         created=_created(run), updated=updated, checkpoints=kept,
     )  # fmt: skip
     info.status = _status(run, info, metrics)
@@ -393,6 +429,78 @@ def run_dirs(folder: str | Path) -> list[Path]:
 def scan_runs(folder: str | Path) -> list[RunInfo]:
     """Every run in a runs folder, newest first."""
     return sorted((read_run(p) for p in run_dirs(folder)), key=lambda r: r.created, reverse=True)
+
+
+# ----------------------------------------------------------------------------- a run forked from a checkpoint
+
+
+def free_path(folder: Path, stem: str, suffix: str = "") -> Path:
+    """folder/<stem><suffix>, else <stem>-2<suffix>, -3...: the first name nothing holds yet."""
+    for i in range(1, 10000):
+        cand = folder / (f"{stem}{suffix}" if i == 1 else f"{stem}-{i}{suffix}")
+        if not os.path.lexists(cand):
+            return cand
+    raise ConfigError(f"No free name for {stem}{suffix} in {folder}: tidy that folder up.")
+
+
+def fork_run(run_dir: str | Path, step: int, dest: str | Path | None = None) -> Path:
+    """A new run that goes on from the kept checkpoint of `step` of `run_dir`: in `dest` (new or empty; by
+    default <run>-from-<step> beside it), a new run folder with the run's settings file, that checkpoint, and
+    its metrics log as a resume at `step` cuts it back (RunFolder.history). Resume it as any run. The original
+    run is only read; a fork that fails half-way is removed again. Returns the new run folder."""
+    run = Path(run_dir).expanduser()
+    if not is_run_dir(run):
+        raise CheckpointError(f"{run} is not a DDPM Studio run folder: choose a run to fork.")
+    kept = dict(checkpoints(run))
+    if step not in kept:
+        have = ", ".join(f"{s:,}" for s in kept) or "none"
+        raise CheckpointError(
+            f"{run.name} keeps no checkpoint of step {step:,} (it keeps: {have}): pick one of those."
+        )
+    settings = RunFolder(run).config_file()
+    if settings is None:
+        raise ConfigError(f"{run} has no settings file to fork: resume it instead.")
+    name = FORK_NAME.format(run=run.name, step=int(step))
+    new = RunFolder(Path(dest).expanduser() if dest is not None else free_path(run.parent, name))
+    made = not new.path.exists()
+    new.create()  # refuses a folder that is neither new nor empty
+    try:
+        atomic_write_bytes(new.path / settings.name, _read(settings))
+        atomic_write_bytes(new.checkpoint_path(step), _read(kept[step]))
+        atomic_write_bytes(new.metrics, _read(run / METRICS, missing_ok=True))
+        new.history(step)
+    except BaseException:
+        _remove_fork(new, settings.name, step, made)
+        raise
+    finally:
+        new.release()
+    return new.path
+
+
+def _read(path: Path, missing_ok: bool = False) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        if missing_ok:
+            return b""
+        raise CheckpointError(
+            f"{path} is gone (pruned by the training meanwhile?): pick a checkpoint the run still keeps."
+        ) from None
+    except OSError as exc:
+        raise CheckpointError(f"{path} cannot be read ({exc.strerror or exc}).") from None
+
+
+def _remove_fork(new: RunFolder, settings_name: str, step: int, made: bool) -> None:
+    """Delete what fork_run wrote (those names only) and its folders when empty (the run folder itself only
+    when fork_run `made` it)."""
+    names = (new.checkpoint_path(step), new.metrics, new.path / settings_name, new.path / MARKER)
+    for p in (*names, new.path / ".lock"):
+        with contextlib.suppress(OSError):
+            p.unlink(missing_ok=True)
+    new.remove_temp_files()
+    for d in (new.checkpoints, new.samples, new.path) if made else (new.checkpoints, new.samples):
+        with contextlib.suppress(OSError):
+            d.rmdir()
 
 
 # ----------------------------------------------------------------------------- comparing runs

@@ -247,8 +247,10 @@ class ModelLoader(QObject):
         return self._slot.start(lambda p=self._path: _load(p))
 
     def _ask(self, folder: bool) -> str:
+        from ddpm_gui.engine.runs import default_runs_root  # the engine loads after the window shows
+
         settings = self._state.settings
-        start = str(settings.value(CHECKPOINT_DIR_KEY, "") or Path.home() / "DDPM Studio" / "runs")
+        start = str(settings.value(CHECKPOINT_DIR_KEY, "") or default_runs_root())
         if folder:
             path = QFileDialog.getExistingDirectory(self._panel, "Open run folder", start)
         else:

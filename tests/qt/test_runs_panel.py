@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from PySide6.QtCore import Qt
 
 from ddpm_gui.engine import runs
 from ddpm_gui.engine.fileio import RunLock
@@ -162,3 +163,113 @@ def test_queue_edits_survive_a_new_panel(qtbot, state, tmp_path):
     texts = [again.queue_list.item(i).text() for i in range(again.queue_list.count())]
     assert len(texts) == 2 and "3 steps" in texts[0] and "2 steps" in texts[1]
     assert [e.config.steps for e in RunQueue(tmp_path).entries()] == [3, 2]
+
+
+def tree_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_an_opened_run_shows_its_quality_history_and_validation_curve(qtbot, state, tmp_path, runs_dir):
+    """Quality results kept in RUN/evals/ (as record_eval writes them) and validation records in the metrics
+    come back when the run is opened, and a result kept meanwhile shows on the next poll."""
+    import shutil
+
+    from ddpm_gui.engine.validation import ValResult
+
+    run = tmp_path / "a"
+    shutil.copytree(runs_dir / "a", run)
+    with open(run / "metrics.jsonl", "a") as f:
+        for step, total in ((3, 0.3), (6, 0.2)):
+            f.write(
+                json.dumps(ValResult(step, total, {"low": 0.1, "mid": 0.2, "high": 0.3}, 0.1, 12).record())
+            )
+            f.write("\n")
+    (run / "evals").mkdir()
+
+    def keep(step: int, fd: float, t: float, name: str) -> None:
+        rec = {"n": 100, "frechet_distance": fd, "frechet_distance_real": 0.5, "sampler": "ddpm",
+               "sampling_steps": 1000, "model_step": step, "sample_accuracy": 0.25, "time": t}  # fmt: skip
+        (run / "evals" / name).write_text(json.dumps(rec))
+
+    keep(3, 9.0, 1.0, "step_00000003.json")
+    keep(6, 4.0, 2.0, "step_00000006.json")
+    panel = make_panel(qtbot, state, tmp_path)
+    assert panel.table.item(0, rp.COLUMNS.index("Quality (last)")).text() == "FD 4, 25% @6"
+    assert panel.table.item(0, rp.COLUMNS.index("Val loss (last / best)")).text() == "0.2 @6 / 0.2 @6"
+    panel.select([run])
+    table = panel.evals.table
+    assert [table.item(r, 1).text() for r in range(table.rowCount())] == ["3", "6"]
+    assert [table.item(r, 2).text() for r in range(table.rowCount())] == ["9.000", "4.000"]
+    assert panel.evals.empty.isHidden()
+    assert list(panel.evals.curves[run].xData) == [3, 6] and list(panel.evals.curves[run].yData) == [9.0, 4.0]
+    val = panel.overlay.val_curves[run]
+    assert list(val.xData) == [3, 6] and list(val.yData) == pytest.approx([0.3, 0.2])
+    assert val.opts["pen"].style() == Qt.PenStyle.DashLine
+    assert val.opts["pen"].color().rgb() == panel.overlay.curves[run][1].opts["pen"].color().rgb()
+    keep(6, 3.0, 3.0, "step_00000006-2.json")
+    panel.poll()
+    assert table.rowCount() == 3 and table.item(2, 2).text() == "3.000"
+    assert panel.table.item(0, rp.COLUMNS.index("Quality (best)")).text() == "FD 3, 25% @6"
+
+
+def test_resume_from_an_older_checkpoint_continues_a_fork(qtbot, state, tmp_path, runs_dir, monkeypatch):
+    """An older kept checkpoint is resumed as a new run forked from it; the run itself stays byte for byte."""
+    import shutil
+
+    from ddpm_gui.qt.panels import train_panel as tp
+
+    run = tmp_path / "a"
+    shutil.copytree(runs_dir / "a", run)
+    before = tree_bytes(run)
+    monkeypatch.setattr(tp, "SHOW_DIALOGS", False)
+    train = tp.TrainPanel(state)
+    qtbot.addWidget(train, before_close_func=lambda w: w.shutdown(60000))
+    qtbot.waitUntil(lambda: not train.is_busy(), timeout=TIMEOUT)
+    panel = make_panel(qtbot, state, tmp_path)
+    panel.train_panel = train
+    panel.select([run])
+    assert panel.resume_btn.text() == rp.RESUME_TEXT  # the newest checkpoint: a plain resume
+    panel.ckpt_combo.setCurrentIndex(1)  # step 3
+    assert panel.resume_btn.text() == rp.RESUME_OLDER_TEXT
+    assert panel.resume_selected()
+    fork = tmp_path / "a-from-3"
+    assert panel.selected_paths() == [fork] and panel.infos[fork].step == 3
+    assert train.run_edit.text() == str(fork) and train.start_btn.text() == tp.TEXTS["continue"]
+    train.start_btn.click()
+    qtbot.waitUntil(lambda: not train.is_busy(), timeout=TIMEOUT)
+    assert train.last_finished is not None and train.last_finished.step == 6, train.view.error_label.text()
+    steps = [r["step"] for r in records(fork)]
+    assert steps == list(range(1, 7))  # 1..3 copied from the run, 4..6 trained on from its checkpoint
+    assert records(fork)[:3] == records(run)[:3]
+    assert tree_bytes(run) == before
+
+
+def test_the_train_tabs_quality_check_keeps_its_result_in_the_run(tmp_path, runs_dir, monkeypatch):
+    """The quality check's worker records the result in the run of the checkpoint it scored (RUN/evals/),
+    where the Runs tab reads it; a model that is not a run's is scored but kept nowhere."""
+    import shutil
+    import threading
+    from functools import partial
+
+    from ddpm_gui.data import load_data
+    from ddpm_gui.engine import evaluate
+    from ddpm_gui.engine.sampler import load_bundle
+    from ddpm_gui.qt.train.quality import Kept, evaluate_iter
+
+    # a short classifier training keeps this to seconds (the check itself is what is tested)
+    small = evaluate.ClassifierSpec(steps=20, batch_size=32)
+    monkeypatch.setattr(evaluate, "get_classifier", partial(evaluate.get_classifier, spec=small))
+    monkeypatch.setenv("DDPM_GUI_CACHE", str(tmp_path / "cache"))
+    run = tmp_path / "a"
+    shutil.copytree(runs_dir / "a", run)
+    data = load_data("builtin:256", image_size=16)
+    bundle = load_bundle(run / "checkpoints" / "step_00000003.safetensors", device="cpu")
+    out = list(evaluate_iter(bundle, data, 4, lambda _e: None, threading.Event()))
+    res, kept = out
+    assert isinstance(kept, Kept) and kept.error == "" and kept.path == run / "evals" / "step_00000003.json"
+    back = runs.read_run(run).evals
+    assert len(back) == 1 and back[0]["frechet_distance"] == res.frechet_distance and back[0]["n"] == 4
+    loose = tmp_path / "loose.safetensors"
+    shutil.copy(run / "checkpoints" / "step_00000006.safetensors", loose)
+    out = list(evaluate_iter(load_bundle(loose, device="cpu"), data, 4, lambda _e: None, threading.Event()))
+    assert out[1] == Kept(None) and len(runs.read_run(run).evals) == 1

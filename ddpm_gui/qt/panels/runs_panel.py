@@ -1,7 +1,9 @@
-"""Runs panel: every run of a runs folder in a table (status, preset, data, steps, loss, quality, date),
-several compared (loss curves, loss by timestep, the settings that differ, previews at one step), one sent
-to Sample/Denoise, resumed, or duplicated with changes in the Train tab, "watch it learn" (the same noise
-through every kept checkpoint, as a strip and a GIF), and the training queue.
+"""Runs panel: every run of a runs folder in a table (status, preset, data, steps, loss, validation loss,
+quality, date), several compared (loss curves with their validation loss, loss by timestep, the settings that
+differ, the quality results kept in them, previews at one step), one sent to Sample/Denoise, resumed (from
+its newest checkpoint, or from an older one as a new run forked from it), or duplicated with changes in the
+Train tab, "watch it learn" (the same noise through every kept checkpoint, as a strip and a GIF), and the
+training queue.
 
 Runs trained by another process (`ddpm-gui train`, another window) are followed live: while the tab is
 shown, a timer reads what was appended to the runs' metrics (engine/runs.py: incremental, read-only, never
@@ -35,7 +37,7 @@ from ddpm_gui.engine.queue import RunQueue
 from ddpm_gui.errors import DDPMError
 from ddpm_gui.qt.exports import Exporter
 from ddpm_gui.qt.runs import RUNS_FOLDER_KEY, runs_root
-from ddpm_gui.qt.runs.compare import LearningStrip, LossOverlay, PreviewCompare, SettingsDiff
+from ddpm_gui.qt.runs.compare import EvalHistory, LearningStrip, LossOverlay, PreviewCompare, SettingsDiff
 from ddpm_gui.qt.state import AppState
 from ddpm_gui.qt.widgets import Messages, ModelLoader
 from ddpm_gui.qt.workers import JobSlot, shutdown_jobs
@@ -50,11 +52,19 @@ COLUMNS = (
     "Data",
     "Steps",
     "Last loss",
+    "Val loss (last / best)",
     "Quality (last)",
     "Quality (best)",
     "Date",
 )
 LEARN_FPS = 2
+RESUME_TEXT = "Res&ume in Train"
+RESUME_OLDER_TEXT = "Res&ume from this checkpoint"
+RESUME_TIP = (
+    "Continue this run from its newest checkpoint in the Train tab; from an older checkpoint, a new run\n"
+    "forked from it (<run>-from-<step>: its settings, that checkpoint and its history up to it; the run itself\n"
+    "is left as it is)"
+)
 
 
 def _dialogs() -> bool:
@@ -72,7 +82,8 @@ def row_texts(info: runs.RunInfo) -> list[str]:
     total = f"{info.total_steps:,}" if info.total_steps is not None else "?"
     loss = f"{info.last_loss:.4g}" if info.last_loss is not None else ""
     date = time.strftime("%Y-%m-%d %H:%M", time.localtime(info.created)) if info.created else ""
-    return [info.name, info.status, info.preset, info.data, f"{info.step:,} / {total}", loss,
+    val = " / ".join(runs.val_text(v) for v in (info.val_last, info.val_best) if v)
+    return [info.name, info.status, info.preset, info.data, f"{info.step:,} / {total}", loss, val,
             runs.quality_text(info.quality_last), runs.quality_text(info.quality_best), date]  # fmt: skip
 
 
@@ -121,12 +132,14 @@ class RunsPanel(QWidget):
         self.table.itemSelectionChanged.connect(self._on_selection)
 
         self.ckpt_combo = QComboBox()
-        self.ckpt_combo.setToolTip("The kept checkpoint of the current run to open (the newest first)")
+        self.ckpt_combo.setToolTip(
+            "The kept checkpoint of the current run to open or resume from (the newest first)"
+        )
+        self.ckpt_combo.currentIndexChanged.connect(lambda *_: self._update_buttons())
         self.open_btn = _button(
             "&Open in Sample/Denoise", self.open_selected, "Load this checkpoint as the model"
         )
-        self.resume_btn = _button("Res&ume in Train", self.resume_selected,
-                                  "Continue this run from its newest checkpoint in the Train tab")  # fmt: skip
+        self.resume_btn = _button(RESUME_TEXT, self.resume_selected, RESUME_TIP)
         self.dup_btn = _button("Du&plicate with changes", self.duplicate_selected,
                                "A new run with this run's settings, to change one in the Train tab")  # fmt: skip
         self.learn_btn = _button("&Watch it learn", self.watch_it_learn,
@@ -142,11 +155,12 @@ class RunsPanel(QWidget):
 
         self.overlay = LossOverlay()
         self.diff = SettingsDiff()
+        self.evals = EvalHistory()
         self.previews = PreviewCompare()
         self.learning = LearningStrip()
         self.views = QTabWidget()
         for w, title in ((self.overlay, "Loss"), (self.diff, "Settings that differ"),
-                         (self.previews, "Previews"), (self.learning, "Watch it learn"),
+                         (self.evals, "Quality"), (self.previews, "Previews"), (self.learning, "Watch it learn"),
                          (self._queue_ui(), "Queue")):  # fmt: skip
             self.views.addTab(w, title)
 
@@ -269,8 +283,8 @@ class RunsPanel(QWidget):
             if old.status != runs.RUNNING and p not in selected and self._polls % RESCAN_EVERY:
                 continue
             new = runs.read_run(p, self.metrics[p])
-            if (new.status, new.step, new.updated, len(new.checkpoints), new.last_loss) != (
-                old.status, old.step, old.updated, len(old.checkpoints), old.last_loss
+            if (new.status, new.step, new.updated, len(new.checkpoints), new.last_loss, len(new.evals)) != (
+                old.status, old.step, old.updated, len(old.checkpoints), old.last_loss, len(old.evals)
             ):  # fmt: skip
                 self.infos[p] = new
                 self._set_row(r, new)
@@ -302,6 +316,7 @@ class RunsPanel(QWidget):
         self.overlay.show_runs([(self.infos[p], self.metrics[p]) for p in paths])
         infos = [self.infos[p] for p in paths]
         self.diff.show_runs(infos)
+        self.evals.show_runs(infos)
         self.previews.show_runs(infos)
 
     def current(self) -> runs.RunInfo | None:
@@ -322,7 +337,9 @@ class RunsPanel(QWidget):
         info = self.current()
         has_ckpt = bool(info and info.checkpoints)
         self.open_btn.setEnabled(has_ckpt and not self.loader.is_busy())
-        self.resume_btn.setEnabled(bool(info and info.config) and info.status != runs.RUNNING)
+        older = self.chosen_older_step() is not None
+        self.resume_btn.setText(RESUME_OLDER_TEXT if older else RESUME_TEXT)
+        self.resume_btn.setEnabled(bool(info and info.config) and (older or info.status != runs.RUNNING))
         self.dup_btn.setEnabled(bool(info and info.config))
         self.learn_btn.setEnabled(has_ckpt and not self.learn_slot.is_busy())
         self.gif_btn.setEnabled(bool(self.learning.frames) and not self.learn_slot.is_busy())
@@ -344,12 +361,36 @@ class RunsPanel(QWidget):
         path = self.ckpt_combo.currentData()
         return bool(path) and self.loader.load(path)
 
+    def chosen_older_step(self) -> int | None:
+        """The step of the checkpoint chosen in the list when it is not the current run's newest; else None."""
+        info, chosen = self.current(), self.ckpt_combo.currentData()
+        if info is None or not info.checkpoints or chosen is None:
+            return None
+        steps = [s for s, p in info.checkpoints if str(p) == chosen]
+        return steps[0] if steps and steps[0] != info.checkpoints[-1][0] else None
+
     def resume_selected(self) -> bool:
+        """Continue the current run in the Train tab: from its newest checkpoint, or, when an older one is
+        chosen, a new run forked from that one (runs.fork_run: the run itself stays as it is)."""
         info, train = self.current(), self._train()
         if info is None or train is None:
             return False
-        ok = train.resume_run(info.path, start=False)
+        run_dir, step = info.path, self.chosen_older_step()
+        if step is not None:
+            if train.is_busy():
+                self.messages.error("A run is training: resume from this checkpoint once it has finished.")
+                return False
+            try:
+                run_dir = runs.fork_run(info.path, step)
+            except DDPMError as exc:
+                self.messages.error(str(exc))
+                return False
+            self.rescan()
+            self.select([run_dir])
+        ok = train.resume_run(run_dir, start=False)
         if ok:
+            if step is not None:
+                self.state.show_status(f"{run_dir.name}: {info.name} from step {step:,}, as a new run.")
             self._show_train(train)
         return ok
 

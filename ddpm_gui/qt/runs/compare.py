@@ -1,9 +1,11 @@
 """What the Runs tab shows of the selected runs side by side: their loss curves (raw and the trainer's own
-smoothed loss, log axis, legend), their loss by timestep, the settings that differ, their preview grids at
-one step, and a run's "watch it learn" strip."""
+smoothed loss, the validation loss dashed, log axis, legend), their loss by timestep, the settings that
+differ, their quality results over the steps, their preview grids at one step, and a run's "watch it learn"
+strip."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -47,8 +49,14 @@ def pens(i: int) -> tuple:
     return pg.mkPen(color=raw, width=1), pg.mkPen(color=c, width=2.5)
 
 
+def val_pen(i: int):
+    """The i-th run's validation loss: its colour, dashed."""
+    return pg.mkPen(color=pg.mkColor(PLOT_PENS[i % len(PLOT_PENS)]), width=2, style=Qt.PenStyle.DashLine)
+
+
 class LossOverlay(QWidget):
-    """The loss curves of several runs on one plot; `curves[path]` = (raw item, smoothed item)."""
+    """The loss curves of several runs on one plot; `curves[path]` = (raw item, smoothed item), and
+    `val_curves[path]` the validation loss of a run that logs one."""
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
@@ -62,6 +70,7 @@ class LossOverlay(QWidget):
         self.by_t = _plot("Loss by timestep (newest checkpoint)", "timestep t", "mean loss")
         self.by_t.getPlotItem().addLegend(offset=(-10, 10))
         self.curves: dict[Path, tuple] = {}
+        self.val_curves: dict[Path, pg.PlotDataItem] = {}
         self.t_curves: dict[Path, pg.PlotDataItem] = {}
         self._t_cache: dict[Path, np.ndarray | None] = {}
         top = QHBoxLayout()
@@ -80,6 +89,8 @@ class LossOverlay(QWidget):
         for path in [p for p in self.curves if p not in keep]:
             for item in self.curves.pop(path):
                 pi.removeItem(item)
+        for path in [p for p in self.val_curves if p not in keep]:
+            pi.removeItem(self.val_curves.pop(path))
         for path in [p for p in self.t_curves if p not in keep]:
             self.by_t.getPlotItem().removeItem(self.t_curves.pop(path))
         for i, (info, metrics) in enumerate(selected):
@@ -97,7 +108,17 @@ class LossOverlay(QWidget):
             sm.setPen(smooth_pen)
             raw.setData(steps, losses)
             sm.setData(steps, smooth)
+            self._show_val(i, info, metrics)
             self._show_by_t(i, info)
+
+    def _show_val(self, i: int, info: runs.RunInfo, metrics: runs.RunMetrics) -> None:
+        steps, vals = metrics.val_curve()
+        if not len(steps) and info.path not in self.val_curves:
+            return
+        if info.path not in self.val_curves:
+            self.val_curves[info.path] = self.plot.getPlotItem().plot(name=f"{info.name} (validation)")
+        self.val_curves[info.path].setPen(val_pen(i))
+        self.val_curves[info.path].setData(steps, vals)
 
     def _show_by_t(self, i: int, info: runs.RunInfo) -> None:
         if not info.checkpoints:
@@ -129,6 +150,74 @@ class SettingsDiff(QTableWidget):
             for j, v in enumerate(row.values):
                 self.setItem(i, j, QTableWidgetItem(v))
         self.resizeColumnsToContents()
+
+
+EVAL_COLUMNS = ("Run", "Step", "Fréchet distance", "Real vs real", "Recognisable / accuracy", "Samples",
+                "Sampler", "Recorded")  # fmt: skip
+
+
+def eval_row(name: str, res: dict) -> list[str]:
+    """One quality result (EvalResult.to_dict() and when it was kept) as the quality history lists it."""
+
+    def num(key: str, form: str) -> str:
+        v = res.get(key)
+        return form.format(v) if isinstance(v, int | float) else ""
+
+    when = res.get("time")
+    return [
+        name,
+        f"{int(res['model_step']):,}",
+        num("frechet_distance", "{:.3f}"),
+        num("frechet_distance_real", "{:.3f}"),
+        num("sample_accuracy", "{:.0%}"),
+        num("n", "{:,}"),
+        f"{res.get('sampler', '?')}, {res.get('sampling_steps', '?')} steps",
+        time.strftime("%Y-%m-%d %H:%M", time.localtime(when)) if isinstance(when, int | float) else "",
+    ]
+
+
+class EvalHistory(QWidget):
+    """The quality results kept in the selected runs (RUN/evals/): a table, oldest step first, and their
+    Fréchet distance over the steps, one colour per run."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.table = QTableWidget(0, len(EVAL_COLUMNS))
+        self.table.setHorizontalHeaderLabels(EVAL_COLUMNS)
+        self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        self.plot = _plot("Quality over training (lower is better)", "step", "Fréchet distance")
+        self.plot.getPlotItem().addLegend(offset=(-10, 10))
+        self.curves: dict[Path, pg.PlotDataItem] = {}
+        self.empty = QLabel(
+            "No quality results kept in these runs: run the quality check in the Train tab, or "
+            "ddpm-gui eval --run RUN."
+        )
+        self.empty.setWordWrap(True)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.empty)
+        lay.addWidget(self.table, 1)
+        lay.addWidget(self.plot, 1)
+
+    def show_runs(self, infos: list[runs.RunInfo]) -> None:
+        rows = [eval_row(info.name, res) for info in infos for res in info.evals]
+        self.table.setRowCount(len(rows))
+        for r, texts in enumerate(rows):
+            for c, text in enumerate(texts):
+                self.table.setItem(r, c, QTableWidgetItem(text))
+        self.table.resizeColumnsToContents()
+        self.empty.setVisible(not rows)
+        pi = self.plot.getPlotItem()
+        for path in list(self.curves):
+            pi.removeItem(self.curves.pop(path))
+        for i, info in enumerate(infos):
+            if info.evals:
+                x = [r["model_step"] for r in info.evals]
+                y = [r["frechet_distance"] for r in info.evals]
+                pen = pens(i)[1]
+                self.curves[info.path] = pi.plot(
+                    x, y, pen=pen, symbol="o", symbolBrush=pen.color(), name=info.name
+                )
 
 
 def pixmap(image: np.ndarray, scale: int = 1) -> QPixmap:

@@ -1,10 +1,13 @@
 """The Train tab's quality check: sample from the current weights and score the samples with a small
-classifier trained on the real images (ddpm_gui.engine.evaluate), beside training or after it."""
+classifier trained on the real images (ddpm_gui.engine.evaluate), beside training or after it. A result is
+kept in the run it scored (RUN/evals/, engine.evaluate.record_eval), where the Runs tab shows it."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 from PySide6.QtWidgets import QCheckBox, QGridLayout, QGroupBox, QLabel, QPushButton, QSpinBox, QWidget
 
@@ -95,6 +98,12 @@ class QualityBox(QGroupBox):
             done, total, what = e
             self.label.setText(f"Quality check: {what} {done:,}/{total:,}…")
             return
+        if isinstance(e, Kept):
+            if e.error:
+                self._log(f"The quality result was not kept in the run: {e.error}", True)
+            elif e.path is not None:
+                self._log(f"Quality result kept in {e.path}", False)
+            return
         self.last_result, self._unfinished = e, False
         self.label.setText(result_text(e))
         self._log(result_text(e), False)
@@ -133,17 +142,28 @@ def result_text(res) -> str:
     )
 
 
+@dataclass
+class Kept:
+    """Where the worker kept a result: its file in the run (None: the model is not a run's), or why not."""
+
+    path: Path | None
+    error: str = ""
+
+
 def evaluate_iter(source, data, n: int, report: Callable[[object], None], stop):
     """Worker: the quality check. `source` is a running Trainer (a snapshot of its EMA weights) or a
     ModelBundle; `data` the labelled ImageData to score against (reloaded from the checkpoint's own config
     when missing or of another size). Progress goes to `report` as (done, total, what); yields the
-    EvalResult."""
-    from ddpm_gui.engine.evaluate import evaluate_bundle
+    EvalResult, then Kept: the result recorded in the run it scored (the Trainer's, or the checkpoint's)."""
+    from ddpm_gui.engine.evaluate import evaluate_bundle, record_eval
+    from ddpm_gui.engine.runs import run_of_checkpoint
+    from ddpm_gui.errors import DDPMError
 
     bundle = source.bundle() if callable(getattr(source, "bundle", None)) else source
+    run_dir = getattr(source, "run_dir", None) or run_of_checkpoint(bundle.source)
     if data is None or getattr(data, "size", None) != bundle.image_size:
         data = _training_data(bundle)
-    yield evaluate_bundle(
+    res = evaluate_bundle(
         bundle,
         data,
         n=n,
@@ -151,6 +171,11 @@ def evaluate_iter(source, data, n: int, report: Callable[[object], None], stop):
         progress=lambda d, t, w: report((d, t, w)),
         stop=stop,
     )
+    yield res
+    try:
+        yield Kept(record_eval(run_dir, res))
+    except DDPMError as exc:
+        yield Kept(None, str(exc))
 
 
 def _training_data(bundle):
