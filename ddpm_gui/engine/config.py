@@ -69,6 +69,10 @@ class TrainConfig:
     # --- model
     preset: str = setting("tiny", "--preset", "Model",
                           "model preset: tutorial (the article's 42M UNet), small, tiny")
+    # fine-tuning: a fresh run starts from these weights (a resumed run continues its own checkpoint)
+    init_from: str = setting("", "--init-from", "Start from",
+                             "start from a trained model's weights: a diffusers model folder, a run folder or "
+                             "a checkpoint (empty: random weights)")
     conditional: bool = setting(False, "--conditional", "Class-conditional",
                                 "class-conditional (needs labels), with classifier-free guidance",
                                 negative="--unconditional")
@@ -124,6 +128,19 @@ class TrainConfig:
                                         "also save one every M minutes (0 = off)", lo=0.0, hi=1e7, resumable=True)
     keep_checkpoints: int = setting(3, "--keep", "Keep checkpoints", "rolling number of checkpoints kept",
                                     lo=1, hi=1_000_000, resumable=True)
+    # the loss on images the run never trains on (engine/validation.py). Whether images are held out is
+    # fixed when a run starts (by val_every > 0 then): turning it on mid-run would score images already seen
+    val_every: int = setting(0, "--val-every", "Validate every",
+                             "validation loss on held-out images every N steps and at each checkpoint "
+                             "(0 = off; the images are held out when the run starts)",
+                             lo=0, hi=_MANY, resumable=True)
+    val_size: int = setting(256, "--val-size", "Validation images",
+                            "hold out at most N images (and at most 1 in 20 of the data) for validation",
+                            lo=1, hi=1_000_000)
+    tensorboard: bool = setting(False, "--tensorboard", "TensorBoard",
+                                "also write a TensorBoard log to the run's tb/ folder (needs the "
+                                "tensorboard package: pip install 'ddpm-gui[tensorboard]')",
+                                negative="--no-tensorboard", resumable=True)
     # fmt: on
     version: int = CONFIG_VERSION
 

@@ -58,9 +58,25 @@ class Preview:
 
 
 @dataclass
+class Validation:
+    """The validation loss (engine/validation.py) of the weights samples use, at `step`."""
+
+    step: int
+    loss: float  # over all held-out (image, timestep) pairs
+    low: float | None  # by band of t: the least-noise third of the timesteps
+    mid: float | None
+    high: float | None  # the most-noise third
+    seconds: float  # what the evaluation took (0 for one replayed from the log)
+    best_step: int | None = None  # the validated checkpoint with the lowest loss so far (None: none yet)
+    best_loss: float | None = None
+    replayed: bool = False  # read back from the log of a resumed run, not measured now
+
+
+@dataclass
 class CheckpointSaved:
     step: int
     path: str
+    best: bool = False  # the validated checkpoint with the lowest validation loss so far (kept from pruning)
 
 
 @dataclass
@@ -101,6 +117,7 @@ Event = (
     Started
     | Progress
     | TimestepLoss
+    | Validation
     | Preview
     | CheckpointSaved
     | Paused

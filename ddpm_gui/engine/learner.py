@@ -35,6 +35,7 @@ from ddpm_gui.engine.config import TrainConfig
 from ddpm_gui.engine.device import pick_device
 from ddpm_gui.engine.runfolder import data_fingerprint
 from ddpm_gui.engine.sampler import ModelBundle, check_fit, make_denoiser
+from ddpm_gui.engine.validation import VAL_FRACTION, Validator, ValResult, holdout_count, split_indices
 from ddpm_gui.errors import CheckpointError, ConfigError, DataError, DDPMError
 
 if TYPE_CHECKING:
@@ -84,6 +85,9 @@ class Learner:
     t_loss_cnt: torch.Tensor
     images: torch.Tensor  # the dataset on the device (uint8)
     labels: torch.Tensor | None
+    # the indices of `images` that batches are drawn from (None: all); the rest are held out for validation
+    train_index: torch.Tensor | None = None
+    validator: Validator | None = None  # the held-out images (None: none are held out)
 
     def __init__(
         self,
@@ -107,6 +111,8 @@ class Learner:
         self._smooth: float | None = None  # exponential moving average of the loss (kept in checkpoints)
         self._fingerprint: dict | None = None
         self.source = "training"  # where bundle() says its model comes from
+        self.val_best: dict | None = None  # {"step", "val"} of the checkpoint with the lowest validation loss
+        self.setup_notes: list[str] = []  # what setup() had to leave out, for the user
 
     def bundle(self) -> ModelBundle:
         """A snapshot of the model being trained (EMA weights when on), safe to sample from in
@@ -139,6 +145,35 @@ class Learner:
         self._build()
         self.images = self._images_on_device()
         self.labels = torch.from_numpy(data.labels).to(self.device) if self.num_classes is not None else None
+        note = self.set_holdout(self.config.val_every > 0)
+        self.setup_notes = [note] if note else []
+
+    def set_holdout(self, on: bool) -> str | None:
+        """Hold out the validation images (split by the seed) or train on all of them; returns why
+        validation is off although asked for (a dataset too small to spare images), else None."""
+        c = self.config
+        n = int(self.images.shape[0])
+        self.train_index, self.validator = None, None
+        if not on:
+            return None
+        if holdout_count(n, c.val_size) == 0:
+            return (
+                f"Validation is off: {n} images are too few to hold any out (it takes at least "
+                f"{math.ceil(1 / VAL_FRACTION)})."
+            )
+        train_idx, val_idx = split_indices(n, c.val_size, c.seed)
+        self.train_index = torch.from_numpy(train_idx).to(self.gen.device)
+        self.validator = Validator(self.images, self.labels, val_idx, self.sched_dev, c.prediction, c.seed,
+                                   self.device, amp=c.amp)  # fmt: skip
+        return None
+
+    def validate(self) -> ValResult:
+        """The validation loss of the weights samples use (the EMA when on) at this step; the training's
+        random streams are not touched."""
+        if self.validator is None:
+            raise DDPMError("This run holds no images out for validation.")
+        model = self.ema if self.ema is not None else self.model
+        return self.validator.evaluate(model, self.step)
 
     def _load_data(self):
         if self.data is None:
@@ -247,6 +282,8 @@ class Learner:
             "dataset": getattr(self.data, "name", ""),
             "data_fingerprint": self.data_fingerprint(),
             "loss_smooth": self._smooth,
+            "val_holdout": self.validator.n_images if self.validator is not None else 0,
+            "val_best": self.val_best,
         }
         return tensors, meta
 
@@ -278,7 +315,25 @@ class Learner:
         self.batch_size = int(meta.get("batch_size") or self.batch_size)
         smooth = meta.get("loss_smooth")
         self._smooth = float(smooth) if isinstance(smooth, int | float) and math.isfinite(smooth) else None
-        return notes
+        return notes + self._restore_holdout(meta)
+
+    def _restore_holdout(self, meta: dict) -> list[str]:
+        """Hold out what the run held out when it started, whatever val_every says now: the training pool
+        stays the same, and images already trained on are never scored as held out."""
+        held = meta.get("val_holdout") or 0
+        best = meta.get("val_best")
+        self.val_best = None
+        if isinstance(best, dict) and type(best.get("step")) is int and isinstance(best.get("val"), float):
+            self.val_best = {"step": best["step"], "val": best["val"]}
+        if (self.validator is not None) == bool(held):
+            return []
+        note = self.set_holdout(bool(held))
+        if held or note:
+            return [note] if note else []
+        return [
+            "Validation is off: this run started without validation, so no images were held out (they "
+            "have all been trained on). Start a new run with validation on to measure it."
+        ]
 
     def _load_rng(self, tensors: dict[str, torch.Tensor], meta: dict, source: str) -> list[str]:
         if "rng.torch" in tensors:
@@ -299,6 +354,17 @@ class Learner:
             "uninterrupted run would give."
         ]
 
+    def loss_by_t(self, decay: bool = True) -> np.ndarray:
+        """(T,) float32: the running mean of the training loss per timestep (NaN where unseen); `decay`
+        then fades the statistics, so that the next look follows the recent loss."""
+        cnt = self.t_loss_cnt.cpu().numpy()
+        # a decayed count can be below 1: divide by the count itself (a weighted mean), never by max(cnt, 1)
+        by_t = np.divide(self.t_loss_sum.cpu().numpy(), cnt, out=np.full(cnt.shape, np.nan), where=cnt > 0)
+        if decay:
+            self.t_loss_sum.mul_(0.9)
+            self.t_loss_cnt.mul_(0.9)
+        return by_t.astype(np.float32)
+
     # ------------------------------------------------------------------ one step
 
     def _lr(self, step: int) -> float:
@@ -309,8 +375,9 @@ class Learner:
         self, images: torch.Tensor | None = None, labels: torch.Tensor | None = None
     ) -> torch.Tensor:
         """One optimisation step on a batch drawn from `images` (default: the dataset setup() put on the
-        device); returns the loss (on the device, not synced; NaN where the device guard skipped the update
-        because the loss or the gradient was not finite) and counts the step. The host guard raises
+        device, less the images held out for validation); returns the loss (on the device, not synced; NaN
+        where the device guard skipped the update because the loss or the gradient was not finite) and
+        counts the step. The host guard raises
         NonFiniteStep instead, before anything was updated; out of memory in the forward or backward pass
         changes nothing but the gradients and may be retried with a smaller batch."""
         if images is None:
@@ -321,11 +388,16 @@ class Learner:
         return loss
 
     def _forward_backward(self, images: torch.Tensor, labels: torch.Tensor | None):
-        """Loss and gradients. Changes nothing but the RNG and .grad, so out of memory here can be retried."""
+        """Loss and gradients on a batch of `images` (of the run's own dataset: never one held out for
+        validation). Changes nothing but the RNG and .grad, so out of memory here can be retried."""
         c = self.config
         dev = self.device
         B = self.batch_size
-        idx = torch.randint(0, images.shape[0], (B,), generator=self.gen, device=self.gen.device)
+        pool = self.train_index if images is self.images else None
+        n = images.shape[0] if pool is None else pool.numel()
+        idx = torch.randint(0, n, (B,), generator=self.gen, device=self.gen.device)
+        if pool is not None:
+            idx = pool[idx]
         x0 = from_uint8(images[idx.to(images.device)].to(dev, non_blocking=True))
         t = torch.randint(0, self.schedule.T, (B,), generator=self.gen, device=dev)
         noise = torch.randn(x0.shape, generator=self.gen, device=dev)

@@ -30,6 +30,8 @@ import numpy as np
 import torch
 
 from ddpm_gui.engine import events as ev
+from ddpm_gui.engine import init_weights, tb
+from ddpm_gui.engine import validation as val
 from ddpm_gui.engine.config import RESUMABLE, TrainConfig, load_run_config
 from ddpm_gui.engine.device import ThreadChooser, device_label
 from ddpm_gui.engine.fileio import WriteFailed, write_advice
@@ -53,6 +55,8 @@ class _Loop:
     told_estimate: bool = False
     due_ckpt: bool = False
     due_preview: bool = False
+    due_val: bool = False
+    told_val_cost: bool = False
     reads: int = 0  # loss reads so far in this session: the first ones also draw the loss by timestep
     previewed: bool = False  # a preview was drawn in this session
     threads_checked: float = 0.0  # when the CPU thread count was last re-checked (monotonic)
@@ -87,6 +91,9 @@ class Trainer(Learner):
         self.fault_hook: Callable[[int], None] | None = None
         self._started = False  # past setup: a failure from now on is not the input's
         self.notes: list[ev.Notice] = []  # what setup had to skip, repair or change, shown after it
+        self._val_last: val.ValResult | None = None  # the latest (a checkpoint of its step may be best)
+        self._tb: tb.TBMirror | None = None  # the TensorBoard log, when the tensorboard setting is on
+        self._saved_best = False  # the last checkpoint saved became the best
 
     # ------------------------------------------------------------------ control (any thread)
 
@@ -109,11 +116,28 @@ class Trainer(Learner):
         return self._stop.is_set()
 
     def save_checkpoint(self) -> Path:
+        """Save this step; when it was just validated with the lowest loss so far it becomes the run's best
+        checkpoint (best.json), which pruning keeps."""
+        new = val.new_best(self._val_last, self.step, self.val_best)
+        self.val_best = new or self.val_best
         tensors, meta = self.state_dict()
+        protect = [self.folder.checkpoint_path(self.val_best["step"])] if self.val_best else []
         self.last_checkpoint = self.folder.save_checkpoint(
-            self.step, tensors, meta, self.config.keep_checkpoints
+            self.step, tensors, meta, self.config.keep_checkpoints, protect=protect
         )
+        if new:
+            val.write_best(self.run_dir, new, self.last_checkpoint)
+        self._saved_best = new is not None
         return self.last_checkpoint
+
+    def _checkpoint_event(self) -> ev.CheckpointSaved:
+        return ev.CheckpointSaved(self.step, str(self.save_checkpoint()), best=self._saved_best)
+
+    def _log(self, rec: dict) -> None:
+        """A metrics.jsonl record, mirrored to TensorBoard when that is on."""
+        self.folder.log(rec)
+        if self._tb is not None:
+            self._tb.record(rec)
 
     # ------------------------------------------------------------------ the run folder and resuming
 
@@ -154,6 +178,9 @@ class Trainer(Learner):
         for rec in records:
             self.folder.log(rec)
         self.folder.write_config(self.config)
+        if self.last_checkpoint is not None:  # best.json says what the resumed state says
+            best = self.folder.checkpoint_path(self.val_best["step"]) if self.val_best else None
+            val.write_best(self.run_dir, self.val_best, best)
         return history
 
     def _restore(self) -> list[dict]:
@@ -259,6 +286,8 @@ class Trainer(Learner):
             yield self._failed(msg)
         finally:
             torch.set_num_threads(old_threads)  # process-wide: give back what the run changed
+            if self._tb is not None:
+                self._tb.close()
             self.folder.release()
 
     def _failed(self, message: str, bad_input: bool = False) -> ev.Failed:
@@ -268,13 +297,19 @@ class Trainer(Learner):
     def _run(self) -> Iterator[ev.Event]:
         c = self.config
         self._open_folder()
+        if c.tensorboard:
+            tb.require_tensorboard()  # missing: a ConfigError now, not after loading the data
         # measures what other programs use while the data loads; a fixed --threads N is taken as it is
         self._threads = ThreadChooser(c.threads, cap=torch.get_num_threads())
         yield ev.Notice("Loading data…")
         self.setup()
+        self.notes += [ev.Notice(n, "warning") for n in self.setup_notes]
         if self.device.type == "cpu":
             torch.set_num_threads(self._threads.check())
         hist_steps, hist_losses = self._resume_or_start()
+        if c.init_from and self.last_checkpoint is None:  # a fresh model: the weights it starts from
+            self.notes += init_weights.start_from(self, c.init_from)
+        self._tb = tb.TBMirror.open(self.run_dir, self.step) if c.tensorboard else None
         yield from self.notes
         self.notes = []
         yield self._started_event(resumed=self.last_checkpoint is not None)
@@ -291,6 +326,11 @@ class Trainer(Learner):
             # the smoothed loss the checkpoint restored (what the stats line and the plot carry on from)
             yield ev.Progress(self.step, c.steps, last, self._smooth, 0.0, 0.0, 0.0, self.batch_size, lr,
                               hist_steps, hist_losses)  # fmt: skip
+        if (
+            self.last_checkpoint is not None
+        ):  # the validation curve so far (the log was cut back to this step)
+            for v in val.val_history(self.folder.metrics):
+                yield val.validation_event(v, self.val_best, replayed=True)
         now = time.monotonic()
         loop = _Loop(t0=now, last_ckpt_t=now, logged_to=int(hist_steps[-1]) if len(hist_steps) else 0)
         self._rate, self._last_read = 0.0, (now, self.step)
@@ -385,10 +425,17 @@ class Trainer(Learner):
             c.preview_every
             and (self.step % c.preview_every == 0 or first or (self.step >= c.steps and not loop.previewed))
         )
+        # at each checkpoint too, so that every saved checkpoint can be compared (the best is kept)
+        loop.due_val = bool(
+            c.val_every
+            and self.validator is not None
+            and (self.step % c.val_every == 0 or loop.due_ckpt or self.step >= c.steps)
+        )
         return bool(
             self.step % c.log_every == 0
             or loop.due_ckpt
             or loop.due_preview
+            or loop.due_val
             or self.step >= c.steps
             or self._stop.is_set()
         )
@@ -412,20 +459,39 @@ class Trainer(Learner):
                 )
         loop.reads += 1
         if self.step % (c.log_every * 5) == 0 or self.step >= c.steps:
-            yield self._timestep_loss()
+            yield ev.TimestepLoss(self.step, self.loss_by_t())
         elif loop.reads <= 3:  # a short run's plot fills early; these looks do not decay the statistics
-            yield self._timestep_loss(decay=False)
+            yield ev.TimestepLoss(self.step, self.loss_by_t(decay=False))
         if loop.due_preview:
             loop.previewed = True
             yield self._preview_event()
+        if loop.due_val:
+            yield from self._validation(loop)
         note = self._recheck_threads(loop)
         if note is not None:
             yield note
         if loop.due_ckpt and self.step < c.steps:
-            path = self.save_checkpoint()
+            yield self._checkpoint_event()
             loop.last_ckpt_t = time.monotonic()
-            yield ev.CheckpointSaved(self.step, str(path))
         return True
+
+    def _validation(self, loop: _Loop) -> Iterator[ev.Event]:
+        """The validation loss now (logged), and once per session what it costs."""
+        try:
+            v = self.validate()
+        except Exception as exc:
+            if not is_oom(exc):
+                raise
+            free_cached_memory(self.device)
+            yield ev.Notice("Out of memory while computing the validation loss: skipped; training goes on.",
+                            "warning")  # fmt: skip
+            return
+        self._val_last = v
+        self._log(v.record())
+        yield val.validation_event(v, self.val_best)
+        if not loop.told_val_cost and self._rate > 0:
+            loop.told_val_cost = True
+            yield ev.Notice(val.cost_note(v.seconds, self.batch_size / self._rate, self.config.val_every))
 
     def _recheck_threads(self, loop: _Loop) -> ev.Notice | None:
         """Auto threads on a CPU: every 30 s, follow what other programs leave free (a Notice on a change)."""
@@ -450,19 +516,9 @@ class Trainer(Learner):
             if isinstance(read[-1], ev.Failed):
                 return
         if self.last_checkpoint is None or self.last_checkpoint.name != f"step_{self.step:08d}.safetensors":
-            path = self.save_checkpoint()
-            yield ev.CheckpointSaved(self.step, str(path))
+            yield self._checkpoint_event()
         reason = "completed" if self.step >= self.config.steps else "stopped"
         yield ev.Finished(self.step, str(self.run_dir), reason, str(self.last_checkpoint))
-
-    def _timestep_loss(self, decay: bool = True) -> ev.TimestepLoss:
-        cnt = self.t_loss_cnt.cpu().numpy()
-        # a decayed count can be below 1: divide by the count itself (a weighted mean), never by max(cnt, 1)
-        by_t = np.divide(self.t_loss_sum.cpu().numpy(), cnt, out=np.full(cnt.shape, np.nan), where=cnt > 0)
-        if decay:  # so the plot follows the recent loss
-            self.t_loss_sum.mul_(0.9)
-            self.t_loss_cnt.mul_(0.9)
-        return ev.TimestepLoss(self.step, by_t.astype(np.float32))
 
     def _preview_event(self) -> ev.Preview | ev.Notice:
         grid = None
@@ -474,7 +530,10 @@ class Trainer(Learner):
         if grid is None:
             free_cached_memory(self.device)
             return ev.Notice("Out of memory while drawing the preview: skipped; training goes on.", "warning")
-        self.folder.save_preview(self.step, png_bytes(make_grid(grid)))
+        image = make_grid(grid)
+        self.folder.save_preview(self.step, png_bytes(image))
+        if self._tb is not None:
+            self._tb.image(self.step, image)
         return ev.Preview(self.step, grid)
 
     def _read(self, loop: _Loop) -> list[ev.Event]:
@@ -506,7 +565,7 @@ class Trainer(Learner):
         eta = (c.steps - step) * self.batch_size / self._rate if self._rate > 0 else float("nan")
         lr = self._lr(step - 1)
         loss = float(vals[-1])
-        self.folder.log({"step": step, "loss": loss, "loss_smooth": smooth, "img_per_s": self._rate, "lr": lr,
+        self._log({"step": step, "loss": loss, "loss_smooth": smooth, "img_per_s": self._rate, "lr": lr,
                          "batch_size": self.batch_size, "time": time.time()})  # fmt: skip
         return ev.Progress(step, c.steps, loss, smooth, self._rate, eta, now - t0, self.batch_size, lr, steps,
                            vals.astype(np.float32))  # fmt: skip

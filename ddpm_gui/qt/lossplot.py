@@ -1,4 +1,5 @@
-"""Live training plots: the loss curve (fast past 100k points) and the loss by timestep.
+"""Live training plots: the loss curve (fast past 100k points) with the validation loss, and the loss by
+timestep.
 
 The loss curve follows pyqtgraph's own advice for live plots:
 - points go into a preallocated numpy buffer that doubles when full, never a Python list;
@@ -10,15 +11,19 @@ shows), so the two never disagree: the same exponential moving average (decay SM
 the first loss), computed incrementally and vectorised per block so appending 200k points costs
 milliseconds, and set to the trainer's value at the last point of each event (`append(...,
 smooth_last)`): a resumed run's average, restored from its checkpoint, is carried on from there.
+The validation loss (`add_validation`, a point every few hundred steps) is drawn over the same axes: its
+total (bold, with markers) and its three bands of t (thin, dashed), and the best checkpoint as a star.
 """
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, QTimer, Slot
+from PySide6.QtGui import QPen
 from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
 from ddpm_gui.engine.events import LOSS_SMOOTHING
@@ -79,8 +84,18 @@ def ema_block(values: np.ndarray, decay: float, state: float | None) -> tuple[np
     return out, state
 
 
+# the validation curves: (key, legend name); the bands are the engine's (engine/validation.py BANDS)
+VAL_CURVES = (
+    ("total", "validation"),
+    ("low", "val, low noise"),
+    ("mid", "val, mid noise"),
+    ("high", "val, high noise"),
+)
+
+
 class LossPlot(QWidget):
-    """Raw loss (thin, translucent) and its smoothed curve (bold), with a 'log y' toggle."""
+    """Raw loss (thin, translucent) and its smoothed curve (bold), the validation loss by band when the run
+    reports one, with a 'log y' toggle."""
 
     REDRAW_MS = 66  # ~15 Hz
 
@@ -97,6 +112,10 @@ class LossPlot(QWidget):
         self._ema_state: float | None = None
         self._dirty = False
         self.last_redraw_ms = 0.0
+        self._val: dict[str, list[float]] = {"step": [], **{k: [] for k, _n in VAL_CURVES}}
+        self._val_curves: dict[str, pg.PlotDataItem] = {}  # made with the legend, at the first point
+        self._best: tuple[int, float] | None = None  # (step, loss) of the best checkpoint
+        self._best_item: pg.PlotDataItem | None = None
 
         self.plot = _plot_widget(title, "step", "MSE loss")
         pi = self.plot.getPlotItem()
@@ -141,10 +160,43 @@ class LossPlot(QWidget):
     def smoothed(self) -> np.ndarray:
         return self._ys[: self._n].copy()
 
+    def validation(self) -> dict[str, np.ndarray]:
+        """The validation points shown: {"step", "total", "low", "mid", "high"} (NaN: a band not reported)."""
+        return {k: np.asarray(v, np.float64) for k, v in self._val.items()}
+
+    def best(self) -> tuple[int, float] | None:
+        """(step, validation loss) of the best checkpoint marked, if any."""
+        return self._best
+
     def header(self) -> str:
-        """The line above the plot: the points, the last loss and its smoothed value."""
+        """The line above the plot: the points, the last loss and its smoothed value, the last validation
+        loss and the best checkpoint's."""
         n = self._n
-        return f"{n:,} points · last {self._y[n - 1]:.4f} · smoothed {self._ys[n - 1]:.4f}" if n else ""
+        text = f"{n:,} points · last {self._y[n - 1]:.4f} · smoothed {self._ys[n - 1]:.4f}" if n else ""
+        if self._val["step"]:
+            text += f"{' · ' if text else ''}validation {self._val['total'][-1]:.4f}"
+        if self._best is not None:
+            text += f" (best {self._best[1]:.4f} at step {self._best[0]:,})"
+        return text
+
+    def add_validation(
+        self, step: int, total: float, bands: tuple[float | None, float | None, float | None]
+    ) -> None:
+        """A validation point: its total and its bands of t (low, mid, high noise). A point at a step
+        already shown replaces the points from there on (a resumed run sends its curve again)."""
+        steps = self._val["step"]
+        while steps and steps[-1] >= step:
+            for v in self._val.values():
+                v.pop()
+        steps.append(float(step))
+        for (key, _name), v in zip(VAL_CURVES, (total, *bands), strict=True):
+            self._val[key].append(float(v) if v is not None else math.nan)
+        self._dirty = True
+
+    def mark_best(self, step: int, loss: float) -> None:
+        """Mark the best checkpoint (the lowest validation loss among the checkpoints saved)."""
+        self._best = (int(step), float(loss))
+        self._dirty = True
 
     def append(self, steps: np.ndarray, losses: np.ndarray, smooth_last: float | None = None) -> None:
         """Add loss points (cheap: a copy into the buffer; the redraw happens on the timer). `smooth_last`:
@@ -186,6 +238,13 @@ class LossPlot(QWidget):
         self._ema_state = None
         self._raw.setData([], [])
         self._smooth.setData([], [])
+        for v in self._val.values():
+            v.clear()
+        for c in self._val_curves.values():
+            c.setData([], [])
+        self._best = None
+        if self._best_item is not None:
+            self._best_item.setData([], [])
         self.info.setText("")
         self._dirty = False
 
@@ -203,10 +262,43 @@ class LossPlot(QWidget):
         # views into the buffer: later appends write past n, a reallocation leaves these intact
         self._raw.setData(self._x[:n], self._y[:n])
         self._smooth.setData(self._x[:n], self._ys[:n])
+        self._draw_validation()
         self.info.setText(self.header())
         self._dirty = False
         self.last_redraw_ms = (time.perf_counter() - t0) * 1000
         return self.last_redraw_ms
+
+    def _draw_validation(self) -> None:
+        if not self._val["step"]:
+            return
+        if not self._val_curves:
+            self._make_val_curves()
+        x = np.asarray(self._val["step"])
+        for key, curve in self._val_curves.items():
+            y = np.asarray(self._val[key])
+            ok = np.isfinite(y)
+            curve.setData(x[ok], y[ok])
+        if self._best is not None and self._best_item is not None:
+            self._best_item.setData([self._best[0]], [self._best[1]])
+
+    def _make_val_curves(self) -> None:
+        """The validation curves and a legend for every curve (made when the first point comes, so that a
+        run without validation keeps its plain plot)."""
+        pi = self.plot.getPlotItem()
+        legend = pi.addLegend(offset=(-10, 10))
+        legend.addItem(self._raw, "loss")
+        legend.addItem(self._smooth, "smoothed")
+        for i, (key, name) in enumerate(VAL_CURVES):
+            color = pg.mkColor(PLOT_PENS[1 + i % (len(PLOT_PENS) - 1)])
+            if key == "total":
+                curve = pi.plot(pen=pg.mkPen(color, width=2.5), symbol="o", symbolSize=6,
+                                symbolBrush=color, symbolPen=None, name=name)  # fmt: skip
+            else:
+                curve = pi.plot(pen=pg.mkPen(color, width=1.2, style=Qt.PenStyle.DashLine), name=name)
+            self._val_curves[key] = curve
+        # a PlotDataItem, not a ScatterPlotItem: it follows the log-y toggle
+        self._best_item = pi.plot(pen=None, symbol="star", symbolSize=18, symbolBrush=pg.mkBrush("#ffe066"),
+                                  symbolPen=QPen(Qt.GlobalColor.black), name="best checkpoint")  # fmt: skip
 
     @Slot()
     def _tick(self) -> None:

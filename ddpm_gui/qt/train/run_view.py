@@ -53,6 +53,7 @@ class RunView(QWidget):
         self._threads_auto = True
         self.started = False  # the run being shown has begun training (its Started event came)
         self._before_pause: str | None = None  # the stats line while a pause is asked for, not yet done
+        self._val_at: dict[int, float] = {}  # step -> validation loss: a best checkpoint's loss to mark
         self.progress = QProgressBar()
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
@@ -127,6 +128,7 @@ class RunView(QWidget):
         self.started = False
         # a resumed run re-sends its logged losses in its first Progress event
         self.loss_plot.clear()
+        self._val_at.clear()
         self.t_plot.clear()
         if not resumed:
             self.preview_grid.clear()
@@ -178,8 +180,14 @@ class RunView(QWidget):
         elif isinstance(e, ev.Preview):
             self.preview_grid.set_images(e.images, columns=max(1, math.ceil(math.sqrt(len(e.images)))))
             self.preview_label.setText(f"Preview at step {e.step:,} (the same starting noise every time)")
+        elif isinstance(e, ev.Validation):
+            self._validation(e)
         elif isinstance(e, ev.CheckpointSaved):
-            self.log(f"Checkpoint saved at step {e.step:,}: {e.path}")
+            best = ""
+            if e.best:
+                best = " (the lowest validation loss so far: kept as the best checkpoint)"
+                self.loss_plot.mark_best(e.step, self._val_at.get(e.step, math.nan))
+            self.log(f"Checkpoint saved at step {e.step:,}: {e.path}{best}")
         elif isinstance(e, ev.Paused):
             self.progress.setValue(min(e.step, self.progress.maximum()))
             self.stats_label.setText(f"Paused at step {e.step:,}.")
@@ -228,6 +236,20 @@ class RunView(QWidget):
             self.estimate_label.setText(e.estimate_note)
             self.estimate_label.show()
             self.log(e.estimate_note)
+
+    def _validation(self, e: ev.Validation) -> None:
+        """A point of the validation curve (its bands too); a resumed run's curve comes back replayed."""
+        self._val_at[e.step] = e.loss
+        self.loss_plot.add_validation(e.step, e.loss, (e.low, e.mid, e.high))
+        if e.best_step is not None and e.best_loss is not None:
+            self.loss_plot.mark_best(e.best_step, e.best_loss)
+        if not e.replayed:
+            bands = " · ".join(
+                f"{name} noise {v:.4f}"
+                for name, v in (("low", e.low), ("mid", e.mid), ("high", e.high))
+                if v is not None
+            )
+            self.log(f"Validation loss at step {e.step:,}: {e.loss:.4f} ({bands}; took {e.seconds:.2g} s)")
 
     def _progress(self, e: ev.Progress, paused: bool) -> None:
         self.progress.setMaximum(max(e.total_steps, 1))
