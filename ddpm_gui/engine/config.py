@@ -68,7 +68,8 @@ class TrainConfig:
     data_limit: int | None = setting(None, "--limit", "Use only", "use only the first N images (empty: all)", lo=1)
     # --- model
     preset: str = setting("tiny", "--preset", "Model",
-                          "model preset: tutorial (the article's 42M UNet), small, tiny")
+                          "model preset: tutorial (the article's 42M UNet), small, tiny; ddpm-cifar10 (the DDPM "
+                          "paper's CIFAR-10 UNet) and diffusers-tiny build a diffusers UNet2DModel")
     # fine-tuning: a fresh run starts from these weights (a resumed run continues its own checkpoint)
     init_from: str = setting("", "--init-from", "Start from",
                              "start from a trained model's weights: a diffusers model folder, a run folder or "

@@ -10,6 +10,9 @@ or rewrites only files it can prove it wrote.
     metrics.<time>.jsonl  the history of an attempt that was restarted from step 0 (kept, never deleted)
     checkpoints/step_00001000.safetensors   rolling; the newest that loads is the one resumed
     samples/step_00001000.png               preview grids
+    evals/step_00001000.json    quality results (engine/evaluate.record_eval), read by the Runs tab
+    best.json           the checkpoint with the lowest validation loss (kept from pruning)
+    tb/                 TensorBoard log, when the run mirrors to one
 
 A new run needs a new or empty folder; anything else that is not a run is refused before a single file is
 opened. A folder written before the marker existed is recognised by its config.json and a checkpoint in our

@@ -38,6 +38,7 @@ from ddpm_gui.engine.fileio import WriteFailed, write_advice
 from ddpm_gui.engine.images import make_grid, png_bytes
 from ddpm_gui.engine.learner import Learner, NonFiniteStep, free_cached_memory, is_oom
 from ddpm_gui.engine.runfolder import RunFolder, data_change, refuse_data_change
+from ddpm_gui.engine.runs import failure_record
 from ddpm_gui.engine.text import fmt_duration
 from ddpm_gui.errors import CheckpointError, ConfigError, DDPMError
 
@@ -292,6 +293,11 @@ class Trainer(Learner):
 
     def _failed(self, message: str, bad_input: bool = False) -> ev.Failed:
         checkpoint = str(self.last_checkpoint) if self.last_checkpoint else None
+        if self.folder.locked:  # the run is ours: the Runs tab tells a failed run from a stopped one
+            try:
+                self.folder.log(failure_record(self.step, message))
+            except OSError:
+                pass  # the failure itself may be a full or vanished disk: the message still reaches the user
         return ev.Failed(message, self.step, checkpoint, bad_input=bad_input)
 
     def _run(self) -> Iterator[ev.Event]:
