@@ -52,11 +52,15 @@ class QueueEntry:
 
     @classmethod
     def from_dict(cls, d: dict) -> QueueEntry:
-        if not isinstance(d, dict) or not isinstance(d.get("id"), str):
+        if (
+            not isinstance(d, dict)
+            or not isinstance(d.get("id"), str)
+            or not isinstance(d.get("config"), dict)
+        ):
             raise ConfigError("an entry of the queue is damaged")
         out = d.get("out")
         return cls(
-            config=TrainConfig.from_dict(d.get("config")),
+            config=TrainConfig.from_dict(d["config"]),
             out=out if isinstance(out, str) and out else None,
             id=d["id"],
             added=str(d.get("added", "")),
