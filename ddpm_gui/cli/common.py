@@ -33,6 +33,9 @@ def number_type(kind: type, lo: float | None = None, hi: float | None = None):
     return parse
 
 
+# `--model demo`: the model shipped with the app (ddpm_gui.engine.demo; a folder of that name is ./demo)
+DEMO_MODEL = "demo"
+
 positive_int = number_type(int, 1)
 nonneg_int = number_type(int, 0)
 
@@ -60,8 +63,16 @@ def command(sub, name: str, help: str, **kw) -> argparse.ArgumentParser:
 
 
 def add_model_source(p: argparse.ArgumentParser, foreign: bool = True) -> None:
-    """--run or --checkpoint (one of them), and with `foreign` the options for a plain state dict."""
+    """--run or --checkpoint (one of them), and with `foreign` --model (any model: see load_bundle) and the
+    options for a plain state dict."""
     g = p.add_mutually_exclusive_group(required=True)
+    if foreign:
+        g.add_argument(
+            "--model",
+            metavar="PATH_OR_ID",
+            help="any model: a run folder, a checkpoint, a diffusers model folder, a Hugging Face model id "
+            f"already in the local cache (never downloaded), or '{DEMO_MODEL}' (the model shipped with the app)",
+        )
     g.add_argument("--run", help="run folder (its newest checkpoint)")
     g.add_argument(
         "--checkpoint",
@@ -161,15 +172,25 @@ def schedule_from_args(args, base=None):
 
 
 def load_bundle(args):
+    """The model --model, --run or --checkpoint names (--model demo: the shipped demo model)."""
     from ddpm_gui.engine.sampler import load_bundle
-    from ddpm_gui.errors import ConfigError
+    from ddpm_gui.errors import CheckpointError, ConfigError
 
-    if args.run and args.preset:
+    model = getattr(args, "model", None)
+    if (args.run or model == DEMO_MODEL) and args.preset:
         raise ConfigError(
             "--preset is for a --checkpoint file of foreign weights: a run folder describes its own model."
         )
+    if model == DEMO_MODEL:
+        try:
+            from ddpm_gui.engine.demo import load_demo_bundle
+        except ImportError:
+            raise CheckpointError(
+                "This installation has no demo model: train one (ddpm-gui train) or pass a --model path."
+            ) from None
+        return load_demo_bundle(device=args.device)
     return load_bundle(
-        args.run or args.checkpoint,
+        model or args.run or args.checkpoint,
         device=args.device,
         use_ema=not getattr(args, "no_ema", False),
         preset=args.preset,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -28,14 +29,23 @@ def add_parsers(sub) -> None:
     add_sampler_args(s)
     s.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
     s.add_argument(
-        "--variance", choices=["beta", "posterior"], default="beta", help="DDPM: sigma^2 = beta_t or beta~_t"
+        "--variance",
+        choices=["beta", "posterior"],
+        default=None,
+        help="DDPM: sigma^2 = beta_t or beta~_t; None: the model's own (beta for DDPM Studio models; "
+        "a diffusers model's variance_type: fixed_small = posterior, fixed_large = beta)",
     )
     s.add_argument("--seed", type=nonneg_int, default=0, help="random seed of the noise")
     s.add_argument(
         "--class", dest="class_label", default=None, help="class index or name (conditional models)"
     )
     s.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale")
-    s.add_argument("--no-clip", action="store_true", help="do not clip the predicted x0")
+    s.add_argument(
+        "--clip",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="clip the predicted x0 at every step; None: the model's own (on for DDPM Studio models)",
+    )
     s.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     s.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
     add_sample_mode_arg(s)
@@ -100,7 +110,7 @@ def cmd_sample(args) -> int:
     cfg = SampleConfig(
         **pick(args, "n", "sampler", "steps", "eta", "variance", "seed", "guidance"),
         class_label=label,
-        clip_x0=not args.no_clip,
+        clip_x0=args.clip,
     )
     frames = []
     total = None

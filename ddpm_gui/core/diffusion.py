@@ -116,6 +116,7 @@ def ddpm_step(
     clip_x0: bool = False,
     noise: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    clip_range: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One ancestral step x_t -> x_(t-1) ~ p(x_(t-1) | x_t). Returns (x_(t-1), predicted x_0).
 
@@ -125,6 +126,8 @@ def ddpm_step(
         mean = sqrt(ab_prev) beta_t / (1 - ab_t) x_0 + sqrt(alpha_t) (1 - ab_prev) / (1 - ab_t) x_t
     variance: "beta" uses sigma^2 = beta_t (the tutorial), "posterior" uses beta~_t (eq. 7); both are
     the paper's two choices (section 3.2). No noise is added at the last step (t = 0).
+    clip_range: x_0 is clipped to [-clip_range, clip_range] (1 for images in [-1, 1]; diffusers models
+    may say otherwise with `clip_sample_range`).
     """
     if variance not in VARIANCES:
         raise ConfigError(f"Unknown variance '{variance}': use 'beta' or 'posterior'.")
@@ -140,7 +143,7 @@ def ddpm_step(
     # 2. posterior mean mu~_t(x_t, x_0) (eq. 7). Without clipping this equals eq. 11 algebraically;
     #    with clipping it is the form that keeps the step stable.
     if clip_x0:
-        x0 = x0.clamp(-1, 1)
+        x0 = x0.clamp(-clip_range, clip_range)
         mean = (ab_prev.sqrt() * beta / (1 - ab)) * x0 + (alpha.sqrt() * (1 - ab_prev) / (1 - ab)) * x_t
     else:
         mean = (x_t - beta / (1 - ab).sqrt() * eps) / alpha.sqrt()
@@ -173,6 +176,7 @@ def ddim_step(
     clip_x0: bool = False,
     noise: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    clip_range: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One DDIM step x_t -> x_(t_prev) (DDIM eq. 12), t_prev = -1 meaning the clean image.
 
@@ -182,7 +186,7 @@ def ddim_step(
     # 1. predicted noise and x_0 (DDIM eq. 9)
     eps, x0 = split_prediction(model_out, x_t, tt, sched, prediction)
     if clip_x0:
-        x0 = x0.clamp(-1, 1)
+        x0 = x0.clamp(-clip_range, clip_range)
         # re-derive eps from the clipped x_0 so the step stays consistent
         ab = gather(sched.alpha_bars, tt).to(x_t.dtype)
         eps = (x_t - ab.sqrt() * x0) / (1 - ab).sqrt().clamp(min=1e-12)
@@ -210,15 +214,25 @@ class StepOptions:
     prediction: str = "eps"
     clip_x0: bool = False
     generator: torch.Generator | None = None
+    clip_range: float = 1.0  # x_0 is clipped to [-clip_range, clip_range]
 
 
 # name (core.spec.SAMPLERS) -> step(model_out, x_t, t, t_prev, sched, opts) -> (x_(t_prev), predicted x_0)
 STEP_FUNCTIONS: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor]]] = {
     "ddpm": lambda out, x, t, _t_prev, sched, o: ddpm_step(
-        out, x, t, sched, o.variance, o.prediction, o.clip_x0, generator=o.generator
+        out, x, t, sched, o.variance, o.prediction, o.clip_x0, generator=o.generator, clip_range=o.clip_range
     ),
     "ddim": lambda out, x, t, t_prev, sched, o: ddim_step(
-        out, x, t, t_prev, sched, o.eta, o.prediction, o.clip_x0, generator=o.generator
+        out,
+        x,
+        t,
+        t_prev,
+        sched,
+        o.eta,
+        o.prediction,
+        o.clip_x0,
+        generator=o.generator,
+        clip_range=o.clip_range,
     ),
 }
 
@@ -246,6 +260,7 @@ def reverse_process(
     prediction: str = "eps",
     clip_x0: bool = False,
     generator: torch.Generator | None = None,
+    clip_range: float = 1.0,
 ) -> Iterator[ReverseStep]:
     """Run the reverse chain from x_start at timestep t_start (default T-1, i.e. pure noise) to x_0,
     yielding every step. DDPM visits every timestep; a strided sampler (DDIM) visits `steps` of them."""
@@ -258,7 +273,7 @@ def reverse_process(
     n = t_start + 1 if steps is None or not SAMPLERS[sampler].strided else steps
     ts = ddim_timesteps(t_start + 1, n)  # n = t_start + 1 visits every timestep
     step = STEP_FUNCTIONS[sampler]
-    opts = StepOptions(eta, variance, prediction, clip_x0, generator)
+    opts = StepOptions(eta, variance, prediction, clip_x0, generator, clip_range)
     x = x_start
     B = x.shape[0]
     for i, t in enumerate(ts):

@@ -33,6 +33,31 @@ def _rescale_zero_terminal_snr(alpha_bars: torch.Tensor) -> torch.Tensor:
     return s**2
 
 
+def _float32_arrays(c: ScheduleConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(betas, alpha_bars) as diffusers' schedulers compute them (DDPMScheduler.__init__, float32 throughout,
+    squaredcos_cap_v2 through Python floats, zero terminal SNR by rescaling the betas), returned in float64."""
+    T = c.T
+    if c.kind == "linear":
+        betas = torch.linspace(c.beta_start, c.beta_end, T, dtype=torch.float32)
+    elif c.kind == "quadratic":
+        betas = torch.linspace(c.beta_start**0.5, c.beta_end**0.5, T, dtype=torch.float32) ** 2
+    else:
+
+        def f(t: float) -> float:
+            return math.cos((t + c.cosine_s) / (1 + c.cosine_s) * math.pi / 2) ** 2
+
+        betas = torch.tensor(
+            [min(1 - f((i + 1) / T) / f(i / T), BETA_MAX) for i in range(T)], dtype=torch.float32
+        )
+    if c.rescale_zero_snr:
+        ab_sqrt = torch.cumprod(1.0 - betas, 0).sqrt()
+        s0, sT = ab_sqrt[0].clone(), ab_sqrt[-1].clone()
+        ab = ((ab_sqrt - sT) * (s0 / (s0 - sT))) ** 2
+        betas = 1 - torch.cat([ab[0:1], ab[1:] / ab[:-1]])
+    alpha_bars = torch.cumprod(1.0 - betas, 0)
+    return betas.double(), alpha_bars.double()
+
+
 class NoiseSchedule:
     """The arrays of one schedule (float64 on the CPU; `to()` gives float32 copies on a device).
 
@@ -45,6 +70,9 @@ class NoiseSchedule:
         self.config = (config or ScheduleConfig()).validate()
         c = self.config
         T = c.T
+        if c.float32:
+            self._set(*_float32_arrays(c), device)
+            return
         if c.kind == "linear":
             betas = torch.linspace(c.beta_start, c.beta_end, T, dtype=torch.float64)
             alpha_bars = torch.cumprod(1.0 - betas, 0)

@@ -34,6 +34,11 @@ SAMPLERS: dict[str, SamplerSpec] = {
 }
 
 SCHEDULE_KINDS = ("linear", "cosine", "quadratic")
+# diffusers' `beta_schedule` names -> the kind here with the same formula (squaredcos_cap_v2 is the cosine
+# schedule with s = 0.008 and betas clipped at 0.999; scaled_linear is linear in sqrt(beta), our quadratic).
+# A ScheduleConfig with float32=True then gives exactly the betas and alphas_cumprod of diffusers' scheduler.
+DIFFUSERS_BETA_SCHEDULES = {"linear": "linear", "scaled_linear": "quadratic", "squaredcos_cap_v2": "cosine"}
+DIFFUSERS_COSINE_S = 0.008  # the s of diffusers' squaredcos_cap_v2 (fixed there)
 # The smallest beta accepted: below about 1e-16, 1 - beta rounds to 1 even in float64 and the posterior
 # variance at t=0 becomes 0/0 = NaN (found by tests/test_properties.py); 1e-8 leaves a wide margin and is
 # still 10,000x below the smallest beta in the DDPM paper.
@@ -54,6 +59,9 @@ class ScheduleConfig:
     beta_end: float = 0.04  # linear/quadratic only (the DDPM paper: 0.02 at T=1000)
     cosine_s: float = 0.008  # cosine only: offset that keeps beta_1 from being too small
     rescale_zero_snr: bool = False  # rescale so alpha_bar_T = 0 exactly (Lin et al. 2023)
+    # betas and alpha_bar computed in float32 with diffusers' own arithmetic (its schedulers do so), so that
+    # a model trained with diffusers' DDPMScheduler is sampled with exactly the numbers it was trained on
+    float32: bool = False
 
     def validate(self) -> ScheduleConfig:
         def real(
@@ -87,6 +95,8 @@ class ScheduleConfig:
             raise ConfigError(f"cosine_s must lie in [0, 1), got {self.cosine_s!r}.")
         if not isinstance(self.rescale_zero_snr, bool):
             raise ConfigError(f"rescale_zero_snr must be true or false, got {self.rescale_zero_snr!r}.")
+        if not isinstance(self.float32, bool):
+            raise ConfigError(f"float32 must be true or false, got {self.float32!r}.")
         if self.rescale_zero_snr and self.T < 2:
             # the rescale maps alpha_bar_1 to itself and alpha_bar_T to 0: with one step that is 0/0
             raise ConfigError("A zero-terminal-SNR schedule needs T of at least 2.")

@@ -45,10 +45,19 @@ class ModelBundle:
     # said to the user (CLI warning, GUI): e.g. which newer checkpoint of a run was damaged and skipped
     notes: list[str] = field(default_factory=list)
     meta: dict = field(default_factory=dict)  # the checkpoint's JSON header (config, step, classes)
+    # how the model was made to be sampled: the defaults of SampleConfig's variance and clip_x0, and the
+    # range x_0 is clipped to (a diffusers model's scheduler config says; DDPM Studio models: beta, clip, 1)
+    variance: str = "beta"
+    clip_x0: bool = True
+    clip_range: float = 1.0
+    # conditional models: whether the embedding has the extra "null" row (index num_classes) that makes
+    # classifier-free guidance and unconditional samples possible. DDPM Studio's models always have it.
+    has_null_class: bool = True
 
     @property
     def null_class(self) -> int | None:
-        return self.num_classes  # the extra embedding row used for classifier-free guidance
+        """The class index meaning "no class" (classifier-free guidance), or None where there is none."""
+        return self.num_classes if self.has_null_class else None
 
 
 @dataclass
@@ -57,14 +66,21 @@ class SampleConfig:
     sampler: str = "ddpm"  # a name of core.spec.SAMPLERS: ddpm (ancestral, the tutorial) | ddim
     steps: int = 50  # DDIM only: number of steps
     eta: float = 0.0  # DDIM only: 0 deterministic, 1 ~ DDPM
-    variance: str = "beta"  # DDPM only: beta (sigma^2 = beta_t, the tutorial) | posterior (beta~_t)
+    # DDPM only: beta (sigma^2 = beta_t, the tutorial) | posterior (beta~_t); None: the model's own
+    # (ModelBundle.variance; beta without a model)
+    variance: str | None = None
     seed: int = 0
     class_label: int | None = None  # conditional models: the class to draw (None: unconditional)
     guidance: float = 1.0  # classifier-free guidance scale w (1 = plain conditional, 0 = unconditional)
-    clip_x0: bool = True  # clip the predicted x_0 to [-1, 1] at every step
+    clip_x0: bool | None = None  # clip the predicted x_0 at every step; None: the model's own (else True)
     every: int = 1  # yield a frame every `every` steps (the last step always)
 
     def validate(self, bundle: ModelBundle | None = None) -> SampleConfig:
+        """This config checked, with the model's own defaults filled in (a copy when any was missing)."""
+        if self.variance is None:
+            return replace(self, variance=bundle.variance if bundle else "beta").validate(bundle)
+        if self.clip_x0 is None:
+            return replace(self, clip_x0=bundle.clip_x0 if bundle else True).validate(bundle)
         if not (isinstance(self.n, int) and 1 <= self.n <= 1024):
             raise ConfigError(f"The number of images must be from 1 to 1024, got {self.n}.")
         if self.sampler not in SAMPLERS:
@@ -106,6 +122,14 @@ def make_denoiser(bundle: ModelBundle, n: int, class_label: int | None, guidance
     dev = bundle.device
     if bundle.num_classes is None:
         return lambda x, t: model(x, t)
+    if bundle.null_class is None:
+        # no unconditional mode: "no class" draws every class in turn, and guidance (which needs the
+        # unconditional output) is off
+        if class_label is None:
+            y = torch.arange(n, device=dev) % bundle.num_classes
+        else:
+            y = torch.full((n,), int(class_label), device=dev, dtype=torch.long)
+        return lambda x, t: model(x, t, y)
     null = torch.full((n,), bundle.num_classes, device=dev, dtype=torch.long)
     if class_label is None:
         return lambda x, t: model(x, t, null)
@@ -140,10 +164,11 @@ def _frames(
             t_start=t_start,
             steps=cfg.steps if SAMPLERS[cfg.sampler].strided else None,
             eta=cfg.eta,
-            variance=cfg.variance,
+            variance=cfg.variance or bundle.variance,  # validate() filled in both; this keeps the types exact
             prediction=bundle.prediction,
-            clip_x0=cfg.clip_x0,
+            clip_x0=bundle.clip_x0 if cfg.clip_x0 is None else cfg.clip_x0,
             generator=gen,
+            clip_range=bundle.clip_range,
         )
         for st in chain:
             last = st.index == st.total - 1
@@ -326,7 +351,13 @@ def load_bundle(
 ) -> ModelBundle:
     """A run folder (its newest readable checkpoint; the bundle's `notes` say which newer ones were skipped
     and why), a DDPM Studio .safetensors checkpoint, or (with `preset`) a foreign .pt/.pth/.safetensors state
-    dict of our UNet."""
+    dict of our UNet; or a diffusers model: its folder or a Hub id in the local cache (engine/diffusers_io)."""
+    from ddpm_gui.engine import diffusers_io
+
+    if diffusers_io.is_diffusers_model(path) or (
+        not Path(path).expanduser().exists() and diffusers_io.is_hub_id(str(path))
+    ):
+        return diffusers_io.load_diffusers_bundle(path, device=device)
     path = Path(path).expanduser()
     dev = pick_device(device)
     if path.is_dir():  # the newest checkpoint that fully loads (every byte checked against its digest)
