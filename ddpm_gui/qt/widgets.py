@@ -295,11 +295,15 @@ def accept_file_drags(event) -> None:
 
 
 def drop_kind(path: Path) -> str:
-    """ "checkpoint" (a model file), "run" (a DDPM Studio run folder), "folder" (any other) or "image"."""
+    """ "checkpoint" (a model: a model file or a diffusers model folder), "run" (a DDPM Studio run folder),
+    "folder" (any other) or "image"."""
     if path.is_dir():
+        from ddpm_gui.engine.diffusers_io import is_diffusers_model
         from ddpm_gui.engine.runfolder import is_run_dir
 
-        return "run" if is_run_dir(path) else "folder"
+        if is_run_dir(path):
+            return "run"
+        return "checkpoint" if is_diffusers_model(path) else "folder"
     return "checkpoint" if path.suffix.lower() in CHECKPOINT_SUFFIXES else "image"
 
 

@@ -121,6 +121,10 @@ def test_drop_kinds(tmp_path, monkeypatch):
     assert drop_kind(tmp_path / "model.safetensors") == "checkpoint"
     assert drop_kind(tmp_path / "weights.PT") == "checkpoint"
     assert drop_kind(tmp_path / "cat.jpg") == "image"
+    # a diffusers pipeline folder is a model, opened like a checkpoint
+    (tmp_path / "pipe" / "unet").mkdir(parents=True)
+    (tmp_path / "pipe" / "model_index.json").write_text('{"_class_name": "DDPMPipeline"}')
+    assert drop_kind(tmp_path / "pipe") == "checkpoint"
 
     class Ev:
         def mimeData(self):
