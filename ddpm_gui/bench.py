@@ -17,6 +17,9 @@ of it reached, sampling time for the full DDPM chain at several batch sizes, and
 
 The tutorial's list holds decoded PIL images, so (a) skips the PNG decode that `datasets` does on every
 `dataset[idx]` access: the tutorial measured here is, if anything, faster than the real one.
+
+All of the above is the `compare` section; the `busy` section (bench_busy.py) times the app's CPU thread
+count against torch's default while other processes compete for the cores.
 """
 
 from __future__ import annotations
@@ -27,13 +30,14 @@ import resource
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ddpm_gui import __version__
+from ddpm_gui.bench_busy import BusyConfig
 
 
 @dataclass
@@ -55,6 +59,8 @@ class BenchConfig:
     threads: int | None = None  # torch intra-op threads for the run (None: leave torch's setting)
     quick: bool = False
     seed: int = 0
+    sections: tuple[str, ...] = ("compare",)  # of SECTIONS
+    busy: BusyConfig = field(default_factory=BusyConfig)  # the busy section's sizes
 
     @classmethod
     def quick_config(cls, device: str = "cpu") -> BenchConfig:
@@ -72,6 +78,7 @@ class BenchConfig:
             peak_size=512,
             threads=1,
             quick=True,
+            busy=BusyConfig.quick_config(),
         )
 
 
@@ -196,8 +203,9 @@ def matmul_peak_tflops(
     return 2 * n**3 / statistics.median(times) / 1e12, str(dtype).replace("torch.", "")
 
 
-def _studio_learner(cfg: BenchConfig, data):
-    """DDPM Studio's model, optimizer and data on the device, set up as a training run sets them up."""
+def studio_learner(cfg: BenchConfig | BusyConfig, data):
+    """DDPM Studio's model, optimizer and data on the device, set up as a training run sets them up (from
+    the config's data, image_size, preset, batch_size, device and seed)."""
     from ddpm_gui.engine.config import TrainConfig
     from ddpm_gui.engine.learner import Learner
 
@@ -208,7 +216,7 @@ def _studio_learner(cfg: BenchConfig, data):
     return learner
 
 
-class _StudioStepper:
+class StudioStepper:
     """Runs Learner.train_step as the Trainer does: the loss is read from the device every log_every steps."""
 
     def __init__(self, learner):
@@ -228,7 +236,9 @@ class _StudioStepper:
             self.pending.clear()
 
 
-def _time_sampling(bundle, batches, repeats: int, log: Callable[[str], None], ddim_steps: int) -> dict:
+def _time_sampling(
+    bundle, batches, repeats: int, log: Callable[[str], None], ddim_steps: int, progress
+) -> dict:
     from ddpm_gui.engine.sampler import SampleConfig, sample_frames
 
     def run(cfg: SampleConfig) -> float:
@@ -240,7 +250,9 @@ def _time_sampling(bundle, batches, repeats: int, log: Callable[[str], None], dd
         return time.perf_counter() - t0
 
     out: dict = {}
-    for b in batches:
+    total = len(batches) + bool(ddim_steps)
+    for i, b in enumerate(batches):
+        progress(i, total, f"sampling: batch {b}")
         run(SampleConfig(n=b, sampler="ddim", steps=2, every=10**9))  # warm-up at this batch size
         secs = statistics.median(
             run(SampleConfig(n=b, sampler="ddpm", every=10**9, seed=r)) for r in range(repeats)
@@ -250,25 +262,28 @@ def _time_sampling(bundle, batches, repeats: int, log: Callable[[str], None], dd
         log(f"  sampling: {T} DDPM steps at batch {b:>3d}: {secs:8.3f} s  ({b / secs:8.1f} img/s)")
     if ddim_steps:
         b = 16
+        progress(len(batches), total, f"sampling: DDIM at batch {b}")
         run(SampleConfig(n=b, sampler="ddim", steps=2, every=10**9))
         secs = run(SampleConfig(n=b, sampler="ddim", steps=ddim_steps, every=10**9))
         out[f"ddim{ddim_steps}_batch{b}"] = secs
         log(f"  preview:  {ddim_steps} DDIM steps at batch {b}: {secs:.3f} s")
+    progress(total, total, "sampling: done")
     return out
 
 
-def _time_variants(cfg: BenchConfig, data, log) -> dict:
+def _time_variants(cfg: BenchConfig, data, log, progress) -> dict:
     """Studio step img/s with channels_last and with torch.compile (each in a fresh learner); an error is
     recorded, not raised. This is how the trainer's defaults were chosen: only what helps is used."""
     out: dict = {}
-    for name in ("channels_last", "compile"):
+    for i, name in enumerate(("channels_last", "compile")):
+        progress(i, 2, f"variants: {name}")
         try:
-            learner = _studio_learner(cfg, data)
+            learner = studio_learner(cfg, data)
             if name == "channels_last":
                 learner.model.to(memory_format=torch.channels_last)
             else:
                 learner.model = torch.compile(learner.model)
-            st = _StudioStepper(learner)
+            st = StudioStepper(learner)
             st.steps(max(cfg.warmup, 2))
             st.flush()
             _sync(learner.device)
@@ -285,27 +300,52 @@ def _time_variants(cfg: BenchConfig, data, log) -> dict:
         except Exception as exc:  # a variant that fails is a finding, not a crash
             out[name] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             log(f"  variant {name}: {out[name]}")
+    progress(2, 2, "variants: done")
     return out
 
 
-def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
-    """Run the benchmark; returns a JSON-able dict (the keys are documented in docs/benchmarks.md)."""
-    old_threads = torch.get_num_threads()
+SECTIONS = ("compare", "busy")  # `--sections`: the tutorial comparison; the app's threads on a busy CPU
+
+
+def _no_progress(done: int, total: int, message: str) -> None:
+    pass
+
+
+def run_bench(
+    cfg: BenchConfig,
+    log: Callable[[str], None] = print,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> dict:
+    """Run the benchmark; returns a JSON-able dict (the keys are documented in docs/benchmarks.md).
+    `log` gets the report's lines; `progress(done, total, message)` is told how each phase goes (the
+    phase is the message's text before its first colon)."""
+    from ddpm_gui.errors import ConfigError
+
+    unknown = [s for s in cfg.sections if s not in SECTIONS]
+    if unknown or not cfg.sections:
+        what = f"Unknown bench section {', '.join(map(repr, unknown))}" if unknown else "No bench section"
+        raise ConfigError(f"{what}: choose one or more of {', '.join(SECTIONS)}, comma-separated.")
+    old_threads = torch.get_num_threads()  # torch's default: what the busy section compares against
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
-        return _run_bench(cfg, log)
+        res = _run_bench(cfg, log, progress or _no_progress)
+        if "busy" in cfg.sections:
+            from ddpm_gui.bench_busy import run_busy
+
+            res["busy"] = run_busy(cfg.busy, old_threads, log, progress)
+        res["load_average_end"] = list(load_average())
+        return res
     finally:
         torch.set_num_threads(old_threads)
 
 
-def _run_bench(cfg: BenchConfig, log: Callable[[str], None]) -> dict:
-    from ddpm_gui.data import load_data
+def _run_bench(
+    cfg: BenchConfig, log: Callable[[str], None], progress: Callable[[int, int, str], None]
+) -> dict:
     from ddpm_gui.engine.device import device_label, pick_device
-    from ddpm_gui.models.presets import flops_per_image, get_preset
 
     dev = pick_device(cfg.device)
-    flops = flops_per_image(get_preset(cfg.preset), cfg.image_size)
     res: dict = {
         "ddpm_gui": __version__,
         "torch": torch.__version__,
@@ -314,10 +354,25 @@ def _run_bench(cfg: BenchConfig, log: Callable[[str], None]) -> dict:
         "threads": torch.get_num_threads(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()},
-        "load_average": list(_loadavg()),
-        "flops_per_image_train": float(flops["train"]),
-        "flops_per_image_forward": float(flops["forward"]),
+        "load_average": list(load_average()),
     }
+    if "compare" in cfg.sections:
+        _run_compare(cfg, dev, res, log, progress)
+    else:
+        log(
+            f"DDPM Studio bench: section {', '.join(cfg.sections)} (torch {torch.__version__}); load average "
+            f"{res['load_average'][0]:.2f}"
+        )
+    return res
+
+
+def _run_compare(cfg: BenchConfig, dev: torch.device, res: dict, log, progress) -> None:
+    """The tutorial's loop against DDPM Studio's trainer, the matmul peak, sampling, peak memory."""
+    from ddpm_gui.data import load_data
+    from ddpm_gui.models.presets import flops_per_image, get_preset
+
+    flops = flops_per_image(get_preset(cfg.preset), cfg.image_size)
+    res.update(flops_per_image_train=float(flops["train"]), flops_per_image_forward=float(flops["forward"]))
     log(
         f"DDPM Studio bench: preset {cfg.preset} at {cfg.image_size}x{cfg.image_size}, batch "
         f"{cfg.batch_size}, on {res['device']} (torch {torch.__version__}); load average "
@@ -327,29 +382,29 @@ def _run_bench(cfg: BenchConfig, log: Callable[[str], None]) -> dict:
     log(f"  {gflops:.3f} GFLOP per image per training step ({forward:.3f} forward)")
 
     data = load_data(cfg.data, image_size=cfg.image_size)
-    bundle, mem_tut, mem_studio = _time_training(cfg, data, dev, res, log)
+    bundle, mem_tut, mem_studio = _time_training(cfg, data, dev, res, log, progress)
     if dev.type == "cuda":
         torch.cuda.empty_cache()
-    _measure_peak(cfg, dev, res, log)
+    _measure_peak(cfg, dev, res, log, progress)
     if cfg.variants:
-        res["variants_img_per_s"] = _time_variants(cfg, data, log)
+        res["variants_img_per_s"] = _time_variants(cfg, data, log, progress)
     mem_sampling = None
     if not cfg.skip_sampling:
-        mem_sampling = _time_sampling_modes(cfg, bundle, dev, res, log)
+        mem_sampling = _time_sampling_modes(cfg, bundle, dev, res, log, progress)
 
     res["peak_memory_mb"] = {"tutorial": mem_tut, "studio": mem_studio, "sampling": mem_sampling}
     res["peak_memory_kind"] = (
         "torch.cuda.max_memory_allocated per phase" if dev.type == "cuda" else "process peak RSS, cumulative"
     )
-    res["load_average_end"] = list(_loadavg())
     log(
         f"  peak memory ({res['peak_memory_kind']}): tutorial {mem_tut:.0f} MiB, studio {mem_studio:.0f} MiB"
         + (f", sampling {mem_sampling:.0f} MiB" if mem_sampling is not None else "")
     )
-    return res
 
 
-def _time_training(cfg: BenchConfig, data, dev: torch.device, res: dict, log: Callable[[str], None]):
+def _time_training(
+    cfg: BenchConfig, data, dev: torch.device, res: dict, log: Callable[[str], None], progress
+):
     """(a) and (b), warm-up then alternating timed steps; the figures go into `res`. Returns the studio
     model as a bundle (for sampling) and each loop's peak memory."""
     from ddpm_gui.models.presets import build_model, count_parameters
@@ -361,16 +416,17 @@ def _time_training(cfg: BenchConfig, data, dev: torch.device, res: dict, log: Ca
 
         raise ConfigError(f"The data has {len(ds)} images, fewer than one batch of {cfg.batch_size}.")
     # (b) built first so that both models start from the same seed's weights
-    learner = _studio_learner(cfg, data)
+    learner = studio_learner(cfg, data)
     torch.manual_seed(cfg.seed)
     unet = build_model(learner.model_config).to(dev)
     res["parameters"] = count_parameters(unet)
     tut = TutorialLoop(unet, ds, dev, cfg.batch_size)
-    studio = _StudioStepper(learner)
+    studio = StudioStepper(learner)
     stride = learner.config.log_every if dev.type == "cuda" else 1  # CUDA: one loss read per timed chunk
 
     # warm-up (and each loop's own peak memory)
     _reset_peak(dev)
+    progress(0, 1, "warm-up: both loops")
     for _ in range(cfg.warmup):
         tut.step()
     _sync(dev)
@@ -382,8 +438,10 @@ def _time_training(cfg: BenchConfig, data, dev: torch.device, res: dict, log: Ca
     mem_studio = _peak_mb(dev)
 
     # timed: alternate the two loops
+    progress(1, 1, "warm-up: done")
     t_tut, t_studio = [], []
-    for _ in range(cfg.iters):
+    for i in range(cfg.iters):
+        progress(i, cfg.iters, "training: both loops")
         t0 = time.perf_counter()
         tut.step()  # loss.item() inside: synchronised
         t_tut.append((time.perf_counter() - t0) / cfg.batch_size)
@@ -392,6 +450,7 @@ def _time_training(cfg: BenchConfig, data, dev: torch.device, res: dict, log: Ca
         studio.flush()
         _sync(dev)
         t_studio.append((time.perf_counter() - t0) / (stride * learner.batch_size))
+    progress(cfg.iters, cfg.iters, "training: done")
     tut_rate = 1 / statistics.median(t_tut)
     studio_rate = 1 / statistics.median(t_studio)
     flops = res["flops_per_image_train"]
@@ -410,8 +469,12 @@ def _time_training(cfg: BenchConfig, data, dev: torch.device, res: dict, log: Ca
     return learner.bundle(), mem_tut, mem_studio
 
 
-def _measure_peak(cfg: BenchConfig, dev: torch.device, res: dict, log: Callable[[str], None]) -> None:
+def _measure_peak(
+    cfg: BenchConfig, dev: torch.device, res: dict, log: Callable[[str], None], progress
+) -> None:
+    progress(0, 1, "matmul peak: timing")
     peak, peak_dtype = matmul_peak_tflops(dev, cfg.peak_size)
+    progress(1, 1, "matmul peak: done")
     res.update(
         matmul_peak_tflops=peak,
         matmul_peak_dtype=peak_dtype,
@@ -424,14 +487,16 @@ def _measure_peak(cfg: BenchConfig, dev: torch.device, res: dict, log: Callable[
     )
 
 
-def _time_sampling_modes(cfg: BenchConfig, bundle, dev: torch.device, res: dict, log) -> float:
+def _time_sampling_modes(cfg: BenchConfig, bundle, dev: torch.device, res: dict, log, progress) -> float:
     """Sampling times with the configured acceleration mode, into `res`; returns the peak memory."""
     from ddpm_gui.engine.accel import accelerate
 
     model = accelerate(bundle.model, cfg.sample_mode)
     bundle = dataclasses.replace(bundle, model=model)
     _reset_peak(dev)
-    res["sampling_s"] = _time_sampling(bundle, cfg.sample_batches, cfg.sample_repeats, log, cfg.ddim_steps)
+    res["sampling_s"] = _time_sampling(
+        bundle, cfg.sample_batches, cfg.sample_repeats, log, cfg.ddim_steps, progress
+    )
     res["sampling_steps"] = bundle.schedule.T
     res["sample_mode"] = cfg.sample_mode
     reason = getattr(model, "fallback_reason", None)
@@ -442,7 +507,7 @@ def _time_sampling_modes(cfg: BenchConfig, bundle, dev: torch.device, res: dict,
     return _peak_mb(dev)
 
 
-def _loadavg() -> tuple[float, float, float]:
+def load_average() -> tuple[float, float, float]:
     try:
         import os
 

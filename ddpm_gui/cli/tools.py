@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
@@ -51,7 +52,10 @@ def add_parsers(sub) -> None:
         "--variants", action="store_true", help="also time training with channels_last and torch.compile"
     )
     b.add_argument(
-        "--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)"
+        "--threads",
+        type=positive_int,
+        default=argparse.SUPPRESS,  # absent unless given: torch's own choice
+        help="torch CPU threads for the compare section (default: torch's choice)",
     )
     b.add_argument(
         "--quick", action="store_true", help="a smoke run: tiny preset, 16x16, batch 16, few steps"
@@ -61,12 +65,12 @@ def add_parsers(sub) -> None:
         default="compare",
         help="what to run, comma-separated: compare (the tutorial's loop against DDPM Studio's trainer, "
         "the matmul peak, sampling, memory; the options above), busy (the app's CPU thread count against "
-        "torch's default with 0, 1 and 2 competing CPU-bound processes; about 2 minutes on a 2-core CPU)",
+        "torch's default with 0, 1 and 2 competing CPU-bound processes, on the CPU)",
     )
     b.add_argument(
         "--busy-reps",
         type=positive_int,
-        default=None,
+        default=argparse.SUPPRESS,  # absent unless given: --quick has its own count
         help="busy section: alternating timed runs of each thread count per load, for the medians "
         "(default: 5; with --quick 2)",
     )
@@ -172,10 +176,10 @@ def cmd_bench(args) -> int:
     cfg.sample_mode = args.sample_mode
     cfg.skip_sampling = args.skip_sampling
     cfg.variants = args.variants
-    if args.threads:
+    if "threads" in args:
         cfg.threads = args.threads
     cfg.sections = tuple(s.strip() for s in args.sections.split(",") if s.strip())
-    if args.busy_reps:
+    if "busy_reps" in args:
         cfg.busy.reps = args.busy_reps
     from ddpm_gui.models.presets import check_image_size, get_preset
 
