@@ -96,6 +96,7 @@ def _measure_load(cfg: BusyConfig, n: int, learner, bundle, default: int, progre
     from ddpm_gui.bench import StudioStepper
     from ddpm_gui.engine.device import ThreadChooser
     from ddpm_gui.engine.sampler import SampleConfig, sample_frames
+    from ddpm_gui.engine.threads import fixed_sampling_threads
 
     phase = f"busy, {n} competing"
     total, done = 2 + 4 * cfg.reps, 0
@@ -117,8 +118,10 @@ def _measure_load(cfg: BusyConfig, n: int, learner, bundle, default: int, progre
     def sample(seed: int, steps: int = cfg.sample_steps) -> float:
         t0 = time.perf_counter()
         sc = SampleConfig(n=cfg.sample_n, sampler="ddim", steps=steps, every=10**9, seed=seed)
-        for _ in sample_frames(bundle, sc):
-            pass
+        # the variant's count, which the chain would otherwise choose for itself
+        with fixed_sampling_threads(torch.get_num_threads()):
+            for _ in sample_frames(bundle, sc):
+                pass
         return cfg.sample_n / (time.perf_counter() - t0)
 
     load_start = _loadavg1()

@@ -91,3 +91,67 @@ def test_a_short_run_draws_its_first_preview_and_timestep_losses_early(tmp_path,
     assert isinstance(events[-1], ev.Finished), events[-1]
     assert previews and previews[0] <= 20, previews
     assert by_t and by_t[0] == 10, by_t
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def test_sampling_uses_the_chosen_thread_count_and_gives_it_back(monkeypatch):
+    """The Sample and Denoise tabs, the CLI's sample/denoise/eval and previews all sample through one chain:
+    on the CPU it runs with the count the app chooses (as training does), re-checked while it runs, and
+    torch's count is what it was afterwards."""
+    from ddpm_gui.core.schedule import NoiseSchedule, ScheduleConfig
+    from ddpm_gui.engine import threads
+    from ddpm_gui.engine.sampler import ModelBundle, SampleConfig, sample_frames
+    from ddpm_gui.models.presets import build_model
+
+    torch.manual_seed(0)
+    model = build_model("tiny").eval()
+    seen = []
+    model.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
+    bundle = ModelBundle(
+        model,
+        NoiseSchedule(ScheduleConfig(T=6)),
+        "eps",
+        16,
+        None,
+        None,
+        0,
+        "tiny",
+        "test",
+        torch.device("cpu"),
+    )
+    choices = iter([1, 3, 3, 3, 3, 3, 3])
+    monkeypatch.setattr(threads, "_chooser", None)
+    monkeypatch.setattr(threads, "RECHECK_SECONDS", 0.0)
+    monkeypatch.setattr(device.ThreadChooser, "check", lambda self: next(choices))
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        frames = list(sample_frames(bundle, SampleConfig(n=2, sampler="ddpm")))
+        after = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(old)
+    assert len(frames) >= 1 and len(seen) == 6
+    assert seen[0] == 1  # the first step already runs with the chosen count, not torch's 2
+    assert seen[-1] == 3  # a re-check while the chain runs takes effect
+    assert after == 2
+
+
+def test_a_fixed_count_wins_over_the_chosen_one(monkeypatch):
+    """The bench times sampling at torch's default count against the chosen one: a fixed count holds for
+    the whole chain."""
+    from ddpm_gui.engine import threads
+
+    monkeypatch.setattr(threads, "RECHECK_SECONDS", 0.0)
+    monkeypatch.setattr(device.ThreadChooser, "check", lambda self: 1)
+    old = torch.get_num_threads()
+    try:
+        with threads.fixed_sampling_threads(2), threads.sampling_threads(torch.device("cpu")) as recheck:
+            inside = torch.get_num_threads()
+            recheck()
+            assert (inside, torch.get_num_threads()) == (2, 2)
+        with threads.sampling_threads(torch.device("cpu")):
+            assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(old)

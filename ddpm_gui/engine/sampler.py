@@ -24,6 +24,7 @@ from ddpm_gui.engine.checkpoint import (
     unprefixed,
 )
 from ddpm_gui.engine.device import pick_device
+from ddpm_gui.engine.threads import sampling_threads
 from ddpm_gui.errors import CheckpointError, ConfigError
 
 
@@ -155,7 +156,7 @@ def _frames(
 ) -> Iterator[SampleFrame]:
     sched = bundle.schedule.to(bundle.device)
     denoiser = make_denoiser(bundle, x_start.shape[0], cfg.class_label, cfg.guidance)
-    with torch.inference_mode():
+    with torch.inference_mode(), sampling_threads(bundle.device) as recheck_threads:
         chain = reverse_process(
             denoiser,
             x_start,
@@ -179,6 +180,7 @@ def _frames(
                 )
             if stop is not None and stop.is_set():
                 return
+            recheck_threads()
 
 
 def _generator(bundle: ModelBundle, seed: int) -> torch.Generator:
