@@ -163,6 +163,21 @@ def test_info_lists_presets_with_parameters(capsys):
     assert re.search(r"^\s*tiny\s+[\d,]+\s", out, re.M), out
 
 
+def test_info_without_the_diffusers_extra_names_what_to_install(capsys, monkeypatch):
+    """The diffusers-architecture presets need the optional extra; without it `info` still lists the rest."""
+    from ddpm_gui.errors import ConfigError
+    from ddpm_gui.models import diffusers_unet
+
+    def missing():
+        raise ConfigError(diffusers_unet.INSTALL_HINT)
+
+    monkeypatch.setattr(diffusers_unet, "import_diffusers", missing)
+    assert run(["info"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^\s*tiny\s+[\d,]+\s", out, re.M), out
+    assert re.search(r"^\s*ddpm-cifar10\s+needs an optional extra: .*pip install", out, re.M), out
+
+
 def test_info_json(capsys):
     assert run(["info", "--json", "--image-size", 16]) == 0
     info = json.loads(capsys.readouterr().out)

@@ -63,16 +63,15 @@ def command(sub, name: str, help: str, **kw) -> argparse.ArgumentParser:
 
 
 def add_model_source(p: argparse.ArgumentParser, foreign: bool = True) -> None:
-    """--run or --checkpoint (one of them), and with `foreign` --model (any model: see load_bundle) and the
+    """--model (any model: see load_bundle), --run or --checkpoint (one of them), and with `foreign` the
     options for a plain state dict."""
     g = p.add_mutually_exclusive_group(required=True)
-    if foreign:
-        g.add_argument(
-            "--model",
-            metavar="PATH_OR_ID",
-            help="any model: a run folder, a checkpoint, a diffusers model folder, a Hugging Face model id "
-            f"already in the local cache (never downloaded), or '{DEMO_MODEL}' (the model shipped with the app)",
-        )
+    g.add_argument(
+        "--model",
+        metavar="PATH_OR_ID",
+        help="any model: a run folder, a checkpoint, a diffusers model folder, a Hugging Face model id "
+        f"already in the local cache (never downloaded), or '{DEMO_MODEL}' (the model shipped with the app)",
+    )
     g.add_argument("--run", help="run folder (its newest checkpoint)")
     g.add_argument(
         "--checkpoint",

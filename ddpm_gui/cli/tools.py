@@ -8,6 +8,7 @@ import sys
 
 from ddpm_gui import __version__
 from ddpm_gui.cli.common import (
+    DEMO_MODEL,
     PhaseBars,
     add_model_source,
     add_sample_mode_arg,
@@ -128,6 +129,7 @@ def cmd_info(args) -> int:
     import torch
 
     from ddpm_gui.engine.device import describe_devices
+    from ddpm_gui.errors import ConfigError
     from ddpm_gui.models.presets import PRESETS, build_model, count_parameters, flops_per_image
 
     info = {
@@ -139,7 +141,11 @@ def cmd_info(args) -> int:
         "presets": {},
     }
     for name, cfg in PRESETS.items():
-        n = count_parameters(build_model(cfg))
+        try:
+            n = count_parameters(build_model(cfg))
+        except ConfigError as exc:  # a preset of an optional extra that is not installed
+            info["presets"][name] = {"unavailable": str(exc)}
+            continue
         fl = flops_per_image(cfg, args.image_size)
         info["presets"][name] = {
             "parameters": n,
@@ -154,9 +160,12 @@ def cmd_info(args) -> int:
     )
     print("devices: " + ", ".join(info["devices"]))
     print(f"model presets at {args.image_size}x{args.image_size}:")
-    print(f"  {'preset':10s} {'parameters':>12s} {'GFLOP fwd':>10s} {'GFLOP train':>12s}")
+    print(f"  {'preset':14s} {'parameters':>12s} {'GFLOP fwd':>10s} {'GFLOP train':>12s}")
     for name, d in info["presets"].items():
-        print(f"  {name:10s} {d['parameters']:>12,d} {d['gflop_forward']:>10.3f} {d['gflop_train']:>12.3f}")
+        if "unavailable" in d:
+            print(f"  {name:14s} needs an optional extra: {d['unavailable']}")
+            continue
+        print(f"  {name:14s} {d['parameters']:>12,d} {d['gflop_forward']:>10.3f} {d['gflop_train']:>12.3f}")
     return 0
 
 
@@ -208,9 +217,14 @@ def cmd_eval(args) -> int:
     from ddpm_gui.engine.runs import run_of_checkpoint
     from ddpm_gui.errors import DDPMError
 
+    source = args.run or args.checkpoint or args.model
+    if source == DEMO_MODEL:
+        from ddpm_gui.engine.demo import demo_path
+
+        source = str(demo_path())
     progress = PhaseBars()
     res = evaluate_run(
-        args.run or args.checkpoint,
+        source,
         **pick(args, "data", "n", "sampler", "steps", "guidance", "seed", "device", "sample_mode", "retrain"),
         use_ema=not args.no_ema,
         grid=args.grid,
