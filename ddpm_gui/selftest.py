@@ -5,9 +5,10 @@ offscreen (unless the caller chose a Qt platform), it opens the main window, wai
 load in the background, loads the built-in data (and a parquet file through `datasets`, the library
 the bundle must carry although the app imports it lazily; skipped, and said, where the optional `hub`
 extra is not installed), trains the `tiny` preset a few steps,
-samples from the checkpoint, grabs the window, and prints one line per check:
+samples from the checkpoint, grabs the window with that model in place of the demo model (which ships
+with the app and is loaded at start), and prints one line per check:
 
-    ok  window opened: 'DDPM Studio', 5 tabs (Data, Forward process, Train, Sample, Denoise)
+    ok  window opened: 'DDPM Studio', 6 tabs (Data, Forward process, Train, Sample, Denoise, Runs)
     ...
     self-test passed: 11 checks in 14.2 s
 
@@ -32,7 +33,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-TAB_TITLES = ["Data", "Forward process", "Train", "Sample", "Denoise"]
+TAB_TITLES = ["Data", "Forward process", "Train", "Sample", "Denoise", "Runs"]
 ENGINE_TIMEOUT_S = 90.0  # a cold start from a slow disk; on this machine it takes 3-6 s
 DATA_TIMEOUT_S = 60.0
 N_IMAGES = 256
@@ -424,13 +425,26 @@ class _SelfTestRun:
         )
 
     def show_model(self) -> str:
-        self.win.state.set_bundle(self.bundle)
+        state = self.win.state
+        # the demo model that ships with the app (package data) was loaded at start, there being no model
+        wait_for(self.app, lambda: state.bundle is not None, DATA_TIMEOUT_S)
+        _need(
+            state.bundle_is_demo,
+            f"the demo model was not loaded at start (status bar: {self.win.statusBar().currentMessage()!r})",
+        )
+        demo = Path(state.bundle.source).name
+        state.set_bundle(self.bundle)
+        _need(
+            state.bundle is self.bundle and not state.bundle_is_demo,
+            "the trained model did not replace the demo",
+        )
         self.app.processEvents()
         w, h, std = _grab_stats(self.win)
         _need(w > 0 and h > 0, f"the grab is {w}x{h}")
         _need(std > 1.0, f"the window grab is blank (grey-level standard deviation {std:.2f})")
         return (
-            f"{w}x{h} pixels, grey-level standard deviation {std:.1f}, with the trained model set as current"
+            f"{w}x{h} pixels, grey-level standard deviation {std:.1f}, with the trained model set as current "
+            f"(it replaced the demo model {demo}, loaded at start)"
         )
 
 

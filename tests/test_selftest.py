@@ -57,7 +57,7 @@ def test_self_test_passes_and_writes_nothing(tmp_path):
         assert f"ok  {name}: " in out, f"missing check line {name!r} in:\n{out}"
     assert "FAIL" not in out
     assert "self-test passed: 11 checks" in out
-    assert "'DDPM Studio', 5 tabs (Data, Forward process, Train, Sample, Denoise)" in out
+    assert "'DDPM Studio', 6 tabs (Data, Forward process, Train, Sample, Denoise, Runs)" in out
     # nothing in the (private) home, nothing in the working folder
     assert list((tmp_path / "home").iterdir()) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["home"]

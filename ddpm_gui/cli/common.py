@@ -6,6 +6,9 @@ import argparse
 import json
 import sys
 
+# `--model demo`: the model shipped with the app (a folder of that name is ./demo); torch-free to import
+from ddpm_gui.engine.demo import DEMO_NAME as DEMO_MODEL
+
 
 def number_type(kind: type, lo: float | None = None, hi: float | None = None):
     """An argparse type: a whole (kind=int) or finite (kind=float) number within [lo, hi], else a one-line
@@ -32,9 +35,6 @@ def number_type(kind: type, lo: float | None = None, hi: float | None = None):
 
     return parse
 
-
-# `--model demo`: the model shipped with the app (ddpm_gui.engine.demo; a folder of that name is ./demo)
-DEMO_MODEL = "demo"
 
 positive_int = number_type(int, 1)
 nonneg_int = number_type(int, 0)

@@ -20,6 +20,7 @@ from PySide6.QtCore import QSettings, Qt, QTimer, Signal, Slot
 from PySide6.QtGui import QAction, QCloseEvent, QGuiApplication, QKeySequence
 from PySide6.QtWidgets import (
     QFileDialog,
+    QInputDialog,
     QLabel,
     QMainWindow,
     QMessageBox,
@@ -31,7 +32,7 @@ from PySide6.QtWidgets import (
 
 from ddpm_gui.qt.mnemonics import MENU_TITLES
 from ddpm_gui.qt.panels import PANELS
-from ddpm_gui.qt.state import AppState
+from ddpm_gui.qt.state import DEMO_SOURCE, AppState, demo_wanted
 from ddpm_gui.qt.workers import JobSlot, show_warning
 
 APP_TITLE = "DDPM Studio"
@@ -108,6 +109,7 @@ class MainWindow(QMainWindow):
         self._engine_started = False
         self.engine_slot = JobSlot(self, self._on_engine_event, self._on_engine_failed)
         self.bundle_slot = JobSlot(self, self._on_bundle_loaded, self._on_bundle_failed)
+        self.demo_slot = JobSlot(self, self._on_demo_loaded, self._on_demo_failed)
         self._bundle_path = ""
         self._closing = False
         self._force_close = False
@@ -142,6 +144,20 @@ class MainWindow(QMainWindow):
         self.open_run_action.triggered.connect(self.open_run_dialog)
         self.open_run_action.setEnabled(False)
         file_menu.addAction(self.open_run_action)
+        self.open_diffusers_action = QAction("Open &diffusers model folder…", self)
+        self.open_diffusers_action.setStatusTip(
+            "Load a diffusers DDPM/DDIM model from its folder (save_pretrained)"
+        )
+        self.open_diffusers_action.triggered.connect(self.open_diffusers_dialog)
+        self.open_hub_action = QAction("Open diffusers model by &Hub id…", self)
+        self.open_hub_action.setStatusTip(
+            "Load a diffusers model already in the local Hugging Face cache, by its id (nothing is downloaded)"
+        )
+        self.open_hub_action.triggered.connect(self.open_hub_id_dialog)
+        for act in (self.open_diffusers_action, self.open_hub_action):
+            act.setEnabled(False)
+            self.engineReady.connect(lambda act=act: act.setEnabled(True))
+            file_menu.addAction(act)
         self.recent_menu = file_menu.addMenu("Recent &checkpoints")
         self._rebuild_recent()
         file_menu.addSeparator()
@@ -264,6 +280,27 @@ class MainWindow(QMainWindow):
         self._rebuild_recent()
         self.statusBar().showMessage(f"Ready (PyTorch {self.engine_info.get('torch', '?')})", 5000)
         self.engineReady.emit()
+        self.load_demo()
+
+    def load_demo(self) -> bool:
+        """With no model yet (a first launch): load the demo model that ships with the app in a worker, so
+        Sample and Denoise work at once. Off with the `demo_model=false` setting. False: not started."""
+        if self._closing or self.state.bundle is not None or not demo_wanted(self.settings):
+            return False
+
+        def load():
+            from ddpm_gui.engine.demo import load_demo_bundle
+
+            yield load_demo_bundle()
+
+        return self.demo_slot.start(load)
+
+    def _on_demo_loaded(self, bundle) -> None:
+        if self.state.bundle is None and not self._closing:  # a model loaded or trained meanwhile wins
+            self.state.set_bundle(bundle, DEMO_SOURCE, demo=True)
+
+    def _on_demo_failed(self, message: str) -> None:
+        self.state.show_status(f"No demo model: {message}", 10000)
 
     def panel(self, name: str) -> QWidget | None:
         """A panel by class name ("DataPanel", ...), or None if it is not built (yet)."""
@@ -288,8 +325,47 @@ class MainWindow(QMainWindow):
             self.settings.setValue("last_checkpoint_dir", str(Path(path).parent))
             self.open_checkpoint(path)
 
+    def _diffusers_missing(self) -> bool:
+        """True, after saying how to install it, when the optional diffusers extra is not installed."""
+        import importlib.util
+
+        if importlib.util.find_spec("diffusers") is not None:
+            return False
+        from ddpm_gui.models.diffusers_unet import INSTALL_HINT
+
+        self.show_message("diffusers is not installed", INSTALL_HINT, QMessageBox.Icon.Warning)
+        return True
+
+    @Slot()
+    def open_diffusers_dialog(self) -> None:
+        if self._diffusers_missing():
+            return
+        start = self.settings.value("last_checkpoint_dir", str(Path.home()))
+        path = QFileDialog.getExistingDirectory(self, "Open diffusers model folder", str(start))
+        if path:
+            self.settings.setValue("last_checkpoint_dir", str(Path(path).parent))
+            self.open_checkpoint(path)
+
+    @Slot()
+    def open_hub_id_dialog(self) -> None:
+        if self._diffusers_missing():
+            return
+        from ddpm_gui.engine.diffusers_io import cached_model_ids
+
+        ids = cached_model_ids()
+        label = (
+            "A Hugging Face model id already in the local cache (e.g. google/ddpm-cifar10-32);\n"
+            "nothing is downloaded. Models found in the cache:"
+            if ids
+            else "A Hugging Face model id already in the local cache (none found there yet):"
+        )
+        text, ok = QInputDialog.getItem(self, "Open diffusers model by Hub id", label, ids, 0, True)
+        if ok and text.strip():
+            self.open_checkpoint(text.strip())
+
     def open_checkpoint(self, path: str) -> None:
-        """Load a run folder or .safetensors checkpoint in the background and make it the current model."""
+        """Load a run folder, a .safetensors checkpoint or a diffusers model (a folder, or a Hub id in the local
+        cache) in the background and make it the current model."""
         if self.bundle_slot.is_busy():
             self.state.show_status("Already loading a checkpoint…")
             return
@@ -392,7 +468,7 @@ class MainWindow(QMainWindow):
                 stop(timeout_ms)
                 if timing:
                     print(f"{name}.shutdown took {time.perf_counter() - t0:.3f} s", flush=True)
-        for slot in (self.engine_slot, self.bundle_slot):
+        for slot in (self.engine_slot, self.bundle_slot, self.demo_slot):
             slot.stop()
             slot.wait(timeout_ms)
 

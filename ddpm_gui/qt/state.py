@@ -3,11 +3,22 @@ model/event style): the Data panel sets the dataset, the Train panel publishes t
 the Sample and Denoise panels use whichever model is current.
 
 Every model that enters the app goes through `set_bundle(bundle, source)`, whoever loaded or trained it:
-the panels that use a model only listen to `bundleChanged`, and `bundle_source` says where it came from."""
+the panels that use a model only listen to `bundleChanged`, and `bundle_source` says where it came from.
+The demo model that ships with the app enters the same way, with `demo=True` (`bundle_is_demo`), only while
+there is no other model; any model set after it replaces it."""
 
 from __future__ import annotations
 
 from PySide6.QtCore import QObject, QSettings, Signal
+
+DEMO_SOURCE = "the demo model"  # bundle_source of the shipped demo model
+DEMO_SETTING = "demo_model"  # QSettings: false = start with no model (no demo model at start)
+
+
+def demo_wanted(settings: QSettings) -> bool:
+    """Whether the demo model is loaded at start when there is no model (the `demo_model` setting; on
+    unless it says false)."""
+    return str(settings.value(DEMO_SETTING, "true")).strip().lower() not in ("false", "0", "no", "off")
 
 
 class AppState(QObject):
@@ -28,16 +39,19 @@ class AppState(QObject):
         self.bundle_source = (
             ""  # where it came from, for people: "training step 300", "run_a/step_....safetensors"
         )
+        self.bundle_is_demo = False  # the current model is the demo model that ships with the app
         self.training = False
 
     def set_data(self, data) -> None:
         self.data = data
         self.dataChanged.emit(data)
 
-    def set_bundle(self, bundle, source: str = "") -> None:
-        """Make `bundle` the current model (None: no model); `source` names it in the status bar."""
+    def set_bundle(self, bundle, source: str = "", demo: bool = False) -> None:
+        """Make `bundle` the current model (None: no model); `source` names it in the status bar; `demo`:
+        it is the demo model that ships with the app."""
         self.bundle = bundle
         self.bundle_source = source if bundle is not None else ""
+        self.bundle_is_demo = demo and bundle is not None
         self.bundleChanged.emit(bundle)
         if bundle is not None and source:
             self.show_status(f"Sample and Denoise now use {source} (step {getattr(bundle, 'step', '?')}).")

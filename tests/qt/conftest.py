@@ -213,12 +213,15 @@ def export_to_a_full_disk(qtbot, panel, export: str, target) -> str:
     return panel.messages.error_label.text()
 
 
-def open_window(qtbot, settings, limit: int):
+def open_window(qtbot, settings, limit: int, demo: bool = False):
     """The main window at 1280x800, shown, its engine started and ready; it autoloads `limit` built-in
-    images."""
+    images. Without `demo` it starts with no model (no demo model at start), as the tests of loading and
+    training models expect."""
     from ddpm_gui.qt.main_window import MainWindow
+    from ddpm_gui.qt.state import DEMO_SETTING
 
     settings.setValue("data/limit", limit)
+    settings.setValue(DEMO_SETTING, demo)
     w = MainWindow(settings=settings)
     qtbot.addWidget(w)
     w.resize(1280, 800)

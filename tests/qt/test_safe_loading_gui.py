@@ -48,6 +48,7 @@ def test_sample_panel_refuses_crafted_and_corrupt_files(qtbot, panel, crafted):
 
 def test_main_window_refuses_crafted_files_with_a_dialog(qtbot, settings, crafted):
     settings.setValue("data/limit", 300)  # the window autoloads data: a small built-in set
+    settings.setValue("demo_model", False)  # no model at all: the refused file must not leave one behind
     w = MainWindow(settings=settings)
     qtbot.addWidget(w)
     w.show()

@@ -17,6 +17,7 @@ import numpy as np
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QLabel, QWidget
 
+from ddpm_gui.engine.demo import DEMO_NOTE
 from ddpm_gui.qt.exports import Exporter
 from ddpm_gui.qt.player import FramePlayer
 from ddpm_gui.qt.state import AppState
@@ -77,7 +78,14 @@ class ChainPanel(QWidget):
 
     # ------------------------------------------------------------------ shared
     def _show_model(self, b) -> None:
-        self.model_label.setText(NO_MODEL_TEXT if b is None else describe_bundle(b))
+        """The model in the label; the demo model that ships with the app says so first."""
+        if b is None:
+            text = NO_MODEL_TEXT
+        elif self.state.bundle_is_demo and b is self.state.bundle:
+            text = f"{DEMO_NOTE}.\n{describe_bundle(b)}"
+        else:
+            text = describe_bundle(b)
+        self.model_label.setText(text)
 
     def dragEnterEvent(self, event) -> None:  # Qt API
         accept_file_drags(event)
