@@ -132,6 +132,18 @@ class SamplerForm(QWidget):
     def set_T(self, T: int) -> None:
         self.steps_spin.setMaximum(max(T, 1))
 
+    def use_model_defaults(self, bundle) -> None:
+        """A model's own sampling choices (a diffusers model's variance_type and clip_sample; ours: the
+        tutorial's β and clipping): the DDPM row with its variance, and its clipping. DDIM stays DDIM."""
+        if bundle is None:
+            return
+        name = _ROWS[self.key()][3]
+        if name == "ddpm":
+            for key, _label, _tip, row_name, variance in SAMPLERS:
+                if row_name == "ddpm" and variance == getattr(bundle, "variance", "beta"):
+                    self.set_key(key)
+        self.clip_check.setChecked(bool(getattr(bundle, "clip_x0", True)))
+
     def kwargs(self) -> dict:
         _key, _label, _tip, name, variance = _ROWS[self.key()]
         return {

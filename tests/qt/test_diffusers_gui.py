@@ -55,6 +55,10 @@ def test_open_diffusers_folder_from_the_file_menu_and_sample(qtbot, window, tmp_
     assert panel.class_combo.count() == 3  # "any" and the model's two classes
     panel.n_spin.setValue(2)
     panel.class_combo.setCurrentIndex(2)  # class 1
+    # the model's own choices: fixed_small is the posterior variance; no "no class" row, so no guidance
+    assert panel.sampler_form.key() == "ddpm-posterior" and panel.sampler_form.clip_check.isChecked()
+    assert window.panel("DenoisePanel").form.sampler_form.key() == "ddpm-posterior"
+    assert not panel.guidance_spin.isEnabled()
     assert panel.generate() is True
     qtbot.waitUntil(lambda: not panel.is_sampling(), timeout=60_000)
     assert panel.error_label.isHidden(), panel.error_label.text()

@@ -86,6 +86,12 @@ class ChainPanel(QWidget):
         else:
             text = describe_bundle(b)
         self.model_label.setText(text)
+        self._sampler_form().use_model_defaults(b)
+
+    def _sampler_form(self):
+        """The panel's SamplerForm (the Sample tab holds it itself, the Denoise tab in its form)."""
+        form = getattr(self, "sampler_form", None)
+        return form if form is not None else self.form.sampler_form
 
     def dragEnterEvent(self, event) -> None:  # Qt API
         accept_file_drags(event)

@@ -198,7 +198,9 @@ class SamplePanel(ChainPanel):
         self.anim_btn.setEnabled(len(self._frames) > 1 and not running and not exporting)
         cond = b is not None and bool(b.num_classes)
         self.class_combo.setEnabled(cond)
-        self.guidance_spin.setEnabled(cond and self.class_combo.currentData() is not None)
+        # guidance needs the model's "no class" row (models of other tools may have none)
+        guided = cond and getattr(b, "null_class", None) is not None
+        self.guidance_spin.setEnabled(guided and self.class_combo.currentData() is not None)
 
     def sample_config(self):
         from ddpm_gui.engine.sampler import SampleConfig
