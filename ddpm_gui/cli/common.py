@@ -199,9 +199,12 @@ def load_bundle(args):
 
 def note_fallback(bundle) -> None:
     """What loading and accelerating the model did that the user did not ask for, on stderr: a damaged newer
-    checkpoint of a run that was skipped (`warning:`), sampling that fell back to eager mode (`note:`)."""
+    checkpoint of a run that was skipped (`warning:`), the demo model's label and sampling that fell back to
+    eager mode (`note:`)."""
+    from ddpm_gui.engine.demo import DEMO_NOTE
+
     for note in getattr(bundle, "notes", None) or ():
-        print(f"warning: {note}", file=sys.stderr)
+        print(f"{'note' if note == DEMO_NOTE else 'warning'}: {note}", file=sys.stderr)
     reason = getattr(bundle.model, "fallback_reason", None)
     if reason:
         print(f"note: {reason}", file=sys.stderr)
