@@ -1,4 +1,4 @@
-"""The main window: five tabs (Data, Forward process, Train, Sample, Denoise), menus, status bar.
+"""The main window: six tabs (Data, Forward process, Train, Sample, Denoise, Runs), menus, status bar.
 
 Startup is two-phase so the window shows fast: importing this module imports no torch; every tab
 first shows a "Loading engine…" page, `start_engine()` imports torch and the engine in a background
@@ -158,6 +158,14 @@ class MainWindow(QMainWindow):
             act.setEnabled(False)
             self.engineReady.connect(lambda act=act: act.setEnabled(True))
             file_menu.addAction(act)
+        self.export_action = QAction("&Export as diffusers…", self)
+        self.export_action.setStatusTip(
+            "Write a run's model as a diffusers pipeline folder (DDPMPipeline.from_pretrained)"
+        )
+        self.export_action.triggered.connect(self._export_diffusers)
+        self.export_action.setEnabled(False)
+        self.engineReady.connect(lambda: self.export_action.setEnabled(True))
+        file_menu.addAction(self.export_action)
         self.recent_menu = file_menu.addMenu("Recent &checkpoints")
         self._rebuild_recent()
         file_menu.addSeparator()
@@ -183,6 +191,12 @@ class MainWindow(QMainWindow):
         about.setMenuRole(QAction.MenuRole.AboutRole)
         about.triggered.connect(self.show_about)
         help_menu.addAction(about)
+
+    @Slot()
+    def _export_diffusers(self) -> None:
+        from ddpm_gui.qt.export_model import export_action  # a panel-time module: the engine has loaded
+
+        export_action(self)
 
     @Slot()
     def _rebuild_recent(self) -> None:
@@ -468,7 +482,12 @@ class MainWindow(QMainWindow):
                 stop(timeout_ms)
                 if timing:
                     print(f"{name}.shutdown took {time.perf_counter() - t0:.3f} s", flush=True)
-        for slot in (self.engine_slot, self.bundle_slot, self.demo_slot):
+        slots = [self.engine_slot, self.bundle_slot, self.demo_slot]
+        if self._ready:  # an export of a run to diffusers may be writing
+            from ddpm_gui.qt.export_model import Exporter
+
+            slots += [ex.slot for ex in self.findChildren(Exporter)]
+        for slot in slots:
             slot.stop()
             slot.wait(timeout_ms)
 

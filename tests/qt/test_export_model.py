@@ -69,3 +69,25 @@ def test_current_run_follows_the_current_model(tmp_path):
     assert export_model.current_run(Window()) == str(tmp_path / "other")
     Bundle.source = "the demo model"
     assert export_model.current_run(Window()) == ""
+
+
+def test_the_file_menu_exports_and_closing_waits_for_the_export(qtbot, settings, tmp_path, monkeypatch):
+    from PySide6.QtWidgets import QFileDialog
+
+    from tests.qt.conftest import open_window
+
+    monkeypatch.setattr(export_model, "SHOW_DIALOGS", False)
+    ckpt = _checkpoint(tmp_path / "model.safetensors", "diffusers-tiny")
+    # the two folder dialogs: what to export (a run folder; the engine takes a checkpoint file as well), where
+    answers = iter([str(ckpt), str(tmp_path / "pipe")])
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *a, **k: next(answers))
+    window = open_window(qtbot, settings, limit=16)
+    assert window.export_action.isEnabled() and window.export_action.text() == "&Export as diffusers…"
+    window.export_action.trigger()
+    ex = export_model.exporter(window)
+    job = ex.slot.job
+    assert job is not None  # the export runs in a worker: the menu returned at once
+    window.shutdown(120_000)  # waits for the export's worker
+    assert job._thread.isFinished()
+    qtbot.waitUntil(lambda: not ex.slot.is_busy(), timeout=30_000)
+    assert (tmp_path / "pipe" / "unet" / "config.json").is_file(), ex.error
