@@ -71,7 +71,7 @@ class TrainConfig:
                           "model preset: tutorial (the article's 42M UNet), small, tiny; ddpm-cifar10 (the DDPM "
                           "paper's CIFAR-10 UNet) and diffusers-tiny build a diffusers UNet2DModel")
     # fine-tuning: a fresh run starts from these weights (a resumed run continues its own checkpoint)
-    init_from: str = setting("", "--init-from", "Start from",
+    init_from: str = setting("", "--init-from", "Start from weights",
                              "start from a trained model's weights: a diffusers model folder, a run folder or "
                              "a checkpoint (empty: random weights)")
     conditional: bool = setting(False, "--conditional", "Class-conditional",
@@ -92,6 +92,13 @@ class TrainConfig:
                         lo=1e-8, hi=1.0, resumable=True)
     batch_size: int = setting(128, "--batch-size", "Batch size", "images per training step",
                               lo=1, hi=65536, resumable=True)
+    # a small GPU reaches the tutorial's batch: each step's batch (the same images, t and noise) is split
+    # into K micro-batches whose gradients add up before the one optimizer step, so K changes memory, not
+    # the result (up to float rounding), and a resumed run may change it
+    accumulate: int = setting(1, "--accumulate", "Accumulate",
+                              "split each step's batch into K micro-batches run one after another "
+                              "(the same step in less GPU memory; the batch size must divide by K)",
+                              lo=1, hi=65536, resumable=True)
     steps: int = setting(2000, "--steps", "Steps", "total training steps", lo=1, hi=_MANY, resumable=True)
     weight_decay: float = setting(0.01, "--weight-decay", "Weight decay", "AdamW weight decay",
                                   lo=0.0, hi=0.99, resumable=True)
@@ -103,9 +110,11 @@ class TrainConfig:
     # the EMA of the weights is what samples use: most of the quality of published DDPM samples
     ema_decay: float = setting(0.999, "--ema", "EMA decay", "EMA decay of the weights used for samples (0 = off)",
                                lo=0.0, hi=0.99999, resumable=True)
-    # bf16 autocast on CUDA only: on a CPU it is far slower than fp32
-    amp: bool = setting(True, "--amp", "Mixed precision", "bf16 autocast on CUDA", negative="--no-amp",
-                        resumable=True)
+    # chosen by the GPU (engine/device.py choose_precision): autocast on a CPU is far slower than fp32
+    amp: bool = setting(True, "--amp", "Mixed precision",
+                        "mixed precision on CUDA GPUs: bf16 from Ampere (sm 8.0) on, fp16 with loss scaling on "
+                        "older ones (T4, V100, RTX 20xx); the CPU and MPS train in fp32",
+                        negative="--no-amp", resumable=True)
     device: str = setting("auto", "--device", "Device",
                           "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps", resumable=True)
     # torch's CPU kernels wait for their slowest thread: a core held by another program slows every step
@@ -169,6 +178,12 @@ class TrainConfig:
         if not isinstance(self.schedule, ScheduleConfig):
             raise ConfigError("schedule must be a ScheduleConfig.")
         self.schedule.validate()
+        need(
+            self.batch_size % self.accumulate == 0,
+            f"Batch size {self.batch_size} does not divide into {self.accumulate} micro-batches (--accumulate): "
+            f"choose a batch size that is a multiple of {self.accumulate} (each optimizer step sees the whole "
+            "batch; a micro-batch is batch size / accumulate images).",
+        )
         dev = self.device
         need(
             isinstance(dev, str) and re.fullmatch(r"auto|cpu|cuda|mps|cuda:\d{1,3}", dev) is not None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 
 import torch
@@ -16,22 +17,26 @@ def _mps_available() -> bool:
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """auto: cuda, then mps, then cpu. A named device that is not there is a clear error."""
+    """auto: cuda, then mps, then cpu. A named device that is not there is a clear error that names the
+    devices present."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
-    if name.startswith("cuda"):
+    if name == "cuda" or re.fullmatch(r"cuda:\d+", name or ""):
         if not torch.cuda.is_available():
             raise ConfigError(
-                "CUDA was asked for but no CUDA GPU is available here: choose device 'cpu' or 'auto'."
+                f"{name} was asked for but no CUDA GPU is available here (devices present: "
+                f"{_present()}): choose device 'cpu' or 'auto'."
             )
         dev = torch.device(name)
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
             raise ConfigError(
-                f"There is no {name}: this machine has {torch.cuda.device_count()} CUDA device(s)."
+                f"There is no {name}: this machine has {count} CUDA device{'s' if count != 1 else ''} "
+                f"({_present()}): choose one of those."
             )
         return dev
     if name == "mps":
@@ -41,6 +46,16 @@ def pick_device(name: str = "auto") -> torch.device:
     if name == "cpu":
         return torch.device("cpu")
     raise ConfigError(f"Unknown device '{name}': use auto, cpu, cuda, cuda:N or mps.")
+
+
+def _present() -> str:
+    """The devices a run may name here, for messages: 'cpu, cuda:0, cuda:1'."""
+    names = ["cpu"]
+    if torch.cuda.is_available():
+        names += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if _mps_available():
+        names.append("mps")
+    return ", ".join(names)
 
 
 def device_label(dev: torch.device) -> str:
@@ -65,6 +80,69 @@ def describe_devices() -> list[tuple[str, str]]:
     if _mps_available():
         out.append(("mps", "mps (Apple GPU)"))
     return out
+
+
+# ----------------------------------------------------------------------------- out of memory
+
+# how the allocators say they ran out: CUDA and MPS ("... out of memory ..."), the CPU's DefaultCPUAllocator
+# ("can't allocate memory"), an MPS buffer larger than the GPU allows ("Invalid buffer size")
+_OOM_TEXTS = ("out of memory", "can't allocate memory", "cannot allocate memory", "invalid buffer size")
+
+
+def is_oom(exc: BaseException) -> bool:
+    """Whether an exception is a device or host allocator running out of memory."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError | MemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and any(t in str(exc).lower() for t in _OOM_TEXTS)
+
+
+def free_cached_memory(dev: torch.device) -> None:
+    """Give the allocator's cached blocks back after running out of memory (CUDA, MPS)."""
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+    elif dev.type == "mps":
+        torch.mps.empty_cache()
+
+
+# ----------------------------------------------------------------------------- training precision
+# Mixed precision by what the GPU computes natively: bf16 from compute capability 8.0 (Ampere) on, which has
+# fp32's range and so needs no loss scaling; fp16 with a gradient scaler on older GPUs (T4, V100, RTX 20xx:
+# sm 7.x), where bf16 is only emulated; fp32 on the CPU (autocast there is far slower than fp32) and on MPS.
+
+PRECISIONS = ("bf16", "fp16", "fp32")
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # fp32: no autocast
+PRECISION_LABELS = {
+    "bf16": "bf16 mixed precision",
+    "fp16": "fp16 mixed precision with loss scaling",
+    "fp32": "fp32",
+}
+
+
+def choose_precision(amp: bool, capability: tuple[int, int] | None, bf16_native: bool = True) -> str:
+    """The training precision for a CUDA GPU of compute `capability` (None: not a CUDA GPU), when mixed
+    precision is on (`amp`): bf16 from sm 8.0 where the GPU has native bf16, else fp16; fp32 when off or
+    not on CUDA."""
+    if not amp or capability is None:
+        return "fp32"
+    return "bf16" if tuple(capability) >= (8, 0) and bf16_native else "fp16"
+
+
+def training_precision(dev: torch.device, amp: bool, request: str = "auto") -> str:
+    """choose_precision for `dev`, reading its compute capability; a `request` other than auto is used as
+    it is (tests run the fp16 path on the CPU)."""
+    if request != "auto":
+        if request not in PRECISIONS:
+            raise ConfigError(f"Unknown precision {request!r}: use auto or one of {', '.join(PRECISIONS)}.")
+        return request
+    if dev.type != "cuda" or not amp:
+        return choose_precision(amp, None)
+    cap = torch.cuda.get_device_capability(dev)
+    # torch answers for the current device; the capability check covers a run on another one
+    try:  # emulated bf16 (sm 7.x) is no speed-up: ask for the native kind where torch can tell
+        native = torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # torch before 2.4 has no including_emulation (and counts no emulation)
+        native = torch.cuda.is_bf16_supported()
+    return choose_precision(amp, cap, native)
 
 
 # ----------------------------------------------------------------------------- CPU threads
@@ -139,3 +217,12 @@ def measure_free_threads(interval: float = 0.3) -> int:
     chooser = ThreadChooser()
     time.sleep(interval)
     return chooser.check()
+
+
+def micro_batches(batch: int, accumulate: int) -> list[tuple[int, int]]:
+    """[start, stop) of the micro-batches a batch of `batch` runs as, so that it fits in the device's
+    memory: `accumulate` equal parts (config validation makes the batch size a multiple of it; a batch
+    halved after running out of memory may not be, and then the parts differ by one image), never an
+    empty one."""
+    k = max(1, min(accumulate, batch))
+    return [(i * batch // k, (i + 1) * batch // k) for i in range(k)]

@@ -7,7 +7,10 @@ benchmark uses a Learner alone.
     tensors, meta = learner.state_dict()   # what a checkpoint holds; load_state_dict() restores it
 
 Speed (see docs/benchmarks.md): the dataset lives on the device as uint8 and each batch is one indexing op
-(no per-image Python, no DataLoader); bf16 autocast on CUDA only; fused AdamW on CUDA and the CPU.
+(no per-image Python, no DataLoader); fused AdamW on CUDA and the CPU. Mixed precision follows the GPU
+(device.choose_precision): bf16 autocast from sm 8.0, fp16 autocast with a gradient scaler below, fp32 on
+the CPU. A step's batch may run as `accumulate` micro-batches whose gradients add up (less memory, the
+same step).
 
 A non-finite loss or gradient never reaches the weights or the EMA (see `nan_guard`); out of memory in the
 forward/backward pass changes nothing but the gradients, so the caller may retry with a smaller batch.
@@ -15,6 +18,7 @@ forward/backward pass changes nothing but the gradients, so the caller may retry
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import threading
@@ -30,9 +34,11 @@ from torch import nn
 from ddpm_gui import __version__
 from ddpm_gui.core.diffusion import from_uint8, q_sample, reverse_process, to_uint8, training_target
 from ddpm_gui.core.schedule import NoiseSchedule
+from ddpm_gui.engine import distributed
 from ddpm_gui.engine.checkpoint import optimizer_from_tensors, optimizer_to_tensors, prefixed, unprefixed
 from ddpm_gui.engine.config import TrainConfig
-from ddpm_gui.engine.device import pick_device
+from ddpm_gui.engine.device import AUTOCAST_DTYPES, is_oom, micro_batches, pick_device, training_precision
+from ddpm_gui.engine.device import free_cached_memory as free_cached_memory  # the trainer's, from here
 from ddpm_gui.engine.runfolder import data_fingerprint
 from ddpm_gui.engine.sampler import ModelBundle, check_fit, make_denoiser
 from ddpm_gui.engine.validation import VAL_FRACTION, Validator, ValResult, holdout_count, split_indices
@@ -40,25 +46,6 @@ from ddpm_gui.errors import CheckpointError, ConfigError, DataError, DDPMError
 
 if TYPE_CHECKING:
     from ddpm_gui.models.presets import ModelConfig
-
-# how the allocators say they ran out: CUDA and MPS ("... out of memory ..."), the CPU's DefaultCPUAllocator
-# ("can't allocate memory"), an MPS buffer larger than the GPU allows ("Invalid buffer size")
-_OOM_TEXTS = ("out of memory", "can't allocate memory", "cannot allocate memory", "invalid buffer size")
-
-
-def is_oom(exc: BaseException) -> bool:
-    """Whether an exception is a device or host allocator running out of memory."""
-    if isinstance(exc, torch.cuda.OutOfMemoryError | MemoryError):
-        return True
-    return isinstance(exc, RuntimeError) and any(t in str(exc).lower() for t in _OOM_TEXTS)
-
-
-def free_cached_memory(dev: torch.device) -> None:
-    """Give the allocator's cached blocks back after running out of memory (CUDA, MPS)."""
-    if dev.type == "cuda":
-        torch.cuda.empty_cache()
-    elif dev.type == "mps":
-        torch.mps.empty_cache()
 
 
 class NonFiniteStep(Exception):
@@ -76,6 +63,8 @@ class Learner:
     n_params: int
     ema: nn.Module | None  # the EMA of the weights (None when ema_decay is 0)
     optim: torch.optim.AdamW
+    precision: str  # "bf16", "fp16" or "fp32" (device.PRECISIONS): what the forward pass runs in
+    scaler: torch.amp.GradScaler | None  # fp16 only: scales the loss so that small gradients survive
     schedule: NoiseSchedule  # float64 master copy on the CPU
     sched_dev: NoiseSchedule  # on the device
     gen: torch.Generator  # batches and noise
@@ -88,6 +77,9 @@ class Learner:
     # the indices of `images` that batches are drawn from (None: all); the rest are held out for validation
     train_index: torch.Tensor | None = None
     validator: Validator | None = None  # the held-out images (None: none are held out)
+    # one of several processes (distributed.py): its rank, and the DDP wrapper the forward pass goes through
+    dist: distributed.Dist = distributed.SINGLE
+    ddp: nn.parallel.DistributedDataParallel | None = None
 
     def __init__(
         self,
@@ -108,6 +100,9 @@ class Learner:
         # Tests set "device" to exercise the CUDA path on the CPU (CPU fused AdamW behaves the same).
         self.nan_guard = "auto"
         self._device_guard = False
+        # "auto": by the device and config.amp (device.training_precision). Tests set "fp16" to exercise the
+        # gradient scaler on the CPU (torch's GradScaler and fused AdamW run there as on CUDA).
+        self.precision_request = "auto"
         self._smooth: float | None = None  # exponential moving average of the loss (kept in checkpoints)
         self._fingerprint: dict | None = None
         self.source = "training"  # where bundle() says its model comes from
@@ -164,7 +159,7 @@ class Learner:
         train_idx, val_idx = split_indices(n, c.val_size, c.seed)
         self.train_index = torch.from_numpy(train_idx).to(self.gen.device)
         self.validator = Validator(self.images, self.labels, val_idx, self.sched_dev, c.prediction, c.seed,
-                                   self.device, amp=c.amp)  # fmt: skip
+                                   self.device, amp=self.precision == "bf16")  # fmt: skip
         return None
 
     def validate(self) -> ValResult:
@@ -211,7 +206,9 @@ class Learner:
         from ddpm_gui.models.presets import build_model, count_parameters, get_preset
 
         c = self.config
-        self.device = pick_device(c.device)
+        self.device = self.dist.device(pick_device(c.device))  # its own GPU, for one of several processes
+        self.precision = training_precision(self.device, c.amp, self.precision_request)
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         torch.manual_seed(c.seed)
         self.model_config = get_preset(c.preset)
         self.model = build_model(self.model_config, num_classes=self.num_classes).to(self.device)
@@ -232,7 +229,7 @@ class Learner:
         self.schedule = NoiseSchedule(c.schedule)
         self.sched_dev = self.schedule.to(self.device)
         self.gen = torch.Generator(device=self.device)
-        self.gen.manual_seed(c.seed)
+        self.gen.manual_seed(self.dist.seed(c.seed))  # each process its own stream
         self.batch_size = c.batch_size
         # summed on the device: no sync per step
         self.t_loss_sum = torch.zeros(self.schedule.T, device=self.device)
@@ -284,7 +281,10 @@ class Learner:
             "loss_smooth": self._smooth,
             "val_holdout": self.validator.n_images if self.validator is not None else 0,
             "val_best": self.val_best,
+            "precision": self.precision,
         }
+        if self.scaler is not None:
+            meta["grad_scaler"] = self.scaler.state_dict()  # numbers only: the scale and its growth count
         return tensors, meta
 
     def load_state_dict(
@@ -302,6 +302,7 @@ class Learner:
                 self.optim.load_state_dict(optimizer_from_tensors(tensors, meta["optim_groups"]))
             for g in self.optim.param_groups:  # a resumed run may have changed it
                 g["weight_decay"] = self.config.weight_decay
+            self._load_scaler(meta.get("grad_scaler"))
             notes += self._load_rng(tensors, meta, source)
             if "stats.t_loss_sum" in tensors:
                 self.t_loss_sum.copy_(tensors["stats.t_loss_sum"])
@@ -334,6 +335,16 @@ class Learner:
             "Validation is off: this run started without validation, so no images were held out (they "
             "have all been trained on). Start a new run with validation on to measure it."
         ]
+
+    def _load_scaler(self, state) -> None:
+        """An fp16 run's scaler state (none from another precision: the scaler finds its scale afresh)."""
+        if self.scaler is None or state is None:
+            return
+        st = state if isinstance(state, dict) else {}
+        scale, tracker = st.get("scale"), st.get("_growth_tracker")
+        if not (isinstance(scale, float) and math.isfinite(scale) and scale > 0 and type(tracker) is int):
+            raise ValueError("damaged grad_scaler state")
+        self.scaler.load_state_dict(state)
 
     def _load_rng(self, tensors: dict[str, torch.Tensor], meta: dict, source: str) -> list[str]:
         if "rng.torch" in tensors:
@@ -389,32 +400,25 @@ class Learner:
 
     def _forward_backward(self, images: torch.Tensor, labels: torch.Tensor | None):
         """Loss and gradients on a batch of `images` (of the run's own dataset: never one held out for
-        validation). Changes nothing but the RNG and .grad, so out of memory here can be retried."""
+        validation). The batch is drawn whole (the same images, t and noise whatever config.accumulate is)
+        and run as micro-batches whose gradients add up to the whole batch's. Changes nothing but the RNG
+        and .grad (and unscales them, with a scaler), so out of memory here can be retried."""
         c = self.config
-        dev = self.device
-        B = self.batch_size
-        pool = self.train_index if images is self.images else None
-        n = images.shape[0] if pool is None else pool.numel()
-        idx = torch.randint(0, n, (B,), generator=self.gen, device=self.gen.device)
-        if pool is not None:
-            idx = pool[idx]
-        x0 = from_uint8(images[idx.to(images.device)].to(dev, non_blocking=True))
-        t = torch.randint(0, self.schedule.T, (B,), generator=self.gen, device=dev)
-        noise = torch.randn(x0.shape, generator=self.gen, device=dev)
+        B = self.dist.local_batch(self.batch_size)  # this process's share of the (global) batch
+        x0, t, noise, y = self._draw_batch(images, labels, B)
         xt, eps = q_sample(x0, t, self.sched_dev, noise=noise)
         target = training_target(x0, eps, t, self.sched_dev, c.prediction)
-        y = None
-        if self.num_classes is not None and labels is not None:
-            y = labels[idx.to(labels.device)].to(dev)
-            drop = torch.rand(B, generator=self.gen, device=dev) < c.cond_drop
-            y = torch.where(drop, torch.full_like(y, self.num_classes), y)
-        amp = c.amp and dev.type == "cuda"
-        with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=amp):
-            out = self.model(xt, t, y) if y is not None else self.model(xt, t)
-        per = F.mse_loss(out.float(), target, reduction="none").mean(dim=(1, 2, 3))
-        loss = per.mean()
         self.optim.zero_grad(set_to_none=True)
-        loss.backward()
+        parts = micro_batches(B, c.accumulate)
+        pers = []
+        for i, (a, b) in enumerate(parts):
+            with self._sync_context(i == len(parts) - 1):
+                ys = None if y is None else y[a:b]
+                pers.append(self._micro_backward(xt[a:b], t[a:b], target[a:b], ys, (b - a) / B))
+        per = pers[0] if len(pers) == 1 else torch.cat(pers)
+        loss = per.mean()
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optim)  # clipping and the guard see the true gradients
         if c.grad_clip > 0:
             gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
         else:  # the norm only to check it is finite (one fused reduction, no sync)
@@ -424,7 +428,49 @@ class Learner:
                 if grads
                 else loss.new_zeros(())
             )
-        return loss.detach(), per.detach(), t, gnorm.detach()
+        return loss, per, t, gnorm.detach()
+
+    def _draw_batch(self, images: torch.Tensor, labels: torch.Tensor | None, B: int):
+        """(x0, t, noise, y) of a batch of B: images from the training pool (this process's shard of it,
+        see distributed.Dist.draw), timesteps, noise and (conditional) labels with the null class for
+        cond_drop of them, all from self.gen."""
+        c = self.config
+        dev = self.device
+        pool = self.train_index if images is self.images else None
+        n = images.shape[0] if pool is None else pool.numel()
+        idx = self.dist.draw(n, B, self.gen)
+        if pool is not None:
+            idx = pool[idx]
+        x0 = from_uint8(images[idx.to(images.device)].to(dev, non_blocking=True))
+        t = torch.randint(0, self.schedule.T, (B,), generator=self.gen, device=dev)
+        noise = torch.randn(x0.shape, generator=self.gen, device=dev)
+        y = None
+        if self.num_classes is not None and labels is not None:
+            y = labels[idx.to(labels.device)].to(dev)
+            drop = torch.rand(B, generator=self.gen, device=dev) < c.cond_drop
+            y = torch.where(drop, torch.full_like(y, self.num_classes), y)
+        return x0, t, noise, y
+
+    def _micro_backward(
+        self, xt: torch.Tensor, t: torch.Tensor, target: torch.Tensor, y: torch.Tensor | None, share: float
+    ) -> torch.Tensor:
+        """Forward and backward of one micro-batch, its loss weighted by its `share` of the batch so that
+        the gradients add up to the whole batch's mean loss; returns its per-example losses (detached)."""
+        dtype = AUTOCAST_DTYPES.get(self.precision)
+        with torch.autocast(self.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            # DDP averages the gradients over the processes
+            net = self.model if self.ddp is None else self.ddp
+            out = net(xt, t, y) if y is not None else net(xt, t)
+        per = F.mse_loss(out.float(), target, reduction="none").mean(dim=(1, 2, 3))
+        part = per.mean() if share == 1 else per.mean() * share
+        (part if self.scaler is None else self.scaler.scale(part)).backward()
+        return per.detach()
+
+    def _sync_context(self, last: bool) -> contextlib.AbstractContextManager:
+        """What each micro-batch's forward and backward run inside; `last`: the step's last micro-batch. A
+        data-parallel model returns its no_sync() for all but the last, so that gradients are all-reduced
+        once per optimizer step."""
+        return self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext()
 
     def _update(
         self, loss: torch.Tensor, per: torch.Tensor, t: torch.Tensor, gnorm: torch.Tensor
@@ -432,7 +478,9 @@ class Learner:
         """AdamW step, EMA and per-timestep stats, guarded so that a non-finite loss or gradient never
         reaches them (see `nan_guard`)."""
         ok = None
-        if self._device_guard:
+        if self.scaler is not None:
+            ok = self._scaler_guard(self.scaler, loss, gnorm)
+        elif self._device_guard:
             ok = torch.isfinite(loss) & torch.isfinite(gnorm)
         else:
             lv, gv = float(loss), float(gnorm)
@@ -462,17 +510,39 @@ class Learner:
             self.t_loss_cnt.index_add_(0, t, fin.float())
             return torch.where(ok, loss, torch.full_like(loss, float("nan")))
 
+    def _scaler_guard(
+        self, scaler: torch.amp.GradScaler, loss: torch.Tensor, gnorm: torch.Tensor
+    ) -> torch.Tensor | None:
+        """fp16: an overflowed gradient is the scaler's to skip (it lowers its scale), not a failure. A failure
+        is a non-finite loss (its gradient is too: the scaler skips it as well) or a gradient that overflows
+        at a scale below 1. Returns the device guard's `ok`, or None after the host checks."""
+        scale = scaler._get_scale_async()  # the scale this step's backward used, on the device (no sync)
+        assert scale is not None  # set by scaler.scale() in the backward
+        collapsed = ~torch.isfinite(gnorm) & (scale < 1)
+        if self._device_guard:
+            return torch.isfinite(loss) & ~collapsed
+        lv = float(loss)
+        if not math.isfinite(lv):
+            raise NonFiniteStep(self.step + 1, "The loss", lv, lv)
+        if bool(collapsed):
+            raise NonFiniteStep(self.step + 1, "The gradient norm", float(gnorm), lv)
+        return None
+
     def _apply_update(self, ok: torch.Tensor | None) -> None:
         with self._lock:
-            if ok is not None:
-                # the mechanism GradScaler uses: fused AdamW skips the whole update (weights, moments,
-                # step count) on the device when found_inf is 1, so weights and EMA stay finite
-                self.optim.found_inf = (~ok).float()  # type: ignore[attr-defined]
-            try:
-                self.optim.step()
-            finally:
+            if self.scaler is not None:
+                self.scaler.step(self.optim)  # skipped on the device when a gradient is not finite
+                self.scaler.update()
+            else:
                 if ok is not None:
-                    del self.optim.found_inf  # type: ignore[attr-defined]
+                    # the mechanism GradScaler uses: fused AdamW skips the whole update (weights, moments,
+                    # step count) on the device when found_inf is 1, so weights and EMA stay finite
+                    self.optim.found_inf = (~ok).float()  # type: ignore[attr-defined]
+                try:
+                    self.optim.step()
+                finally:
+                    if ok is not None:
+                        del self.optim.found_inf  # type: ignore[attr-defined]
             if self.ema is not None:
                 # EMA with warm-up: early on the average follows the weights closely. The weights are
                 # finite (every update was guarded), so the EMA is too.
