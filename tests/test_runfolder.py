@@ -188,7 +188,9 @@ def test_resume_truncates_metrics_only_past_the_resumed_step(tmp_path, data):
     tr = Trainer(cfg(steps=10, checkpoint_every=4), run, data=data)
     tr.fault_hook = crash_at(6)
     assert isinstance(run_all(tr)[-1], ev.Failed)
-    assert [r["step"] for r in metric_lines(run)] == [1, 2, 3, 4, 5, 6]
+    *losses, failed = metric_lines(run)
+    assert [r["step"] for r in losses] == [1, 2, 3, 4, 5, 6]
+    assert failed["event"] == "failed" and failed["step"] == 6  # the history ends with how the run ended
     events = run_all(Trainer(cfg(steps=10, checkpoint_every=4), run, resume=True, data=data))
     assert isinstance(events[-1], ev.Finished)
     assert [r["step"] for r in metric_lines(run)] == list(range(1, 11))

@@ -23,24 +23,25 @@ import errno
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ddpm_gui.engine import distributed, init_weights, tb
 from ddpm_gui.engine import events as ev
-from ddpm_gui.engine import init_weights, tb
 from ddpm_gui.engine import validation as val
-from ddpm_gui.engine.config import RESUMABLE, TrainConfig, load_run_config
+from ddpm_gui.engine.config import TrainConfig, load_run_config
 from ddpm_gui.engine.device import ThreadChooser, device_label
 from ddpm_gui.engine.fileio import WriteFailed, write_advice
+from ddpm_gui.engine.fits import check_fits, settings_changes
 from ddpm_gui.engine.images import make_grid, png_bytes
 from ddpm_gui.engine.learner import Learner, NonFiniteStep, free_cached_memory, is_oom
 from ddpm_gui.engine.runfolder import RunFolder, data_change, refuse_data_change
 from ddpm_gui.engine.runs import failure_record
 from ddpm_gui.engine.text import fmt_duration
-from ddpm_gui.errors import CheckpointError, ConfigError, DDPMError
+from ddpm_gui.errors import ConfigError, DDPMError
 
 __all__ = ["NonFiniteStep", "Trainer", "is_oom"]
 
@@ -61,6 +62,7 @@ class _Loop:
     reads: int = 0  # loss reads so far in this session: the first ones also draw the loss by timestep
     previewed: bool = False  # a preview was drawn in this session
     threads_checked: float = 0.0  # when the CPU thread count was last re-checked (monotonic)
+    stop_agreed: bool = False  # several processes: a stop all of them agreed on at a loss read
 
 
 class Trainer(Learner):
@@ -95,6 +97,10 @@ class Trainer(Learner):
         self._val_last: val.ValResult | None = None  # the latest (a checkpoint of its step may be best)
         self._tb: tb.TBMirror | None = None  # the TensorBoard log, when the tensorboard setting is on
         self._saved_best = False  # the last checkpoint saved became the best
+        self.dist = distributed.current()  # one of several processes: rank 0 alone touches the run
+        distributed.check_batch(config.batch_size, self.dist.world_size)
+        self._rank_rng: dict[str, torch.Tensor] = {}  # the other ranks' random states, for the checkpoint
+        self._shared = False  # rank 0 has shared the starting state (or tried to)
 
     # ------------------------------------------------------------------ control (any thread)
 
@@ -122,6 +128,9 @@ class Trainer(Learner):
         new = val.new_best(self._val_last, self.step, self.val_best)
         self.val_best = new or self.val_best
         tensors, meta = self.state_dict()
+        if self.dist.active:
+            tensors.update(self._rank_rng)
+            meta["world_size"] = self.dist.world_size
         protect = [self.folder.checkpoint_path(self.val_best["step"])] if self.val_best else []
         self.last_checkpoint = self.folder.save_checkpoint(
             self.step, tensors, meta, self.config.keep_checkpoints, protect=protect
@@ -132,10 +141,16 @@ class Trainer(Learner):
         return self.last_checkpoint
 
     def _checkpoint_event(self) -> ev.CheckpointSaved:
+        self._rank_rng = self.dist.gather_rng(self.gen)  # all ranks take part; rank 0 saves
+        if not self.dist.leader:
+            self.last_checkpoint = self.folder.checkpoint_path(self.step)  # rank 0's, never touched here
+            return ev.CheckpointSaved(self.step, str(self.last_checkpoint))
         return ev.CheckpointSaved(self.step, str(self.save_checkpoint()), best=self._saved_best)
 
     def _log(self, rec: dict) -> None:
-        """A metrics.jsonl record, mirrored to TensorBoard when that is on."""
+        """A metrics.jsonl record, mirrored to TensorBoard when that is on (rank 0 only)."""
+        if not self.dist.leader:
+            return
         self.folder.log(rec)
         if self._tb is not None:
             self._tb.record(rec)
@@ -189,7 +204,7 @@ class Trainer(Learner):
         the records of what changed (settings that may change, allowed data changes)."""
         ckpt, tensors, meta, notes = self.folder.load_latest()
         self.notes += [ev.Notice(n, "warning") for n in notes]
-        changed = self._check_fits(ckpt, meta)
+        changed = check_fits(self.config, self.model_config, self.num_classes, ckpt, meta)
         step = int(meta["step"])
         records = []
         change = data_change(meta.get("data_fingerprint"), self.data_fingerprint())
@@ -203,59 +218,17 @@ class Trainer(Learner):
             )
         self.notes += [ev.Notice(n, "warning") for n in self.load_state_dict(tensors, meta, ckpt.name)]
         self.last_checkpoint = ckpt
+        self._rank_rng, note = distributed.rank_rng(tensors, meta, self.dist.world_size)
+        self.notes += [ev.Notice(note)] if note else []
+        if self.batch_size % self.dist.world_size:  # halved by an earlier run: the batch asked for
+            self.batch_size = self.config.batch_size
         if "batch_size" in changed:  # asked for: replaces a batch size halved after running out of memory
             self.batch_size = self.config.batch_size
         if changed:
-            self.notes += [
-                ev.Notice(f"{k} {_show(a)} -> {_show(b)} from step {step + 1}")
-                for k, (a, b) in changed.items()
-            ]
-            records.insert(
-                0, {"step": step, "event": "settings", "changed": {k: list(v) for k, v in changed.items()}}
-            )
+            texts, rec = settings_changes(changed, step)
+            self.notes += [ev.Notice(t) for t in texts]
+            records.insert(0, rec)
         return records
-
-    def _check_fits(self, ckpt: Path, meta: dict) -> dict[str, tuple]:
-        """The settings that differ from the checkpoint's and may (RESUMABLE): {name: (was, now)}. Any other
-        difference is an error that names it: a setting (ConfigError), or the model or classes of a
-        checkpoint copied from elsewhere (CheckpointError)."""
-        from ddpm_gui.models.presets import ModelConfig
-
-        try:
-            theirs = TrainConfig.from_dict(meta["config"])
-            their_model = ModelConfig.from_dict(meta["model_config"]).to_dict()
-        except (DDPMError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"{ckpt.name} has a damaged settings header ({exc}).") from None
-        changed, fixed = {}, []
-        for f in fields(TrainConfig):
-            a, b = getattr(theirs, f.name), getattr(self.config, f.name)
-            if f.name == "version" or a == b:
-                continue
-            if f.name in RESUMABLE:
-                changed[f.name] = (a, b)
-            else:
-                a, b = (a.to_dict(), b.to_dict()) if f.name == "schedule" else (a, b)
-                fixed.append(f"{f.name} is {a!r} in the checkpoint but {b!r} in this run")
-        if fixed:  # the settings given: the user's input
-            raise ConfigError(
-                f"{ckpt.name} does not fit this run: {'; '.join(fixed[:3])}. Resume it with its own settings "
-                "(only the ones that may change mid-run can differ), or start a new run folder."
-            )
-        mine = self.model_config.to_dict()
-        diffs = [
-            f"the model's {'channel count' if k == 'image_channels' else k} is {v!r} in the checkpoint but "
-            f"{mine.get(k)!r} here"
-            for k, v in their_model.items()
-            if mine.get(k) != v
-        ]
-        if (meta.get("num_classes") or None) != (self.num_classes or None):
-            diffs.append(f"it has {meta.get('num_classes')} classes, this run {self.num_classes}")
-        if diffs:
-            raise CheckpointError(
-                f"{ckpt.name} does not fit this run: {'; '.join(diffs[:3])}. Resume it with its own "
-                "settings, or start a new run folder."
-            )
-        return changed
 
     # ------------------------------------------------------------------ running
 
@@ -277,14 +250,17 @@ class Trainer(Learner):
             yield self._failed(str(exc), bad_input=not self._started and not _disk_failure(exc))
         except Exception as exc:
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            if is_oom(exc):
+            if self.dist.active and distributed.is_comm_failure(exc):
+                last = str(self.last_checkpoint) if self.last_checkpoint else None
+                yield self._failed(self.dist.explain(exc, self.step, last))
+            elif is_oom(exc):
                 msg = (
                     f"Out of memory ({msg}): lower the batch size or the number of images, or choose a "
                     "smaller preset."
                 )
+                yield self._failed(msg)
             else:
-                msg = f"Training failed: {type(exc).__name__}: {msg}"
-            yield self._failed(msg)
+                yield self._failed(f"Training failed: {type(exc).__name__}: {msg}")
         finally:
             torch.set_num_threads(old_threads)  # process-wide: give back what the run changed
             if self._tb is not None:
@@ -293,18 +269,27 @@ class Trainer(Learner):
 
     def _failed(self, message: str, bad_input: bool = False) -> ev.Failed:
         checkpoint = str(self.last_checkpoint) if self.last_checkpoint else None
-        if self.folder.locked:  # the run is ours: the Runs tab tells a failed run from a stopped one
+        if self.dist.active and self.dist.leader and not self._shared:  # the others wait for the start
+            self._shared = True
+            self.dist.share_failure(message)
+        # a run that trained and failed says so in its history (the Runs tab tells it from a stopped one); a
+        # refused start or resume leaves the history exactly as it was
+        if self._started and self.folder.locked:
             try:
                 self.folder.log(failure_record(self.step, message))
             except OSError:
                 pass  # the failure itself may be a full or vanished disk: the message still reaches the user
         return ev.Failed(message, self.step, checkpoint, bad_input=bad_input)
 
-    def _run(self) -> Iterator[ev.Event]:
+    def _prepare(self):
+        """Open the run folder (rank 0), load the data, build, resume or start, and share the start with the
+        other processes (all ranks). Returns the logged (steps, losses) so far."""
         c = self.config
-        self._open_folder()
-        if c.tensorboard:
-            tb.require_tensorboard()  # missing: a ConfigError now, not after loading the data
+        lead = self.dist.leader
+        if lead:
+            self._open_folder()
+            if c.tensorboard:
+                tb.require_tensorboard()  # missing: a ConfigError now, not after loading the data
         # measures what other programs use while the data loads; a fixed --threads N is taken as it is
         self._threads = ThreadChooser(c.threads, cap=torch.get_num_threads())
         yield ev.Notice("Loading data…")
@@ -312,10 +297,20 @@ class Trainer(Learner):
         self.notes += [ev.Notice(n, "warning") for n in self.setup_notes]
         if self.device.type == "cpu":
             torch.set_num_threads(self._threads.check())
-        hist_steps, hist_losses = self._resume_or_start()
-        if c.init_from and self.last_checkpoint is None:  # a fresh model: the weights it starts from
+        hist = self._resume_or_start() if lead else (np.zeros(0, np.int64), np.zeros(0, np.float32))
+        if lead and c.init_from and self.last_checkpoint is None:  # a fresh model: the weights it starts from
             self.notes += init_weights.start_from(self, c.init_from)
-        self._tb = tb.TBMirror.open(self.run_dir, self.step) if c.tensorboard else None
+        self._tb = tb.TBMirror.open(self.run_dir, self.step) if lead and c.tensorboard else None
+        if self.dist.active:
+            self._shared = True
+            distributed.share_learner_state(self, self._rank_rng)
+            if not lead and self.step:  # rank 0's newest checkpoint (its name: it is never opened here)
+                self.last_checkpoint = self.folder.checkpoint_path(self.step)
+        return hist
+
+    def _run(self) -> Iterator[ev.Event]:
+        c = self.config
+        hist_steps, hist_losses = yield from self._prepare()
         yield from self.notes
         self.notes = []
         yield self._started_event(resumed=self.last_checkpoint is not None)
@@ -332,9 +327,7 @@ class Trainer(Learner):
             # the smoothed loss the checkpoint restored (what the stats line and the plot carry on from)
             yield ev.Progress(self.step, c.steps, last, self._smooth, 0.0, 0.0, 0.0, self.batch_size, lr,
                               hist_steps, hist_losses)  # fmt: skip
-        if (
-            self.last_checkpoint is not None
-        ):  # the validation curve so far (the log was cut back to this step)
+        if self.last_checkpoint is not None and self.dist.leader:  # the validation curve so far
             for v in val.val_history(self.folder.metrics):
                 yield val.validation_event(v, self.val_best, replayed=True)
         now = time.monotonic()
@@ -343,7 +336,7 @@ class Trainer(Learner):
         self.model.train()
         while self.step < c.steps:
             yield from self._wait_while_paused()
-            if self._stop.is_set():
+            if loop.stop_agreed if self.dist.active else self._stop.is_set():
                 break
             stepped = yield from self._guarded_step(loop)
             if stepped is None:
@@ -404,7 +397,7 @@ class Trainer(Learner):
             yield self._failed(self._nonfinite_message(bad.step, bad.what, bad.value, bad.loss))
             return None
         except Exception as exc:
-            if not is_oom(exc) or self.batch_size <= 1:
+            if not is_oom(exc) or self.batch_size <= 1 or self.dist.active:  # all ranks keep one batch
                 raise
             oom = True  # clean up outside the except block, so the traceback's tensors are freed first
         if oom:
@@ -421,9 +414,11 @@ class Trainer(Learner):
     def _read_due(self, loop: _Loop) -> bool:
         """Whether the losses are to be read now (and what follows a read: checkpoint, preview)."""
         c = self.config
+        # several processes agree on the timer and on stopping at the next read (see _read): the rest is
+        # decided by the step alone, the same on every rank
         loop.due_ckpt = bool(
             (c.checkpoint_every and self.step % c.checkpoint_every == 0)
-            or (c.checkpoint_minutes and time.monotonic() - loop.last_ckpt_t > 60 * c.checkpoint_minutes)
+            or (self._timed_checkpoint(loop) and not self.dist.active)
         )
         # the first preview comes early (a short run shows one too), then every preview_every steps
         first = not loop.previewed and self.step % c.log_every == 0 and self.step >= min(c.preview_every, 20)
@@ -443,8 +438,12 @@ class Trainer(Learner):
             or loop.due_preview
             or loop.due_val
             or self.step >= c.steps
-            or self._stop.is_set()
+            or (self._stop.is_set() and not self.dist.active)
         )
+
+    def _timed_checkpoint(self, loop: _Loop) -> bool:
+        c = self.config
+        return bool(c.checkpoint_minutes and time.monotonic() - loop.last_ckpt_t > 60 * c.checkpoint_minutes)
 
     def _after_read(self, loop: _Loop):
         """The one host-device sync: read the pending losses; nothing is saved before this read says that
@@ -470,8 +469,9 @@ class Trainer(Learner):
             yield ev.TimestepLoss(self.step, self.loss_by_t(decay=False))
         if loop.due_preview:
             loop.previewed = True
-            yield self._preview_event()
-        if loop.due_val:
+            if self.dist.leader:
+                yield self._preview_event()
+        if loop.due_val and self.dist.leader:
             yield from self._validation(loop)
         note = self._recheck_threads(loop)
         if note is not None:
@@ -545,7 +545,13 @@ class Trainer(Learner):
     def _read(self, loop: _Loop) -> list[ev.Event]:
         """Read the pending losses (one sync), log them, and return [Progress]; when one is not finite (the
         device guard kept it out of the weights), [Progress of the good ones before it, if any, Failed]."""
-        vals = torch.stack([loss for _, loss in loop.pending]).float().cpu().numpy()
+        losses = torch.stack([loss for _, loss in loop.pending]).float()
+        if self.dist.active:  # the mean over the ranks, and what they agree on (one all-reduce)
+            losses, loop.stop_agreed, timed = self.dist.reduce_read(
+                losses, self._stop.is_set(), self._timed_checkpoint(loop)
+            )
+            loop.due_ckpt = loop.due_ckpt or timed
+        vals = losses.cpu().numpy()
         steps = np.asarray([s for s, _ in loop.pending], np.int64)
         loop.pending.clear()
         bad = ~np.isfinite(vals)
@@ -583,10 +589,6 @@ class Trainer(Learner):
             smooth = v if smooth is None else ev.LOSS_SMOOTHING * smooth + (1 - ev.LOSS_SMOOTHING) * v
         self._smooth = smooth
         return float("nan") if smooth is None else smooth
-
-
-def _show(v) -> str:
-    return f"{v:g}" if isinstance(v, float) else str(v)
 
 
 def _disk_failure(exc: BaseException) -> bool:
