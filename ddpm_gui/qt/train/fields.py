@@ -69,8 +69,8 @@ def _prediction_items() -> tuple[Item, ...]:
     )
 
 
-PAGES = ("Data and model", "Training", "Run output")
-DATA, TRAINING, OUTPUT = PAGES
+PAGES = ("Data and model", "Training", "Device, validation", "Run output")
+DATA, TRAINING, DEVICE, OUTPUT = PAGES
 
 ROWS: dict[str, Row] = {
     "data": Row(DATA),
@@ -83,10 +83,14 @@ ROWS: dict[str, Row] = {
     "schedule": Row(DATA, items=_schedule_items),
     "prediction": Row(DATA, items=_prediction_items),
     "steps": Row(step=100),
-    "device": Row(items=lambda: (("auto", "auto", "auto (detecting…)", ""), ("cpu", "cpu", "cpu", ""))),
-    "threads": Row(special="auto"),
-    "val_every": Row(OUTPUT, suffix=" steps", special="off"),
-    "val_size": Row(OUTPUT, suffix=" images"),
+    "device": Row(
+        DEVICE, items=lambda: (("auto", "auto", "auto (detecting…)", ""), ("cpu", "cpu", "cpu", ""))
+    ),
+    "threads": Row(DEVICE, special="auto"),
+    "amp": Row(DEVICE),
+    "accumulate": Row(DEVICE, suffix=" micro-batches"),
+    "val_every": Row(DEVICE, suffix=" steps", special="off"),
+    "val_size": Row(DEVICE, suffix=" images"),
     "tensorboard": Row(OUTPUT),
     "log_every": Row(OUTPUT, suffix=" steps"),
     "preview_every": Row(OUTPUT, suffix=" steps", special="off"),

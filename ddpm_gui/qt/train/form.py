@@ -269,7 +269,7 @@ class SettingsForm(QWidget):
 
     def _update_rules(self) -> None:
         """Settings that follow others: a zero-terminal-SNR schedule trains with v-prediction (the noise
-        cannot be learned where x_t is pure noise); bf16 autocast is for CUDA only."""
+        cannot be learned where x_t is pure noise); mixed precision is for CUDA only."""
         sched = self.fields["schedule"].value()
         if sched is not None and sched.rescale_zero_snr:
             self.lock("prediction", "v", "A zero-terminal-SNR schedule trains with v-prediction.")
@@ -278,7 +278,11 @@ class SettingsForm(QWidget):
         if self.device_is_cuda():
             self.unlock("amp")
         else:
-            self.lock("amp", False, "bf16 autocast runs on CUDA GPUs only: on a CPU it is about 20x slower.")
+            self.lock(
+                "amp",
+                False,
+                "Mixed precision (bf16 or fp16, chosen by the GPU) runs on CUDA GPUs only: on a CPU bf16 is about 20x slower.",
+            )
 
     # ------------------------------------------------------------------ recipes
     def apply_recipe(self, name: str) -> None:
