@@ -31,6 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="docs/img", help="folder for the PNGs")
     ap.add_argument("--extra-steps", type=int, default=60, help="steps the Train tab runs on the copy")
     ap.add_argument("--size", default="1280x800", help="window size WIDTHxHEIGHT")
+    ap.add_argument("--runs", help="a runs folder: the Runs tab compares its runs (runs.png)")
+    ap.add_argument(
+        "--diffusers", help="a diffusers model folder: the Denoise tab runs on it (diffusers-denoise.png)"
+    )
     args = ap.parse_args(argv)
     width, height = (int(v) for v in args.size.lower().split("x"))
     suffix = "" if args.size == "1280x800" else f"-{args.size}"
@@ -88,6 +92,18 @@ def main(argv: list[str] | None = None) -> int:
     wait(lambda: win.state.data is not None and not win.is_busy(), 120, "the built-in data")
     shot(0, "data")
 
+    # first launch: before anything is trained, the Sample tab samples from the demo model
+    wait(lambda: win.state.bundle_is_demo, 120, "the demo model")
+    sample = win.panel("SamplePanel")
+    win.tabs.setCurrentIndex(3)
+    settle()
+    sample.n_spin.setValue(16)
+    if not sample.generate():
+        raise SystemExit("the Sample tab could not generate from the demo model")
+    wait(lambda: not sample.is_busy(), 900, "sampling the demo model")
+    sample.player.set_current(sample.player.count() - 1)
+    shot(3, "first-launch-sample")
+
     fwd = win.panel("ForwardPanel")
     fwd.index_spin.setValue(3)
     wait(lambda: not fwd.is_busy() and fwd.frame_count() > 30, 60, "the forward frames")
@@ -118,6 +134,27 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("the Denoise tab could not run: " + den.error_label.text())
     wait(lambda: not den.is_busy(), 900, "denoising")
     shot(4, "denoise")
+
+    if args.diffusers:
+        win.open_checkpoint(args.diffusers)
+        wait(
+            lambda: win.state.bundle is not None and "diffusers" in win.state.bundle.preset, 300, "the model"
+        )
+        win.tabs.setCurrentIndex(4)
+        settle()
+        if not den.run():
+            raise SystemExit("the Denoise tab could not run: " + den.error_label.text())
+        wait(lambda: not den.is_busy(), 900, "denoising with the diffusers model")
+        shot(4, "diffusers-denoise")
+
+    if args.runs:
+        runs_panel = win.panel("RunsPanel")
+        win.tabs.setCurrentIndex(5)
+        runs_panel.choose_folder(args.runs)
+        settle(1.0)
+        runs_panel.select(sorted(p for p in Path(args.runs).iterdir() if p.is_dir()))
+        settle(2.0)
+        shot(5, "runs")
 
     win.close_without_asking()
     settle(0.5)
