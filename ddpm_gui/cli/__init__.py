@@ -49,15 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
         "steps in a temporary folder, print what was checked, exit 0 on success",
     )
     sub = p.add_subparsers(dest="command", metavar="command")
-    from ddpm_gui.cli import images, tools, train
+    from ddpm_gui.cli import export, images, queue, tb, tools, train
 
-    for m in (train, images, tools):
+    for m in (train, images, tools, queue, tb, export):
         m.add_parsers(sub)
     return p
 
 
 def _commands() -> dict:
-    from ddpm_gui.cli import images, tools, train
+    from ddpm_gui.cli import export, images, queue, tb, tools, train
 
     return {
         "train": train.cmd_train,
@@ -67,6 +67,9 @@ def _commands() -> dict:
         "info": tools.cmd_info,
         "bench": tools.cmd_bench,
         "eval": tools.cmd_eval,
+        "queue": queue.cmd_queue,
+        "export-tb": tb.cmd_export_tb,
+        "export": export.cmd_export,
     }
 
 

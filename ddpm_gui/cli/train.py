@@ -80,6 +80,14 @@ def add_parsers(sub) -> None:
         action="store_true",
         help="with --resume, go on although the training data differs from the data the run started with",
     )
+    t.add_argument(
+        "--nproc",
+        type=number_type(int, 1, 1024),
+        default=1,
+        metavar="N",
+        help="train as N processes on this machine (one per GPU; DDP, started through torchrun); "
+        "--batch-size is the global batch and must be divisible by N. Several machines: see torchrun",
+    )
     add_setting_options(t)
 
 
@@ -134,12 +142,14 @@ def resumed_config(args, saved: TrainConfig) -> TrainConfig:
 
 
 class _Console:
-    """What `train` prints for each engine event: a tqdm bar on stderr, one line per notice or checkpoint."""
+    """What `train` prints for each engine event: a tqdm bar on stderr, one line per notice or checkpoint.
+    `rank`: one of several processes; those other than rank 0 print their failures only."""
 
-    def __init__(self, preset: str):
+    def __init__(self, preset: str, rank: int = 0):
         self.preset = preset
         self.bar = None
         self.code = 0
+        self.rank = rank
 
     def write(self, text: str, file=None) -> None:
         from tqdm import tqdm
@@ -156,6 +166,8 @@ class _Console:
 
         from ddpm_gui.engine import events as ev
 
+        if self.rank and not isinstance(e, ev.Failed):
+            return
         if isinstance(e, ev.Started):
             self.write(
                 f"{'Resuming' if e.resumed else 'Training'} {self.preset} ({e.n_params:,} parameters) on "
@@ -179,7 +191,7 @@ class _Console:
             print(f"{e.reason} at step {e.step}; last checkpoint {e.checkpoint}")
         elif isinstance(e, ev.Failed):
             self.close_bar()
-            print(f"error: {e.message}", file=sys.stderr)
+            print(f"error: {f'rank {self.rank}: ' if self.rank else ''}{e.message}", file=sys.stderr)
             self.code = 2 if e.bad_input else 1  # the user's input, or something that failed while running
 
 
@@ -208,29 +220,104 @@ def _resume_config(args, out: Path) -> TrainConfig:
     return resumed_config(args, load_run_config(out))
 
 
-def cmd_train(args) -> int:
+def train_argv(args) -> list[str]:
+    """The `train` command line that gives `args` again (less --nproc): what each process is started with."""
+    from ddpm_gui.cli.common import SCHEDULE_OPTIONS
+
+    argv = ["train", "--out", str(args.out)]
+    argv += ["--recipe", args.recipe] if args.recipe else []
+    argv += ["--config", args.config] if args.config else []
+    argv += [flag for flag, on in (("--resume", args.resume), ("--restart", args.restart),
+                                   ("--allow-data-change", args.allow_data_change)) if on]  # fmt: skip
+    for name, value in given_settings(args).items():
+        s = SETTINGS[name]
+        if SETTING_TYPES[name] is bool:
+            argv.append(s.flag if value else s.negative)
+        elif value is not None:
+            argv += [s.flag, repr(value) if isinstance(value, float) else str(value)]
+    for name in SCHEDULE_OPTIONS:
+        value = getattr(args, name, None)
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            argv.append(flag)
+        elif value is not None:
+            argv += [flag, repr(value) if isinstance(value, float) else str(value)]
+    return argv
+
+
+def launch_processes(args) -> int:
+    """`--nproc N`: the same command as N processes under torchrun, a child process in its own session;
+    Ctrl+C and SIGTERM are passed on to it (torchrun passes them to every process: rank 0 saves a
+    checkpoint). Returns torchrun's exit code, or 128 + the signal after a stop."""
     import signal
+    import subprocess
 
-    from ddpm_gui.engine.trainer import Trainer
+    from ddpm_gui.engine import distributed
 
+    cfg = _resume_config(args, Path(args.out)) if args.resume else config_from_args(args)
+    cfg.validate()
+    distributed.check_batch(cfg.batch_size, args.nproc)
+    proc = subprocess.Popen(
+        distributed.torchrun_command(args.nproc, train_argv(args)), start_new_session=True
+    )
+    got: list[int] = []
+
+    def forward(signum, _frame):
+        got.append(signum)
+        proc.send_signal(signum)
+
+    old = _on_signals(forward)
+    try:
+        code = proc.wait()
+        return 128 + got[0] if got else code  # stopped as asked: the 1-process run's code
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def cmd_train(args) -> int:
+
+    from ddpm_gui.engine import distributed
+
+    if args.nproc > 1 and not distributed.launched():
+        return launch_processes(args)
     out = Path(args.out)
     cfg = _resume_config(args, out) if args.resume else config_from_args(args)
     cfg.validate()
+    dist = distributed.init_from_env(cfg.device, cfg.batch_size)
+    try:
+        return _train(args, cfg, out, dist)
+    finally:
+        distributed.close()
+
+
+def _train(args, cfg: TrainConfig, out: Path, dist) -> int:
+    import signal
+    import time
+
+    from ddpm_gui.engine.trainer import Trainer
+
     trainer = Trainer(
         cfg, out, resume=args.resume, restart=args.restart, allow_data_change=args.allow_data_change
     )
-    console = _Console(cfg.preset)
-    interrupted: list[int] = []
+    console = _Console(cfg.preset, dist.rank)
+    interrupted: list[tuple[int, float]] = []
 
     def graceful(signum, _frame):
-        # Ctrl+C / SIGTERM: finish the current step, save a checkpoint, exit; a second one aborts at once
+        # Ctrl+C / SIGTERM: finish the current step, save a checkpoint, exit; a second one aborts at once.
+        # Under torchrun a terminal's Ctrl+C reaches each process twice (from the terminal and relayed by
+        # torchrun, which may follow with SIGTERM): only a Ctrl+C seconds later is a second one.
         if interrupted:
-            raise KeyboardInterrupt
-        interrupted.append(signum)
+            when = interrupted[0][1]
+            if not dist.active or (signum == signal.SIGINT and time.monotonic() - when > 5):
+                raise KeyboardInterrupt
+            return
+        interrupted.append((signum, time.monotonic()))
         trainer.stop()
-        console.write(
-            "stopping: saving a checkpoint after this step (press Ctrl+C again to abort without saving)"
-        )
+        if dist.leader:
+            console.write(
+                "stopping: saving a checkpoint after this step (press Ctrl+C again to abort without saving)"
+            )
 
     old_handlers = _on_signals(graceful)
     try:
@@ -244,5 +331,5 @@ def cmd_train(args) -> int:
         for sig, handler in old_handlers.items():
             signal.signal(sig, handler)
     if interrupted and console.code == 0:
-        return 128 + int(interrupted[0])
+        return 128 + int(interrupted[0][0])
     return console.code

@@ -149,10 +149,9 @@ class Trainer(Learner):
 
     def _log(self, rec: dict) -> None:
         """A metrics.jsonl record, mirrored to TensorBoard when that is on (rank 0 only)."""
-        if not self.dist.leader:
-            return
-        self.folder.log(rec)
-        if self._tb is not None:
+        if self.dist.leader:
+            self.folder.log(rec)
+        if self._tb is not None:  # rank 0's only
             self._tb.record(rec)
 
     # ------------------------------------------------------------------ the run folder and resuming
@@ -251,8 +250,7 @@ class Trainer(Learner):
         except Exception as exc:
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             if self.dist.active and distributed.is_comm_failure(exc):
-                last = str(self.last_checkpoint) if self.last_checkpoint else None
-                yield self._failed(self.dist.explain(exc, self.step, last))
+                yield self._failed(self.dist.explain(exc, self.step, self.last_checkpoint))
             elif is_oom(exc):
                 msg = (
                     f"Out of memory ({msg}): lower the batch size or the number of images, or choose a "
@@ -442,8 +440,8 @@ class Trainer(Learner):
         )
 
     def _timed_checkpoint(self, loop: _Loop) -> bool:
-        c = self.config
-        return bool(c.checkpoint_minutes and time.monotonic() - loop.last_ckpt_t > 60 * c.checkpoint_minutes)
+        m = self.config.checkpoint_minutes
+        return bool(m and time.monotonic() - loop.last_ckpt_t > 60 * m)
 
     def _after_read(self, loop: _Loop):
         """The one host-device sync: read the pending losses; nothing is saved before this read says that
