@@ -75,6 +75,14 @@ def add_parsers(sub) -> None:
         help="busy section: alternating timed runs of each thread count per load, for the medians "
         "(default: 5; with --quick 2)",
     )
+    b.add_argument(
+        "--nproc",
+        type=nonneg_int,
+        default=0,
+        metavar="N",
+        help="instead: training on 1 and on N processes (DDP under torchrun) side by side, img/s and scaling "
+        "efficiency (--preset, --image-size, --iters; --batch-size is per process here)",
+    )
     b.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
 
     # --- eval
@@ -169,11 +177,27 @@ def cmd_info(args) -> int:
     return 0
 
 
+def _bench_scaling(args) -> int:
+    from ddpm_gui.bench_scaling import scaling, summary
+
+    print(f"training on 1 and on {args.nproc} processes, one after the other…", file=sys.stderr)
+    result = scaling(
+        args.nproc, args.preset, steps=args.iters, batch=args.batch_size, image_size=args.image_size,
+        device=args.device, warmup=args.warmup,
+    )  # fmt: skip
+    print(summary(result))
+    if args.json:
+        write_json(args.json, {"scaling": result})
+    return 0
+
+
 def cmd_bench(args) -> int:
     import torch
 
     from ddpm_gui.bench import BenchConfig, run_bench
 
+    if args.nproc:
+        return _bench_scaling(args)
     if args.quick:
         cfg = BenchConfig.quick_config(args.device)
     else:

@@ -539,3 +539,28 @@ def test_paused_run_continues_with_the_edited_settings(qtbot, panel, state, tmp_
     assert panel.error_label.isHidden(), panel.error_label.text()
     assert panel.last_finished.step == step + 3 and panel.trainer.config.steps == step + 3
     assert not state.training
+
+
+def test_several_gpus_offer_a_multi_gpu_run(panel, tmp_path, monkeypatch):
+    """With more than one CUDA device the Train tab offers a run on several GPUs (torchrun, followed through
+    its run folder), and none otherwise; pausing is not offered for it."""
+    from ddpm_gui.qt.train import form as form_module
+    from ddpm_gui.qt.train.multi_gpu import MultiGpuRun, gpus_offered
+
+    assert gpus_offered(1) == 0 and gpus_offered(4) == 4
+    assert panel.gpus_spin is None  # this machine: no choice to offer
+    spin = form_module.gpus_row(panel.form, count=4)
+    assert spin is not None and (spin.minimum(), spin.maximum()) == (1, 4)
+    label = panel.form.page_forms["Device, validation"].labelForField(spin)
+    assert label is not None and "GPUs" in label.text().replace("&", "")
+    panel.gpus_spin = spin
+    spin.setValue(2)
+    started = []
+    monkeypatch.setattr(panel.train_slot, "start", lambda *a, **k: started.append(k) or True)
+    from ddpm_gui.engine.config import TrainConfig
+
+    assert panel._start_trainer(TrainConfig(steps=2), tmp_path / "run", resumed=False)
+    assert isinstance(panel._trainer, MultiGpuRun) and panel._trainer.nproc == 2
+    panel._update_buttons()
+    assert not panel.pause_btn.isEnabled()
+    panel.state.set_training(False)

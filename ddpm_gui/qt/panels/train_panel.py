@@ -43,9 +43,10 @@ from ddpm_gui.qt.mnemonics import WINDOW_KEYS, mnemonic
 from ddpm_gui.qt.runs import QueueActions
 from ddpm_gui.qt.state import AppState
 from ddpm_gui.qt.train.fields import OUTPUT
-from ddpm_gui.qt.train.form import SettingsForm, setting_values
+from ddpm_gui.qt.train.form import SettingsForm, gpus_row, setting_values
 from ddpm_gui.qt.train.jobs import BundleReady, devices, is_progress, train_iter
 from ddpm_gui.qt.train.model_size import ModelSize
+from ddpm_gui.qt.train.multi_gpu import MultiGpuRun
 from ddpm_gui.qt.train.quality import QualityBox
 from ddpm_gui.qt.train.run_view import RunView
 from ddpm_gui.qt.workers import JobSlot, show_warning, shutdown_jobs
@@ -135,6 +136,7 @@ class TrainPanel(QueueActions, QWidget):
         self.data_note = self.form.add_note("data")
         self.model_info_label = self.form.add_note("preset")
         self.model_size = ModelSize(self.model_info_label, self._model_key, self)
+        self.gpus_spin = gpus_row(self.form)  # None unless several CUDA devices: a run on several GPUs
         self.run_edit = QLineEdit(str(timestamp_dir()))
         self.run_edit.setToolTip("Folder for config.toml, metrics.jsonl, checkpoints and sample grids.")
         self.run_edit.textEdited.connect(self._on_run_dir_edited)
@@ -306,7 +308,7 @@ class TrainPanel(QueueActions, QWidget):
         self.start_btn.setText(TEXTS["continue"] if mode == "resume" else TEXTS["start"])
         self.resume_btn.setEnabled(not running)
         self.resume_btn.setText(TEXTS["new_run"] if mode == "resume" else TEXTS["saved_run"])
-        self.pause_btn.setEnabled(running and not stopping)
+        self.pause_btn.setEnabled(running and not stopping and not isinstance(self._trainer, MultiGpuRun))
         self.pause_btn.setText(TEXTS["resume"] if self.is_paused() else TEXTS["pause"])
         self.stop_btn.setEnabled(running and not stopping)
         self.use_btn.setEnabled(
@@ -383,10 +385,14 @@ class TrainPanel(QueueActions, QWidget):
 
         d = self.state.data  # a resumed run reuses the Data tab's images when they are the run's own
         same = d is not None and d.source == cfg.data and d.size == cfg.image_size and cfg.data_limit is None
+        gpus = self.gpus_spin.value() if self.gpus_spin is not None else 1
         try:
-            trainer = Trainer(
-                cfg, run_dir, resume=resumed, data=d if same or not (resumed or own_data) else None
-            )
+            if gpus > 1:  # torchrun's processes load the data themselves
+                trainer = MultiGpuRun(cfg, run_dir, gpus, resume=resumed)
+            else:
+                trainer = Trainer(
+                    cfg, run_dir, resume=resumed, data=d if same or not (resumed or own_data) else None
+                )
         except DDPMError as e:
             self.view.show_error(str(e))
             return False

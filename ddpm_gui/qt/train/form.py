@@ -37,7 +37,7 @@ from ddpm_gui.engine.recipes import RECIPES, matching_recipe
 from ddpm_gui.errors import ConfigError, DDPMError
 from ddpm_gui.qt.mnemonics import WINDOW_KEYS, assign_mnemonics, mnemonic
 from ddpm_gui.qt.style import ERROR_STYLE, INFO_STYLE
-from ddpm_gui.qt.train.fields import PAGES, CheckField, ComboField, Field, make_field
+from ddpm_gui.qt.train.fields import DEVICE, PAGES, CheckField, ComboField, Field, make_field
 
 CUSTOM = "custom"
 MODES = ("new", "running", "paused", "resume")  # what the form is for: see set_mode
@@ -381,3 +381,23 @@ def _note() -> QLabel:
     label.setWordWrap(True)
     label.setStyleSheet(INFO_STYLE)
     return label
+
+
+def gpus_row(form: SettingsForm, count: int | None = None):
+    """A "GPUs" row on the device page when more than one CUDA device is present: 2 or more trains one run
+    on that many GPUs at once (torchrun, one process per GPU). None when there is no choice to offer."""
+    from PySide6.QtWidgets import QSpinBox
+
+    from ddpm_gui.qt.train.multi_gpu import gpus_offered
+
+    n = gpus_offered(count)
+    if not n:
+        return None
+    spin = QSpinBox()
+    spin.setRange(1, n)
+    spin.setToolTip(
+        f"Train one run on this many of the {n} GPUs at once (DistributedDataParallel, one process per GPU, "
+        "started with torchrun). The batch size is the global one; pausing is not offered."
+    )
+    form.add_row(DEVICE, "GPUs:", spin, spin)
+    return spin
