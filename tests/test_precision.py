@@ -266,3 +266,4 @@ def test_cli_train_on_a_missing_gpu_is_one_line(monkeypatch, capsys, tmp_path):
     err = capsys.readouterr().err
     line = next(x for x in err.splitlines() if "error:" in x)
     assert code == 2 and "cuda:3" in line and "devices present: cpu" in line
+    assert not (tmp_path / "run").exists()  # said before a run folder was made

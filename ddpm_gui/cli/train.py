@@ -276,14 +276,16 @@ def launch_processes(args) -> int:
 
 
 def cmd_train(args) -> int:
-
     from ddpm_gui.engine import distributed
+    from ddpm_gui.engine.device import pick_device
 
     if args.nproc > 1 and not distributed.launched():
         return launch_processes(args)
     out = Path(args.out)
     cfg = _resume_config(args, out) if args.resume else config_from_args(args)
     cfg.validate()
+    if not distributed.launched():
+        pick_device(cfg.device)  # a device that is not here (cuda:3) is said before a run folder exists
     dist = distributed.init_from_env(cfg.device, cfg.batch_size)
     try:
         return _train(args, cfg, out, dist)
