@@ -23,7 +23,6 @@ import time
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, QTimer, Slot
-from PySide6.QtGui import QPen
 from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
 from ddpm_gui.engine.events import LOSS_SMOOTHING
@@ -84,6 +83,19 @@ def ema_block(values: np.ndarray, decay: float, state: float | None) -> tuple[np
     return out, state
 
 
+def ema_gapped(
+    values: np.ndarray, gaps: np.ndarray, decay: float, state: float | None
+) -> tuple[np.ndarray, float | None]:
+    """The trainer's moving average through points `gaps` steps apart, each standing for the losses of the
+    steps since the previous one: e_i = decay**g_i * e_(i-1) + (1 - decay**g_i) * y_i."""
+    out = np.empty(len(values), np.float64)
+    for i, (y, g) in enumerate(zip(values.tolist(), gaps.tolist(), strict=True)):
+        w = decay ** max(float(g), 1.0)
+        state = y if state is None else w * state + (1.0 - w) * y
+        out[i] = state
+    return out, state
+
+
 # the validation curves: (key, legend name); the bands are the engine's (engine/validation.py BANDS)
 VAL_CURVES = (
     ("total", "validation"),
@@ -132,6 +144,7 @@ class LossPlot(QWidget):
         self.log_box.toggled.connect(self.set_log)
         self.info = QLabel("")
         self.info.setStyleSheet(INFO_STYLE)
+        self.info.setWordWrap(True)  # the validation figures make it long: never clipped in a narrow window
         top = QHBoxLayout()
         top.setContentsMargins(0, 0, 0, 0)
         top.addWidget(self.info, 1)
@@ -224,7 +237,12 @@ class LossPlot(QWidget):
                 new[: self._n] = old[: self._n]
                 setattr(self, name, new)
             self._cap = cap
-        sm, self._ema_state = ema_block(losses, self._decay, self._ema_state)
+        prev = self._x[self._n - 1] if self._n else steps[0] - 1
+        gaps = np.diff(steps, prepend=prev)
+        if np.all(gaps == 1):  # live points: every step's loss
+            sm, self._ema_state = ema_block(losses, self._decay, self._ema_state)
+        else:  # a run's logged history (every log_every-th step): the average decays per step, not per point
+            sm, self._ema_state = ema_gapped(losses, gaps, self._decay, self._ema_state)
         if smooth_last is not None and np.isfinite(smooth_last) and ok[-1]:
             sm[-1] = self._ema_state = float(smooth_last)
         self._x[self._n : need] = steps
@@ -298,7 +316,7 @@ class LossPlot(QWidget):
             self._val_curves[key] = curve
         # a PlotDataItem, not a ScatterPlotItem: it follows the log-y toggle
         self._best_item = pi.plot(pen=None, symbol="star", symbolSize=18, symbolBrush=pg.mkBrush("#ffe066"),
-                                  symbolPen=QPen(Qt.GlobalColor.black), name="best checkpoint")  # fmt: skip
+                                  symbolPen=pg.mkPen("#1e1e1e", width=1), name="best checkpoint")  # fmt: skip
 
     @Slot()
     def _tick(self) -> None:

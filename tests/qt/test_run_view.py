@@ -52,6 +52,20 @@ def test_lossplot_takes_the_trainers_smoothed_value_at_each_event(qtbot):
     assert w.smoothed()[-1] == pytest.approx(0.98 * 0.5 + 0.02 * 0.7)
 
 
+def test_a_logged_history_is_smoothed_per_step_not_per_point(qtbot):
+    """A resumed run's history holds every 10th step's loss: its smoothed curve decays per step, as the
+    trainer's average did through every step's loss, not per logged point (which lags 10x)."""
+    w = lossplot.LossPlot()
+    qtbot.addWidget(w)
+    blocks = np.linspace(1.0, 0.1, 50)  # the loss of steps 10k-9 .. 10k, one value per logged point
+    every_step, e = [], None
+    for v in np.repeat(blocks, 10):
+        e = float(v) if e is None else 0.98 * e + 0.02 * float(v)
+        every_step.append(e)
+    w.append(np.arange(10, 501, 10), blocks)
+    np.testing.assert_allclose(w.smoothed(), every_step[9::10], rtol=1e-9)
+
+
 def test_lossplot_200k_points_redraw_time(qtbot):
     """Not a timing assertion: prints how long pushing and painting 200k points takes."""
     w = lossplot.LossPlot()
