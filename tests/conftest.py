@@ -52,3 +52,20 @@ def load_script(name: str):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def checkpoint_state(path) -> dict:
+    """The tensors of a checkpoint that exact resume must reproduce: weights, EMA and optimizer state."""
+    from ddpm_gui.engine.checkpoint import load_checkpoint
+
+    tensors, _ = load_checkpoint(path)
+    return {k: v for k, v in tensors.items() if k.startswith(("model.", "ema.", "optim."))}
+
+
+def assert_same_tensors(a: dict, b: dict) -> None:
+    """Bitwise equal, tensor by tensor (the name of the first that differs in the message)."""
+    import torch
+
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k

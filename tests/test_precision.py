@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from conftest import run_all, small_config
+from conftest import assert_same_tensors, checkpoint_state, run_all, small_config
 
 from ddpm_gui import cli
 from ddpm_gui.engine import device as dv
@@ -28,17 +28,6 @@ def trainer(run, data, precision="auto", guard="auto", resume=False, **kw) -> Tr
     tr = Trainer(small_config(**kw), run, data=data, resume=resume)
     tr.precision_request, tr.nan_guard = precision, guard
     return tr
-
-
-def state(path) -> dict[str, torch.Tensor]:
-    tensors, _ = load_checkpoint(path)
-    return {k: v for k, v in tensors.items() if k.startswith(("model.", "ema.", "optim."))}
-
-
-def assert_same(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
 
 
 def inf_gradient_at(tr: Trainer, steps: set[int], collapse: bool = False):
@@ -158,7 +147,10 @@ def test_scaler_state_round_trips_and_fp16_resume_is_exact(tmp_path, data):
     assert meta["grad_scaler"]["scale"] == 32768.0 and meta["grad_scaler"]["_growth_tracker"] == 2
     b = trainer(tmp_path / "b", data, "fp16", resume=True, steps=8, checkpoint_every=4)
     assert isinstance(run_all(b)[-1], ev.Finished)
-    assert_same(state(checkpoint_path(tmp_path / "a", 8)), state(checkpoint_path(tmp_path / "b", 8)))
+    assert_same_tensors(
+        checkpoint_state(checkpoint_path(tmp_path / "a", 8)),
+        checkpoint_state(checkpoint_path(tmp_path / "b", 8)),
+    )
     assert a.scaler.state_dict() == b.scaler.state_dict()
     assert a.scaler.state_dict()["_growth_tracker"] == 6  # restored from 2, not restarted from 0
 
@@ -220,7 +212,10 @@ def test_accumulation_resume_is_exact_and_k_may_change(tmp_path, data):
     run_all(trainer(tmp_path / "b", data, **{**c, "steps": 3}))
     events = run_all(trainer(tmp_path / "b", data, resume=True, **c))
     assert isinstance(events[-1], ev.Finished)
-    assert_same(state(checkpoint_path(tmp_path / "a", 6)), state(checkpoint_path(tmp_path / "b", 6)))
+    assert_same_tensors(
+        checkpoint_state(checkpoint_path(tmp_path / "a", 6)),
+        checkpoint_state(checkpoint_path(tmp_path / "b", 6)),
+    )
     # another K on resume: the same run in another memory budget, said so
     events = run_all(trainer(tmp_path / "b", data, resume=True, **{**c, "accumulate": 2, "steps": 7}))
     assert isinstance(events[-1], ev.Finished) and events[-1].step == 7

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import load_script, run_all, small_config
+from conftest import assert_same_tensors, checkpoint_state, load_script, run_all, small_config
 
 from ddpm_gui import cli
 from ddpm_gui.data import load_data
@@ -37,17 +37,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 def cfg(**kw) -> TrainConfig:
     return small_config(**{"steps": 10, **kw})
-
-
-def state(path) -> dict[str, torch.Tensor]:
-    tensors, _ = load_checkpoint(path)
-    return {k: v for k, v in tensors.items() if k.startswith(("model.", "ema.", "optim."))}
-
-
-def assert_same(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
 
 
 def metrics(run: Path) -> list[tuple]:
@@ -97,7 +86,10 @@ def test_resume_after_crash_and_autosave_by_minutes_is_bitwise_exact(tmp_path, d
     events = run_all(Trainer(c, tmp_path / "b", resume=True, data=data))
     assert next(e for e in events if isinstance(e, ev.Started)).step == 7
     assert isinstance(events[-1], ev.Finished) and events[-1].step == 10
-    assert_same(state(checkpoint_path(tmp_path / "a", 10)), state(checkpoint_path(tmp_path / "b", 10)))
+    assert_same_tensors(
+        checkpoint_state(checkpoint_path(tmp_path / "a", 10)),
+        checkpoint_state(checkpoint_path(tmp_path / "b", 10)),
+    )
     assert metrics(tmp_path / "a") == metrics(tmp_path / "b")  # the curve continues where it stopped
 
 
@@ -155,7 +147,7 @@ def test_rolling_keep_leaves_the_two_newest_checkpoints_and_both_load(tmp_path, 
     for step in (8, 10):
         _, meta = load_checkpoint(checkpoint_path(run, step))  # every byte checked against its digest
         assert meta["step"] == step
-        loaded[step] = state(checkpoint_path(run, step))
+        loaded[step] = checkpoint_state(checkpoint_path(run, step))
     assert loaded[8].keys() == loaded[10].keys()
     assert any(not torch.equal(loaded[8][k], loaded[10][k]) for k in loaded[8] if k.startswith("model."))
     # and the run resumes from the newest
@@ -199,7 +191,7 @@ def test_nan_loss_host_guard_stops_before_the_weights_or_ema_change(tmp_path, da
     assert isinstance(fail, ev.Failed) and "at step 7" in fail.message and "nan" in fail.message
     assert "learning rate" in fail.message and "resume" in fail.message
     assert fail.step == 6 and fail.checkpoint and fail.checkpoint.endswith("step_00000004.safetensors")
-    assert_same(
+    assert_same_tensors(
         {f"model.{k}": v for k, v in snap["model"].items()},
         {f"model.{k}": v for k, v in tr.model.state_dict().items()},
     )

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_all, small_config
+from conftest import assert_same_tensors, checkpoint_state, run_all, small_config
 
 from ddpm_gui.data import load_data
 from ddpm_gui.data.sources import ImageData
@@ -56,17 +56,6 @@ def val_records(run: Path) -> list[dict]:
 def comparable(records: list[dict]) -> list[dict]:
     """Records without their wall-clock fields."""
     return [{k: v for k, v in r.items() if k not in ("time", "val_s", "img_per_s")} for r in records]
-
-
-def state(path) -> dict[str, torch.Tensor]:
-    tensors, _ = load_checkpoint(path)
-    return {k: v for k, v in tensors.items() if k.startswith(("model.", "ema.", "optim."))}
-
-
-def assert_same(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
 
 
 # ----------------------------------------------------------------------------- the split
@@ -228,7 +217,10 @@ def test_validation_does_not_change_training_and_resume_stays_exact(tmp_path, da
     c = small_config(preset=dropout_preset, ema_decay=0.999, steps=10, val_every=2)
     run_all(Trainer(c, tmp_path / "a", data=data))
     run_all(Trainer(c.replace(val_every=5), tmp_path / "c", data=data))
-    assert_same(state(checkpoint_path(tmp_path / "a", 10)), state(checkpoint_path(tmp_path / "c", 10)))
+    assert_same_tensors(
+        checkpoint_state(checkpoint_path(tmp_path / "a", 10)),
+        checkpoint_state(checkpoint_path(tmp_path / "c", 10)),
+    )
     crashed = Trainer(c.replace(checkpoint_minutes=1e-5), tmp_path / "b", data=data)  # a save every step
     crashed.fault_hook = crash_at(7)
     assert isinstance(run_all(crashed)[-1], ev.Failed)
@@ -236,7 +228,10 @@ def test_validation_does_not_change_training_and_resume_stays_exact(tmp_path, da
         f.write('{"step": 8, "val": 9.0, "val_low": 9.0, "val_mid": 9.0, "val_high": 9.0}\n')
     events = run_all(Trainer(c, tmp_path / "b", resume=True, data=data))
     assert isinstance(events[-1], ev.Finished) and events[-1].step == 10
-    assert_same(state(checkpoint_path(tmp_path / "a", 10)), state(checkpoint_path(tmp_path / "b", 10)))
+    assert_same_tensors(
+        checkpoint_state(checkpoint_path(tmp_path / "a", 10)),
+        checkpoint_state(checkpoint_path(tmp_path / "b", 10)),
+    )
     a, b = val_records(tmp_path / "a"), val_records(tmp_path / "b")
     # the crashed run also validated the checkpoints its minutes rule saved (steps 1..7)
     assert comparable([r for r in b if r["step"] % 2 == 0]) == comparable(a)
@@ -251,7 +246,10 @@ def test_a_run_started_without_validation_never_gets_a_held_out_slice(tmp_path, 
     events = run_all(Trainer(c.replace(val_every=2), tmp_path / "b", resume=True, data=data))
     assert any(isinstance(e, ev.Notice) and "started without validation" in e.message for e in events)
     assert not any(isinstance(e, ev.Validation) for e in events) and not val_records(tmp_path / "b")
-    assert_same(state(checkpoint_path(tmp_path / "a", 8)), state(checkpoint_path(tmp_path / "b", 8)))
+    assert_same_tensors(
+        checkpoint_state(checkpoint_path(tmp_path / "a", 8)),
+        checkpoint_state(checkpoint_path(tmp_path / "b", 8)),
+    )
 
 
 # ----------------------------------------------------------------------------- the Train tab's plot

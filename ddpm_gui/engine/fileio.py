@@ -202,6 +202,16 @@ def atomic_write_json(path: str | Path, obj) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
+def write_if_changed(path: str | Path, data: bytes) -> None:
+    """atomic_write_bytes, skipped when the file already holds exactly `data` (no rewrite, no new inode)."""
+    try:
+        if Path(path).read_bytes() == data:
+            return
+    except OSError:
+        pass
+    atomic_write_bytes(path, data)
+
+
 def remove_temp_files(run_dir: str | Path, also: Callable[[str], bool] | None = None) -> list[Path]:
     """Delete the temp files a killed save left in a run folder and its checkpoints/ and samples/ folders:
     regular files named as atomic_write_bytes names them (or that `also` accepts: the names older versions

@@ -46,7 +46,7 @@ from ddpm_gui.engine.checkpoint import (
     set_aside,
 )
 from ddpm_gui.engine.config import LEGACY_RUN_CONFIG, RUN_CONFIG, TrainConfig, config_toml
-from ddpm_gui.engine.fileio import RunLock, atomic_write_bytes, remove_temp_files
+from ddpm_gui.engine.fileio import RunLock, atomic_write_bytes, remove_temp_files, write_if_changed
 from ddpm_gui.errors import CheckpointError, ConfigError, DataError
 
 MARKER = ".ddpm-studio-run"
@@ -223,13 +223,7 @@ class RunFolder:
         text = config_toml(
             config, comment="The settings of this DDPM Studio run (rewritten when a resume changes one)."
         ).encode()
-        path = self.path / RUN_CONFIG
-        try:
-            if path.read_bytes() == text:
-                return
-        except OSError:
-            pass
-        atomic_write_bytes(path, text)
+        write_if_changed(self.path / RUN_CONFIG, text)
 
     # ------------------------------------------------------------------ metrics log
 

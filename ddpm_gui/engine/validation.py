@@ -234,7 +234,7 @@ def write_best(run_dir, best: dict | None, checkpoint) -> None:
     import json
     from pathlib import Path
 
-    from ddpm_gui.engine.fileio import atomic_write_bytes
+    from ddpm_gui.engine.fileio import write_if_changed
 
     path = Path(run_dir) / BEST_FILE
     if best is None:
@@ -249,9 +249,4 @@ def write_best(run_dir, best: dict | None, checkpoint) -> None:
     text = (
         json.dumps({"step": best["step"], "val": best["val"], "checkpoint": rel}, indent=2) + "\n"
     ).encode()
-    try:
-        if path.read_bytes() == text:
-            return
-    except OSError:
-        pass
-    atomic_write_bytes(path, text)
+    write_if_changed(path, text)

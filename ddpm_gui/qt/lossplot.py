@@ -38,7 +38,8 @@ def _pens() -> tuple:
     return pg.mkPen(color=raw, width=1), pg.mkPen(color=c, width=2.5)
 
 
-def _plot_widget(title: str, xlabel: str, ylabel: str) -> pg.PlotWidget:
+def plot_widget(title: str, xlabel: str, ylabel: str) -> pg.PlotWidget:
+    """A themed plot with titled axes and a cheap grid: every plot of the app."""
     bg, fg = plot_colors()
     w = pg.PlotWidget(background=bg)
     pi = w.getPlotItem()
@@ -129,7 +130,7 @@ class LossPlot(QWidget):
         self._best: tuple[int, float] | None = None  # (step, loss) of the best checkpoint
         self._best_item: pg.PlotDataItem | None = None
 
-        self.plot = _plot_widget(title, "step", "MSE loss")
+        self.plot = plot_widget(title, "step", "MSE loss")
         pi = self.plot.getPlotItem()
         raw_pen, smooth_pen = _pens()
         self._raw = pi.plot(pen=raw_pen, name="loss")
@@ -329,7 +330,7 @@ class TimestepLossPlot(QWidget):
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
-        self.plot = _plot_widget("Loss by timestep t", "t (0 = least noise)", "mean loss")
+        self.plot = plot_widget("Loss by timestep t", "t (0 = least noise)", "mean loss")
         pi = self.plot.getPlotItem()
         self._bars = pg.BarGraphItem(x=[], height=[], width=0.9, brush=PLOT_PENS[1], pen=None)
         pi.addItem(self._bars)

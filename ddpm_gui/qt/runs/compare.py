@@ -26,19 +26,8 @@ from PySide6.QtWidgets import (
 
 from ddpm_gui.engine import runs
 from ddpm_gui.engine.images import make_grid
-from ddpm_gui.qt.style import PLOT_PENS, plot_colors
-
-
-def _plot(title: str, xlabel: str, ylabel: str) -> pg.PlotWidget:
-    bg, fg = plot_colors()
-    w = pg.PlotWidget(background=bg)
-    pi = w.getPlotItem()
-    pi.setTitle(title, color=fg, size="10pt")
-    pi.setLabel("bottom", xlabel, color=fg)
-    pi.setLabel("left", ylabel, color=fg)
-    pi.showGrid(x=True, y=True, alpha=0.2)
-    pi.setMenuEnabled(False)
-    return w
+from ddpm_gui.qt.lossplot import plot_widget
+from ddpm_gui.qt.style import PLOT_PENS
 
 
 def pens(i: int) -> tuple:
@@ -60,14 +49,14 @@ class LossOverlay(QWidget):
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
-        self.plot = _plot("Training loss", "step", "MSE loss")
+        self.plot = plot_widget("Training loss", "step", "MSE loss")
         self.legend = self.plot.getPlotItem().addLegend(offset=(-10, 10))
         self.log_box = QCheckBox("log &y")
         self.log_box.setChecked(True)
         self.log_box.setToolTip("Logarithmic loss axis")
         self.log_box.toggled.connect(lambda on: self.plot.getPlotItem().setLogMode(y=on))
         self.plot.getPlotItem().setLogMode(y=True)
-        self.by_t = _plot("Loss by timestep (newest checkpoint)", "timestep t", "mean loss")
+        self.by_t = plot_widget("Loss by timestep (newest checkpoint)", "timestep t", "mean loss")
         self.by_t.getPlotItem().addLegend(offset=(-10, 10))
         self.curves: dict[Path, tuple] = {}
         self.val_curves: dict[Path, pg.PlotDataItem] = {}
@@ -185,7 +174,7 @@ class EvalHistory(QWidget):
         self.table = QTableWidget(0, len(EVAL_COLUMNS))
         self.table.setHorizontalHeaderLabels(EVAL_COLUMNS)
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
-        self.plot = _plot("Quality over training (lower is better)", "step", "Fréchet distance")
+        self.plot = plot_widget("Quality over training (lower is better)", "step", "Fréchet distance")
         self.plot.getPlotItem().addLegend(offset=(-10, 10))
         self.curves: dict[Path, pg.PlotDataItem] = {}
         self.empty = QLabel(
