@@ -76,9 +76,9 @@ def test_the_demo_draws_the_class_asked_for(bundle):
     clf = train_classifier(data, ClassifierSpec(steps=150, batch_size=64))
     assert clf.accuracy > 0.95  # the judge itself tells the real shapes apart
     res = evaluate_bundle(bundle, data, n=40, sampler="ddim", steps=20, guidance=3.0, classifier=clf)
-    # 40 samples (4 per class) judged on a 20-step DDIM chain: a model that ignores the class scores about
-    # 10%; the demo's measured figure (its manifest, docs/benchmarks.md) is a benchmark, not this bound
-    assert res.accuracy is not None and res.accuracy >= 0.3, res.per_class_accuracy
+    # 40 samples (4 per class) judged on a 20-step DDIM chain (500 of them measured 94.6%; a model that
+    # ignores the class scores about 10%): the full figure is a benchmark (its manifest, docs/benchmarks.md)
+    assert res.accuracy is not None and res.accuracy >= 0.8, res.per_class_accuracy
 
 
 def test_demo_samples_are_images(bundle):
