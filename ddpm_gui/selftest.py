@@ -323,7 +323,7 @@ class _SelfTestRun:
         import torch
 
         return (
-            f"PyTorch {torch.__version__} loaded in the background and 5 panels built in "
+            f"PyTorch {torch.__version__} loaded in the background and {len(_panels())} panels built in "
             f"{time.perf_counter() - t0:.2f} s"
         )
 
