@@ -33,7 +33,9 @@ def test_tutorial_has_labml_parameter_count(tutorial):
 def test_preset_sizes():
     assert 1_000_000 <= count_parameters(build_model("small")) <= 8_000_000
     assert count_parameters(build_model("tiny")) < 1_000_000
-    assert set(PRESETS) == set(PRESET_NOTES) == {"tutorial", "small", "tiny", "ddpm-cifar10", "diffusers-tiny"}
+    assert (
+        set(PRESETS) == set(PRESET_NOTES) == {"tutorial", "small", "tiny", "ddpm-cifar10", "diffusers-tiny"}
+    )
 
 
 def test_tutorial_output_shape(tutorial):
