@@ -88,21 +88,33 @@ def main(argv: list[str] | None = None) -> int:
         win.grab().save(str(path))
         print(f"wrote {path}")
 
+    def sample_shot(name: str, what: str, at: float) -> None:
+        """Generate 16 images on the Sample tab and shoot the frame at `at` (0..1) of the chain."""
+        win.tabs.setCurrentIndex(3)
+        settle()
+        sample.n_spin.setValue(16)
+        if not sample.generate():
+            raise SystemExit(f"the Sample tab could not generate from {what}")
+        wait(lambda: not sample.is_busy(), 900, f"sampling {what}")
+        sample.player.set_current(min(int(sample.player.count() * at), sample.player.count() - 1))
+        shot(3, name)
+
+    def denoise_shot(name: str, what: str) -> None:
+        win.tabs.setCurrentIndex(4)
+        settle()
+        if not den.run():
+            raise SystemExit("the Denoise tab could not run: " + den.error_label.text())
+        wait(lambda: not den.is_busy(), 900, f"denoising with {what}")
+        shot(4, name)
+
     wait(win.is_ready, 120, "the engine")
+    sample, den = win.panel("SamplePanel"), win.panel("DenoisePanel")  # built once the engine has loaded
     wait(lambda: win.state.data is not None and not win.is_busy(), 120, "the built-in data")
     shot(0, "data")
 
     # first launch: before anything is trained, the Sample tab samples from the demo model
     wait(lambda: win.state.bundle_is_demo, 120, "the demo model")
-    sample = win.panel("SamplePanel")
-    win.tabs.setCurrentIndex(3)
-    settle()
-    sample.n_spin.setValue(16)
-    if not sample.generate():
-        raise SystemExit("the Sample tab could not generate from the demo model")
-    wait(lambda: not sample.is_busy(), 900, "sampling the demo model")
-    sample.player.set_current(sample.player.count() - 1)
-    shot(3, "first-launch-sample")
+    sample_shot("first-launch-sample", "the demo model", at=1.0)
 
     fwd = win.panel("ForwardPanel")
     fwd.index_spin.setValue(3)
@@ -117,35 +129,15 @@ def main(argv: list[str] | None = None) -> int:
     wait(lambda: not train.is_busy(), 900, "the training run")
     shot(2, "train")
 
-    sample = win.panel("SamplePanel")
-    win.tabs.setCurrentIndex(3)
-    settle()
-    sample.n_spin.setValue(16)
-    if not sample.generate():
-        raise SystemExit("the Sample tab could not generate")
-    wait(lambda: not sample.is_busy(), 900, "sampling")
-    sample.player.set_current(int(sample.player.count() * 0.7))
-    shot(3, "sample")
-
-    den = win.panel("DenoisePanel")
-    win.tabs.setCurrentIndex(4)
-    settle()
-    if not den.run():
-        raise SystemExit("the Denoise tab could not run: " + den.error_label.text())
-    wait(lambda: not den.is_busy(), 900, "denoising")
-    shot(4, "denoise")
+    sample_shot("sample", "the trained run", at=0.7)
+    denoise_shot("denoise", "the trained run")
 
     if args.diffusers:
         win.open_checkpoint(args.diffusers)
         wait(
             lambda: win.state.bundle is not None and "diffusers" in win.state.bundle.preset, 300, "the model"
         )
-        win.tabs.setCurrentIndex(4)
-        settle()
-        if not den.run():
-            raise SystemExit("the Denoise tab could not run: " + den.error_label.text())
-        wait(lambda: not den.is_busy(), 900, "denoising with the diffusers model")
-        shot(4, "diffusers-denoise")
+        denoise_shot("diffusers-denoise", "the diffusers model")
 
     if args.runs:
         runs_panel = win.panel("RunsPanel")
