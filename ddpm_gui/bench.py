@@ -10,16 +10,20 @@ In one process, on the same model preset, batch and device:
     as uint8, one gather per batch, EMA, gradient clipping, bf16 autocast on CUDA, fused AdamW on CUDA),
     reading the loss every `log_every` steps as the Trainer does.
 
-Both get warm-up steps first; the timed steps of (a) and (b) alternate, so that a change of load on a
-shared machine hits both alike; the figures are medians. Then: FLOPs per image (torch's FlopCounterMode),
-achieved TFLOP/s, a matmul peak measured in the same run (bf16 on CUDA, fp32 on the CPU) and the fraction
-of it reached, sampling time for the full DDPM chain at several batch sizes, and peak memory.
+Each is built and warmed up in turn (its own peak memory: on CUDA the allocation peak less what was
+allocated before it), then `iters` rounds of one chunk of each (ABBA order), every chunk between two device
+syncs so that neither is charged for the other's queued work, and a short matmul peak probe (fp32; bf16 too
+on CUDA) after every round, so that "% of peak" compares each chunk with the peak of the same minute. Every
+ratio comes with a 95% interval over the rounds and says "no measurable difference" when it contains 1.
+Then: FLOPs per image (torch's FlopCounterMode), achieved TFLOP/s, sampling time for the full DDPM chain at
+several batch sizes, and peak memory.
 
 The tutorial's list holds decoded PIL images, so (a) skips the PNG decode that `datasets` does on every
 `dataset[idx]` access: the tutorial measured here is, if anything, faster than the real one.
 
 All of the above is the `compare` section; the `busy` section (bench_busy.py) times the app's CPU thread
-count against torch's default while other processes compete for the cores.
+count against torch's default while other processes compete for the cores, `scaling` (bench_size.py) the
+training step over batch and image size per preset, `profile` (bench_profile.py) where a step's time goes.
 """
 
 from __future__ import annotations
@@ -37,7 +41,9 @@ import torch
 import torch.nn.functional as F
 
 from ddpm_gui import __version__
-from ddpm_gui.bench_busy import BusyConfig
+from ddpm_gui.bench_busy import BusyConfig, ci_text, mean_ci, pct_text, ratio_ci
+from ddpm_gui.bench_profile import ProfileConfig
+from ddpm_gui.bench_size import SizeConfig
 
 
 @dataclass
@@ -61,6 +67,8 @@ class BenchConfig:
     seed: int = 0
     sections: tuple[str, ...] = ("compare",)  # of SECTIONS
     busy: BusyConfig = field(default_factory=BusyConfig)  # the busy section's sizes
+    size: SizeConfig = field(default_factory=SizeConfig)  # the scaling section's cells
+    profile: ProfileConfig = field(default_factory=ProfileConfig)  # the profile section's
 
     @classmethod
     def quick_config(cls, device: str = "cpu") -> BenchConfig:
@@ -79,6 +87,8 @@ class BenchConfig:
             threads=1,
             quick=True,
             busy=BusyConfig.quick_config(),
+            size=SizeConfig.quick_config(),
+            profile=ProfileConfig.quick_config(),
         )
 
 
@@ -153,54 +163,96 @@ def tutorial_dataset(images: np.ndarray) -> list[dict]:
 # ----------------------------------------------------------------------------- measuring
 
 
-def _sync(dev: torch.device) -> None:
+def device_sync(dev: torch.device) -> Callable[[], None]:
+    """What every timing boundary calls: waits for the device's queued work (nothing to wait for on the CPU).
+    The timing code takes it as an argument, so that a test can count the boundaries on a CPU."""
     if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
+        return lambda: torch.cuda.synchronize(dev)
+    return lambda: None
 
 
-def _reset_peak(dev: torch.device) -> None:
+def _reset_peak(dev: torch.device) -> float:
+    """Starts a peak-memory window; returns what is allocated now (CUDA; 0 on the CPU), its baseline."""
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
+        return torch.cuda.memory_allocated(dev) / 2**20
+    return 0.0
 
 
-def _peak_mb(dev: torch.device) -> float:
-    """CUDA: the most memory allocated since the last reset; CPU: the process's peak RSS so far."""
+def _peak_mb(dev: torch.device, baseline: float = 0.0) -> float:
+    """CUDA: the most memory allocated since _reset_peak, less what was allocated then (the window's own
+    objects only); CPU: the process's peak RSS so far (cumulative: RSS has no reset)."""
     if dev.type == "cuda":
-        return torch.cuda.max_memory_allocated(dev) / 2**20
+        return torch.cuda.max_memory_allocated(dev) / 2**20 - baseline
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return rss / 2**20 if platform.system() == "Darwin" else rss / 2**10
 
 
-def matmul_peak_tflops(
-    dev: torch.device, size: int | None = None, dtype: torch.dtype | None = None, iters: int | None = None
-) -> tuple[float, str]:
-    """The device's dense matmul throughput measured now: (TFLOP/s, dtype name). bf16 on CUDA (the
-    trainer's autocast dtype), fp32 on the CPU (the trainer's CPU dtype). Median of timed runs."""
-    cuda = dev.type == "cuda"
-    dtype = dtype or (torch.bfloat16 if cuda else torch.float32)
-    n = size or (8192 if cuda else 2048)
-    iters = iters or (20 if cuda else 3)
-    g = torch.Generator(device=dev).manual_seed(0)
-    a = torch.randn((n, n), device=dev, dtype=dtype, generator=g)
-    b = torch.randn((n, n), device=dev, dtype=dtype, generator=g)
-    for _ in range(2 if cuda else 1):
-        a @ b
-    _sync(dev)
-    times = []
-    if cuda:
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        for _ in range(iters):
-            start.record()
-            a @ b
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1000)
-    else:
-        for _ in range(iters):
-            t0 = time.perf_counter()
-            a @ b
-            times.append(time.perf_counter() - t0)
-    return 2 * n**3 / statistics.median(times) / 1e12, str(dtype).replace("torch.", "")
+class PeakProbe:
+    """The device's dense matmul throughput now, short enough to run between two timed chunks: fp32 (the
+    trainer's CPU dtype) everywhere, and bf16 (its autocast dtype) on CUDA. Each call: {dtype: TFLOP/s},
+    the median of `reps` timed products, each between two calls of `sync`."""
+
+    def __init__(self, dev: torch.device, size: int | None = None, sync=None, reps: int | None = None):
+        cuda = dev.type == "cuda"
+        self.n = size or (8192 if cuda else 2048)
+        self.reps = reps or (10 if cuda else 3)
+        self.sync = sync or device_sync(dev)
+        g = torch.Generator(device=dev).manual_seed(0)
+        self.mats = {}
+        for dtype in (torch.float32, torch.bfloat16) if cuda else (torch.float32,):
+            a, b = (torch.randn((self.n, self.n), device=dev, dtype=dtype, generator=g) for _ in range(2))
+            self.mats[str(dtype).replace("torch.", "")] = (a, b, a @ b)  # the product: warm-up and output
+        self.sync()
+
+    @property
+    def primary(self) -> str:
+        """The dtype the trainer computes in on this device: what "% of peak" refers to."""
+        return "bfloat16" if "bfloat16" in self.mats else "float32"
+
+    def __call__(self) -> dict[str, float]:
+        out = {}
+        for name, (a, b, c) in self.mats.items():
+            times = []
+            for _ in range(self.reps):
+                self.sync()
+                t0 = time.perf_counter()
+                torch.mm(a, b, out=c)
+                self.sync()
+                times.append(time.perf_counter() - t0)
+            out[name] = 2 * self.n**3 / statistics.median(times) / 1e12
+        return out
+
+
+def interleave(
+    chunks: dict[str, Callable[[], int]],
+    n: int,
+    sync: Callable[[], None],
+    probe: Callable[[], dict[str, float]] | None = None,
+    progress=None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict:
+    """Times `n` rounds of every chunk (a callable that runs some steps and returns the images it
+    processed), the order reversed every other round (ABBA), each chunk between two calls of `sync` so that
+    no chunk's queued device work is charged to the next; `probe` (a PeakProbe) runs after every round.
+    Returns {"s_per_image": {name: [per round]}, "peak_tflops": {dtype: [per round]}}."""
+    names = list(chunks)
+    per: dict[str, list[float]] = {k: [] for k in names}
+    peaks: dict[str, list[float]] = {}
+    for i in range(n):
+        if progress:
+            progress(i, n, "training: interleaved chunks")
+        for name in names if i % 2 == 0 else names[::-1]:
+            sync()
+            t0 = clock()
+            images = chunks[name]()
+            sync()
+            per[name].append((clock() - t0) / images)
+        for dtype, tflops in (probe() if probe else {}).items():
+            peaks.setdefault(dtype, []).append(tflops)
+    if progress:
+        progress(n, n, "training: done")
+    return {"s_per_image": per, "peak_tflops": peaks}
 
 
 def studio_learner(cfg: BenchConfig | BusyConfig, data):
@@ -271,40 +323,8 @@ def _time_sampling(
     return out
 
 
-def _time_variants(cfg: BenchConfig, data, log, progress) -> dict:
-    """Studio step img/s with channels_last and with torch.compile (each in a fresh learner); an error is
-    recorded, not raised. This is how the trainer's defaults were chosen: only what helps is used."""
-    out: dict = {}
-    for i, name in enumerate(("channels_last", "compile")):
-        progress(i, 2, f"variants: {name}")
-        try:
-            learner = studio_learner(cfg, data)
-            if name == "channels_last":
-                learner.model.to(memory_format=torch.channels_last)
-            else:
-                learner.model = torch.compile(learner.model)
-            st = StudioStepper(learner)
-            st.steps(max(cfg.warmup, 2))
-            st.flush()
-            _sync(learner.device)
-            times = []
-            for _ in range(cfg.iters):
-                t0 = time.perf_counter()
-                st.steps(1)
-                st.flush()
-                _sync(learner.device)
-                times.append(time.perf_counter() - t0)
-            rate = cfg.batch_size / statistics.median(times)
-            out[name] = rate
-            log(f"  variant {name}: {rate:.1f} img/s")
-        except Exception as exc:  # a variant that fails is a finding, not a crash
-            out[name] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            log(f"  variant {name}: {out[name]}")
-    progress(2, 2, "variants: done")
-    return out
-
-
-SECTIONS = ("compare", "busy")  # `--sections`: the tutorial comparison; the app's threads on a busy CPU
+# `--sections`: the tutorial comparison; the app's threads on a busy CPU; batch and image size; a profile
+SECTIONS = ("compare", "busy", "scaling", "profile")
 
 
 def _no_progress(done: int, total: int, message: str) -> None:
@@ -334,6 +354,14 @@ def run_bench(
             from ddpm_gui.bench_busy import run_busy
 
             res["busy"] = run_busy(cfg.busy, old_threads, log, progress)
+        if "scaling" in cfg.sections:
+            from ddpm_gui.bench_size import run_size
+
+            res["scaling"] = run_size(cfg.size, log, progress)
+        if "profile" in cfg.sections:
+            from ddpm_gui.bench_profile import run_profile
+
+            res["profile"] = run_profile(cfg.profile, cfg.threads, log, progress)
         res["load_average_end"] = list(load_average())
         return res
     finally:
@@ -352,6 +380,7 @@ def _run_bench(
         "device": device_label(dev),
         "device_type": dev.type,
         "threads": torch.get_num_threads(),
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),  # "highest": no TF32 in the probe
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()},
         "load_average": list(load_average()),
@@ -367,7 +396,8 @@ def _run_bench(
 
 
 def _run_compare(cfg: BenchConfig, dev: torch.device, res: dict, log, progress) -> None:
-    """The tutorial's loop against DDPM Studio's trainer, the matmul peak, sampling, peak memory."""
+    """The tutorial's loop against DDPM Studio's trainer with the matmul peak probed between their chunks,
+    sampling, peak memory."""
     from ddpm_gui.data import load_data
     from ddpm_gui.models.presets import flops_per_image, get_preset
 
@@ -385,16 +415,20 @@ def _run_compare(cfg: BenchConfig, dev: torch.device, res: dict, log, progress) 
     bundle, mem_tut, mem_studio = _time_training(cfg, data, dev, res, log, progress)
     if dev.type == "cuda":
         torch.cuda.empty_cache()
-    _measure_peak(cfg, dev, res, log, progress)
     if cfg.variants:
-        res["variants_img_per_s"] = _time_variants(cfg, data, log, progress)
+        from ddpm_gui.bench_profile import time_variants
+
+        res["variants_img_per_s"] = time_variants(cfg, data, log, progress)
     mem_sampling = None
     if not cfg.skip_sampling:
         mem_sampling = _time_sampling_modes(cfg, bundle, dev, res, log, progress)
 
     res["peak_memory_mb"] = {"tutorial": mem_tut, "studio": mem_studio, "sampling": mem_sampling}
     res["peak_memory_kind"] = (
-        "torch.cuda.max_memory_allocated per phase" if dev.type == "cuda" else "process peak RSS, cumulative"
+        "torch.cuda.max_memory_allocated less what was allocated before, each loop built and warmed up in "
+        "turn"
+        if dev.type == "cuda"
+        else "process peak RSS, cumulative (the tutorial loop first)"
     )
     log(
         f"  peak memory ({res['peak_memory_kind']}): tutorial {mem_tut:.0f} MiB, studio {mem_studio:.0f} MiB"
@@ -403,88 +437,104 @@ def _run_compare(cfg: BenchConfig, dev: torch.device, res: dict, log, progress) 
 
 
 def _time_training(
-    cfg: BenchConfig, data, dev: torch.device, res: dict, log: Callable[[str], None], progress
+    cfg: BenchConfig, data, dev: torch.device, res: dict, log: Callable[[str], None], progress, sync=None
 ):
-    """(a) and (b), warm-up then alternating timed steps; the figures go into `res`. Returns the studio
-    model as a bundle (for sampling) and each loop's peak memory."""
-    from ddpm_gui.models.presets import build_model, count_parameters
+    """(a) and (b): each built and warmed up in turn (its own peak memory), then `cfg.iters` interleaved
+    rounds of a chunk of each with the matmul peak probed after every round; the figures go into `res`.
+    `sync` (default device_sync) is called at every chunk boundary. Returns the studio model as a bundle
+    (for sampling) and each loop's peak memory."""
+    from ddpm_gui.errors import ConfigError
+    from ddpm_gui.models.presets import build_model, count_parameters, get_preset
 
+    sync = sync or device_sync(dev)
     n_needed = cfg.batch_size * (cfg.warmup + cfg.iters)
     ds = tutorial_dataset(data.images[: min(len(data), n_needed)])
     if len(ds) < cfg.batch_size:
-        from ddpm_gui.errors import ConfigError
-
         raise ConfigError(f"The data has {len(ds)} images, fewer than one batch of {cfg.batch_size}.")
-    # (b) built first so that both models start from the same seed's weights
-    learner = studio_learner(cfg, data)
-    torch.manual_seed(cfg.seed)
-    unet = build_model(learner.model_config).to(dev)
+    progress(0, 2, "warm-up: the tutorial loop")
+    base = _reset_peak(dev)
+    torch.manual_seed(cfg.seed)  # the seed the learner builds its model from: the same initial weights
+    unet = build_model(get_preset(cfg.preset)).to(dev)
     res["parameters"] = count_parameters(unet)
     tut = TutorialLoop(unet, ds, dev, cfg.batch_size)
-    studio = StudioStepper(learner)
-    stride = learner.config.log_every if dev.type == "cuda" else 1  # CUDA: one loss read per timed chunk
-
-    # warm-up (and each loop's own peak memory)
-    _reset_peak(dev)
-    progress(0, 1, "warm-up: both loops")
     for _ in range(cfg.warmup):
         tut.step()
-    _sync(dev)
-    mem_tut = _peak_mb(dev)
-    _reset_peak(dev)
+    sync()
+    mem_tut = _peak_mb(dev, base)
+    progress(1, 2, "warm-up: DDPM Studio")
+    base = _reset_peak(dev)
+    learner = studio_learner(cfg, data)
+    studio = StudioStepper(learner)
+    stride = learner.config.log_every if dev.type == "cuda" else 1  # CUDA: one loss read per chunk
     studio.steps(cfg.warmup * stride)
     studio.flush()
-    _sync(dev)
-    mem_studio = _peak_mb(dev)
+    sync()
+    mem_studio = _peak_mb(dev, base)
+    progress(2, 2, "warm-up: done")
 
-    # timed: alternate the two loops
-    progress(1, 1, "warm-up: done")
-    t_tut, t_studio = [], []
-    for i in range(cfg.iters):
-        progress(i, cfg.iters, "training: both loops")
-        t0 = time.perf_counter()
-        tut.step()  # loss.item() inside: synchronised
-        t_tut.append((time.perf_counter() - t0) / cfg.batch_size)
-        t0 = time.perf_counter()
+    def tut_chunk() -> int:
+        for _ in range(stride):
+            tut.step()
+        return stride * cfg.batch_size
+
+    def studio_chunk() -> int:
         studio.steps(stride)
         studio.flush()
-        _sync(dev)
-        t_studio.append((time.perf_counter() - t0) / (stride * learner.batch_size))
-    progress(cfg.iters, cfg.iters, "training: done")
-    tut_rate = 1 / statistics.median(t_tut)
-    studio_rate = 1 / statistics.median(t_studio)
-    flops = res["flops_per_image_train"]
-    res.update(
-        tutorial_img_per_s=tut_rate,
-        studio_img_per_s=studio_rate,
-        speedup=studio_rate / tut_rate,
-        tutorial_tflops=tut_rate * flops / 1e12,
-        studio_tflops=studio_rate * flops / 1e12,
-        tutorial_img_per_s_all=[1 / x for x in t_tut],
-        studio_img_per_s_all=[1 / x for x in t_studio],
-    )
-    log(f"  training: tutorial loop {tut_rate:9.1f} img/s  ({res['tutorial_tflops']:.3f} TFLOP/s)")
-    log(f"            DDPM Studio   {studio_rate:9.1f} img/s  ({res['studio_tflops']:.3f} TFLOP/s)")
-    log(f"            speedup       {res['speedup']:9.2f}x")
+        return stride * learner.batch_size
+
+    probe = PeakProbe(dev, cfg.peak_size, sync)
+    timed = interleave({"tutorial": tut_chunk, "studio": studio_chunk}, cfg.iters, sync, probe, progress)
+    _training_figures(res, timed, probe.primary, stride, log)
     return learner.bundle(), mem_tut, mem_studio
 
 
-def _measure_peak(
-    cfg: BenchConfig, dev: torch.device, res: dict, log: Callable[[str], None], progress
-) -> None:
-    progress(0, 1, "matmul peak: timing")
-    peak, peak_dtype = matmul_peak_tflops(dev, cfg.peak_size)
-    progress(1, 1, "matmul peak: done")
+def _training_figures(res: dict, timed: dict, primary: str, stride: int, log: Callable[[str], None]) -> None:
+    """img/s, the speedup and the shares of the peak, each with its 95% interval over the chunks."""
+    flops = res["flops_per_image_train"]
+    t_tut, t_studio = timed["s_per_image"]["tutorial"], timed["s_per_image"]["studio"]
+    peaks = timed["peak_tflops"]
+    speed = ratio_ci(t_tut, t_studio)  # time ratio tutorial/studio: the studio's speedup
+    tut_rate, studio_rate = 1 / statistics.median(t_tut), 1 / statistics.median(t_studio)
     res.update(
-        matmul_peak_tflops=peak,
-        matmul_peak_dtype=peak_dtype,
-        peak_fraction=res["studio_tflops"] / peak,
-        tutorial_peak_fraction=res["tutorial_tflops"] / peak,
+        chunk_steps=stride,
+        tutorial_img_per_s=tut_rate,
+        studio_img_per_s=studio_rate,
+        tutorial_img_per_s_all=[1 / x for x in t_tut],
+        studio_img_per_s_all=[1 / x for x in t_studio],
+        speedup=speed["ratio"],
+        speedup_ci95=speed["ci95"],
+        speedup_verdict=speed["verdict"],
+        tutorial_tflops=tut_rate * flops / 1e12,
+        studio_tflops=studio_rate * flops / 1e12,
+        matmul_peak_dtype=primary,
+        matmul_peak_tflops=statistics.median(peaks[primary]),
+        matmul_peaks_all=peaks,
+        peak_fractions={},
     )
+    for dtype, ps in peaks.items():
+        res["peak_fractions"][dtype] = {
+            name: mean_ci([flops / t / p / 1e12 for t, p in zip(ts, ps, strict=True)])
+            for name, ts in (("tutorial", t_tut), ("studio", t_studio))
+        }
+    fr = res["peak_fractions"][primary]
+    res.update(peak_fraction=fr["studio"]["mean"], tutorial_peak_fraction=fr["tutorial"]["mean"])
+    log(f"  training, medians of {len(t_tut)} interleaved rounds of a {stride}-step chunk each, [min-max]:")
+    for name, label, ts in (("tutorial", "tutorial loop", t_tut), ("studio", "DDPM Studio  ", t_studio)):
+        rates = [1 / x for x in ts]
+        log(
+            f"            {label} {1 / statistics.median(ts):9.1f} img/s [{min(rates):.1f}-{max(rates):.1f}]  "
+            f"({res[name + '_tflops']:.3f} TFLOP/s)"
+        )
     log(
-        f"  {peak_dtype} matmul peak measured now: {peak:.3f} TFLOP/s; DDPM Studio reaches "
-        f"{100 * res['peak_fraction']:.1f}% of it, the tutorial {100 * res['tutorial_peak_fraction']:.1f}%"
+        f"            speedup       {speed['ratio']:9.2f}x (95% CI {ci_text(speed['ci95'])}): {speed['verdict']}"
     )
+    for dtype, ps in peaks.items():
+        f = res["peak_fractions"][dtype]
+        log(
+            f"  {dtype} matmul peak probed after every round: {statistics.median(ps):.3f} TFLOP/s (per round: "
+            f"{', '.join(f'{x:.3f}' for x in ps)}); share of it, mean of the rounds (95% CI): DDPM Studio "
+            f"{pct_text(f['studio'])}, the tutorial {pct_text(f['tutorial'])}"
+        )
 
 
 def _time_sampling_modes(cfg: BenchConfig, bundle, dev: torch.device, res: dict, log, progress) -> float:
@@ -493,7 +543,7 @@ def _time_sampling_modes(cfg: BenchConfig, bundle, dev: torch.device, res: dict,
 
     model = accelerate(bundle.model, cfg.sample_mode)
     bundle = dataclasses.replace(bundle, model=model)
-    _reset_peak(dev)
+    base = _reset_peak(dev)
     res["sampling_s"] = _time_sampling(
         bundle, cfg.sample_batches, cfg.sample_repeats, log, cfg.ddim_steps, progress
     )
@@ -503,8 +553,8 @@ def _time_sampling_modes(cfg: BenchConfig, bundle, dev: torch.device, res: dict,
     if reason:
         res["sample_mode_fallback"] = reason
         log(f"  note: {reason}")
-    _sync(dev)
-    return _peak_mb(dev)
+    device_sync(dev)()
+    return _peak_mb(dev, base)
 
 
 def load_average() -> tuple[float, float, float]:

@@ -174,6 +174,55 @@ def verdict(ratio: float) -> str:
     return "ok" if ratio >= 1 - SLOWER_TOLERANCE else f"slower by {100 * (1 - ratio):.0f}%"
 
 
+# ----------------------------------------------------------------------------- intervals (every section)
+
+# two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (beyond: the normal's, corrected)
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+         2.045, 2.042)  # fmt: skip
+
+
+def t975(df: int) -> float:
+    return _T975[df - 1] if df <= len(_T975) else 1.96 + 2.4 / df
+
+
+def mean_ci(xs: list[float]) -> dict:
+    """The mean and its 95% t-interval ([nan, nan] from fewer than two values)."""
+    a = np.asarray(xs, dtype=float)
+    m = float(a.mean())
+    if len(a) < 2:
+        return {"mean": m, "ci95": [float("nan")] * 2, "all": a.tolist()}
+    h = t975(len(a) - 1) * float(a.std(ddof=1)) / len(a) ** 0.5
+    return {"mean": m, "ci95": [m - h, m + h], "all": a.tolist()}
+
+
+def ratio_ci(num: list[float], den: list[float]) -> dict:
+    """Paired ratios num_i / den_i (one per round of interleaved chunks): their geometric mean with a 95%
+    t-interval of the mean log ratio, and the verdict "no measurable difference" when it contains 1."""
+    logs = np.log(np.asarray(num, dtype=float) / np.asarray(den, dtype=float))
+    m = mean_ci(logs.tolist())
+    ratio, ci = float(np.exp(m["mean"])), [float(np.exp(x)) for x in m["ci95"]]
+    return {"ratio": ratio, "ci95": ci, "all": np.exp(logs).tolist(), "verdict": difference(ratio, ci)}
+
+
+def difference(ratio: float, ci: list[float]) -> str:
+    """A speed ratio's verdict from its interval."""
+    lo, hi = ci
+    if not (lo == lo and hi == hi):  # nan: one round
+        return "one round: no interval, run more --iters"
+    if lo <= 1 <= hi:
+        return "no measurable difference"
+    return f"{ratio:.2f}x faster" if lo > 1 else f"{1 / ratio:.2f}x slower"
+
+
+def ci_text(ci: list[float], fmt: str = "{:.2f}") -> str:
+    return " to ".join(fmt.format(x) for x in ci)
+
+
+def pct_text(m: dict) -> str:
+    return f"{100 * m['mean']:.1f}% ({ci_text([100 * x for x in m['ci95']], '{:.1f}')}%)"
+
+
 def _iqr(xs: list[float]) -> list[float]:
     return [float(np.percentile(xs, 25)), float(np.percentile(xs, 75))]
 

@@ -23,7 +23,8 @@ def test_bench_quick_writes_every_figure(tmp_path, capsys):
     printed = captured.out
     assert "speedup" in printed and "tutorial loop" in printed
     # progress bars on stderr, one per phase; stdout holds the report only
-    assert "%|" in captured.err and "matmul peak" in captured.err and "sampling" in captured.err
+    assert "%|" in captured.err and "training" in captured.err and "sampling" in captured.err
+    assert "matmul peak probed after every round" in printed and "95% CI" in printed
     assert "%|" not in printed and "busy" not in printed
     res = json.loads(out.read_text())
     for key in (
@@ -37,6 +38,9 @@ def test_bench_quick_writes_every_figure(tmp_path, capsys):
         "peak_fraction",
     ):
         assert res[key] > 0, key
+    lo, hi = res["speedup_ci95"]
+    assert lo <= res["speedup"] <= hi and res["speedup_verdict"]
+    assert len(res["matmul_peaks_all"]["float32"]) == res["config"]["iters"] == 3  # one probe per round
     assert set(res["sampling_s"]) == {"1", "2", "ddim5_batch16"}
     assert all(v > 0 for v in res["sampling_s"].values())
     assert res["sampling_steps"] == 100
@@ -284,4 +288,4 @@ def test_compare_reports_the_paired_ratio_and_an_honest_verdict():
 def test_unknown_bench_section_is_a_one_line_error(capsys):
     assert main(["bench", "--quick", "--device", "cpu", "--sections", "compare,bussy"]) == 2
     err = capsys.readouterr().err
-    assert "'bussy'" in err and "compare, busy" in err and "Traceback" not in err
+    assert "'bussy'" in err and "compare, busy, scaling, profile" in err and "Traceback" not in err

@@ -234,3 +234,122 @@ def test_a_sampler_registered_in_core_runs_everywhere(monkeypatch):
     assert SampleConfig(sampler="x0-jump", steps=7).validate().sampler == "x0-jump"
     args = build_parser().parse_args(["sample", "--run", "r", "--sampler", "x0-jump"])
     assert args.sampler == "x0-jump"
+
+
+# ----------------------------------------------------------------------------- float32 steps vs float64 math
+
+
+def _rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got.double() - want).abs().max() / want.abs().max())
+
+
+def _floor(ab: float, prediction: str) -> float:
+    """The float32 inputs' own rounding, as eps-prediction's x_0 = (x_t - sqrt(1-ab) eps) / sqrt(ab) amplifies
+    it (by sqrt((1-ab)/ab), 1e4 at the end of the cosine schedule): no float32 step can do better."""
+    return 1e-6 * max(1.0, math.sqrt((1 - ab) / ab)) if prediction == "eps" else 1e-6
+
+
+def _ref_split(out, x, ab, prediction):
+    """x_0 and eps in float64 from the paper's formulas (DDPM eq. 15; v of Salimans & Ho 2022)."""
+    if prediction == "eps":
+        return out, (x - math.sqrt(1 - ab) * out) / math.sqrt(ab)
+    return math.sqrt(1 - ab) * x + math.sqrt(ab) * out, math.sqrt(ab) * x - math.sqrt(1 - ab) * out
+
+
+def _ref_ddpm(out, x, t, s, variance, prediction, clip, z):
+    beta, ab = float(s.betas[t]), float(s.alpha_bars[t])
+    ab_prev, alpha = (float(s.alpha_bars[t - 1]) if t > 0 else 1.0), 1 - beta
+    eps, x0 = _ref_split(out, x, ab, prediction)
+    if clip:  # the posterior mean of eq. 7
+        x0 = x0.clamp(-1, 1)
+        mean = math.sqrt(ab_prev) * beta / (1 - ab) * x0 + math.sqrt(alpha) * (1 - ab_prev) / (1 - ab) * x
+    else:  # eq. 11
+        mean = (x - beta / math.sqrt(1 - ab) * eps) / math.sqrt(alpha)
+    var = beta if variance == "beta" else (1 - ab_prev) / (1 - ab) * beta
+    return mean + (math.sqrt(var) * z if t > 0 else 0), x0
+
+
+def _ref_ddim(out, x, t, t_prev, s, eta, prediction, clip, z):
+    ab = float(s.alpha_bars[t])
+    ab_prev = float(s.alpha_bars[t_prev]) if t_prev >= 0 else 1.0
+    eps, x0 = _ref_split(out, x, ab, prediction)
+    if clip:
+        x0 = x0.clamp(-1, 1)
+        eps = (x - math.sqrt(ab) * x0) / math.sqrt(1 - ab)
+    sigma = eta * math.sqrt((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev))  # DDIM eq. 16
+    x_prev = math.sqrt(ab_prev) * x0 + math.sqrt(1 - ab_prev - sigma**2) * eps  # eq. 12
+    return x_prev + (sigma * z if t_prev >= 0 else 0), x0
+
+
+def _step_inputs(t, s, seed=0):
+    """float32 x_t (a noised image), a model output near the true eps, and the step's noise."""
+    g = torch.Generator().manual_seed(seed + t)
+    x0 = torch.rand(2, 3, 8, 8, generator=g) * 2.4 - 1.2  # some of it outside [-1, 1]: clipping acts
+    xt, eps = q_sample(x0, t, s, noise=torch.randn(x0.shape, generator=g))
+    out = eps + 0.3 * torch.randn(x0.shape, generator=g)
+    return xt, out, torch.randn(x0.shape, generator=g)
+
+
+@pytest.mark.parametrize("schedule", ["tutorial", "cosine", "ddpm-paper"])
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+@pytest.mark.parametrize("clip", [True, False])
+def test_float32_ddpm_step_matches_float64_formulas(schedule, prediction, clip):
+    """The float32 step (the sampler's: the schedule's float32 copy, float32 tensors) is within 1e-6 of the
+    float64 formulas (up to the inputs' own rounding, _floor), at t = 0 too, where the clipped step must scale
+    x_0 by exactly beta/(1-ab) = 1."""
+    master = NoiseSchedule(SCHEDULE_PRESETS[schedule])
+    s32 = master.to("cpu")
+    for t in (0, 1, master.T // 2, master.T - 1):
+        xt, out, z = _step_inputs(t, master)
+        for variance in ("beta", "posterior"):
+            got, got_x0 = ddpm_step(out, xt, t, s32, variance, prediction, clip, noise=z)
+            want, want_x0 = _ref_ddpm(
+                out.double(), xt.double(), t, master, variance, prediction, clip, z.double()
+            )
+            tol = _floor(float(master.alpha_bars[t]), prediction)
+            assert got.dtype == torch.float32
+            assert _rel_err(got, want) < tol, (t, variance)
+            assert _rel_err(got_x0, want_x0) < tol, (t, variance)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+@pytest.mark.parametrize("clip", [True, False])
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_float32_ddim_step_matches_float64_formulas(prediction, clip, eta):
+    master = NoiseSchedule()
+    s32 = master.to("cpu")
+    for t, t_prev in ((99, 88), (50, 49), (11, 0), (1, 0), (0, -1)):
+        xt, out, z = _step_inputs(t, master)
+        got, got_x0 = ddim_step(out, xt, t, t_prev, s32, eta, prediction, clip, noise=z)
+        want, want_x0 = _ref_ddim(
+            out.double(), xt.double(), t, t_prev, master, eta, prediction, clip, z.double()
+        )
+        tol = _floor(float(master.alpha_bars[t]), prediction)
+        assert _rel_err(got, want) < tol, (t, t_prev)
+        assert _rel_err(got_x0, want_x0) < tol, (t, t_prev)
+
+
+def test_schedule_coefficients_are_float64_and_travel_with_to():
+    s = NoiseSchedule()
+    assert s.posterior_mean_coef1.dtype == torch.float64
+    assert float(s.posterior_mean_coef1[0]) == pytest.approx(1.0, abs=1e-12)  # beta_1 / (1 - ab_1) = 1
+    assert float(s.posterior_mean_coef2[0]) == 0.0
+    s32 = s.to("cpu")
+    assert s32.posterior_mean_coef1.dtype == torch.float32 and float(s32.posterior_mean_coef1[0]) == 1.0
+    # each float32 coefficient is the float64 one rounded once
+    for name in ("sqrt_alpha_bars", "eps_coef", "posterior_mean_coef2", "sqrt_posterior_variance"):
+        assert torch.equal(getattr(s32, name), getattr(s, name).float()), name
+    assert s32.alpha_bar(40) == float(s.alpha_bars[40]) and s32.alpha_bar(-1) == 1.0
+    assert torch.allclose(s.eps_coef, s.betas / (1 - s.alpha_bars).sqrt(), rtol=1e-14)
+
+
+def test_ddpm_step_with_v_prediction_is_finite_at_zero_terminal_snr():
+    """alpha_T = 0 there, so eq. 11's 1/sqrt(alpha_T) is infinite: v-prediction, which gives x_0 directly, takes
+    the posterior mean of eq. 7 (clipped or not) and stays finite."""
+    s = NoiseSchedule(ScheduleConfig(rescale_zero_snr=True)).to("cpu")
+    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    v = torch.randn_like(x)
+    for clip in (False, True):
+        x_prev, x0 = ddpm_step(v, x, s.T - 1, s, prediction="v", clip_x0=clip, noise=torch.zeros_like(x))
+        assert torch.isfinite(x_prev).all()
+        assert torch.allclose(x0, (-v).clamp(-1, 1) if clip else -v)  # x_0 = sqrt(ab) x - sqrt(1 - ab) v

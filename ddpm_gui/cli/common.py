@@ -115,7 +115,8 @@ def add_sampler_args(p: argparse.ArgumentParser) -> None:
         default="ddpm",
         help="; ".join(f"{s.name}: {s.help}" for s in SAMPLERS.values()),
     )
-    p.add_argument("--steps", type=positive_int, default=50, help="steps of a strided sampler (ddim)")
+    strided = ", ".join(s.name for s in SAMPLERS.values() if s.strided)
+    p.add_argument("--steps", type=positive_int, default=50, help=f"steps of a strided sampler ({strided})")
 
 
 def add_sample_mode_arg(p: argparse.ArgumentParser) -> None:

@@ -81,6 +81,13 @@ def add_parsers(sub) -> None:
     d.add_argument("--seed", type=nonneg_int, default=0, help="random seed of the noise")
     d.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
     add_sample_mode_arg(d)
+    d.add_argument(
+        "--mask",
+        default=None,
+        help="inpaint instead: a mask image, white where the image is regenerated (RePaint, from t = T-1)",
+    )
+    d.add_argument("--jump-length", type=nonneg_int, default=None, help="--mask: RePaint's jump length")
+    d.add_argument("--resamples", type=nonneg_int, default=None, help="--mask: RePaint's resamples")
     d.add_argument("--out", default="denoise.png", help="PNG row: original, noised, denoised")
     d.add_argument("--scale", type=positive_int, default=3, help="pixel scale of the output")
 
@@ -184,21 +191,26 @@ def cmd_denoise(args) -> int:
 
     from ddpm_gui.engine.images import make_grid, save_png
     from ddpm_gui.engine.sampler import accelerated, denoise_frames
+    from ddpm_gui.errors import ConfigError
 
+    if args.mask is None and (args.jump_length is not None or args.resamples is not None):
+        raise ConfigError("--jump-length and --resamples are inpainting's: give a --mask too.")
     bundle = accelerated(load_bundle(args), args.sample_mode)
     args.image_size = bundle.image_size
     img, name = _one_image(args)
     from tqdm import tqdm
 
+    if args.mask is not None:
+        frames, what = _inpaint(args, bundle, img), "inpainting"
+    else:
+        frames, what = denoise_frames(bundle, img, t=args.t, k=args.k, seed=args.seed), "denoising"
     start = last = None
     bar = None
-    for fr in denoise_frames(bundle, img, t=args.t, k=args.k, seed=args.seed):
+    for fr in frames:
         if fr.index == -1:
             start = fr.xt
         elif bar is None:
-            bar = tqdm(
-                total=fr.total, desc=f"denoising {args.k} ways from t={args.t}", unit="step", file=sys.stderr
-            )
+            bar = tqdm(total=fr.total, desc=f"{what} {args.k} ways", unit="step", file=sys.stderr)
         if bar is not None:
             bar.update(1)
         last = fr
@@ -206,6 +218,23 @@ def cmd_denoise(args) -> int:
         bar.close()
     row = np.concatenate([img[None], start[:1], last.xt])
     save_png(args.out, make_grid(row, columns=len(row), scale=args.scale))
-    print(f"wrote {args.out}: original, noised to t={args.t}, then {args.k} denoised continuations")
+    if args.mask is not None:
+        print(f"wrote {args.out}: original, the start (pure noise where masked), then {args.k} inpaintings")
+    else:
+        print(f"wrote {args.out}: original, noised to t={args.t}, then {args.k} denoised continuations")
     note_fallback(bundle)
     return 0
+
+
+def _inpaint(args, bundle, img):
+    """`denoise --mask`: RePaint's frames (engine/inpaint.py); the mask read by the app's image loader, with
+    the image's crop, white meaning regenerate."""
+    from ddpm_gui.data.imageio import load_image
+    from ddpm_gui.engine import inpaint
+
+    mask = inpaint.fit_mask(load_image(args.mask, bundle.image_size), bundle.image_size)
+    jump = inpaint.DEFAULT_JUMP_LENGTH if args.jump_length is None else args.jump_length
+    resamples = inpaint.DEFAULT_RESAMPLES if args.resamples is None else args.resamples
+    return inpaint.inpaint_frames(
+        bundle, img, mask, k=args.k, seed=args.seed, jump_length=jump, resamples=resamples
+    )

@@ -23,67 +23,7 @@ from ddpm_gui.cli.common import (
 
 
 def add_parsers(sub) -> None:
-    # --- bench
-    b = command(
-        sub,
-        "bench",
-        "time DDPM Studio's training and sampling against the tutorial's own loop",
-        description="In one process: the tutorial's training loop and DDPM Studio's trainer on the same "
-        "model and batch (img/s, speedup, FLOPs, TFLOP/s, fraction of the measured matmul peak), "
-        "sampling time for the full DDPM chain, peak memory (the compare section); with --sections busy, "
-        "the app's CPU thread count against torch's default on a machine that other processes keep busy. "
-        "Progress goes to stderr. See docs/benchmarks.md.",
-    )
-    b.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    b.add_argument("--preset", default="tutorial", help="model preset for both loops")
-    b.add_argument("--batch-size", type=positive_int, default=128, help="training batch size of both loops")
-    b.add_argument("--image-size", type=positive_int, default=32, help="image size (NxN) of both loops")
-    b.add_argument("--iters", type=positive_int, default=5, help="timed steps of each loop (median)")
-    b.add_argument("--warmup", type=nonneg_int, default=2, help="untimed steps of each loop first")
-    b.add_argument("--data", default="builtin", help="dataset both loops read")
-    b.add_argument(
-        "--sample-batches", default="1,16,64", help="batch sizes for the sampling times, comma-separated"
-    )
-    b.add_argument(
-        "--sample-repeats", type=positive_int, default=1, help="timed sampling runs per batch size (median)"
-    )
-    add_sample_mode_arg(b)
-    b.add_argument("--skip-sampling", action="store_true", help="time training only")
-    b.add_argument(
-        "--variants", action="store_true", help="also time training with channels_last and torch.compile"
-    )
-    b.add_argument(
-        "--threads",
-        type=positive_int,
-        default=argparse.SUPPRESS,  # absent unless given: torch's own choice
-        help="torch CPU threads for the compare section (default: torch's choice)",
-    )
-    b.add_argument(
-        "--quick", action="store_true", help="a smoke run: tiny preset, 16x16, batch 16, few steps"
-    )
-    b.add_argument(
-        "--sections",
-        default="compare",
-        help="what to run, comma-separated: compare (the tutorial's loop against DDPM Studio's trainer, "
-        "the matmul peak, sampling, memory; the options above), busy (the app's CPU thread count against "
-        "torch's default with 0, 1 and 2 competing CPU-bound processes, on the CPU)",
-    )
-    b.add_argument(
-        "--busy-reps",
-        type=positive_int,
-        default=argparse.SUPPRESS,  # absent unless given: --quick has its own count
-        help="busy section: alternating timed runs of each thread count per load, for the medians "
-        "(default: 5; with --quick 2)",
-    )
-    b.add_argument(
-        "--nproc",
-        type=nonneg_int,
-        default=0,
-        metavar="N",
-        help="instead: training on 1 and on N processes (DDP under torchrun) side by side, img/s and scaling "
-        "efficiency (--preset, --image-size, --iters; --batch-size is per process here)",
-    )
-    b.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
+    _add_bench_parser(sub)
 
     # --- eval
     e = command(
@@ -129,6 +69,174 @@ def add_parsers(sub) -> None:
     i = sub.add_parser("info", help="devices, versions, and every model preset with parameters and FLOPs")
     i.add_argument("--json", action="store_true", help="print JSON")
     i.add_argument("--image-size", type=positive_int, default=32, help="image size (NxN) for the FLOPs")
+
+
+def _add_bench_parser(sub) -> None:
+    # --- bench
+    b = command(
+        sub,
+        "bench",
+        "time DDPM Studio's training and sampling against the tutorial's own loop",
+        description="In one process: the tutorial's training loop and DDPM Studio's trainer on the same "
+        "model and batch (img/s, speedup, FLOPs, TFLOP/s, fraction of the measured matmul peak), "
+        "sampling time for the full DDPM chain, peak memory (the compare section); with --sections busy, "
+        "the app's CPU thread count against torch's default on a machine that other processes keep busy. "
+        "Progress goes to stderr. See docs/benchmarks.md.",
+    )
+    b.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    b.add_argument("--preset", default="tutorial", help="model preset for both loops")
+    b.add_argument("--batch-size", type=positive_int, default=128, help="training batch size of both loops")
+    b.add_argument("--image-size", type=positive_int, default=32, help="image size (NxN) of both loops")
+    b.add_argument("--iters", type=positive_int, default=5, help="timed steps of each loop (median)")
+    b.add_argument("--warmup", type=nonneg_int, default=2, help="untimed steps of each loop first")
+    b.add_argument("--data", default="builtin", help="dataset both loops read")
+    b.add_argument(
+        "--sample-batches", default="1,16,64", help="batch sizes for the sampling times, comma-separated"
+    )
+    b.add_argument(
+        "--sample-repeats", type=positive_int, default=1, help="timed sampling runs per batch size (median)"
+    )
+    add_sample_mode_arg(b)
+    b.add_argument("--skip-sampling", action="store_true", help="time training only")
+    b.add_argument(
+        "--variants", action="store_true", help="also time training with channels_last and torch.compile"
+    )
+    b.add_argument(
+        "--threads",
+        type=positive_int,
+        default=argparse.SUPPRESS,  # absent unless given: torch's own choice
+        help="torch CPU threads for the compare section (default: torch's choice)",
+    )
+    b.add_argument(
+        "--quick", action="store_true", help="a smoke run: tiny preset, 16x16, batch 16, few steps"
+    )
+    b.add_argument(
+        "--sections",
+        default="compare",
+        help="what to run, comma-separated: compare (the tutorial's loop against DDPM Studio's trainer, "
+        "the matmul peak, sampling, memory; the options above), busy (the app's CPU thread count against "
+        "torch's default with 0, 1 and 2 competing CPU-bound processes, on the CPU), scaling (the training "
+        "step over batch and image size for each preset, cliffs flagged; --scaling-*, --cliff, --plot), "
+        "profile (where a training step and a sampling step spend their time, by category, with "
+        "torch.profiler, for --preset at --batch-size; --profile-*, --ab)",
+    )
+    b.add_argument(
+        "--busy-reps",
+        type=positive_int,
+        default=argparse.SUPPRESS,  # absent unless given: --quick has its own count
+        help="busy section: alternating timed runs of each thread count per load, for the medians "
+        "(default: 5; with --quick 2)",
+    )
+    _add_section_options(b)
+    b.add_argument(
+        "--nproc",
+        type=nonneg_int,
+        default=0,
+        metavar="N",
+        help="instead: training on 1 and on N processes (DDP under torchrun) side by side, img/s and scaling "
+        "efficiency (--preset, --image-size, --iters; --batch-size is per process here)",
+    )
+    b.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
+
+
+def _add_section_options(b) -> None:
+    """Options of the scaling and profile sections: absent unless given, so that --quick keeps its own."""
+    g = b.add_argument_group("scaling section (batch and image size; over processes: --nproc)")
+    sup = argparse.SUPPRESS
+    g.add_argument(
+        "--scaling-presets",
+        default=sup,
+        metavar="LIST",
+        help="presets, comma-separated (default: tiny,small,tutorial,diffusers-tiny)",
+    )
+    g.add_argument(
+        "--scaling-batches", default=sup, metavar="LIST", help="batch sizes (default: 16,32,64,128)"
+    )
+    g.add_argument("--scaling-sizes", default=sup, metavar="LIST", help="image sizes (default: 32,64)")
+    g.add_argument(
+        "--scaling-steps",
+        type=positive_int,
+        default=sup,
+        metavar="N",
+        help="timed training steps per cell, after one warm-up (default: 2)",
+    )
+    g.add_argument(
+        "--cliff",
+        type=float,
+        default=sup,
+        metavar="X",
+        help="flag a neighbour whose time per image (per image and pixel across sizes) is more than "
+        "X times larger (default: 1.5)",
+    )
+    g.add_argument("--plot", default=None, metavar="PNG", help="write the scaling section's plot here")
+    g = b.add_argument_group("profile section")
+    g.add_argument(
+        "--profile-steps",
+        type=positive_int,
+        default=sup,
+        metavar="N",
+        help="profiled training steps after one warm-up (default: 2)",
+    )
+    g.add_argument(
+        "--profile-sample-batches",
+        default=sup,
+        metavar="LIST",
+        help="batch sizes of the profiled sampling steps (default: 16,64)",
+    )
+    g.add_argument(
+        "--ab",
+        default=sup,
+        metavar="LIST",
+        help="A/B tests against the default trainer, comma-separated: channels_last, foreach_adamw, "
+        "no_ema, threads=N, compile (interleaved one-step chunks, the peak probed between them)",
+    )
+    g.add_argument("--ab-rounds", type=positive_int, default=sup, metavar="N",
+                   help="interleaved rounds of each A/B (default: 3)")  # fmt: skip
+
+
+def _section_config(cfg, args) -> None:
+    """The scaling and profile sections' options into `cfg` (a BenchConfig), checked before anything runs."""
+    import os
+
+    from ddpm_gui.bench_profile import check_ab
+    from ddpm_gui.errors import ConfigError
+    from ddpm_gui.models.presets import check_image_size, get_preset
+
+    s, p = cfg.size, cfg.profile
+    if "scaling_presets" in args:
+        s.presets = tuple(n.strip() for n in args.scaling_presets.split(",") if n.strip())
+    if "scaling_batches" in args:
+        s.batches = int_list(args.scaling_batches, "--scaling-batches")
+    if "scaling_sizes" in args:
+        s.sizes = int_list(args.scaling_sizes, "--scaling-sizes")
+    for name in s.presets:
+        get_preset(name)  # an unknown name fails now, not after an hour of other cells
+    if "scaling_steps" in args:
+        s.steps = args.scaling_steps
+    if "cliff" in args:
+        if not args.cliff > 1:
+            raise ConfigError(f"--cliff is a factor above 1, like 1.5; got {args.cliff:g}.")
+        s.cliff = args.cliff
+    if args.plot:
+        folder = os.path.dirname(os.path.abspath(args.plot))
+        if not os.path.isdir(folder):
+            raise ConfigError(
+                f"--plot: the folder {folder} does not exist; create it or choose another path."
+            )
+        s.plot = args.plot
+    if not args.quick:
+        p.preset, p.batch_size, p.image_size = cfg.preset, cfg.batch_size, cfg.image_size
+    check_image_size(get_preset(p.preset), p.image_size)
+    if "profile_steps" in args:
+        p.steps = args.profile_steps
+    if "profile_sample_batches" in args:
+        p.sample_batches = int_list(args.profile_sample_batches, "--profile-sample-batches")
+    if "ab" in args:
+        p.ab = tuple(n.strip() for n in args.ab.split(",") if n.strip())
+        check_ab(p.ab)
+    if "ab_rounds" in args:
+        p.ab_rounds = args.ab_rounds
+    s.device = p.device = cfg.device
 
 
 def cmd_info(args) -> int:
@@ -214,6 +322,7 @@ def cmd_bench(args) -> int:
     cfg.sections = tuple(s.strip() for s in args.sections.split(",") if s.strip())
     if "busy_reps" in args:
         cfg.busy.reps = args.busy_reps
+    _section_config(cfg, args)
     from ddpm_gui.models.presets import check_image_size, get_preset
 
     check_image_size(get_preset(cfg.preset), cfg.image_size)

@@ -7,6 +7,7 @@ the schedule's arrays (see schedule.py). Images are float tensors in [-1, 1], sh
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -94,13 +95,14 @@ def split_prediction(
     eps-prediction: x_0 = (x_t - sqrt(1 - ab_t) eps) / sqrt(ab_t)       (DDPM eq. 15 solved for x_0)
     v-prediction:   x_0 = sqrt(ab_t) x_t - sqrt(1 - ab_t) v,  eps = sqrt(1 - ab_t) x_t + sqrt(ab_t) v
     """
-    ab = gather(sched.alpha_bars, t).to(x_t.dtype)
+    sqrt_ab = gather(sched.sqrt_alpha_bars, t).to(x_t.dtype)
+    sqrt_1m_ab = gather(sched.sqrt_one_minus_alpha_bars, t).to(x_t.dtype)
     if prediction == "eps":
         eps = model_out
-        x0 = (x_t - (1 - ab).sqrt() * eps) / ab.sqrt().clamp(min=1e-12)
+        x0 = (x_t - sqrt_1m_ab * eps) / sqrt_ab.clamp(min=1e-12)
     elif prediction == "v":
-        x0 = ab.sqrt() * x_t - (1 - ab).sqrt() * model_out
-        eps = (1 - ab).sqrt() * x_t + ab.sqrt() * model_out
+        x0 = sqrt_ab * x_t - sqrt_1m_ab * model_out
+        eps = sqrt_1m_ab * x_t + sqrt_ab * model_out
     else:
         raise ConfigError(f"Unknown prediction type '{prediction}': use one of {PREDICTIONS}.")
     return eps, x0
@@ -122,8 +124,10 @@ def ddpm_step(
 
     With clip_x0=False and eps-prediction this is exactly the tutorial's `p_xt` (DDPM eq. 11):
         mean = 1/sqrt(alpha_t) (x_t - beta_t / sqrt(1 - ab_t) eps)
-    computed here through the posterior of eq. 7 so that x_0 can be clipped and shown:
+    otherwise (a clipped x_0, or v-prediction, which gives x_0 directly and stays finite where alpha_t = 0
+    at the end of a zero-terminal-SNR schedule) the posterior mean of eq. 7:
         mean = sqrt(ab_prev) beta_t / (1 - ab_t) x_0 + sqrt(alpha_t) (1 - ab_prev) / (1 - ab_t) x_t
+    Both are algebraically equal; every coefficient comes from the schedule's float64 arrays.
     variance: "beta" uses sigma^2 = beta_t (the tutorial), "posterior" uses beta~_t (eq. 7); both are
     the paper's two choices (section 3.2). No noise is added at the last step (t = 0).
     clip_range: x_0 is clipped to [-clip_range, clip_range] (1 for images in [-1, 1]; diffusers models
@@ -136,24 +140,24 @@ def ddpm_step(
     ti = int(t) if not torch.is_tensor(t) else int(tt[0])
     # 1. predicted noise and predicted x_0 (eq. 15)
     eps, x0 = split_prediction(model_out, x_t, tt, sched, prediction)
-    beta = gather(sched.betas, tt).to(x_t.dtype)
-    alpha = gather(sched.alphas, tt).to(x_t.dtype)
-    ab = gather(sched.alpha_bars, tt).to(x_t.dtype)
-    ab_prev = gather(sched.alpha_bars_prev, tt).to(x_t.dtype)
-    # 2. posterior mean mu~_t(x_t, x_0) (eq. 7). Without clipping this equals eq. 11 algebraically;
-    #    with clipping it is the form that keeps the step stable.
     if clip_x0:
         x0 = x0.clamp(-clip_range, clip_range)
-        mean = (ab_prev.sqrt() * beta / (1 - ab)) * x0 + (alpha.sqrt() * (1 - ab_prev) / (1 - ab)) * x_t
+    # 2. the mean: eq. 11, or the posterior mean mu~_t(x_t, x_0) of eq. 7 (the form that keeps a clipped
+    #    step stable)
+    if clip_x0 or prediction != "eps":
+        c1 = gather(sched.posterior_mean_coef1, tt).to(x_t.dtype)
+        c2 = gather(sched.posterior_mean_coef2, tt).to(x_t.dtype)
+        mean = c1 * x0 + c2 * x_t
     else:
-        mean = (x_t - beta / (1 - ab).sqrt() * eps) / alpha.sqrt()
+        eps_coef = gather(sched.eps_coef, tt).to(x_t.dtype)
+        mean = gather(sched.sqrt_recip_alphas, tt).to(x_t.dtype) * (x_t - eps_coef * eps)
     if ti == 0:
         return mean, x0
     # 3. add noise with sigma_t^2 = beta_t or beta~_t
-    var = beta if variance == "beta" else gather(sched.posterior_variance, tt).to(x_t.dtype)
+    sigma = gather(sched.sqrt_betas if variance == "beta" else sched.sqrt_posterior_variance, tt)
     if noise is None:
         noise = _randn_like(x_t, generator)
-    return mean + var.sqrt() * noise, x0
+    return mean + sigma.to(x_t.dtype) * noise, x0
 
 
 def ddim_timesteps(T: int, steps: int) -> list[int]:
@@ -181,23 +185,22 @@ def ddim_step(
     """One DDIM step x_t -> x_(t_prev) (DDIM eq. 12), t_prev = -1 meaning the clean image.
 
     eta = 0 is deterministic; eta = 1 has the variance of ancestral DDPM with the posterior variance.
+    The coefficients pair two timesteps and are computed in float64 from the schedule's alpha_bar.
     """
     tt = _timesteps(t, x_t.shape[0], x_t.device)
+    t, t_prev = int(t), int(t_prev)
     # 1. predicted noise and x_0 (DDIM eq. 9)
     eps, x0 = split_prediction(model_out, x_t, tt, sched, prediction)
+    ab_t, ab_prev = sched.alpha_bar(t), sched.alpha_bar(t_prev)
     if clip_x0:
         x0 = x0.clamp(-clip_range, clip_range)
         # re-derive eps from the clipped x_0 so the step stays consistent
-        ab = gather(sched.alpha_bars, tt).to(x_t.dtype)
-        eps = (x_t - ab.sqrt() * x0) / (1 - ab).sqrt().clamp(min=1e-12)
-    ab_t = sched.alpha_bars[t].to(x_t.dtype)
-    ab_prev = sched.alpha_bars[t_prev].to(x_t.dtype) if t_prev >= 0 else torch.ones((), dtype=x_t.dtype)
-    ab_prev = ab_prev.to(x_t.device)
-    # 2. sigma_t(eta) (DDIM eq. 16)
-    sigma = eta * ((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev)).clamp(min=0).sqrt()
+        eps = (x_t - math.sqrt(ab_t) * x0) * (1 / max(math.sqrt(1 - ab_t), 1e-12))
+    # 2. sigma_t(eta) (DDIM eq. 16); 1 - ab_t / ab_prev as (ab_prev - ab_t) / ab_prev keeps its digits
+    var = (1 - ab_prev) / (1 - ab_t) * (ab_prev - ab_t) / ab_prev if ab_prev > 0 else 0.0
+    sigma = eta * math.sqrt(max(var, 0.0))
     # 3. "direction pointing to x_t" and the step (eq. 12)
-    dir_xt = (1 - ab_prev - sigma**2).clamp(min=0).sqrt() * eps
-    x_prev = ab_prev.sqrt() * x0 + dir_xt
+    x_prev = math.sqrt(ab_prev) * x0 + math.sqrt(max(1 - ab_prev - sigma**2, 0.0)) * eps
     if eta > 0 and t_prev >= 0:
         if noise is None:
             noise = _randn_like(x_t, generator)
@@ -217,24 +220,52 @@ class StepOptions:
     clip_range: float = 1.0  # x_0 is clipped to [-clip_range, clip_range]
 
 
-# name (core.spec.SAMPLERS) -> step(model_out, x_t, t, t_prev, sched, opts) -> (x_(t_prev), predicted x_0)
-STEP_FUNCTIONS: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor]]] = {
-    "ddpm": lambda out, x, t, _t_prev, sched, o: ddpm_step(
-        out, x, t, sched, o.variance, o.prediction, o.clip_x0, generator=o.generator, clip_range=o.clip_range
-    ),
-    "ddim": lambda out, x, t, t_prev, sched, o: ddim_step(
+# A step: (model_out, x_t, t, t_prev, sched, opts) -> (x_(t_prev), predicted x_0); t_prev = -1 is the clean image.
+Step = Callable[
+    [torch.Tensor, torch.Tensor, int, int, NoiseSchedule, StepOptions], tuple[torch.Tensor, torch.Tensor]
+]
+
+
+def _ddim(out, x, t, t_prev, sched, o: StepOptions, eta: float | None = None):
+    return ddim_step(
         out,
         x,
         t,
         t_prev,
         sched,
-        o.eta,
+        o.eta if eta is None else eta,
         o.prediction,
         o.clip_x0,
         generator=o.generator,
         clip_range=o.clip_range,
+    )
+
+
+# name (core.spec.SAMPLERS) -> step, for the samplers whose step depends on nothing but its arguments.
+# Euler ancestral (k-diffusion's sample_euler_ancestral, diffusers' EulerAncestralDiscreteScheduler) works on
+# x / sqrt(ab) with sigma = sqrt((1 - ab) / ab): x0 + sigma_down eps + sigma_up z with sigma_up^2 =
+# sigma_to^2 (1 - sigma_to^2 / sigma_from^2). Scaled back by sqrt(ab_prev) that is term for term DDIM's step
+# with eta = 1, so it is that step (tests/test_solvers.py checks it against diffusers' scheduler).
+STEP_FUNCTIONS: dict[str, Step] = {
+    "ddpm": lambda out, x, t, _t_prev, sched, o: ddpm_step(
+        out, x, t, sched, o.variance, o.prediction, o.clip_x0, generator=o.generator, clip_range=o.clip_range
     ),
+    "ddim": _ddim,
+    "euler_a": lambda out, x, t, t_prev, sched, o: _ddim(out, x, t, t_prev, sched, o, eta=1.0),
 }
+
+
+def chain_step(sampler: str) -> Step:
+    """The step for one reverse chain: a STEP_FUNCTIONS entry, or for a multistep sampler (one that keeps the
+    previous steps' predictions, core/solvers.py) a fresh solver object, called like a step. Take a new one
+    for every chain."""
+    if sampler in STEP_FUNCTIONS:
+        return STEP_FUNCTIONS[sampler]
+    from ddpm_gui.core.solvers import MULTISTEP_SOLVERS  # solvers build on this module
+
+    if sampler in MULTISTEP_SOLVERS:
+        return MULTISTEP_SOLVERS[sampler]()
+    raise ConfigError(f"Unknown sampler '{sampler}': use one of {', '.join(SAMPLERS)}.")
 
 
 @dataclass
@@ -263,7 +294,9 @@ def reverse_process(
     clip_range: float = 1.0,
 ) -> Iterator[ReverseStep]:
     """Run the reverse chain from x_start at timestep t_start (default T-1, i.e. pure noise) to x_0,
-    yielding every step. DDPM visits every timestep; a strided sampler (DDIM) visits `steps` of them."""
+    yielding every step. DDPM visits every timestep; a strided sampler (DDIM, DPM-Solver++, Euler ancestral)
+    visits `steps` of them (ddim_timesteps), then steps to the clean image. A multistep sampler's state lives
+    in the solver object chain_step makes for this chain."""
     T = sched.T
     t_start = T - 1 if t_start is None else int(t_start)
     if not 0 <= t_start < T:
@@ -272,7 +305,7 @@ def reverse_process(
         raise ConfigError(f"Unknown sampler '{sampler}': use one of {', '.join(SAMPLERS)}.")
     n = t_start + 1 if steps is None or not SAMPLERS[sampler].strided else steps
     ts = ddim_timesteps(t_start + 1, n)  # n = t_start + 1 visits every timestep
-    step = STEP_FUNCTIONS[sampler]
+    step = chain_step(sampler)
     opts = StepOptions(eta, variance, prediction, clip_x0, generator, clip_range)
     x = x_start
     B = x.shape[0]

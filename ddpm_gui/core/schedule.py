@@ -58,12 +58,39 @@ def _float32_arrays(c: ScheduleConfig) -> tuple[torch.Tensor, torch.Tensor]:
     return betas.double(), alpha_bars.double()
 
 
+# Every per-timestep array of a NoiseSchedule (what `to()` copies).
+ARRAYS = (
+    "betas",
+    "alphas",
+    "alpha_bars",
+    "alpha_bars_prev",
+    "snr",
+    "posterior_variance",
+    "sqrt_alpha_bars",
+    "sqrt_one_minus_alpha_bars",
+    "sqrt_recip_alphas",
+    "eps_coef",
+    "posterior_mean_coef1",
+    "posterior_mean_coef2",
+    "sqrt_betas",
+    "sqrt_posterior_variance",
+)
+
+
 class NoiseSchedule:
     """The arrays of one schedule (float64 on the CPU; `to()` gives float32 copies on a device).
 
     betas[t], alphas[t] = 1 - betas[t], alpha_bars[t] = prod(alphas[:t+1]), snr[t] = ab / (1 - ab),
     alpha_bars_prev[t] = alpha_bars[t-1] (1 for t = 0),
     posterior_variance[t] = beta~_t = (1 - ab_prev) / (1 - ab) * beta_t   (DDPM eq. 7).
+
+    The coefficients the reverse steps use are computed here once, in float64, so that a float32 copy holds
+    each one correctly rounded (recomputing them in float32 at every step loses up to 2e-4 at t = 0):
+    sqrt_alpha_bars = sqrt(ab), sqrt_one_minus_alpha_bars = sqrt(1 - ab), sqrt_recip_alphas = 1/sqrt(alpha),
+    eps_coef = beta / sqrt(1 - ab) (DDPM eq. 11), posterior_mean_coef1 = sqrt(ab_prev) beta / (1 - ab) and
+    posterior_mean_coef2 = sqrt(alpha) (1 - ab_prev) / (1 - ab) (the posterior mean of eq. 7),
+    sqrt_betas and sqrt_posterior_variance (the two sigma_t of DDPM section 3.2).
+    `alpha_bar(t)` gives ab as a float64 Python number (any copy), for coefficients that pair two timesteps.
     """
 
     def __init__(self, config: ScheduleConfig | None = None, device: torch.device | str = "cpu"):
@@ -101,9 +128,24 @@ class NoiseSchedule:
         self.alpha_bars = alpha_bars.to(device)
         ab_prev = torch.cat([torch.ones(1, dtype=alpha_bars.dtype), alpha_bars[:-1]])
         self.alpha_bars_prev = ab_prev.to(device)
-        with torch.no_grad():
-            self.snr = (alpha_bars / (1 - alpha_bars)).to(device)  # inf where alpha_bar = 1
-            self.posterior_variance = ((1 - ab_prev) / (1 - alpha_bars) * betas).to(device)
+        self._alpha_bars64 = alpha_bars.double().cpu().tolist()  # Python floats: no device reads
+        ab, alphas = alpha_bars.double().cpu(), (1.0 - betas).double().cpu()
+        ab_prev, b = ab_prev.double().cpu(), betas.double().cpu()
+        posterior_variance = (1 - ab_prev) / (1 - ab) * b
+        derived = {
+            "snr": ab / (1 - ab),  # inf where alpha_bar = 1
+            "posterior_variance": posterior_variance,
+            "sqrt_alpha_bars": ab.sqrt(),
+            "sqrt_one_minus_alpha_bars": (1 - ab).sqrt(),
+            "sqrt_recip_alphas": alphas.rsqrt(),  # inf where alpha = 0 (the last step of a zero-SNR schedule)
+            "eps_coef": b / (1 - ab).sqrt(),
+            "posterior_mean_coef1": ab_prev.sqrt() * b / (1 - ab),
+            "posterior_mean_coef2": alphas.sqrt() * (1 - ab_prev) / (1 - ab),
+            "sqrt_betas": b.sqrt(),
+            "sqrt_posterior_variance": posterior_variance.sqrt(),
+        }
+        for name, value in derived.items():
+            setattr(self, name, value.to(device=device, dtype=alpha_bars.dtype))
 
     @property
     def device(self) -> torch.device:
@@ -114,9 +156,15 @@ class NoiseSchedule:
         new = object.__new__(NoiseSchedule)
         new.config = self.config
         new.T = self.T
-        for name in ("betas", "alphas", "alpha_bars", "alpha_bars_prev", "snr", "posterior_variance"):
+        new._alpha_bars64 = self._alpha_bars64
+        for name in ARRAYS:
             setattr(new, name, getattr(self, name).to(device=device, dtype=dtype))
         return new
+
+    def alpha_bar(self, t: int) -> float:
+        """alpha_bar[t] in float64 (from the float64 arrays even on a float32 copy); t = -1 means the clean
+        image (alpha_bar = 1). For the coefficients of a step between two timesteps (DDIM, DPM-Solver++)."""
+        return 1.0 if t < 0 else self._alpha_bars64[t]
 
     def terminal_signal(self) -> float:
         """sqrt(alpha_bar_T): the fraction of x_0 still in x_T. 0 for a schedule that ends in noise."""

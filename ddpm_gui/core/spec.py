@@ -21,15 +21,30 @@ class SamplerSpec:
     name: str
     help: str
     strided: bool  # visits a chosen number of timesteps (`steps`), else every timestep of the chain
+    takes_eta: bool = False  # uses StepOptions.eta (DDIM's noise scale)
 
 
-# Adding a sampler: an entry here, its step function in diffusion.STEP_FUNCTIONS, and its row in the
-# Sample tab's form (qt/widgets.py); the CLI's --sampler choices and SampleConfig follow from this table.
+# Adding a sampler: an entry here, its step function in diffusion.STEP_FUNCTIONS (or, when it keeps state from
+# step to step, its solver class in solvers.MULTISTEP_SOLVERS), and its row in the Sample tab's form
+# (qt/widgets.py); the CLI's --sampler choices and SampleConfig follow from this table.
 SAMPLERS: dict[str, SamplerSpec] = {
     s.name: s
     for s in (
         SamplerSpec("ddpm", "ancestral: every timestep of the chain (the tutorial)", strided=False),
-        SamplerSpec("ddim", "DDIM: --steps evenly spaced timesteps; eta = 0 is deterministic", strided=True),
+        SamplerSpec(
+            "ddim",
+            "DDIM: --steps evenly spaced timesteps; eta = 0 is deterministic",
+            strided=True,
+            takes_eta=True,
+        ),
+        SamplerSpec(
+            "dpm++2m",
+            "DPM-Solver++(2M): deterministic, second order, good images in 10-20 --steps",
+            strided=True,
+        ),
+        SamplerSpec(
+            "euler_a", "Euler ancestral (k-diffusion): --steps, fresh noise at every step", strided=True
+        ),
     )
 }
 

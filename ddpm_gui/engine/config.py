@@ -107,6 +107,12 @@ class TrainConfig:
                                 lo=0, hi=_MANY, resumable=True)
     grad_clip: float = setting(1.0, "--grad-clip", "Clip gradients", "clip the gradient norm to this (0 = off)",
                                lo=0.0, hi=1e6, resumable=True)
+    # Min-SNR-gamma loss weighting (Hang et al. 2023): the nearly clean timesteps, whose loss is small but
+    # whose gradients pull against the noisy ones, count for less; training converges several times faster
+    min_snr_gamma: float = setting(0.0, "--min-snr-gamma", "Min-SNR gamma",
+                                   "weight each timestep's loss by min(SNR, gamma) (Min-SNR weighting; 5 is "
+                                   "the paper's choice; 0 = off: every timestep alike, as the tutorial)",
+                                   lo=0.0, hi=1e4, resumable=True)
     # the EMA of the weights is what samples use: most of the quality of published DDPM samples
     ema_decay: float = setting(0.999, "--ema", "EMA decay", "EMA decay of the weights used for samples (0 = off)",
                                lo=0.0, hi=0.99999, resumable=True)

@@ -90,6 +90,37 @@ class Resumed:
 
 
 @dataclass
+class StepInspected:
+    """One training step made while paused (Trainer.request_step), with what it worked on as the step drew
+    and computed it. Images are (N, H, W, C) float32, channels last, the batch's first N (at most
+    control.INSPECT_IMAGES); t and the losses cover the whole batch."""
+
+    step: int  # the run's step count after it
+    t: np.ndarray  # (B,) int64: each image's timestep, an index 0..T-1 as the model is given it
+    loss_per_image: np.ndarray  # (B,) float32: the plain MSE of each image
+    loss: float  # their mean
+    x0: np.ndarray  # the batch, in [-1, 1]
+    noise: np.ndarray  # the noise drawn for it
+    xt: np.ndarray  # the noisy input x_t the model was given
+    prediction: np.ndarray  # the model's output
+    target: np.ndarray  # what it was trained to output: the noise (eps) or v
+    prediction_kind: str  # "eps" | "v"
+    grad_norms: dict[str, float]  # each parameter's gradient norm before clipping, by name
+    grad_norm: float  # the whole gradient's norm before clipping
+    grad_clip: float  # the clipping threshold (0: off)
+    lr: float  # the learning rate the step used
+
+
+@dataclass
+class SettingsChanged:
+    """Settings a paused run changed in place (Trainer.change_settings), from the step after `step`."""
+
+    step: int
+    changed: dict[str, list]  # name -> [was, now]
+    texts: list[str]  # a line per setting for the user
+
+
+@dataclass
 class Notice:
     message: str
     level: str = "info"  # info | warning
@@ -122,6 +153,8 @@ Event = (
     | CheckpointSaved
     | Paused
     | Resumed
+    | StepInspected
+    | SettingsChanged
     | Notice
     | Finished
     | Failed

@@ -34,9 +34,11 @@ from torch import nn
 from ddpm_gui import __version__
 from ddpm_gui.core.diffusion import from_uint8, q_sample, reverse_process, to_uint8, training_target
 from ddpm_gui.core.schedule import NoiseSchedule
+from ddpm_gui.core.weighting import loss_weight
 from ddpm_gui.engine import distributed
 from ddpm_gui.engine.checkpoint import optimizer_from_tensors, optimizer_to_tensors, prefixed, unprefixed
 from ddpm_gui.engine.config import TrainConfig
+from ddpm_gui.engine.control import grad_norms
 from ddpm_gui.engine.device import AUTOCAST_DTYPES, is_oom, micro_batches, pick_device, training_precision
 from ddpm_gui.engine.device import free_cached_memory as free_cached_memory  # the trainer's, from here
 from ddpm_gui.engine.runfolder import data_fingerprint
@@ -80,6 +82,7 @@ class Learner:
     # one of several processes (distributed.py): its rank, and the DDP wrapper the forward pass goes through
     dist: distributed.Dist = distributed.SINGLE
     ddp: nn.parallel.DistributedDataParallel | None = None
+    inspect: dict | None = None  # {} for one step: it keeps what that step drew and computed (control.py)
 
     def __init__(
         self,
@@ -388,9 +391,8 @@ class Learner:
         """One optimisation step on a batch drawn from `images` (default: the dataset setup() put on the
         device, less the images held out for validation); returns the loss (on the device, not synced; NaN
         where the device guard skipped the update because the loss or the gradient was not finite) and
-        counts the step. The host guard raises
-        NonFiniteStep instead, before anything was updated; out of memory in the forward or backward pass
-        changes nothing but the gradients and may be retried with a smaller batch."""
+        counts the step. The host guard raises NonFiniteStep instead, before anything was updated; out of
+        memory in the forward or backward pass changes nothing but the gradients and may be retried."""
         if images is None:
             images, labels = self.images, self.labels
         loss, per, t, gnorm = self._forward_backward(images, labels)
@@ -419,15 +421,15 @@ class Learner:
         loss = per.mean()
         if self.scaler is not None:
             self.scaler.unscale_(self.optim)  # clipping and the guard see the true gradients
+        if self.inspect is not None:
+            self.inspect.update(x0=x0, t=t, noise=noise, xt=xt, target=target, per=per)
+            self.inspect["grads"] = grad_norms(self.model)  # before clipping
         if c.grad_clip > 0:
             gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
         else:  # the norm only to check it is finite (one fused reduction, no sync)
             grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-            gnorm = (
-                torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-                if grads
-                else loss.new_zeros(())
-            )
+            norms = torch._foreach_norm(grads) if grads else [loss.new_zeros(())]
+            gnorm = torch.linalg.vector_norm(torch.stack(norms))
         return loss, per, t, gnorm.detach()
 
     def _draw_batch(self, images: torch.Tensor, labels: torch.Tensor | None, B: int):
@@ -461,8 +463,11 @@ class Learner:
             # DDP averages the gradients over the processes
             net = self.model if self.ddp is None else self.ddp
             out = net(xt, t, y) if y is not None else net(xt, t)
+        if self.inspect is not None:
+            self.inspect.setdefault("out", []).append(out.detach().float())
         per = F.mse_loss(out.float(), target, reduction="none").mean(dim=(1, 2, 3))
-        part = per.mean() if share == 1 else per.mean() * share
+        w = loss_weight(self.sched_dev.snr[t], self.config.min_snr_gamma, self.config.prediction)
+        part = (per * w).mean() * share  # `per`, the loss logged and shown per timestep, stays the plain MSE
         (part if self.scaler is None else self.scaler.scale(part)).backward()
         return per.detach()
 
@@ -552,17 +557,13 @@ class Learner:
 
     def _nonfinite_message(self, step: int, what: str, value: float, loss: float | None) -> str:
         c = self.config
-        clip = (
-            "turn on gradient clipping (grad_clip 1.0)"
-            if c.grad_clip <= 0
-            else f"lower grad_clip (now {c.grad_clip:g})"
-        )
+        on = "turn on gradient clipping (grad_clip 1.0)"
+        clip = f"lower grad_clip (now {c.grad_clip:g})" if c.grad_clip > 0 else on
         extra = f" (the loss was {loss:.4g})" if what == "The gradient norm" and loss is not None else ""
         return (
             f"{what} became {value} at step {step}{extra}: training was stopped before that step could "
             "change the weights, the EMA or a checkpoint, and nothing was saved after the last good "
-            "checkpoint. "
-            f"Lower the learning rate (now {c.lr:g}, try {c.lr / 3:.2g}) or {clip}, and resume."
+            f"checkpoint. Lower the learning rate (now {c.lr:g}, try {c.lr / 3:.2g}) or {clip}, and resume."
         )
 
     def preview(self) -> np.ndarray:

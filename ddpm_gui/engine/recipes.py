@@ -56,7 +56,16 @@ _TUTORIAL = Recipe(
     dict(_BOTH, preset="tutorial", batch_size=128, steps=2000, lr=3e-4, ema_decay=0.999, conditional=False,
          schedule=SCHEDULE_PRESETS["tutorial"], prediction="eps"),
 )  # fmt: skip
-RECIPES: dict[str, Recipe] = {r.name: r for r in (_QUICK_CPU, _TUTORIAL)}
+# quick-cpu at 16x16 with Min-SNR-gamma loss weighting: the same shapes in a quarter of the pixels
+_FAST_CPU = Recipe(
+    "fast-cpu",
+    "tiny class-conditional UNet at 16x16, batch 64, lr 1e-3, cosine schedule with v-prediction, Min-SNR "
+    "weighting (gamma 5), 1,750 steps: about 3 minutes on a 2-core CPU",
+    dict(_BOTH, image_size=16, preview_every=500, preset="tiny", batch_size=64, steps=1750, lr=1e-3,
+         ema_decay=0.995, conditional=True, schedule=SCHEDULE_PRESETS["cosine"], prediction="v",
+         min_snr_gamma=5.0),
+)  # fmt: skip
+RECIPES: dict[str, Recipe] = {r.name: r for r in (_QUICK_CPU, _FAST_CPU, _TUTORIAL)}
 
 
 def get_recipe(name: str) -> Recipe:

@@ -64,8 +64,9 @@ class ModelBundle:
 @dataclass
 class SampleConfig:
     n: int = 16  # number of images
-    sampler: str = "ddpm"  # a name of core.spec.SAMPLERS: ddpm (ancestral, the tutorial) | ddim
-    steps: int = 50  # DDIM only: number of steps
+    # a name of core.spec.SAMPLERS: ddpm (ancestral, the tutorial) | ddim | dpm++2m | euler_a
+    sampler: str = "ddpm"
+    steps: int = 50  # strided samplers (all but ddpm): number of steps
     eta: float = 0.0  # DDIM only: 0 deterministic, 1 ~ DDPM
     # DDPM only: beta (sigma^2 = beta_t, the tutorial) | posterior (beta~_t); None: the model's own
     # (ModelBundle.variance; beta without a model)

@@ -3,6 +3,7 @@
     trainer = Trainer(config, run_dir)
     for event in trainer.run(): ...          # events.py; the generator does all the work
     trainer.pause() / resume() / stop()      # from any thread: threading.Events, not signals
+    trainer.request_step(), change_settings()  # while paused: one step at a time, live edits (control.py)
 
 The model, optimizer and one step are the Learner's (learner.py); the Trainer adds the run folder
 (runfolder.py), resuming, the events and the loop, which reads the loss from the device only every
@@ -20,7 +21,6 @@ continues step, optimizer, EMA, RNG, batch size and loss curve exactly, takes th
 from __future__ import annotations
 
 import errno
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -33,6 +33,7 @@ from ddpm_gui.engine import distributed, init_weights, tb
 from ddpm_gui.engine import events as ev
 from ddpm_gui.engine import validation as val
 from ddpm_gui.engine.config import TrainConfig, load_run_config
+from ddpm_gui.engine.control import RunControl
 from ddpm_gui.engine.device import ThreadChooser, device_label
 from ddpm_gui.engine.fileio import WriteFailed, write_advice
 from ddpm_gui.engine.fits import check_fits, settings_changes
@@ -65,7 +66,7 @@ class _Loop:
     stop_agreed: bool = False  # several processes: a stop all of them agreed on at a loss read
 
 
-class Trainer(Learner):
+class Trainer(RunControl, Learner):
     def __init__(
         self,
         config: TrainConfig,
@@ -86,9 +87,7 @@ class Trainer(Learner):
         self.resume_requested = resume or restart
         self.restart = restart
         self.allow_data_change = allow_data_change
-        self._stop = threading.Event()
-        self._running = threading.Event()  # set = not paused
-        self._running.set()
+        self._init_control()
         self.last_checkpoint: Path | None = None
         # fault injection for tests (reliability): called with the step number before each step
         self.fault_hook: Callable[[int], None] | None = None
@@ -101,26 +100,6 @@ class Trainer(Learner):
         distributed.check_batch(config.batch_size, self.dist.world_size)
         self._rank_rng: dict[str, torch.Tensor] = {}  # the other ranks' random states, for the checkpoint
         self._shared = False  # rank 0 has shared the starting state (or tried to)
-
-    # ------------------------------------------------------------------ control (any thread)
-
-    def pause(self) -> None:
-        self._running.clear()
-
-    def resume(self) -> None:
-        self._running.set()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._running.set()  # wake a paused loop so it can stop
-
-    @property
-    def paused(self) -> bool:
-        return not self._running.is_set()
-
-    @property
-    def stopping(self) -> bool:
-        return self._stop.is_set()
 
     def save_checkpoint(self) -> Path:
         """Save this step; when it was just validated with the lowest loss so far it becomes the run's best
@@ -332,11 +311,13 @@ class Trainer(Learner):
         loop = _Loop(t0=now, last_ckpt_t=now, logged_to=int(hist_steps[-1]) if len(hist_steps) else 0)
         self._rate, self._last_read = 0.0, (now, self.step)
         self.model.train()
-        while self.step < c.steps:
-            yield from self._wait_while_paused()
+        while self.step < self.config.steps:  # a paused run may change its steps
+            wait = yield from self._wait_while_paused(loop)  # "step": one step, looked at, while paused
+            if wait == "failed":
+                return
             if loop.stop_agreed if self.dist.active else self._stop.is_set():
                 break
-            stepped = yield from self._guarded_step(loop)
+            stepped = yield from self._guarded_step(loop, look=wait == "step")
             if stepped is None:
                 return
             if stepped and self._read_due(loop) and not (yield from self._after_read(loop)):
@@ -371,23 +352,15 @@ class Trainer(Learner):
             threads_auto=self.device.type == "cpu" and not self.config.threads,
         )
 
-    def _wait_while_paused(self) -> Iterator[ev.Event]:
-        if self._running.is_set():
-            return
-        yield ev.Paused(self.step)
-        while not self._running.wait(0.1):
-            pass
-        if not self._stop.is_set():
-            yield ev.Resumed(self.step)
-        self._last_read = (time.monotonic(), self.step)
-
-    def _guarded_step(self, loop: _Loop):
-        """One step with its failures handled. Returns True (a step was made), False (out of memory: the
-        batch was halved, no step made) or None (the run failed; the Failed event was yielded)."""
+    def _guarded_step(self, loop: _Loop, look: bool = False):
+        """One step with its failures handled; `look`: keep what it worked on (a StepInspected event).
+        Returns True (a step was made), False (out of memory: the batch was halved, no step made) or None
+        (the run failed; the Failed event was yielded)."""
         oom = False
         try:
             if self.fault_hook is not None:
                 self.fault_hook(self.step)
+            self.inspect = {} if look else None
             loss = self.train_step(self.images, self.labels)
         except NonFiniteStep as bad:  # host guard: nothing was updated
             if loop.pending:
@@ -407,6 +380,9 @@ class Trainer(Learner):
             )
             return False
         loop.pending.append((self.step, loss))
+        if look:
+            yield self._step_event(self.inspect or {})
+            self.inspect = None
         return True
 
     def _read_due(self, loop: _Loop) -> bool:

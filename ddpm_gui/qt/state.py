@@ -28,6 +28,7 @@ class AppState(QObject):
     status = Signal(str)  # a one-line message for the status bar
     statusFor = Signal(str, int)  # the same message and how long it stays, in ms (0: until the next one)
     recentChanged = Signal()
+    trainingSchedule = Signal(object)  # a ScheduleConfig for the Train tab's next run (the Forward tab's)
 
     MAX_RECENT = 8
 
@@ -55,6 +56,10 @@ class AppState(QObject):
         self.bundleChanged.emit(bundle)
         if bundle is not None and source:
             self.show_status(f"Sample and Denoise now use {source} (step {getattr(bundle, 'step', '?')}).")
+
+    def use_schedule_for_training(self, schedule) -> None:
+        """Send a noise schedule (a ScheduleConfig) to the Train tab: its next new run trains with it."""
+        self.trainingSchedule.emit(schedule)
 
     def set_training(self, active: bool) -> None:
         self.training = active

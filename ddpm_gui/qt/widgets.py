@@ -1,6 +1,7 @@
 """Widgets and helpers shared by the Sample, Forward and Denoise tabs.
 
-SamplerForm            the sampler choice (DDPM with either variance, or DDIM) of Sample and Denoise
+SamplerForm            the sampler choice (DDPM with either variance, DDIM, DPM-Solver++, Euler ancestral)
+                       of Sample and Denoise
 describe_bundle(b)     a model in two lines; NO_MODEL_TEXT when there is none
 frames_every(...)      which reverse-process frames to keep for the player and the animation
 Messages               a panel's status line, busy bar and error box
@@ -51,6 +52,12 @@ SAMPLERS: tuple[tuple[str, str, str, str, str], ...] = (
     ("ddpm-posterior", "DDPM, σ² = β̃_t (posterior)",
      "Ancestral sampling with the posterior variance (DDPM eq. 7).", "ddpm", "posterior"),
     ("ddim", "DDIM", "Deterministic with eta = 0; needs far fewer steps.", "ddim", "beta"),
+    ("dpm++2m", "DPM-Solver++(2M)",
+     "Deterministic second-order multistep solver (Lu et al. 2022): good images in 10–20 steps.",
+     "dpm++2m", "beta"),
+    ("euler_a", "Euler ancestral",
+     "k-diffusion's Euler ancestral: fresh noise at every step (the same step as DDIM with eta = 1).",
+     "euler_a", "beta"),
 )  # fmt: skip
 _ROWS = {row[0]: row for row in SAMPLERS}
 
@@ -84,7 +91,7 @@ def kept_frames(chain: int, every: int) -> int:
 
 
 class SamplerForm(QWidget):
-    """Sampler choice shared by the Sample and Denoise panels: DDPM (two variances) or DDIM."""
+    """Sampler choice shared by the Sample and Denoise panels: DDPM (two variances) or a strided sampler."""
 
     changed = Signal()
 
@@ -98,7 +105,7 @@ class SamplerForm(QWidget):
         self.steps_spin = QSpinBox()
         self.steps_spin.setRange(1, 10000)
         self.steps_spin.setValue(ddim_steps)
-        self.steps_spin.setToolTip("DDIM steps: evenly spaced timesteps from T-1 down to 0.")
+        self.steps_spin.setToolTip("Steps of a strided sampler: evenly spaced timesteps from T-1 down to 0.")
         self.eta_spin = QDoubleSpinBox()
         self.eta_spin.setRange(0.0, 1.0)
         self.eta_spin.setSingleStep(0.1)
@@ -110,7 +117,7 @@ class SamplerForm(QWidget):
         form = QFormLayout(self)
         form.setContentsMargins(0, 0, 0, 0)
         form.addRow("Sa&mpler:", self.combo)
-        self._steps_label = QLabel("DDIM ste&ps:")
+        self._steps_label = QLabel("Ste&ps:")
         self._steps_label.setBuddy(self.steps_spin)
         form.addRow(self._steps_label, self.steps_spin)
         self._eta_label = QLabel("DDIM &eta:")
@@ -164,15 +171,20 @@ class SamplerForm(QWidget):
 
     def strided(self) -> bool:
         """Whether the chosen sampler visits a chosen number of steps (DDIM) rather than every timestep."""
+        return self._spec().strided
+
+    def _spec(self):
         from ddpm_gui.core.spec import SAMPLERS as SPECS
 
-        return SPECS[_ROWS[self.key()][3]].strided
+        return SPECS[_ROWS[self.key()][3]]
 
     @Slot()
     def _update(self, *_args) -> None:
-        strided = self.strided()
-        for w in (self.steps_spin, self.eta_spin, self._steps_label, self._eta_label):
-            w.setEnabled(strided)
+        spec = self._spec()
+        for w in (self.steps_spin, self._steps_label):
+            w.setEnabled(spec.strided)
+        for w in (self.eta_spin, self._eta_label):
+            w.setEnabled(spec.takes_eta)
         self.changed.emit()
 
 

@@ -301,3 +301,159 @@ def test_a_dropped_image_folder_goes_to_the_data_tab(panel, tmp_path):
     assert "photos is a folder" in msg and "open image folders in the Data tab" in msg, msg
     assert panel.state.bundle is None and not panel.is_busy()
     np.testing.assert_array_equal(panel.image(), before)
+
+
+# ----------------------------------------------------------------------------- inpainting
+
+
+def _drag(painter, points, button=None):
+    """A mouse drag over the painter through `points` (image pixel coordinates), as a user makes it."""
+    from PySide6.QtCore import Qt
+    from PySide6.QtTest import QTest
+
+    button = button or Qt.MouseButton.LeftButton
+    at = [painter.to_widget(x, y).toPoint() for x, y in points]
+    QTest.mousePress(painter, button, Qt.KeyboardModifier.NoModifier, at[0])
+    for p in at[1:]:
+        QTest.mouseMove(painter, p)
+    QTest.mouseRelease(painter, button, Qt.KeyboardModifier.NoModifier, at[-1])
+
+
+def test_the_mask_is_painted_with_the_mouse(qtbot, panel, bundle):
+    from PySide6.QtCore import Qt
+
+    panel.state.set_bundle(bundle)
+    form, editor = panel.form, panel.mask_editor
+    painter = editor.painter
+    assert panel.original_stack.currentWidget() is panel.original_view
+    form.inpaint_check.setChecked(True)
+    assert panel.original_stack.currentWidget() is editor and painter.isVisible()
+    assert not form.t_spin.isVisible() and not form.t_note.isVisible() and form.jump_spin.isVisible()
+    assert "from pure noise at t = 99" in form.calls_note.text()
+    np.testing.assert_array_equal(painter.image(), panel.image())
+    editor.brush_spin.setValue(3)
+    _drag(painter, [(4.5, 10.5), (12.5, 10.5), (28.5, 10.5)])  # a fast stroke: no gaps between the points
+    m = painter.mask()
+    assert m[10, 4:29].all() and m[9, 4:29].all() and m[11, 4:29].all()  # 3 pixels wide
+    assert not m[13:].any() and not m[:8].any() and m.sum() < 3 * 32
+    assert f"{m.sum()} of 1024 pixels painted" in editor.info.text()
+    _drag(painter, [(16.5, 10.5), (20.5, 10.5)], button=Qt.MouseButton.RightButton)
+    erased = painter.mask()
+    assert not erased[10, 16:21].any() and erased[10, 4:14].all()  # the right button erases
+    editor.invert_btn.click()
+    np.testing.assert_array_equal(painter.mask(), ~erased)
+    editor.clear_btn.click()
+    assert not painter.mask().any()
+    assert panel.run() is False and "Paint the region" in panel.error_label.text()
+    _drag(painter, [(8.5, 8.5), (8.5, 20.5)])
+    kept = painter.mask()
+    panel.form.on_strip_clicked(3)  # another image of the same size keeps the mask
+    np.testing.assert_array_equal(painter.mask(), kept)
+    np.testing.assert_array_equal(painter.image(), panel.image())
+    form.inpaint_check.setChecked(False)
+    assert panel.original_stack.currentWidget() is panel.original_view
+    assert form.t_spin.isVisible() and not form.jump_spin.isVisible()
+
+
+def test_inpaint_runs_in_a_worker_and_keeps_the_unpainted_pixels(qtbot, panel, bundle, monkeypatch):
+    import threading
+
+    from ddpm_gui.core.inpaint import model_calls, repaint_schedule
+    from ddpm_gui.engine import inpaint
+
+    chains = []
+
+    def recording(*a, _real=inpaint.repaint_process, **k):
+        chains.append(threading.current_thread())
+        yield from _real(*a, **k)
+
+    monkeypatch.setattr(inpaint, "repaint_process", recording)
+    panel.state.set_bundle(bundle)
+    form = panel.form
+    form.inpaint_check.setChecked(True)
+    form.k_spin.setValue(3)
+    form.jump_spin.setValue(20)
+    form.resample_spin.setValue(1)
+    calls = model_calls(repaint_schedule(99, 20, 1))
+    assert f"{calls:,} model calls per image" in form.calls_note.text()
+    painter = panel.mask_editor.painter
+    painter.set_brush(8)
+    _drag(painter, [(16, 4), (16, 28)])  # a vertical band down the middle
+    mask = painter.mask()
+    assert panel.run() is True and panel.is_denoising()  # run() returned while the chain runs
+    assert not panel.run_btn.isEnabled() and panel.stop_btn.isEnabled()
+    assert f"{calls:,} model calls each" in panel.status_label.text()
+    qtbot.waitUntil(lambda: not panel.is_denoising(), timeout=120_000)
+    assert panel.error_label.isHidden(), panel.error_label.text()
+    assert chains and threading.main_thread() not in chains
+    res, image = panel.results(), panel.image()
+    assert res.shape == (3, 32, 32, 3)
+    for r in res:
+        np.testing.assert_array_equal(r[~mask], image[~mask])
+    painted = res[:, mask].astype(int)
+    assert np.abs(painted[0] - painted[1]).mean() > 1 and np.abs(painted[1] - painted[2]).mean() > 1
+    assert "3 inpaintings" in panel.results_title.text() and "jump length 20" in panel.results_title.text()
+    labels = []
+    for i in range(panel.player.count()):  # every frame kept, forward (resampling) moves among them
+        panel.player.set_current(i)
+        labels.append(panel.player.label_text())
+    assert any(s.endswith(" · resampling") for s in labels), labels
+    assert labels[-1].endswith("t = 0 → x₀ · final"), labels
+    assert panel.status_label.text() == "Done: 3 inpaintings (seed 0)."
+
+
+def test_inpainting_asks_for_the_ddpm_sampler(qtbot, panel, bundle):
+    panel.state.set_bundle(bundle)
+    panel.form.inpaint_check.setChecked(True)
+    panel.form.sampler_form.set_key("ddim")
+    panel.mask_editor.painter.set_mask(np.ones((32, 32), bool))
+    panel.run()
+    qtbot.waitUntil(lambda: not panel.is_denoising(), timeout=60_000)
+    assert "DDPM sampler" in panel.error_label.text() and panel.results() is None
+
+
+def test_a_mask_follows_the_models_size(qapp):
+    from ddpm_gui.qt.mask_painter import MaskPainter
+
+    p = MaskPainter()
+    p.set_image(np.zeros((8, 8, 3), np.uint8))
+    m = np.zeros((8, 8), bool)
+    m[:, :4] = True
+    p.set_mask(m)
+    p.set_image(np.zeros((16, 16, 3), np.uint8))
+    assert p.mask().shape == (16, 16) and p.mask()[:, :8].all() and not p.mask()[:, 8:].any()
+
+
+def test_inpaint_asks_a_conditional_model_for_the_class_with_guidance(qtbot, panel, monkeypatch):
+    from ddpm_gui.engine import inpaint
+    from ddpm_gui.engine.demo import load_demo_bundle
+
+    asked = []
+
+    def recording(bundle, n, class_label, guidance, _real=inpaint.make_denoiser):
+        asked.append((class_label, guidance))
+        return _real(bundle, n, class_label, guidance)
+
+    monkeypatch.setattr(inpaint, "make_denoiser", recording)
+    demo = load_demo_bundle(device="cpu")
+    form = panel.form
+    assert not form.class_combo.isEnabled() and form.class_kwargs() == {"class_label": None, "guidance": 1.0}
+    panel.state.set_bundle(demo)
+    assert form.class_combo.count() == 1 + demo.num_classes and form.class_combo.isEnabled()
+    assert not form.guidance_spin.isEnabled()  # no class: no guidance
+    form.class_combo.setCurrentIndex(form.class_combo.findData(2))
+    assert form.guidance_spin.isEnabled()
+    form.guidance_spin.setValue(2.5)
+    form.inpaint_check.setChecked(True)
+    form.k_spin.setValue(2)
+    form.resample_spin.setValue(0)
+    s = demo.image_size
+    mask = np.zeros((s, s), bool)
+    mask[: s // 2] = True
+    panel.mask_editor.painter.set_mask(mask)
+    assert panel.run()
+    qtbot.waitUntil(lambda: not panel.is_denoising(), timeout=120_000)
+    assert panel.error_label.isHidden(), panel.error_label.text()
+    assert asked == [(2, 2.5)]
+    for r in panel.results():
+        np.testing.assert_array_equal(r[~mask], panel.image()[~mask])

@@ -232,3 +232,112 @@ def test_a_dropped_run_or_checkpoint_becomes_the_apps_model(qtbot, panel, run_di
     assert sources == [path.name]  # through AppState.set_bundle, named after what was dropped
     assert panel.bundle() is panel.state.bundle and panel.bundle().step == 5
     assert panel.generate_btn.isEnabled() and panel.error_label.isHidden()
+
+
+# ----------------------------------------------------------------------------- step terms
+
+
+def _run(qtbot, panel, bundle, key: str = "ddim", n: int = 4, steps: int = 5, eta: float = 0.5) -> list:
+    panel.state.set_bundle(bundle)
+    panel.sampler_form.set_key(key)
+    panel.sampler_form.steps_spin.setValue(steps)
+    panel.sampler_form.eta_spin.setValue(eta)
+    panel.n_spin.setValue(n)
+    assert panel.generate()
+    qtbot.waitUntil(lambda: not panel.is_sampling(), timeout=120_000)
+    assert panel.error_label.isHidden(), panel.error_label.text()
+    return panel.frames()
+
+
+def _shown_terms(view, frame, i: int) -> None:
+    """The view shows `frame`'s term images of image i, its norms, a marker at its timestep."""
+    assert view.grid.count() == len(frame.names)
+    np.testing.assert_array_equal(view.grid.images(), np.stack([frame.images[k][i] for k in frame.names]))
+    assert view.marker.isVisible() and view.marker.value() == frame.t
+    assert f"t = {frame.t}" in view.title.text()
+    ts, norms = view.norms()
+    for j, name in enumerate(view.names()):  # one curve a term: image i's norm at every step
+        x, y = view._curves[name].getData()
+        np.testing.assert_array_equal(x, ts)
+        np.testing.assert_allclose(y, norms[:, j, i])
+
+
+def test_step_terms_follow_the_slider_and_the_clicked_image(qtbot, panel, bundle):
+    from ddpm_gui.core.terms import STEP_TERMS
+
+    frames = _run(qtbot, panel, bundle)
+    view = panel.terms_view
+    assert frames[0].names == STEP_TERMS == view.names()
+    ts, norms = view.norms()
+    assert list(ts) == [f.t for f in frames] and norms.shape == (5, len(STEP_TERMS), 4)  # every step, once
+    panel.view_tabs.setCurrentWidget(view)
+    panel.player.set_current(2)
+    _shown_terms(view, frames[2], 0)
+    assert f"t = {frames[3].t}" in view.title.text()  # the step goes from t to the next timestep
+    assert "σ_t = " in view.note.text()
+    panel.xt_grid.clicked.emit(3)  # an image clicked in the Samples grids
+    assert view.image() == 3
+    _shown_terms(view, frames[2], 3)
+    panel.player.step(+1)
+    _shown_terms(view, frames[3], 3)
+    assert f"t = {frames[3].t}" in panel.frame_label.text()
+    panel.view_tabs.setCurrentIndex(0)  # back to the grids: they show the frame under the slider
+    np.testing.assert_array_equal(panel.xt_grid.images(), frames[3].xt)
+
+
+def _grab_variance(widget) -> float:
+    from tests.qt.conftest import grab_variance
+
+    return grab_variance(widget)
+
+
+def test_step_terms_of_the_demo_model_with_guidance(qtbot, panel):
+    from ddpm_gui.core.terms import GUIDANCE_TERMS, STEP_TERMS
+    from ddpm_gui.engine.demo import load_demo_bundle
+
+    panel.state.set_bundle(load_demo_bundle("cpu"))
+    panel.class_combo.setCurrentIndex(panel.class_combo.findData(1))
+    panel.guidance_spin.setValue(3.0)
+    frames = _run(qtbot, panel, panel.state.bundle, steps=3, eta=0.0)
+    view = panel.terms_view
+    assert view.names() == STEP_TERMS + GUIDANCE_TERMS
+    panel.view_tabs.setCurrentWidget(view)
+    panel.player.set_current(1)
+    _shown_terms(view, frames[1], 0)
+    assert view.grid.columns() == len(STEP_TERMS)  # the guidance terms in a row of their own
+    assert "Guidance" in view.note.text() and "conditional" in view.legend.text()
+    assert "σ_t = 0. " in view.note.text()  # DDIM with eta = 0 adds no noise
+    assert _grab_variance(view) > 10  # images and a plot are drawn
+
+
+def test_step_terms_beyond_the_images_kept_and_without_a_noise_term(qtbot, panel, bundle, monkeypatch):
+    from ddpm_gui.core.spec import SAMPLERS
+    from ddpm_gui.core.terms import STEP_TERMS, decomposes
+    from ddpm_gui.engine import terms
+    from ddpm_gui.engine.sampler import SampleConfig
+    from ddpm_gui.qt.panels.step_terms import NO_NOISE_TEXT
+
+    monkeypatch.setattr(terms, "TERMS_BUDGET_BYTES", 1)  # term images for the first image only
+    frames = _run(qtbot, panel, bundle, n=3, steps=3)
+    view = panel.terms_view
+    panel.view_tabs.setCurrentWidget(view)
+    assert all(len(f.images["eps"]) == 1 for f in frames)
+    view.set_image(2)
+    assert view.grid.count() == 0 and "first 1 images" in view.note.text()
+    x, y = view._curves["eps"].getData()
+    np.testing.assert_allclose(
+        y, view.norms()[1][:, STEP_TERMS.index("eps"), 2]
+    )  # the norms are there for all
+    view.set_image(0)
+    _shown_terms(view, panel.frames()[panel.player.current()], 0)
+    multistep = [s for s in SAMPLERS if not decomposes(s)]
+    if not multistep:
+        return
+    cfg = SampleConfig(n=2, sampler=multistep[0], steps=3, seed=0)
+    view.clear()
+    mframes = list(terms.sample_frames_with_terms(bundle, cfg))
+    for f in mframes:
+        view.add_frame(f)
+    view.show_frame(mframes[1])
+    assert view.names() == ("x_t", "eps", "x0", "x_prev") and view.grid.count() == 4
+    assert NO_NOISE_TEXT in view.note.text() and mframes[1].sigma is None

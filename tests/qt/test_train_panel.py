@@ -564,3 +564,85 @@ def test_several_gpus_offer_a_multi_gpu_run(panel, tmp_path, monkeypatch):
     panel._update_buttons()
     assert not panel.pause_btn.isEnabled()
     panel.state.set_training(False)
+
+
+def test_step_while_paused_shows_the_step_and_takes_an_lr_edit(qtbot, panel, state, tmp_path):
+    run_dir = tmp_path / "stepped"
+    configure(
+        panel, run_dir, steps=100_000, batch=4, log_every=1, checkpoint_every=0, warmup_steps=0, lr=0.001
+    )
+    assert panel.start()
+    qtbot.waitUntil(lambda: panel.last_step >= 2, timeout=60_000)
+    assert not panel.step_btn.isEnabled()  # running: no single steps
+    panel.pause()
+    qtbot.waitUntil(lambda: "Paused" in panel.stats_label.text(), timeout=30_000)
+    assert panel.step_btn.isEnabled() and panel.step_btn.text() == tp.TEXTS["step"]
+    s = panel.trainer.step
+    # a setting that needs a restart: Step refuses it with a message and makes no step
+    panel.batch_spin.setValue(2)
+    assert panel.step_once() is False and "continue from a checkpoint" in panel.form.config_error.text()
+    panel.batch_spin.setValue(4)
+    panel.lr_edit.setText("0.0005")
+    panel.step_btn.click()
+    qtbot.waitUntil(lambda: panel.view.step_view.last is not None, timeout=60_000)
+    e = panel.view.step_view.last
+    assert e.step == s + 1 and panel.trainer.step == s + 1 and panel.last_step == s + 1
+    assert e.lr == 0.0005 and panel.trainer.optim.param_groups[0]["lr"] == 0.0005  # the edit took effect
+    assert panel.view.pages.currentWidget() is panel.view.step_view
+    assert panel.view.step_view.rows["xt"].count() == 4 and len(e.t) == 4
+    assert panel.view.step_view.table.rowCount() == len(e.grad_norms) > 0
+    assert panel.view.step_view.grouped() and "Paused at step" in panel.stats_label.text()
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert {"step": s, "event": "settings", "changed": {"lr": [0.001, 0.0005]}} in records
+    from ddpm_gui.engine.config import load_run_config
+
+    assert load_run_config(run_dir).lr == 0.0005
+    panel.step_once()
+    qtbot.waitUntil(lambda: panel.view.step_view.last.step == s + 2, timeout=60_000)
+    assert panel.is_paused()  # still paused after its steps
+    panel.resume()  # nothing left to change: the same run goes on
+    qtbot.waitUntil(lambda: panel.trainer.step > s + 3, timeout=60_000)
+    assert panel.trainer.config.lr == 0.0005 and panel.trainer.optim.param_groups[0]["lr"] == 0.0005
+    panel.stop()
+    qtbot.waitUntil(lambda: not panel.is_busy(), timeout=60_000)
+    assert panel.last_finished is not None and panel.last_finished.reason == "stopped"
+    assert panel.error_label.isHidden(), panel.error_label.text()
+
+
+def test_a_schedule_from_the_forward_tab_trains_the_next_run(qtbot, panel, state, tmp_path, monkeypatch):
+    import torch
+
+    from ddpm_gui.core.schedule import SCHEDULE_PRESETS, NoiseSchedule, ScheduleConfig
+    from ddpm_gui.engine.config import load_run_config
+    from ddpm_gui.qt.panels import forward_panel as fp
+
+    monkeypatch.setattr(fp, "SHOW_DIALOGS", False)
+    fwd = fp.ForwardPanel(state)
+    qtbot.addWidget(fwd)
+    try:
+        custom = ScheduleConfig(kind="linear", T=50, beta_start=2e-4, beta_end=0.05, rescale_zero_snr=True)
+        fwd.set_schedule(custom)
+        assert panel.schedule_row.schedule() != custom
+        fwd.train_btn.click()  # one click
+        sent = fwd.schedule().betas.clone()
+        assert panel.schedule_row.schedule() == fwd.schedule().config == custom
+        assert panel.prediction_combo.currentData() == "v"  # zero terminal SNR trains with v-prediction
+        assert "T=50" in panel.schedule_combo.currentText() and "keeps 0%" in panel.schedule_row.label.text()
+        shown = panel.schedule_row.plots.curves["beta"].getData()[1]  # the Forward tab's plots, on the form
+        np.testing.assert_array_equal(shown, fwd.schedule().betas.double().numpy())
+        run_dir = tmp_path / "sched"
+        configure(panel, run_dir, steps=2, batch=4)
+        assert panel.start()
+        # sent while a run goes on: it waits for the next new run, the run's own schedule stays shown
+        fwd.set_schedule("cosine")
+        fwd.use_for_training()
+        assert panel.schedule_row.pending == SCHEDULE_PRESETS["cosine"]
+        assert panel.schedule_row.schedule() == custom
+        qtbot.waitUntil(lambda: not panel.is_busy(), timeout=60_000)
+        assert panel.last_finished is not None and panel.last_finished.reason == "completed"
+        trained = load_run_config(run_dir)
+        assert trained.schedule == custom and trained.prediction == "v"
+        assert torch.equal(NoiseSchedule(trained.schedule).betas, sent)  # the same beta sequence
+        assert panel.schedule_row.schedule() == SCHEDULE_PRESETS["cosine"]  # the next run's
+    finally:
+        fwd.shutdown()

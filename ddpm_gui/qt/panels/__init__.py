@@ -12,6 +12,8 @@ PANELS: tuple[tuple[str, str, str], ...] = (
     ("ddpm_gui.qt.panels.forward_panel", "ForwardPanel", "Forward process"),
     ("ddpm_gui.qt.panels.train_panel", "TrainPanel", "Train"),
     ("ddpm_gui.qt.panels.sample_panel", "SamplePanel", "Sample"),
+    ("ddpm_gui.qt.panels.ab_panel", "ABPanel", "A/B"),
     ("ddpm_gui.qt.panels.denoise_panel", "DenoisePanel", "Denoise"),
     ("ddpm_gui.qt.panels.runs_panel", "RunsPanel", "Runs"),
+    ("ddpm_gui.qt.panels.toy2d_panel", "Toy2DPanel", "2D"),
 )

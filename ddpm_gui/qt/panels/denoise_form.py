@@ -1,5 +1,6 @@
 """The Denoise tab's settings: the image (the dataset, the built-in shapes, or a file) and how to noise and
-denoise it (t, K, seed, sampler). `imageChanged` follows every change of the image to noise."""
+denoise it (t, K, seed, sampler; the class and guidance of a class-conditional model), or to inpaint it (RePaint: the jump length and the number of resamples).
+`imageChanged` follows every change of the image to noise, `inpaintChanged` the inpainting switch."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from pathlib import Path
 import numpy as np
 from PySide6.QtCore import Qt, Signal, Slot
 from PySide6.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QGroupBox,
@@ -20,7 +23,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from ddpm_gui.core.inpaint import MAX_RESAMPLES
+from ddpm_gui.core.spec import ScheduleConfig
 from ddpm_gui.data.imageio import fit_square, load_image
+from ddpm_gui.engine.inpaint import DEFAULT_JUMP_LENGTH, DEFAULT_RESAMPLES, chain_moves
 from ddpm_gui.errors import DDPMError
 from ddpm_gui.qt.imageview import ImageGrid
 from ddpm_gui.qt.state import AppState
@@ -36,6 +42,7 @@ IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.bmp *.gif *.webp *.tif *.tiff);;All
 
 class DenoiseForm(QWidget):
     imageChanged = Signal()
+    inpaintChanged = Signal(bool)
 
     def __init__(self, state: AppState, messages: Messages, parent: QWidget | None = None):
         super().__init__(parent)
@@ -52,6 +59,7 @@ class DenoiseForm(QWidget):
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self._image_box())
         lay.addWidget(self._run_box())
+        lay.addWidget(self._inpaint_box())
         state.dataChanged.connect(self._on_data_changed)
         self._on_data_changed(state.data)
 
@@ -102,18 +110,140 @@ class DenoiseForm(QWidget):
         self.seed_spin = QSpinBox()
         self.seed_spin.setRange(0, 2**31 - 1)
         self.sampler_form = SamplerForm(default="ddpm-beta", ddim_steps=20)
+        self.class_combo = QComboBox()
+        self.class_combo.setToolTip("Class-conditional models only: the class the model is asked for")
+        self.class_combo.currentIndexChanged.connect(self._update_class_controls)
+        self.guidance_spin = QDoubleSpinBox()
+        self.guidance_spin.setRange(0.0, 20.0)
+        self.guidance_spin.setSingleStep(0.5)
+        self.guidance_spin.setValue(3.0)
+        self.guidance_spin.setToolTip(
+            "Classifier-free guidance scale w: 1 = plain conditional, higher = stronger"
+        )
         form = QFormLayout()
         t_label = QLabel("Noise to &t:")
         t_label.setBuddy(self.t_spin)
         form.addRow(t_label, t_row)
         form.addRow(self.t_note)
+        self._t_rows = (form, t_row, self.t_note)  # hidden while inpainting, which does not use t
         form.addRow("&K continuations:", self.k_spin)
         form.addRow("See&d:", self.seed_spin)
+        form.addRow("Cl&ass:", self.class_combo)
+        form.addRow("G&uidance:", self.guidance_spin)
         box = QGroupBox("Noise, then denoise")
         rv = QVBoxLayout(box)
         rv.addLayout(form)
         rv.addWidget(self.sampler_form)
         return box
+
+    def _inpaint_box(self) -> QGroupBox:
+        # a checkable box: its title is the switch, its settings are shown only while it is on
+        self.inpaint_check = box = QGroupBox("&Inpaint the painted region (RePaint)")
+        box.setCheckable(True)
+        box.setChecked(False)
+        box.setToolTip(
+            "RePaint: paint a mask on the image; the painted region starts from pure noise at t = T-1 and the "
+            "rest of the image is the original, noised to each step"
+        )
+        self.jump_spin = QSpinBox()
+        self.jump_spin.setRange(1, 99)
+        self.jump_spin.setValue(DEFAULT_JUMP_LENGTH)
+        self.jump_spin.setToolTip("Jump length j: how many steps the chain goes back up by forward diffusion")
+        self.resample_spin = QSpinBox()
+        self.resample_spin.setRange(0, MAX_RESAMPLES)
+        self.resample_spin.setValue(DEFAULT_RESAMPLES)
+        self.resample_spin.setToolTip(
+            "Resamples r: how many times each stretch of j steps is noised again and redone (0: no resampling)"
+        )
+        self.calls_note = QLabel()
+        self.calls_note.setStyleSheet(INFO_STYLE)
+        self.calls_note.setWordWrap(True)
+        row = QHBoxLayout()
+        for text, spin in (("&Jump length:", self.jump_spin), ("&Resamples:", self.resample_spin)):
+            label = QLabel(text)
+            label.setBuddy(spin)
+            row.addWidget(label)
+            row.addWidget(spin, 1)
+        self._inpaint_body = QWidget()
+        v = QVBoxLayout(self._inpaint_body)
+        v.setContentsMargins(0, 0, 0, 0)
+        v.addLayout(row)
+        v.addWidget(self.calls_note)
+        QVBoxLayout(box).addWidget(self._inpaint_body)
+        box.toggled.connect(self._on_inpaint_toggled)
+        for w in (self.jump_spin, self.resample_spin):
+            w.valueChanged.connect(self._update_calls_note)
+        self._on_inpaint_toggled(False)
+        return box
+
+    # ------------------------------------------------------------------ class and guidance
+    def class_kwargs(self) -> dict:
+        """SampleConfig's class_label and guidance: no class (and no guidance) for an unconditional model."""
+        b = self._model
+        label = self.class_combo.currentData() if b is not None and b.num_classes else None
+        return {"class_label": label, "guidance": self.guidance_spin.value() if label is not None else 1.0}
+
+    def _fill_classes(self, b) -> None:
+        keep = self.class_combo.currentData()
+        self.class_combo.blockSignals(True)
+        self.class_combo.clear()
+        self.class_combo.addItem("any (unconditional)", None)
+        if b is not None and b.num_classes:
+            names = b.class_names or [str(i) for i in range(b.num_classes)]
+            for i in range(b.num_classes):
+                self.class_combo.addItem(f"{i}: {names[i] if i < len(names) else i}", i)
+        self.class_combo.setCurrentIndex(max(self.class_combo.findData(keep), 0))
+        self.class_combo.blockSignals(False)
+        self._update_class_controls()
+
+    @Slot()
+    def _update_class_controls(self, *_args) -> None:
+        b = self._model
+        cond = b is not None and bool(b.num_classes)
+        self.class_combo.setEnabled(cond)
+        # guidance needs the model's "no class" row (models of other tools may have none)
+        guided = cond and getattr(b, "null_class", None) is not None
+        self.guidance_spin.setEnabled(guided and self.class_combo.currentData() is not None)
+
+    # ------------------------------------------------------------------ inpainting
+    def inpainting(self) -> bool:
+        return self.inpaint_check.isChecked()
+
+    def repaint_settings(self) -> tuple[int, int]:
+        """(jump length, resamples)."""
+        return self.jump_spin.value(), self.resample_spin.value()
+
+    def inpaint_moves(self) -> tuple[int, int]:
+        """(moves, model calls per image) of the RePaint chain these settings ask for."""
+        return chain_moves(self._T(), *self.repaint_settings())
+
+    def _T(self) -> int:
+        """The model's number of diffusion steps (the default schedule's without a model)."""
+        return self._model.schedule.T if self._model is not None else ScheduleConfig().T
+
+    @Slot(bool)
+    def _on_inpaint_toggled(self, on: bool) -> None:
+        self._inpaint_body.setVisible(on)
+        form, *rows = self._t_rows
+        for row in rows:  # inpainting starts from pure noise: t is not used
+            form.setRowVisible(row, not on)
+        self._update_calls_note()
+        self.inpaintChanged.emit(on)
+
+    @Slot()
+    def _update_calls_note(self, *_args) -> None:
+        T = self._T()
+        _moves, calls = self.inpaint_moves()
+        j, r = self.repaint_settings()
+        how = (
+            "no resampling"
+            if r == 0
+            else f"every {j} steps, back up {j} steps by forward diffusion and redo them, {r}×"
+        )
+        self.calls_note.setText(
+            f"Only the painted region changes, from pure noise at t = {T - 1}; {how}: {calls:,} model calls "
+            "per image."
+        )
 
     # ------------------------------------------------------------------ the image
     def pool(self) -> tuple[np.ndarray, np.ndarray | None, list[str] | None, str]:
@@ -225,8 +355,11 @@ class DenoiseForm(QWidget):
             hi = max(T - 1, 0)
             for w in (self.t_slider, self.t_spin):
                 w.setMaximum(hi)
+            self.jump_spin.setMaximum(max(hi, 1))
             if self._builtin is not None and self._builtin[0].shape[1] != b.image_size:
                 self._builtin = None
                 self._on_data_changed(self.state.data)
         self._refit_file()
+        self._fill_classes(b)
+        self._update_calls_note()
         self.imageChanged.emit()

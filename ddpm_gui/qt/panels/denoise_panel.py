@@ -12,6 +12,10 @@ once; every other label of this tab speaks of t.
 
 Image files (Open, or dropped on the panel) go through the app's one image loader
 (`data.imageio.load_image`), at the model's size; when the model's size changes, the file is read again.
+Inpainting (the form's switch): the original becomes a MaskPainter (qt/mask_painter.py); the painted region
+is regenerated K ways from pure noise at t = T-1 by RePaint (engine/inpaint.py), the rest of the image kept,
+with the form's jump length and number of resamples. Its frames include the forward (resampling) moves.
+
 A checkpoint or run folder dropped here becomes the app's model (AppState.set_bundle). The tab exports
 what it shows (qt/exports.py): a PNG of the row (original, noised start, K results, as `ddpm-gui denoise
 --out` writes it) and an animated GIF or WebP of that row through the reverse chain.
@@ -24,10 +28,11 @@ from pathlib import Path
 
 import numpy as np
 from PySide6.QtCore import Slot
-from PySide6.QtWidgets import QHBoxLayout, QLabel, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QStackedWidget, QVBoxLayout, QWidget
 
 from ddpm_gui.qt.exports import export_scale, tile
 from ddpm_gui.qt.imageview import ImageGrid
+from ddpm_gui.qt.mask_painter import MaskEditor
 from ddpm_gui.qt.panels.chain_panel import ChainPanel
 from ddpm_gui.qt.panels.denoise_form import DenoiseForm
 from ddpm_gui.qt.player import FramePlayer
@@ -57,7 +62,9 @@ class DenoisePanel(ChainPanel):
         self._original: np.ndarray | None = None  # the image of the last run
         self._seed_used = 0
         self._t_used = 0
+        self._repaint_used: tuple[int, int] | None = None  # (jump length, resamples) of an inpainting run
         self.form.imageChanged.connect(self._show_original)
+        self.form.inpaintChanged.connect(self._on_inpaint_toggled)
         self.form.t_spin.valueChanged.connect(self._update_t_note)
         self._on_bundle(state.bundle)
 
@@ -89,6 +96,10 @@ class DenoisePanel(ChainPanel):
 
     def _results_view(self) -> QWidget:
         self.original_view = ImageGrid(captions_visible=False)
+        self.mask_editor = MaskEditor()
+        self.original_stack = QStackedWidget()
+        self.original_stack.addWidget(self.original_view)
+        self.original_stack.addWidget(self.mask_editor)
         self.start_view = ImageGrid(captions_visible=False)
         self.starts_grid = ImageGrid(captions_visible=False)
         self.results_grid = ImageGrid()
@@ -98,7 +109,7 @@ class DenoisePanel(ChainPanel):
         self.results_title = QLabel("<b>continuations</b>: the reverse process from each noised start")
         top = QHBoxLayout()
         for title, view, stretch in (
-            (self.original_title, self.original_view, 1),
+            (self.original_title, self.original_stack, 1),
             (self.start_title, self.start_view, 1),
             (self.starts_title, self.starts_grid, 2),
         ):
@@ -129,7 +140,16 @@ class DenoisePanel(ChainPanel):
     @Slot()
     def _show_original(self) -> None:
         self.original_view.set_images(self.image())
+        self.mask_editor.painter.set_image(self.image())
         self.original_title.setText(f"<b>original</b> ({self.form.image_caption()})")
+
+    @Slot(bool)
+    def _on_inpaint_toggled(self, on: bool) -> None:
+        self.original_stack.setCurrentWidget(self.mask_editor if on else self.original_view)
+        self.starts_title.setText(
+            "<b>all K starts</b>" if on else "<b>all K noised starts</b> (independent noise)"
+        )
+        self._show_original()
 
     def _drop_other(self, path: Path, kind: str) -> bool:
         if kind == "image":
@@ -147,7 +167,7 @@ class DenoisePanel(ChainPanel):
         self._show_model(b)
         if b is not None:
             T = b.schedule.T  # type: ignore[attr-defined]
-            self.player.set_label_func(self._frame_label, widest=self._label_text(T, T, T - 1, True))
+            self._set_widest_label(self._label_text(T, T, T - 1, True))
         self.form.set_model(b)
         self._update_t_note()
         self._show_original()
@@ -195,9 +215,15 @@ class DenoisePanel(ChainPanel):
         t = min(self.form.t_spin.value(), b.schedule.T - 1)
         k = self.form.k_spin.value()
         seed = self.form.seed_spin.value()
+        if self.form.inpainting():
+            return self._run_inpaint(b, image, k, seed)
+        self._repaint_used = None
+        self._set_widest_label(self._label_text(b.schedule.T, b.schedule.T, b.schedule.T - 1, True))
         chain = self.form.sampler_form.chain_length(t)
         every = frames_every(chain, k, b.image_size)
-        cfg = SampleConfig(n=k, seed=seed, every=every, **self.form.sampler_form.kwargs())
+        cfg = SampleConfig(
+            n=k, seed=seed, every=every, **self.form.sampler_form.kwargs(), **self.form.class_kwargs()
+        )
         self._seed_used, self._t_used, self._original = seed, t, image
         for view in (self.start_view, self.starts_grid, self.results_grid):
             view.clear()
@@ -207,6 +233,38 @@ class DenoisePanel(ChainPanel):
             lambda stop: denoise_frames(accelerated(b), image, t=t, k=k, seed=seed, cfg=cfg, stop=stop),
             1 + kept_frames(chain, every),  # the noised starts, then the chain
             f"Noising to t = {t}, then {chain} reverse steps for {k} images…",
+        )
+
+    def _run_inpaint(self, b, image: np.ndarray, k: int, seed: int) -> bool:
+        from ddpm_gui.engine.inpaint import EMPTY_MASK_TEXT, inpaint_frames
+        from ddpm_gui.engine.sampler import SampleConfig, accelerated
+
+        mask = self.mask_editor.painter.mask()
+        if not mask.any():
+            self.messages.error(f"{EMPTY_MASK_TEXT} The left button paints, the right button erases.")
+            return False
+        jump, resamples = self.form.repaint_settings()
+        moves, calls = self.form.inpaint_moves()
+        every = frames_every(moves, k, b.image_size)
+        cfg = SampleConfig(
+            n=k, seed=seed, every=every, **self.form.sampler_form.kwargs(), **self.form.class_kwargs()
+        )
+        T = b.schedule.T
+        self._seed_used, self._t_used, self._original = seed, T - 1, image
+        self._repaint_used = (jump, resamples)
+        for view in (self.start_view, self.starts_grid, self.results_grid):
+            view.clear()
+        self.start_title.setText(f"<b>start</b> (t = {T - 1})")
+        self.start_title.setToolTip("Pure noise where painted; elsewhere the original noised to t")
+        widest = self._label_text(moves - 1, moves, T - 1, True, T)  # longer than any label of the chain
+        self._set_widest_label(widest)
+        self.results_title.setText("<b>inpaintings</b>: the painted region regenerated")
+        return self._start_chain(
+            lambda stop: inpaint_frames(
+                accelerated(b), image, mask, k, seed, cfg, jump_length=jump, resamples=resamples, stop=stop
+            ),
+            1 + kept_frames(moves, every),
+            f"Inpainting {k} images: {calls:,} model calls each ({moves:,} steps with the resampling)…",
         )
 
     @Slot()
@@ -220,6 +278,8 @@ class DenoisePanel(ChainPanel):
         super()._on_frame(f)
 
     def _done_text(self) -> str:
+        if self._repaint_used is not None:
+            return f"Done: {len(self._frames[-1].xt)} inpaintings (seed {self._seed_used})."
         return f"Done: {len(self._frames[-1].xt)} continuations (seed {self._seed_used})."
 
     def _stopped_text(self) -> str:
@@ -227,23 +287,37 @@ class DenoisePanel(ChainPanel):
 
     # ------------------------------------------------------------------ frames
     @staticmethod
-    def _label_text(index: int, total: int, t: int, final: bool) -> str:
+    def _label_text(index: int, total: int, t: int, final: bool, t_next: int | None = None) -> str:
         if index < 0:
             return f"noised starts · t = {t}"
+        if t_next is not None:  # a RePaint chain: reverse and forward (resampling) moves; -1: the clean image
+            to = "x₀" if t_next < 0 else f"{t_next}"
+            kind = " · resampling" if t_next > t else ""
+            return f"step {index + 1} of {total} · t = {t} → {to}{kind}" + (" · final" if final else "")
         return f"reverse step {index + 1} of {total} · t = {t}" + (" · final" if final else "")
+
+    def _set_widest_label(self, widest: str) -> None:
+        self.player.set_label_func(self._frame_label, widest=widest)
 
     def _frame_label(self, i: int, n: int) -> str:
         f = self._kept(i)
         if f is None:
             return ""
-        return self._label_text(f.index, f.total, f.t, f.final)
+        return self._label_text(f.index, f.total, f.t, f.final, getattr(f, "t_next", None))
 
     @Slot(int)
     def _show_frame(self, i: int) -> None:
         f = self._kept(i)
         if f is None:
             return
-        if f.final:
+        if f.final and self._repaint_used is not None:
+            self.results_grid.set_images(f.xt, captions=[f"#{j + 1}" for j in range(len(f.xt))])
+            jump, resamples = self._repaint_used
+            self.results_title.setText(
+                f"<b>{len(f.xt)} inpaintings</b> of the painted region (jump length {jump}, "
+                f"{resamples} resamples, seed {self._seed_used})"
+            )
+        elif f.final:
             self.results_grid.set_images(f.xt, captions=[f"#{j + 1}" for j in range(len(f.xt))])
             self.results_title.setText(
                 f"<b>{len(f.xt)} continuations</b> of the image noised to t = {self._t_used} "
@@ -251,8 +325,11 @@ class DenoisePanel(ChainPanel):
             )
         else:
             self.results_grid.set_images(f.xt)
-            where = "the K noised starts" if f.index < 0 else f"reverse step {f.index + 1} of {f.total}"
-            self.results_title.setText(f"<b>continuations</b>: {where} (t = {f.t})")
+            inpaint = self._repaint_used is not None
+            step = "step" if inpaint else "reverse step"  # a RePaint chain also steps forward
+            where = "the K noised starts" if f.index < 0 else f"{step} {f.index + 1} of {f.total}"
+            what = "inpaintings" if inpaint else "continuations"
+            self.results_title.setText(f"<b>{what}</b>: {where} (t = {getattr(f, 't_next', f.t)})")
 
     # ------------------------------------------------------------------ results (tests, export)
     def results(self) -> np.ndarray | None:

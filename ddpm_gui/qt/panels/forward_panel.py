@@ -139,7 +139,12 @@ class ForwardPanel(QWidget):
             self.save_animation,
             "Both processes side by side, x_0 to x_T, as an animated GIF or WebP",
         )
-        boxes = [self._image_box(), self.schedule_editor, self._noise_box()]
+        self.train_btn = button(
+            "&Use for training",
+            self.use_for_training,
+            "Train the Train tab's next run with this noise schedule (kind, T, beta range, zero terminal SNR)",
+        )
+        boxes = [self._image_box(), self.schedule_editor, self.train_btn, self._noise_box()]
         scroll = side_column([*boxes, (self.png_btn, self.anim_btn), self.messages], 370, 370)
 
         self.plots = SchedulePlots(self)
@@ -247,6 +252,12 @@ class ForwardPanel(QWidget):
     def set_schedule(self, cfg: ScheduleConfig | str) -> None:
         """Set the editor to a config or a preset name."""
         self.schedule_editor.set_schedule(cfg)
+
+    def use_for_training(self) -> ScheduleConfig:
+        """Send the schedule shown (the last valid one) to the Train tab's next run."""
+        cfg = self.schedule().config
+        self.state.use_schedule_for_training(cfg)
+        return cfg
 
     def warning_text(self) -> str:
         return self.schedule_editor.warning_text()

@@ -2,9 +2,11 @@
 
 The model is the app's current one (AppState.bundle: trained in the Train tab, opened from the File menu,
 loaded with this panel's Load button, or a checkpoint or run folder dropped on the panel; every one of
-them enters through AppState.set_bundle). `sample_frames` runs in a job and yields small uint8 frames
-(x_t and the predicted x_0); at most ~100 are kept, so a finished run can be scrubbed to any step with
-the FramePlayer and exported (qt/exports.py) as a PNG grid or an animated GIF or WebP.
+them enters through AppState.set_bundle). `sample_frames_with_terms` (engine/terms.py: sample_frames' frames
+with the terms of their steps) runs in a job and yields small uint8 frames (x_t and the predicted x_0); at
+most ~100 are kept, so a finished run can be scrubbed to any step with the FramePlayer and exported
+(qt/exports.py) as a PNG grid or an animated GIF or WebP. The "Step terms" tab beside the grids
+(panels/step_terms.py) shows every term of the step under the slider for one image, clicked in the grids.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from PySide6.QtWidgets import (
     QMenu,
     QPushButton,
     QSpinBox,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
@@ -30,6 +33,7 @@ from PySide6.QtWidgets import (
 from ddpm_gui.qt.exports import export_scale, tile
 from ddpm_gui.qt.imageview import ImageGrid
 from ddpm_gui.qt.panels.chain_panel import ChainPanel
+from ddpm_gui.qt.panels.step_terms import StepTermsView
 from ddpm_gui.qt.player import FramePlayer
 from ddpm_gui.qt.state import AppState
 from ddpm_gui.qt.style import INFO_STYLE
@@ -126,16 +130,28 @@ class SamplePanel(ChainPanel):
         self.x0_grid = ImageGrid()
         self.player = FramePlayer(fps=10)
         self.player.frameChanged.connect(self._show_frame)
-        grids = QHBoxLayout()
+        samples, grids = laid_out(QHBoxLayout)
         for title, grid in ((self.xt_title, self.xt_grid), (self.x0_title, self.x0_grid)):
             col = QVBoxLayout()
             col.addWidget(title)
             col.addWidget(grid, 1)
             grids.addLayout(col, 1)
+            grid.clicked.connect(self._pick_image)
+            grid.setToolTip("Click an image to see the terms of its steps (Step terms)")
+        self.terms_view = StepTermsView()
+        self.terms_view.imageChanged.connect(self._on_terms_image)
+        self.view_tabs = QTabWidget()
+        self.view_tabs.setDocumentMode(True)
+        self.view_tabs.addTab(samples, "Samples")
+        self.view_tabs.addTab(self.terms_view, "Step terms")
+        self.view_tabs.setTabToolTip(
+            1, "Every term of the step under the slider: x_t, ε̂, x̂₀, the deterministic part, σ_t·z, x_(t-1)"
+        )
+        self.view_tabs.currentChanged.connect(lambda _i: self._show_frame(self.player.current()))
         self.frame_label = QLabel("")
         self.frame_label.setStyleSheet(INFO_STYLE)
         right, rv = laid_out(QVBoxLayout, margins=(4, 0, 0, 0))
-        rv.addLayout(grids, 1)
+        rv.addWidget(self.view_tabs, 1)
         rv.addWidget(self.player)
         rv.addWidget(self.frame_label)
         self.player.install_shortcuts(right)
@@ -220,7 +236,8 @@ class SamplePanel(ChainPanel):
         b = self.bundle()
         if b is None or self._job.is_busy():
             return False
-        from ddpm_gui.engine.sampler import accelerated, sample_frames
+        from ddpm_gui.engine.sampler import accelerated
+        from ddpm_gui.engine.terms import sample_frames_with_terms
         from ddpm_gui.errors import DDPMError
 
         cfg = self.sample_config()
@@ -233,8 +250,9 @@ class SamplePanel(ChainPanel):
             return False
         sampler = self.sampler_form.combo.currentText()
         self._run_info = f"{sampler}, {chain} steps, seed {cfg.seed}"
+        self.terms_view.clear()
         return self._start_chain(
-            lambda stop: sample_frames(accelerated(b), cfg, stop=stop),
+            lambda stop: sample_frames_with_terms(accelerated(b), cfg, stop=stop),
             kept_frames(chain, cfg.every),
             f"Sampling {cfg.n} images ({self._run_info})…",
         )
@@ -255,6 +273,19 @@ class SamplePanel(ChainPanel):
     def frames(self) -> list:
         return list(self._frames)
 
+    def _on_frame(self, frame) -> None:
+        self.terms_view.add_frame(frame)  # before the player shows it: its norms are in the plot
+        super()._on_frame(frame)
+
+    @Slot(int)
+    def _pick_image(self, i: int) -> None:
+        """An image clicked in the Samples grids: the Step terms view shows its terms."""
+        self.terms_view.set_image(i)
+
+    @Slot(int)
+    def _on_terms_image(self, _i: int) -> None:
+        self._show_frame(self.player.current())
+
     def _frame_label(self, i: int, n: int) -> str:
         f = self._kept(i)
         if f is None:
@@ -266,6 +297,12 @@ class SamplePanel(ChainPanel):
         f = self._kept(i)
         if f is None:
             return
+        self.frame_label.setText(
+            f"frame {i + 1} of {len(self._frames)} kept · reverse step {f.index + 1} of {f.total} · t = {f.t}"
+        )
+        if self.view_tabs.currentWidget() is self.terms_view:
+            self.terms_view.show_frame(f)  # the hidden grids are drawn when their tab is shown
+            return
         cols = max(1, math.ceil(math.sqrt(len(f.xt))))
         self.xt_grid.set_images(f.xt, columns=cols)
         self.x0_grid.set_images(f.x0, columns=cols)
@@ -273,9 +310,6 @@ class SamplePanel(ChainPanel):
             self.xt_title.setText("<b>samples</b>: the final images")
         else:
             self.xt_title.setText(f"<b>x<sub>t</sub></b> after step {f.index + 1} (t = {f.t})")
-        self.frame_label.setText(
-            f"frame {i + 1} of {len(self._frames)} kept · reverse step {f.index + 1} of {f.total} · t = {f.t}"
-        )
 
     # ------------------------------------------------------------------ export
     def export_folder(self) -> Path:

@@ -9,8 +9,10 @@ queued signal would never reach a worker busy in its loop. Stop makes the Traine
 end with Finished(reason="stopped").
 
 A paused run, and a run folder loaded to be continued, offer only the settings a resumed run may change
-(RESUMABLE). Edits to a paused run take effect through a checkpoint: the run stops (saving one) and
-continues from it with the new settings.
+(RESUMABLE). A paused run takes one training step at a time ("Step", shown on the run view's One step
+page) and takes edits of the learning rate and the other settings it can change in place on its next
+step; other edits take effect through a checkpoint: the run stops (saving one) and continues from it
+with the new settings (qt/train/paused.py).
 
 "Resume" (the Pause button while paused) goes on with this run; "Continue a saved run…" loads an older
 run folder to go on from its newest checkpoint. Each button keeps its own Alt+letter (TEXTS), which the
@@ -47,8 +49,10 @@ from ddpm_gui.qt.train.form import SettingsForm, gpus_row, setting_values
 from ddpm_gui.qt.train.jobs import BundleReady, devices, is_progress, train_iter
 from ddpm_gui.qt.train.model_size import ModelSize
 from ddpm_gui.qt.train.multi_gpu import MultiGpuRun
+from ddpm_gui.qt.train.paused import STEP_TIP, PausedRunActions
 from ddpm_gui.qt.train.quality import QualityBox
 from ddpm_gui.qt.train.run_view import RunView
+from ddpm_gui.qt.train.schedule_row import ScheduleRow
 from ddpm_gui.qt.workers import JobSlot, show_warning, shutdown_jobs
 
 # Tests set this to False: failures are then shown in the panel only, never in a dialog.
@@ -80,6 +84,7 @@ TEXTS = {
     "continue": "&Continue run",  # Start, when a saved run is loaded to be continued
     "pause": "&Pause",
     "resume": "&Resume",  # Pause, while paused
+    "step": "St&ep",  # one training step of a paused run
     "stop": "St&op",
     "saved_run": "Co&ntinue a saved run…",
     "new_run": "&New run",  # "Continue a saved run…", when one is loaded: back to a new run
@@ -96,7 +101,7 @@ def _dialogs() -> bool:
     return SHOW_DIALOGS
 
 
-class TrainPanel(QueueActions, QWidget):
+class TrainPanel(PausedRunActions, QueueActions, QWidget):
     def __init__(self, state: AppState, parent: QWidget | None = None):
         super().__init__(parent)
         self.state = state
@@ -136,6 +141,7 @@ class TrainPanel(QueueActions, QWidget):
         self.data_note = self.form.add_note("data")
         self.model_info_label = self.form.add_note("preset")
         self.model_size = ModelSize(self.model_info_label, self._model_key, self)
+        self.schedule_row = ScheduleRow(self.form, self.state)  # its plots, and the Forward tab's schedule
         self.gpus_spin = gpus_row(self.form)  # None unless several CUDA devices: a run on several GPUs
         self.run_edit = QLineEdit(str(timestamp_dir()))
         self.run_edit.setToolTip("Folder for config.toml, metrics.jsonl, checkpoints and sample grids.")
@@ -162,6 +168,7 @@ class TrainPanel(QueueActions, QWidget):
             "Pause; while paused, the settings a resumed run may change can be edited",
         )
         self.stop_btn = _button(TEXTS["stop"], self.stop, "Stop after the current step and save a checkpoint")
+        self.step_btn = _button(TEXTS["step"], self.step_once, STEP_TIP)
         self.resume_btn = _button(
             TEXTS["saved_run"],
             self._on_resume_clicked,
@@ -173,10 +180,10 @@ class TrainPanel(QueueActions, QWidget):
             "Send the model being trained (EMA weights) to the Sample and Denoise tabs",
         )
         buttons = QGridLayout()
-        for i, b in enumerate((self.start_btn, self.queue_btn, self.pause_btn, self.stop_btn)):
+        for i, b in enumerate((self.start_btn, self.queue_btn, self.pause_btn, self.step_btn, self.stop_btn)):
             buttons.addWidget(b, 0, i)
         buttons.addWidget(self.resume_btn, 1, 0, 1, 2)
-        buttons.addWidget(self.use_btn, 1, 2, 1, 2)
+        buttons.addWidget(self.use_btn, 1, 2, 1, 3)
 
         self.quality.slot.busyChanged.connect(lambda _busy: self._update_buttons())
         self.view.add_message(self.quality.label)
@@ -302,6 +309,7 @@ class TrainPanel(QueueActions, QWidget):
         mode = self._form_mode()
         if mode != self.form.mode:
             self.form.set_mode(mode)
+            self.schedule_row.apply_pending()
         running, stopping = self.is_busy(), self.train_slot.stopping()
         self.start_btn.setEnabled(not running and self._config_ok)
         self.queue_btn.setEnabled(self._config_ok and mode == "new")
@@ -311,6 +319,7 @@ class TrainPanel(QueueActions, QWidget):
         self.pause_btn.setEnabled(running and not stopping and not isinstance(self._trainer, MultiGpuRun))
         self.pause_btn.setText(TEXTS["resume"] if self.is_paused() else TEXTS["pause"])
         self.stop_btn.setEnabled(running and not stopping)
+        self.step_btn.setEnabled(self.can_step())
         self.use_btn.setEnabled(
             running and not stopping and self._last_step > 0 and not self.snapshot_slot.is_busy()
         )
@@ -422,25 +431,10 @@ class TrainPanel(QueueActions, QWidget):
         if not t.paused:
             t.pause()
             self.view.pausing()
-        else:
-            try:
-                edited = self._paused_edits()
-            except DDPMError as e:
-                self.form.show_error(str(e))
-                return
-            if edited is None:
-                t.resume()
-                self.view.unpausing()
-            else:  # through a checkpoint: stop (it saves one), then continue with the new settings
-                self._restart = edited
-                self.view.log("Continuing with the changed settings from a checkpoint…")
-                self.stop()
+        elif self.send_paused_edits(restart=True):  # the edits taken in place, or none
+            t.resume()
+            self.view.unpausing()
         self._update_buttons()
-
-    def _paused_edits(self) -> TrainConfig | None:
-        """The paused run's config with the form's edits, or None when nothing was changed."""
-        cfg = self.build_config()
-        return None if all(getattr(cfg, k) == getattr(self._run_cfg, k) for k in RESUMABLE) else cfg
 
     def pause(self) -> None:
         if self.is_busy() and not self.is_paused():
@@ -496,7 +490,7 @@ class TrainPanel(QueueActions, QWidget):
     # ------------------------------------------------------------------ events (GUI thread)
     def _on_event(self, e: object) -> None:
         self.view.show_event(e, paused=self.is_paused())
-        if isinstance(e, ev.Progress | ev.Started | ev.Paused):
+        if isinstance(e, ev.Progress | ev.Started | ev.Paused | ev.StepInspected):
             self._last_step = e.step
         self._tell_status(e)
         if isinstance(e, ev.CheckpointSaved):
@@ -522,7 +516,7 @@ class TrainPanel(QueueActions, QWidget):
             self.state.show_status(e.message, STATUS_MS if started else 0)
         elif isinstance(e, ev.Started):
             self.state.show_status(f"Training started on {self.view.device_text()}.", STATUS_MS)
-        elif isinstance(e, ev.Paused):
+        elif isinstance(e, ev.Paused | ev.StepInspected):
             self.state.show_status(f"Training paused at step {e.step:,}.")
         elif isinstance(e, ev.Resumed):
             self.state.show_status(f"Training resumed at step {e.step:,}.", STATUS_MS)

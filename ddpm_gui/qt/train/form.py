@@ -163,12 +163,15 @@ class SettingsForm(QWidget):
 
     def add_note(self, name: str) -> QLabel:
         """An information line under setting `name`'s row."""
+        return self.add_below(name, _note())
+
+    def add_below(self, name: str, widget: QWidget) -> QWidget:
+        """`widget` on a row of its own under setting `name`'s row (under its notes added before)."""
         w = self.widget(name)
         form = self.page_forms[next(t for t, f in self.page_forms.items() if f.indexOf(w) >= 0)]
         row, _role = form.getWidgetPosition(w)
-        note = _note()
-        form.insertRow(row + 1, "", note)
-        return note
+        form.insertRow(row + 1, "", widget)
+        return widget
 
     def add_row(self, page: str, label: str, field: QWidget | QHBoxLayout, buddy: QWidget) -> None:
         """A row that is not a TrainConfig setting (the run folder); `buddy` takes the focus on its Alt+key."""

@@ -1,4 +1,5 @@
-"""The Train tab's right side: progress, live figures, messages, loss curves, preview grid and log.
+"""The Train tab's right side: progress, live figures, messages, loss curves, preview grid and log, and
+the One step page (step_view.py) that shows a step made while paused.
 
 It only shows what a run reports (`show_event`); what the events mean for the run's control (the
 buttons, the current model, a quality check at each checkpoint) is the panel's business. Every line
@@ -13,7 +14,7 @@ import time
 from dataclasses import dataclass
 
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QLabel, QListWidget, QProgressBar, QSplitter, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QLabel, QListWidget, QProgressBar, QSplitter, QTabWidget, QVBoxLayout, QWidget
 
 from ddpm_gui.engine import events as ev
 from ddpm_gui.engine.config import TrainConfig
@@ -22,6 +23,7 @@ from ddpm_gui.engine.text import fmt_count, fmt_duration
 from ddpm_gui.qt.imageview import ImageGrid
 from ddpm_gui.qt.lossplot import LossPlot, TimestepLossPlot
 from ddpm_gui.qt.style import ERROR_STYLE, INFO_STYLE, WARNING_STYLE
+from ddpm_gui.qt.train.step_view import StepView
 
 LOG_LIMIT = 300  # entries kept in the log list
 NO_RUN = "No run yet."
@@ -76,7 +78,11 @@ class RunView(QWidget):
         self._layout.setContentsMargins(4, 0, 0, 0)
         for w in (self.progress, self.stats_label, self.run_label, self.estimate_label, self.error_label):
             self._layout.addWidget(w)
-        self._layout.addWidget(self._plots_and_preview(), 1)
+        self.step_view = StepView()
+        self.pages = QTabWidget()
+        self.pages.addTab(self._plots_and_preview(), "Curves and preview")
+        self.pages.addTab(self.step_view, "One step")
+        self._layout.addWidget(self.pages, 1)
 
     def _plots_and_preview(self) -> QSplitter:
         plots = QSplitter(Qt.Orientation.Vertical)
@@ -130,6 +136,8 @@ class RunView(QWidget):
         self.loss_plot.clear()
         self._val_at.clear()
         self.t_plot.clear()
+        self.step_view.clear()
+        self.pages.setCurrentIndex(0)
         if not resumed:
             self.preview_grid.clear()
             self.preview_label.setText("Preview: none yet")
@@ -171,17 +179,17 @@ class RunView(QWidget):
         threads = getattr(e, "threads", None)  # ThreadsUsed, or an engine event that carries the count
         if isinstance(threads, int) and threads > 0:
             self._threads = threads
-        if isinstance(e, ev.Progress):
+        handler = {ev.Started: self._started, ev.Validation: self._validation, ev.StepInspected: self._inspected,
+                   ev.SettingsChanged: self._settings_changed}.get(type(e))  # fmt: skip
+        if handler is not None:
+            handler(e)
+        elif isinstance(e, ev.Progress):
             self._progress(e, paused)
-        elif isinstance(e, ev.Started):
-            self._started(e)
         elif isinstance(e, ev.TimestepLoss):
             self.t_plot.set_values(e.loss_by_t)
         elif isinstance(e, ev.Preview):
             self.preview_grid.set_images(e.images, columns=max(1, math.ceil(math.sqrt(len(e.images)))))
             self.preview_label.setText(f"Preview at step {e.step:,} (the same starting noise every time)")
-        elif isinstance(e, ev.Validation):
-            self._validation(e)
         elif isinstance(e, ev.CheckpointSaved):
             best = ""
             if e.best:
@@ -236,6 +244,18 @@ class RunView(QWidget):
             self.estimate_label.setText(e.estimate_note)
             self.estimate_label.show()
             self.log(e.estimate_note)
+
+    def _inspected(self, e: ev.StepInspected) -> None:
+        """A step made while paused: on the One step page, shown at once."""
+        self.progress.setValue(min(e.step, self.progress.maximum()))
+        self.stats_label.setText(f"Paused at step {e.step:,} (one step made: loss {e.loss:.4f}).")
+        self.step_view.show_step(e)
+        self.pages.setCurrentWidget(self.step_view)
+        self.log(f"One step to step {e.step:,}: loss {e.loss:.4f}, gradient norm {e.grad_norm:.3g}")
+
+    def _settings_changed(self, e: ev.SettingsChanged) -> None:
+        for text in e.texts:
+            self.log(f"Changed in place: {text} (recorded in the run)")
 
     def _validation(self, e: ev.Validation) -> None:
         """A point of the validation curve (its bands too); a resumed run's curve comes back replayed."""
