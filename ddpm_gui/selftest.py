@@ -33,7 +33,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-TAB_TITLES = ["Data", "Forward process", "Train", "Sample", "Denoise", "Runs"]
+from ddpm_gui.qt.panels import PANELS  # the tab table only: imports no Qt
+
+TAB_TITLES = [title for _module, _cls, title in PANELS]
 ENGINE_TIMEOUT_S = 90.0  # a cold start from a slow disk; on this machine it takes 3-6 s
 DATA_TIMEOUT_S = 60.0
 N_IMAGES = 256

@@ -41,7 +41,7 @@ def cfg(**kw):
 
 def drive(trainer, pause_at: int, on_paused, until=None) -> list:
     """Run `trainer`, pausing once it has logged step `pause_at`; `on_paused(trainer)` is called at the
-    Paused event and `until(event)` decides at each later event whether to resume (default: at once)."""
+    Paused event and `until(event)` decides at each later event whether to resume (None: it never does)."""
     events = []
     for e in trainer.run():
         events.append(e)
@@ -189,3 +189,20 @@ def test_what_a_paused_run_may_change_in_place(tmp_path, small_data):
     with pytest.raises(ConfigError, match="Learning rate"):
         trainer.change_settings(lr=-1.0)
     assert not trainer._commands  # nothing refused was queued
+
+
+def test_a_step_in_micro_batches_and_fewer_steps_set_while_paused(tmp_path, small_data):
+    """With accumulate, the inspected step shows the whole batch; lowering the steps while paused ends the
+    run there, completed."""
+
+    def edit(t):
+        t.change_settings(steps=3)
+        t.request_step()
+
+    events = drive(Trainer(cfg(steps=100, accumulate=2), tmp_path / "a", data=small_data), 2, edit)
+    (e,) = [e for e in events if isinstance(e, ev.StepInspected)]
+    assert e.step == 3 and e.prediction.shape == (8, 16, 16, 3) and e.loss_per_image.shape == (8,)
+    np.testing.assert_allclose(
+        e.loss_per_image, ((e.prediction - e.target) ** 2).mean(axis=(1, 2, 3)), rtol=1e-5
+    )
+    assert isinstance(events[-1], ev.Finished) and events[-1].reason == "completed" and events[-1].step == 3

@@ -39,10 +39,19 @@ from ddpm_gui.engine import distributed
 from ddpm_gui.engine.checkpoint import optimizer_from_tensors, optimizer_to_tensors, prefixed, unprefixed
 from ddpm_gui.engine.config import TrainConfig
 from ddpm_gui.engine.control import grad_norms
-from ddpm_gui.engine.device import AUTOCAST_DTYPES, is_oom, micro_batches, pick_device, training_precision
+from ddpm_gui.engine.device import (
+    AUTOCAST_DTYPES,
+    configure_cuda,
+    is_oom,
+    memory_format,
+    micro_batches,
+    pick_device,
+    training_precision,
+)
 from ddpm_gui.engine.device import free_cached_memory as free_cached_memory  # the trainer's, from here
 from ddpm_gui.engine.runfolder import data_fingerprint
 from ddpm_gui.engine.sampler import ModelBundle, check_fit, make_denoiser
+from ddpm_gui.engine.staging import HostBatches
 from ddpm_gui.engine.validation import VAL_FRACTION, Validator, ValResult, holdout_count, split_indices
 from ddpm_gui.errors import CheckpointError, ConfigError, DataError, DDPMError
 
@@ -75,6 +84,7 @@ class Learner:
     t_loss_sum: torch.Tensor  # (T,) running sums of the loss per timestep, kept on the device
     t_loss_cnt: torch.Tensor
     images: torch.Tensor  # the dataset on the device (uint8)
+    host_batches: HostBatches | None = None  # gathers batches when the dataset is kept on the host
     labels: torch.Tensor | None
     # the indices of `images` that batches are drawn from (None: all); the rest are held out for validation
     train_index: torch.Tensor | None = None
@@ -106,6 +116,9 @@ class Learner:
         # "auto": by the device and config.amp (device.training_precision). Tests set "fp16" to exercise the
         # gradient scaler on the CPU (torch's GradScaler and fused AdamW run there as on CUDA).
         self.precision_request = "auto"
+        # the weights' and batches' layout: None = device.memory_format (channels_last on CUDA). Tests set
+        # torch.channels_last to run the CUDA layout on the CPU.
+        self.memory_format_request: torch.memory_format | None = None
         self._smooth: float | None = None  # exponential moving average of the loss (kept in checkpoints)
         self._fingerprint: dict | None = None
         self.source = "training"  # where bundle() says its model comes from
@@ -119,7 +132,8 @@ class Learner:
             raise DDPMError("The model is not built yet: wait for training to start.")
         with self._lock:
             src = self.ema if self.ema is not None else self.model
-            model = copy.deepcopy(src).eval()
+            # NCHW whatever training runs in: samplers, exports and checkpoints expect plain tensors
+            model = copy.deepcopy(src).eval().to(memory_format=torch.contiguous_format)
         return ModelBundle(
             model=model,
             schedule=NoiseSchedule(self.config.schedule),
@@ -142,6 +156,13 @@ class Learner:
         data = self._load_data()
         self._build()
         self.images = self._images_on_device()
+        # a dataset too big for the GPU stays on the host: its batch indices are drawn there (a device index
+        # would have to come back to the host, a sync per step) from a stream of their own
+        self.host_batches = HostBatches(self.images, self.device) if self.images.device != self.device else None
+        self.index_gen = self.gen
+        if self.host_batches is not None:
+            self.index_gen = torch.Generator()
+            self.index_gen.manual_seed(self.dist.seed(self.config.seed) + 1)
         self.labels = torch.from_numpy(data.labels).to(self.device) if self.num_classes is not None else None
         note = self.set_holdout(self.config.val_every > 0)
         self.setup_notes = [note] if note else []
@@ -160,7 +181,7 @@ class Learner:
                 f"{math.ceil(1 / VAL_FRACTION)})."
             )
         train_idx, val_idx = split_indices(n, c.val_size, c.seed)
-        self.train_index = torch.from_numpy(train_idx).to(self.gen.device)
+        self.train_index = torch.from_numpy(train_idx).to(self.index_gen.device)
         self.validator = Validator(self.images, self.labels, val_idx, self.sched_dev, c.prediction, c.seed,
                                    self.device, amp=self.precision == "bf16")  # fmt: skip
         return None
@@ -211,10 +232,14 @@ class Learner:
         c = self.config
         self.device = self.dist.device(pick_device(c.device))  # its own GPU, for one of several processes
         self.precision = training_precision(self.device, c.amp, self.precision_request)
+        configure_cuda(self.device)
+        self.memory_format = self.memory_format_request or memory_format(self.device)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         torch.manual_seed(c.seed)
         self.model_config = get_preset(c.preset)
-        self.model = build_model(self.model_config, num_classes=self.num_classes).to(self.device)
+        self.model = build_model(self.model_config, num_classes=self.num_classes).to(
+            self.device, memory_format=self.memory_format
+        )
         self.n_params = count_parameters(self.model)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False) if c.ema_decay > 0 else None
         guard = (
@@ -233,6 +258,7 @@ class Learner:
         self.sched_dev = self.schedule.to(self.device)
         self.gen = torch.Generator(device=self.device)
         self.gen.manual_seed(self.dist.seed(c.seed))  # each process its own stream
+        self.index_gen = self.gen  # batch indices (setup gives host-kept data a host stream of its own)
         self.batch_size = c.batch_size
         # summed on the device: no sync per step
         self.t_loss_sum = torch.zeros(self.schedule.T, device=self.device)
@@ -266,6 +292,8 @@ class Learner:
             tensors.update(opt_tensors)
         tensors["rng.torch"] = torch.get_rng_state()
         tensors["rng.gen"] = self.gen.get_state().cpu()
+        if self.index_gen is not self.gen:
+            tensors["rng.index_gen"] = self.index_gen.get_state()
         if self.device.type == "cuda":
             tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
         tensors["stats.t_loss_sum"] = self.t_loss_sum.detach().cpu()
@@ -354,6 +382,8 @@ class Learner:
             torch.set_rng_state(tensors["rng.torch"])
         if "rng.cuda" in tensors and self.device.type == "cuda":
             torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
+        if "rng.index_gen" in tensors and self.index_gen is not self.gen:
+            self.index_gen.set_state(tensors["rng.index_gen"])
         if "rng.gen" not in tensors:
             return []
         own = self.gen.get_state()
@@ -440,10 +470,15 @@ class Learner:
         dev = self.device
         pool = self.train_index if images is self.images else None
         n = images.shape[0] if pool is None else pool.numel()
-        idx = self.dist.draw(n, B, self.gen)
+        staged = self.host_batches if images is self.images else None
+        idx = self.dist.draw(n, B, self.index_gen if staged is not None else self.gen)
         if pool is not None:
             idx = pool[idx]
-        x0 = from_uint8(images[idx.to(images.device)].to(dev, non_blocking=True))
+        if staged is not None:
+            raw, idx = staged.gather(idx), staged.to_device(idx)
+        else:
+            raw = images[idx.to(images.device)].to(dev, non_blocking=True)
+        x0 = from_uint8(raw).contiguous(memory_format=self.memory_format)
         t = torch.randint(0, self.schedule.T, (B,), generator=self.gen, device=dev)
         noise = torch.randn(x0.shape, generator=self.gen, device=dev)
         y = None

@@ -17,7 +17,7 @@ from tests.qt.conftest import grab_variance, open_window
 
 pytestmark = pytest.mark.qt
 
-TAB_TITLES = ["Data", "Forward process", "Train", "Sample", "Denoise", "Runs"]
+TAB_TITLES = ["Data", "Forward process", "Train", "Sample", "A/B", "Denoise", "Runs", "2D"]
 
 
 def _open_window(qtbot, settings) -> MainWindow:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from PySide6.QtCore import Qt, Signal, Slot
 from PySide6.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QFileDialog,
@@ -59,7 +60,6 @@ class DenoiseForm(QWidget):
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self._image_box())
         lay.addWidget(self._run_box())
-        lay.addWidget(self._inpaint_box())
         state.dataChanged.connect(self._on_data_changed)
         self._on_data_changed(state.data)
 
@@ -134,14 +134,13 @@ class DenoiseForm(QWidget):
         rv = QVBoxLayout(box)
         rv.addLayout(form)
         rv.addWidget(self.sampler_form)
+        self._add_inpaint_settings(rv)
         return box
 
-    def _inpaint_box(self) -> QGroupBox:
-        # a checkable box: its title is the switch, its settings are shown only while it is on
-        self.inpaint_check = box = QGroupBox("&Inpaint the painted region (RePaint)")
-        box.setCheckable(True)
-        box.setChecked(False)
-        box.setToolTip(
+    def _add_inpaint_settings(self, lay: QVBoxLayout) -> None:
+        """The inpainting switch, and its settings (shown only while it is on)."""
+        self.inpaint_check = QCheckBox("&Inpaint the painted region (RePaint)")
+        self.inpaint_check.setToolTip(
             "RePaint: paint a mask on the image; the painted region starts from pure noise at t = T-1 and the "
             "rest of the image is the original, noised to each step"
         )
@@ -169,12 +168,12 @@ class DenoiseForm(QWidget):
         v.setContentsMargins(0, 0, 0, 0)
         v.addLayout(row)
         v.addWidget(self.calls_note)
-        QVBoxLayout(box).addWidget(self._inpaint_body)
-        box.toggled.connect(self._on_inpaint_toggled)
+        lay.addWidget(self.inpaint_check)
+        lay.addWidget(self._inpaint_body)
+        self.inpaint_check.toggled.connect(self._on_inpaint_toggled)
         for w in (self.jump_spin, self.resample_spin):
             w.valueChanged.connect(self._update_calls_note)
         self._on_inpaint_toggled(False)
-        return box
 
     # ------------------------------------------------------------------ class and guidance
     def class_kwargs(self) -> dict:

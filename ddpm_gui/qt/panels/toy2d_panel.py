@@ -189,7 +189,6 @@ class Toy2DPanel(QWidget):
             self.schedule_editor,
             self._train_box(),
             self._sample_box(),
-            self._view_box(),
         ]
         scroll = side_column([*boxes, self.messages], 340, 360)
         self.view = DrawViewBox()
@@ -211,10 +210,11 @@ class Toy2DPanel(QWidget):
         self.frame_label = QLabel("", self)
         self.frame_label.setStyleSheet(INFO_STYLE)
         top, tl = laid_out(QHBoxLayout)
-        tl.addWidget(self.plot, 3)
-        tl.addWidget(self.loss_plot, 2)
+        tl.addWidget(self.plot, 5)
+        tl.addWidget(self.loss_plot, 3)
         right, rv = laid_out(QVBoxLayout)
         rv.addWidget(top, 1)
+        rv.addWidget(self._view_row())
         rv.addWidget(self.frame_label)
         rv.addWidget(self.player)
         lay = QHBoxLayout(self)
@@ -313,26 +313,29 @@ class Toy2DPanel(QWidget):
         self.sampler_combo.currentIndexChanged.connect(self._update_buttons)
         return box
 
-    def _view_box(self) -> QGroupBox:
-        box = QGroupBox("View", self)
-        form = QFormLayout(box)
-        self.forward_radio = QRadioButton(TEXTS["Forward process"], box)
-        self.reverse_radio = QRadioButton(TEXTS["Reverse process"], box)
+    def _view_row(self) -> QWidget:
+        """Under the plot: which process the player walks through, and the arrows."""
+        row, lay = laid_out(QHBoxLayout)
+        self.forward_radio = QRadioButton(TEXTS["Forward process"], row)
+        self.reverse_radio = QRadioButton(TEXTS["Reverse process"], row)
         self.forward_radio.setChecked(True)
-        row = QHBoxLayout()
-        row.addWidget(self.forward_radio)
-        row.addWidget(self.reverse_radio)
-        form.addRow(row)
-        self.field_combo = self._row(form, "Arrows:", QComboBox(box))
+        self.field_combo = QComboBox(row)
         for kind in FIELD_KINDS:
             self.field_combo.addItem(FIELD_TEXTS[kind], kind)
-        self.arrows_check = QCheckBox(TEXTS["Show arrows"], box)
+        field_label = QLabel(TEXTS["Arrows:"], row)
+        field_label.setBuddy(self.field_combo)
+        self.arrows_check = QCheckBox(TEXTS["Show arrows"], row)
         self.arrows_check.setChecked(True)
-        form.addRow(self.arrows_check)
+        self.arrows_check.setToolTip("The model's denoising direction at the step shown, on a grid")
+        for w in (self.forward_radio, self.reverse_radio):
+            lay.addWidget(w)
+        lay.addStretch(1)
+        for w in (self.arrows_check, field_label, self.field_combo):
+            lay.addWidget(w)
         self.forward_radio.toggled.connect(self._on_view_mode)
         self.field_combo.currentIndexChanged.connect(self._request_field)
         self.arrows_check.toggled.connect(self._request_field)
-        return box
+        return row
 
     # ------------------------------------------------------------------ data
     def dataset(self) -> str:

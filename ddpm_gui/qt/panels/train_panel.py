@@ -9,7 +9,7 @@ queued signal would never reach a worker busy in its loop. Stop makes the Traine
 end with Finished(reason="stopped").
 
 A paused run, and a run folder loaded to be continued, offer only the settings a resumed run may change
-(RESUMABLE). A paused run takes one training step at a time ("Step", shown on the run view's One step
+(RESUMABLE). A paused run takes one training step at a time ("1 step", shown on the run view's One step
 page) and takes edits of the learning rate and the other settings it can change in place on its next
 step; other edits take effect through a checkpoint: the run stops (saving one) and continues from it
 with the new settings (qt/train/paused.py).
@@ -84,7 +84,7 @@ TEXTS = {
     "continue": "&Continue run",  # Start, when a saved run is loaded to be continued
     "pause": "&Pause",
     "resume": "&Resume",  # Pause, while paused
-    "step": "St&ep",  # one training step of a paused run
+    "step": "&1 step",  # one training step of a paused run (Alt+1: the letters are the settings rows')
     "stop": "St&op",
     "saved_run": "Co&ntinue a saved run…",
     "new_run": "&New run",  # "Continue a saved run…", when one is loaded: back to a new run

@@ -1,4 +1,4 @@
-"""The Train tab's side of a paused run: one training step at a time ("Step"), and the settings edited
+"""The Train tab's side of a paused run: one training step at a time ("1 step"), and the settings edited
 while paused. Mixed into TrainPanel, whose form, run view, trainer and stop it uses.
 
 Edits of settings a run can take in place (engine.control.LIVE_SETTINGS: the learning rate, the EMA

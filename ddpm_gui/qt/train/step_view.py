@@ -42,7 +42,7 @@ GROUPS = {
     "block": "by block (first two name parts)",
     "parameter": "by parameter",
 }
-NO_STEP = "Pause the run and press Step: one training step is made and shown here."
+NO_STEP = "Pause the run and press “1 step”: one training step is made and shown here."
 
 
 def display_images(x: np.ndarray, scale: float = 1.0) -> np.ndarray:
