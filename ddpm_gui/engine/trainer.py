@@ -32,6 +32,7 @@ import torch
 from ddpm_gui.engine import distributed, init_weights, tb
 from ddpm_gui.engine import events as ev
 from ddpm_gui.engine import validation as val
+from ddpm_gui.engine.async_save import BackgroundWriter, snapshot
 from ddpm_gui.engine.config import TrainConfig, load_run_config
 from ddpm_gui.engine.control import RunControl
 from ddpm_gui.engine.device import ThreadChooser, device_label
@@ -89,6 +90,12 @@ class Trainer(RunControl, Learner):
         self.allow_data_change = allow_data_change
         self._init_control()
         self.last_checkpoint: Path | None = None
+        # periodic checkpoints written by a worker thread from a snapshot: None = on CUDA (where a synchronous
+        # write stalls the GPU for seconds), off on the CPU (where the write is small beside the steps).
+        # The last checkpoint of a run is always written before Finished.
+        self.background_checkpoints: bool | None = None
+        self._writer = BackgroundWriter()
+        self._pending_events: list[ev.Event] = []  # CheckpointSaved of background writes not yet yielded
         # fault injection for tests (reliability): called with the step number before each step
         self.fault_hook: Callable[[int], None] | None = None
         self._started = False  # past setup: a failure from now on is not the input's
@@ -101,9 +108,10 @@ class Trainer(RunControl, Learner):
         self._rank_rng: dict[str, torch.Tensor] = {}  # the other ranks' random states, for the checkpoint
         self._shared = False  # rank 0 has shared the starting state (or tried to)
 
-    def save_checkpoint(self) -> Path:
+    def save_checkpoint(self, background: bool = False) -> Path | None:
         """Save this step; when it was just validated with the lowest loss so far it becomes the run's best
-        checkpoint (best.json), which pruning keeps."""
+        checkpoint (best.json), which pruning keeps. `background`: write a snapshot in the worker thread
+        and return None (its CheckpointSaved comes from `_written` once the file is there)."""
         new = val.new_best(self._val_last, self.step, self.val_best)
         self.val_best = new or self.val_best
         tensors, meta = self.state_dict()
@@ -111,20 +119,56 @@ class Trainer(RunControl, Learner):
             tensors.update(self._rank_rng)
             meta["world_size"] = self.dist.world_size
         protect = [self.folder.checkpoint_path(self.val_best["step"])] if self.val_best else []
-        self.last_checkpoint = self.folder.save_checkpoint(
-            self.step, tensors, meta, self.config.keep_checkpoints, protect=protect
-        )
-        if new:
-            val.write_best(self.run_dir, new, self.last_checkpoint)
+        step, keep, run_dir = self.step, self.config.keep_checkpoints, self.run_dir
         self._saved_best = new is not None
+
+        def write() -> Path:
+            path = self.folder.save_checkpoint(step, tensors, meta, keep, protect=protect)
+            if new:
+                val.write_best(run_dir, new, path)
+            return path
+
+        if background:
+            tensors = snapshot(tensors)
+            self._pending_events += self._written(self._writer.submit(write, (step, new is not None)))
+            return None
+        self._pending_events += self._written(self._writer.wait())  # files are written in step order
+        self.last_checkpoint = write()
         return self.last_checkpoint
+
+    def _written(self, done: list) -> list[ev.CheckpointSaved]:
+        """CheckpointSaved for the background writes that finished."""
+        out = []
+        for (step, best), path in done:
+            self.last_checkpoint = path
+            out.append(ev.CheckpointSaved(step, str(path), best=best))
+        return out
+
+    def _periodic_checkpoint(self) -> Iterator[ev.Event]:
+        """The checkpoint that falls due during a run: in the background where that is on."""
+        background = self.background_checkpoints
+        if background is None:
+            background = self.device.type == "cuda"
+        if not (background and self.dist.leader):
+            saved = self._checkpoint_event()
+            yield from self._flush_pending()  # a background write it waited for came first
+            yield saved
+            return
+        self._rank_rng = self.dist.gather_rng(self.gen)
+        self.save_checkpoint(background=True)
+        yield from self._flush_pending()
+
+    def _flush_pending(self) -> Iterator[ev.Event]:
+        events, self._pending_events = self._pending_events, []
+        yield from events
 
     def _checkpoint_event(self) -> ev.CheckpointSaved:
         self._rank_rng = self.dist.gather_rng(self.gen)  # all ranks take part; rank 0 saves
         if not self.dist.leader:
             self.last_checkpoint = self.folder.checkpoint_path(self.step)  # rank 0's, never touched here
             return ev.CheckpointSaved(self.step, str(self.last_checkpoint))
-        return ev.CheckpointSaved(self.step, str(self.save_checkpoint()), best=self._saved_best)
+        path = self.save_checkpoint()
+        return ev.CheckpointSaved(self.step, str(path), best=self._saved_best)
 
     def _log(self, rec: dict) -> None:
         """A metrics.jsonl record, mirrored to TensorBoard when that is on (rank 0 only)."""
@@ -239,6 +283,10 @@ class Trainer(RunControl, Learner):
             else:
                 yield self._failed(f"Training failed: {type(exc).__name__}: {msg}")
         finally:
+            try:  # a write in flight finishes before the folder is released (a failed one kept the old files)
+                self._writer.wait()
+            except Exception:
+                pass
             torch.set_num_threads(old_threads)  # process-wide: give back what the run changed
             if self._tb is not None:
                 self._tb.close()
@@ -424,6 +472,7 @@ class Trainer(RunControl, Learner):
         every step since the last one was finite. Then the figures, preview and checkpoint that are due.
         Returns False when the run failed (the Failed event was yielded)."""
         c = self.config
+        yield from self._written(self._writer.poll())
         read = self._read(loop)
         yield from read
         progress = read[-1]
@@ -451,7 +500,7 @@ class Trainer(RunControl, Learner):
         if note is not None:
             yield note
         if loop.due_ckpt and self.step < c.steps:
-            yield self._checkpoint_event()
+            yield from self._periodic_checkpoint()
             loop.last_ckpt_t = time.monotonic()
         return True
 
@@ -495,6 +544,8 @@ class Trainer(RunControl, Learner):
             yield from read
             if isinstance(read[-1], ev.Failed):
                 return
+        yield from self._flush_pending()
+        yield from self._written(self._writer.wait())
         if self.last_checkpoint is None or self.last_checkpoint.name != f"step_{self.step:08d}.safetensors":
             yield self._checkpoint_event()
         reason = "completed" if self.step >= self.config.steps else "stopped"
