@@ -236,3 +236,45 @@ def test_a_host_kept_dataset_resumes_exactly(data):
     b.train_step()
     for k, v in a.model.state_dict().items():
         assert torch.equal(v, b.model.state_dict()[k]), k
+
+
+# ----------------------------------------------------------------------------- compiled training
+
+
+def test_compile_model_trains_through_the_compiled_callable(monkeypatch, data):
+    calls = []
+
+    def fake_compile(module):
+        def compiled(*args):
+            calls.append(args[0].shape)
+            return module(*args)
+
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    plain = Learner(small_config(), data=data)
+    fast = Learner(small_config(compile_model=True), data=data)
+    for lr in (plain, fast):
+        lr.setup()
+        for _ in range(2):
+            lr.train_step()
+    assert len(calls) == 2 and fast.compile_fallback is None
+    for k, v in plain.model.state_dict().items():
+        assert torch.equal(v, fast.model.state_dict()[k]), k
+
+
+def test_a_model_that_cannot_compile_trains_uncompiled(monkeypatch, tmp_path, data):
+    from ddpm_gui.engine import events as ev
+    from ddpm_gui.engine.trainer import Trainer
+
+    def broken(module):
+        def compiled(*args):
+            raise RuntimeError("no C++ compiler found\nmore detail")
+
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", broken)
+    events = list(Trainer(small_config(compile_model=True, steps=4), tmp_path / "run", data=data).run())
+    notes = [e.message for e in events if isinstance(e, ev.Notice) and "could not be compiled" in e.message]
+    assert notes == ["The model could not be compiled (no C++ compiler found): it trains uncompiled."]
+    assert isinstance(events[-1], ev.Finished) and events[-1].step == 4

@@ -121,6 +121,13 @@ class TrainConfig:
                         "mixed precision on CUDA GPUs: bf16 from Ampere (sm 8.0) on, fp16 with loss scaling on "
                         "older ones (T4, V100, RTX 20xx); the CPU and MPS train in fp32",
                         negative="--no-amp", resumable=True)
+    # a training step of a small UNet is about a thousand small kernels: on a GPU their launches, not the
+    # arithmetic, set the pace, and torch.compile fuses them. Off by default: the first steps then take
+    # minutes to compile, and on this project's 2-core CPU compiled training measured no faster.
+    compile_model: bool = setting(False, "--compile", "Compile the model",
+                                  "torch.compile the model for training (for GPUs; the first steps compile for a "
+                                  "minute or more; falls back to the plain model if it cannot compile)",
+                                  negative="--no-compile", resumable=True)
     device: str = setting("auto", "--device", "Device",
                           "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps", resumable=True)
     # torch's CPU kernels wait for their slowest thread: a core held by another program slows every step

@@ -92,6 +92,8 @@ class Learner:
     # one of several processes (distributed.py): its rank, and the DDP wrapper the forward pass goes through
     dist: distributed.Dist = distributed.SINGLE
     ddp: nn.parallel.DistributedDataParallel | None = None
+    compile_fallback: str | None = None  # why compile_model could not be used (then the model runs as it is)
+    _compiled: tuple | None = None  # (the module compiled, its compiled callable)
     inspect: dict | None = None  # {} for one step: it keeps what that step drew and computed (control.py)
 
     def __init__(
@@ -158,7 +160,9 @@ class Learner:
         self.images = self._images_on_device()
         # a dataset too big for the GPU stays on the host: its batch indices are drawn there (a device index
         # would have to come back to the host, a sync per step) from a stream of their own
-        self.host_batches = HostBatches(self.images, self.device) if self.images.device != self.device else None
+        self.host_batches = (
+            HostBatches(self.images, self.device) if self.images.device != self.device else None
+        )
         self.index_gen = self.gen
         if self.host_batches is not None:
             self.index_gen = torch.Generator()
@@ -488,6 +492,26 @@ class Learner:
             y = torch.where(drop, torch.full_like(y, self.num_classes), y)
         return x0, t, noise, y
 
+    def _forward(self, xt: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """The model's output through the DDP wrapper (it averages the gradients over the processes) and,
+        with compile_model, torch.compile; a model that cannot compile trains as it is, and says why in
+        `compile_fallback`."""
+        net = self.model if self.ddp is None else self.ddp
+        args = (xt, t) if y is None else (xt, t, y)
+        if not self.config.compile_model or self.compile_fallback is not None:
+            return net(*args)
+        if self._compiled is None or self._compiled[0] is not net:
+            self._compiled = (net, torch.compile(net))
+        try:
+            return self._compiled[1](*args)
+        except Exception as exc:
+            if is_oom(exc):
+                raise
+            msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            self.compile_fallback = f"The model could not be compiled ({msg}): it trains uncompiled."
+            self._compiled = None
+            return net(*args)
+
     def _micro_backward(
         self, xt: torch.Tensor, t: torch.Tensor, target: torch.Tensor, y: torch.Tensor | None, share: float
     ) -> torch.Tensor:
@@ -495,9 +519,7 @@ class Learner:
         the gradients add up to the whole batch's mean loss; returns its per-example losses (detached)."""
         dtype = AUTOCAST_DTYPES.get(self.precision)
         with torch.autocast(self.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-            # DDP averages the gradients over the processes
-            net = self.model if self.ddp is None else self.ddp
-            out = net(xt, t, y) if y is not None else net(xt, t)
+            out = self._forward(xt, t, y)
         if self.inspect is not None:
             self.inspect.setdefault("out", []).append(out.detach().float())
         per = F.mse_loss(out.float(), target, reduction="none").mean(dim=(1, 2, 3))

@@ -95,6 +95,7 @@ class Trainer(RunControl, Learner):
         # The last checkpoint of a run is always written before Finished.
         self.background_checkpoints: bool | None = None
         self._writer = BackgroundWriter()
+        self._told_compile = False
         self._pending_events: list[ev.Event] = []  # CheckpointSaved of background writes not yet yielded
         # fault injection for tests (reliability): called with the step number before each step
         self.fault_hook: Callable[[int], None] | None = None
@@ -473,6 +474,9 @@ class Trainer(RunControl, Learner):
         Returns False when the run failed (the Failed event was yielded)."""
         c = self.config
         yield from self._written(self._writer.poll())
+        if self.compile_fallback is not None and not self._told_compile:
+            self._told_compile = True
+            yield ev.Notice(self.compile_fallback, "warning")
         read = self._read(loop)
         yield from read
         progress = read[-1]

@@ -89,6 +89,7 @@ ROWS: dict[str, Row] = {
     "threads": Row(DEVICE, special="auto"),
     "amp": Row(DEVICE),
     "accumulate": Row(DEVICE, suffix=" micro-batches"),
+    "compile_model": Row(DEVICE),
     "val_every": Row(DEVICE, suffix=" steps", special="off"),
     "val_size": Row(DEVICE, suffix=" images"),
     "tensorboard": Row(OUTPUT),
