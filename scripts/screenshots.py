@@ -81,8 +81,14 @@ def main(argv: list[str] | None = None) -> int:
             app.processEvents()
             time.sleep(0.01)
 
-    def shot(tab: int, name: str) -> None:
-        win.tabs.setCurrentIndex(tab)
+    def tab(panel: str) -> int:
+        """The tab index of a panel, by its class name (the tab order may change)."""
+        from ddpm_gui.qt.panels import PANELS
+
+        return next(i for i, (_m, cls, _t) in enumerate(PANELS) if cls == panel)
+
+    def shot(panel: str, name: str) -> None:
+        win.tabs.setCurrentIndex(tab(panel))
         settle()
         path = out / f"{name}{suffix}.png"
         win.grab().save(str(path))
@@ -90,27 +96,27 @@ def main(argv: list[str] | None = None) -> int:
 
     def sample_shot(name: str, what: str, at: float) -> None:
         """Generate 16 images on the Sample tab and shoot the frame at `at` (0..1) of the chain."""
-        win.tabs.setCurrentIndex(3)
+        win.tabs.setCurrentIndex(tab("SamplePanel"))
         settle()
         sample.n_spin.setValue(16)
         if not sample.generate():
             raise SystemExit(f"the Sample tab could not generate from {what}")
         wait(lambda: not sample.is_busy(), 900, f"sampling {what}")
         sample.player.set_current(min(int(sample.player.count() * at), sample.player.count() - 1))
-        shot(3, name)
+        shot("SamplePanel", name)
 
     def denoise_shot(name: str, what: str) -> None:
-        win.tabs.setCurrentIndex(4)
+        win.tabs.setCurrentIndex(tab("DenoisePanel"))
         settle()
         if not den.run():
             raise SystemExit("the Denoise tab could not run: " + den.error_label.text())
         wait(lambda: not den.is_busy(), 900, f"denoising with {what}")
-        shot(4, name)
+        shot("DenoisePanel", name)
 
     wait(win.is_ready, 120, "the engine")
     sample, den = win.panel("SamplePanel"), win.panel("DenoisePanel")  # built once the engine has loaded
     wait(lambda: win.state.data is not None and not win.is_busy(), 120, "the built-in data")
-    shot(0, "data")
+    shot("DataPanel", "data")
 
     # first launch: before anything is trained, the Sample tab samples from the demo model
     wait(lambda: win.state.bundle_is_demo, 120, "the demo model")
@@ -120,14 +126,14 @@ def main(argv: list[str] | None = None) -> int:
     fwd.index_spin.setValue(3)
     wait(lambda: not fwd.is_busy() and fwd.frame_count() > 30, 60, "the forward frames")
     fwd.player.set_current(30)
-    shot(1, "forward")
+    shot("ForwardPanel", "forward")
 
     train = win.panel("TrainPanel")
-    win.tabs.setCurrentIndex(2)
+    win.tabs.setCurrentIndex(tab("TrainPanel"))
     if not train.resume_run(run):
         raise SystemExit("the Train tab could not resume the run: " + train.error_label.text())
     wait(lambda: not train.is_busy(), 900, "the training run")
-    shot(2, "train")
+    shot("TrainPanel", "train")
 
     sample_shot("sample", "the trained run", at=0.7)
     denoise_shot("denoise", "the trained run")
@@ -141,12 +147,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.runs:
         runs_panel = win.panel("RunsPanel")
-        win.tabs.setCurrentIndex(5)
+        win.tabs.setCurrentIndex(tab("RunsPanel"))
         runs_panel.choose_folder(args.runs)
         settle(1.0)
         runs_panel.select(sorted(p for p in Path(args.runs).iterdir() if p.is_dir()))
         settle(2.0)
-        shot(5, "runs")
+        shot("RunsPanel", "runs")
 
     win.close_without_asking()
     settle(0.5)

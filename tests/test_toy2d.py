@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm_gui.core.spec import SCHEDULE_PRESETS, ScheduleConfig
+from ddpm_gui.core.spec import SAMPLERS, SCHEDULE_PRESETS, ScheduleConfig
 from ddpm_gui.data.points2d import (
     DATASETS,
     GENERATORS,
@@ -204,6 +204,9 @@ def test_trained_particles_land_on_the_data_and_untrained_ones_do_not(trained):
         and ddpm.ts[-1] == -1
     )
     assert len(ddim.xs) == 51
+    for name, spec in SAMPLERS.items():  # every sampler the app offers, strided ones at 50 steps
+        x = reverse_chain(model, 2000, sampler=name, steps=50, clip_x0=True, seed=5).xs[-1]
+        assert sliced_wasserstein(x, data) < BOUND, (name, spec)
 
 
 def test_the_arrows_point_from_noise_towards_the_data(trained):

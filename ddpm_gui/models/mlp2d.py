@@ -2,7 +2,7 @@
 
 It takes points shaped as the core's math shapes images, (B, 2, 1, 1), or plain (B, 2), and returns its
 prediction (eps or v) in the same shape, so `core.diffusion` runs on it unchanged. About 30k parameters at
-the defaults: a few thousand steps train it in seconds on a CPU.
+the defaults: two thousand steps train it on one CPU core.
 """
 
 from __future__ import annotations

@@ -78,6 +78,7 @@ def test_draw_train_sample_and_animate(qtbot, panel):
     assert np.array_equal(np.stack([x, y], 1), panel.chain.xs[-1]) and "samples" in panel.frame_label.text()
     assert panel.distance is not None and "W₁" in panel.distance_label.text()
     qtbot.waitUntil(lambda: panel.arrow_count() == FIELD_GRID**2, timeout=30_000)
+    qtbot.waitUntil(lambda: not panel.is_busy(), timeout=60_000)  # the last arrows of the animation too
 
 
 def test_the_arrows_follow_the_step_shown(qtbot, panel):
@@ -94,6 +95,7 @@ def test_the_arrows_follow_the_step_shown(qtbot, panel):
     assert not np.allclose(panel.arrows.getData()[0], near)  # another t, another field
     panel.arrows_check.setChecked(False)
     assert panel.arrow_count() == 0
+    qtbot.waitUntil(lambda: not panel.is_busy(), timeout=60_000)
 
 
 def test_training_nothing_drawn_says_what_to_do(qtbot, panel):

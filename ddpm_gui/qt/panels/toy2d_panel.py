@@ -557,16 +557,17 @@ class Toy2DPanel(QWidget):
         self.stop_btn.setEnabled(training or sampling)
         self.sample_btn.setEnabled(self.model is not None and not (training or sampling))
         name, _variance = self.sampler_combo.currentData()
-        strided = SAMPLERS[name].strided
-        self.sampler_steps_spin.setEnabled(strided)
-        self.eta_spin.setEnabled(strided)
+        self.sampler_steps_spin.setEnabled(SAMPLERS[name].strided)
+        self.eta_spin.setEnabled(SAMPLERS[name].takes_eta)
 
     def stop(self) -> None:
         self._train_slot.stop()
         self._sample_slot.stop()
 
     def is_busy(self) -> bool:
-        return any(s.is_busy() for s in (self._train_slot, self._sample_slot, self._field_slot))
+        """Training, sampling, or computing arrows (or about to: a request waits out its debounce)."""
+        slots = (self._train_slot, self._sample_slot, self._field_slot)
+        return any(s.is_busy() for s in slots) or self._field_timer.isActive()
 
     def shutdown(self, timeout_ms: int = 60000) -> None:
         self.player.pause()
