@@ -42,7 +42,7 @@ def test_background_checkpoints_are_the_synchronous_ones(tmp_path, data):
                 seen.setdefault(e.step, []).append(checkpoint_state(e.path))  # the file is there, complete
             assert not isinstance(e, ev.Failed), e
         assert saved == [2, 4, 6]
-    for step, (sync, bg) in seen.items():
+    for sync, bg in seen.values():
         assert_same_tensors(sync, bg)
 
 

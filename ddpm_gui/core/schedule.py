@@ -93,6 +93,22 @@ class NoiseSchedule:
     `alpha_bar(t)` gives ab as a float64 Python number (any copy), for coefficients that pair two timesteps.
     """
 
+    # the arrays of ARRAYS, (T,) each, set by _set() and to()
+    betas: torch.Tensor
+    alphas: torch.Tensor
+    alpha_bars: torch.Tensor
+    alpha_bars_prev: torch.Tensor
+    snr: torch.Tensor
+    posterior_variance: torch.Tensor
+    sqrt_alpha_bars: torch.Tensor
+    sqrt_one_minus_alpha_bars: torch.Tensor
+    sqrt_recip_alphas: torch.Tensor
+    eps_coef: torch.Tensor
+    posterior_mean_coef1: torch.Tensor
+    posterior_mean_coef2: torch.Tensor
+    sqrt_betas: torch.Tensor
+    sqrt_posterior_variance: torch.Tensor
+
     def __init__(self, config: ScheduleConfig | None = None, device: torch.device | str = "cpu"):
         self.config = (config or ScheduleConfig()).validate()
         c = self.config

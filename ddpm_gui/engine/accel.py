@@ -50,7 +50,7 @@ def sampling_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
     return AUTOCAST_DTYPES.get(training_precision(device, True))
 
 
-def _forward(model: nn.Module, args: tuple, dtype: torch.dtype | None) -> torch.Tensor:
+def _forward(model: Callable[..., torch.Tensor], args: tuple, dtype: torch.dtype | None) -> torch.Tensor:
     """model(*args), under autocast to `dtype` when one is given; the output in float32 either way."""
     if dtype is None:
         return model(*args)

@@ -135,7 +135,7 @@ class Learner:
         with self._lock:
             src = self.ema if self.ema is not None else self.model
             # NCHW whatever training runs in: samplers, exports and checkpoints expect plain tensors
-            model = copy.deepcopy(src).eval().to(memory_format=torch.contiguous_format)
+            model = copy.deepcopy(src).eval().to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
         return ModelBundle(
             model=model,
             schedule=NoiseSchedule(self.config.schedule),
@@ -242,7 +242,8 @@ class Learner:
         torch.manual_seed(c.seed)
         self.model_config = get_preset(c.preset)
         self.model = build_model(self.model_config, num_classes=self.num_classes).to(
-            self.device, memory_format=self.memory_format
+            self.device,
+            memory_format=self.memory_format,  # type: ignore[call-overload]
         )
         self.n_params = count_parameters(self.model)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False) if c.ema_decay > 0 else None

@@ -14,8 +14,16 @@ machine without CUDA.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
+
+
+class Event(Protocol):
+    """What torch.cuda.Event offers that this module uses."""
+
+    def record(self) -> None: ...
+    def synchronize(self) -> None: ...
 
 
 class HostBatches:
@@ -27,14 +35,14 @@ class HostBatches:
         images: torch.Tensor,
         device: torch.device,
         pin: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        new_event: Callable[[], object] | None = None,
+        new_event: Callable[[], Event] | None = None,
     ):
         self.images = images
         self.device = device
         self._pin = pin or (lambda t: t.pin_memory())
         self._new_event = new_event or (lambda: torch.cuda.Event())
         self._buffers: list[torch.Tensor] = []
-        self._events: list[object | None] = []
+        self._events: list[Event | None] = []
         self._next = 0
 
     def _buffer(self, count: int) -> tuple[int, torch.Tensor]:
@@ -47,8 +55,9 @@ class HostBatches:
             self._events = [None, None]
             self._next = 0
         i, self._next = self._next, 1 - self._next
-        if self._events[i] is not None:
-            self._events[i].synchronize()  # its previous copy has left the buffer
+        pending = self._events[i]
+        if pending is not None:
+            pending.synchronize()  # its previous copy has left the buffer
         return i, self._buffers[i]
 
     def gather(self, idx: torch.Tensor) -> torch.Tensor:

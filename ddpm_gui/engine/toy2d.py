@@ -191,6 +191,7 @@ class Toy2DTrainer:
 def train(cfg: Toy2DConfig, points: np.ndarray | None = None) -> Toy2DFinished:
     """Train to the end and return the last event (tests, the command line)."""
     *_, done = Toy2DTrainer(cfg, points).run()
+    assert isinstance(done, Toy2DFinished)  # the run's last event
     return done
 
 
