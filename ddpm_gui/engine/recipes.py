@@ -65,7 +65,8 @@ _FAST_CPU = Recipe(
     "fast-cpu",
     "tiny class-conditional UNet at 16x16, batch 64, lr 1e-3, cosine schedule with v-prediction, Min-SNR "
     "weighting (gamma 5), 1,750 steps: about 3 minutes on a quiet 2-core CPU (estimated from its step "
-    "time); measured at step 1,000: 42.5% of samples the class asked for (ddpm-gui eval, 200 samples)",
+    "time); measured at step 1,000: 42.5% of samples the class asked for, 73.0% with guidance 3 (ddpm-gui "
+    "eval, 200 samples)",
     dict(_BOTH, image_size=16, preview_every=500, preset="tiny", batch_size=64, steps=1750, lr=1e-3,
          ema_decay=0.995, conditional=True, schedule=SCHEDULE_PRESETS["cosine"], prediction="v",
          min_snr_gamma=5.0),
