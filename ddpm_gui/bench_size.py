@@ -184,7 +184,7 @@ def plot_cells(cells: list[dict], cliffs: list[dict], path: str, title: str = ""
     sizes = sorted({c["image_size"] for c in cells})
     batches = sorted({c["batch"] for c in cells})
     presets = list(dict.fromkeys(c["preset"] for c in cells))
-    pw, ph, m = 420, 320, 60  # panel size, margin
+    pw, ph, m = 420, 320, 80  # panel size, margin (room for the y labels)
     img = Image.new("RGB", (m + len(sizes) * (pw + m), ph + 3 * m + 20 * len(presets)), "white")
     d = ImageDraw.Draw(img)
     try:
@@ -211,7 +211,7 @@ def plot_cells(cells: list[dict], cliffs: list[dict], path: str, title: str = ""
         for k in range(lo, hi + 1):
             y = m + ph - (k - lo) / (hi - lo) * ph
             d.line([x0, y, x0 + pw, y], fill=(225, 225, 225))
-            d.text((x0 - 50, y - 7), f"{10.0**k:g} ms", fill="black", font=font)
+            d.text((x0 - 70, y - 7), f"{10.0**k:g} ms", fill="black", font=font)
         for b in batches:
             x, _ = xy(p, b, 10.0**lo)
             d.text((x - 8, m + ph + 4), str(b), fill="black", font=font)

@@ -139,7 +139,7 @@ class DenoiseForm(QWidget):
 
     def _add_inpaint_settings(self, lay: QVBoxLayout) -> None:
         """The inpainting switch, and its settings (shown only while it is on)."""
-        self.inpaint_check = QCheckBox("&Inpaint the painted region (RePaint)")
+        self.inpaint_check = QCheckBox("Inpaint (RePaint): redraw onl&y the painted region")
         self.inpaint_check.setToolTip(
             "RePaint: paint a mask on the image; the painted region starts from pure noise at t = T-1 and the "
             "rest of the image is the original, noised to each step"
