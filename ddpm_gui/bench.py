@@ -23,7 +23,8 @@ The tutorial's list holds decoded PIL images, so (a) skips the PNG decode that `
 
 All of the above is the `compare` section; the `busy` section (bench_busy.py) times the app's CPU thread
 count against torch's default while other processes compete for the cores, `scaling` (bench_size.py) the
-training step over batch and image size per preset, `profile` (bench_profile.py) where a step's time goes.
+training step over batch and image size per preset, `profile` (bench_profile.py) where a step's time goes,
+`samplers` (bench_samplers.py) the quality and time of each sampler at 10, 20, 50 and 100 steps.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ import torch.nn.functional as F
 from ddpm_gui import __version__
 from ddpm_gui.bench_busy import BusyConfig, ci_text, mean_ci, pct_text, ratio_ci
 from ddpm_gui.bench_profile import ProfileConfig
+from ddpm_gui.bench_samplers import SamplersBench
 from ddpm_gui.bench_size import SizeConfig
 
 
@@ -69,6 +71,7 @@ class BenchConfig:
     busy: BusyConfig = field(default_factory=BusyConfig)  # the busy section's sizes
     size: SizeConfig = field(default_factory=SizeConfig)  # the scaling section's cells
     profile: ProfileConfig = field(default_factory=ProfileConfig)  # the profile section's
+    samplers: SamplersBench = field(default_factory=SamplersBench)  # the samplers section's
 
     @classmethod
     def quick_config(cls, device: str = "cpu") -> BenchConfig:
@@ -324,7 +327,7 @@ def _time_sampling(
 
 
 # `--sections`: the tutorial comparison; the app's threads on a busy CPU; batch and image size; a profile
-SECTIONS = ("compare", "busy", "scaling", "profile")
+SECTIONS = ("compare", "busy", "scaling", "profile", "samplers")
 
 
 def _no_progress(done: int, total: int, message: str) -> None:
@@ -362,6 +365,10 @@ def run_bench(
             from ddpm_gui.bench_profile import run_profile
 
             res["profile"] = run_profile(cfg.profile, cfg.threads, log, progress)
+        if "samplers" in cfg.sections:
+            from ddpm_gui.bench_samplers import run_samplers
+
+            res["samplers"] = run_samplers(cfg.samplers, log, progress)
         res["load_average_end"] = list(load_average())
         return res
     finally:

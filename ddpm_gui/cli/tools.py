@@ -118,7 +118,8 @@ def _add_bench_parser(sub) -> None:
         "torch's default with 0, 1 and 2 competing CPU-bound processes, on the CPU), scaling (the training "
         "step over batch and image size for each preset, cliffs flagged; --scaling-*, --cliff, --plot), "
         "profile (where a training step and a sampling step spend their time, by category, with "
-        "torch.profiler, for --preset at --batch-size; --profile-*, --ab)",
+        "torch.profiler, for --preset at --batch-size; --profile-*, --ab), samplers (the quality figure and "
+        "time of every sampler at 10, 20, 50 and 100 steps; --samplers-*)",
     )
     b.add_argument(
         "--busy-reps",
@@ -192,6 +193,25 @@ def _add_section_options(b) -> None:
     )
     g.add_argument("--ab-rounds", type=positive_int, default=sup, metavar="N",
                    help="interleaved rounds of each A/B (default: 3)")  # fmt: skip
+    g = b.add_argument_group("samplers section")
+    g.add_argument(
+        "--samplers-model",
+        default=sup,
+        metavar="PATH",
+        help="a run folder, checkpoint or diffusers folder to judge (default: demo, the shipped model)",
+    )
+    g.add_argument(
+        "--samplers-steps", default=sup, metavar="LIST", help="step counts (default: 10,20,50,100)"
+    )
+    g.add_argument(
+        "--samplers-n",
+        type=positive_int,
+        default=sup,
+        metavar="N",
+        help="samples per sampler and step count (default: 100)",
+    )
+    g.add_argument("--samplers-guidance", type=float, default=sup, metavar="W",
+                   help="guidance scale for conditional models (default: 3)")  # fmt: skip
 
 
 def _section_config(cfg, args) -> None:
@@ -237,6 +257,20 @@ def _section_config(cfg, args) -> None:
     if "ab_rounds" in args:
         p.ab_rounds = args.ab_rounds
     s.device = p.device = cfg.device
+    _samplers_config(cfg.samplers, args, cfg.device)
+
+
+def _samplers_config(sb, args, device: str) -> None:
+    """The samplers section's options into `sb` (a SamplersBench)."""
+    sb.device = device
+    if "samplers_model" in args:
+        sb.model = args.samplers_model
+    if "samplers_steps" in args:
+        sb.steps = int_list(args.samplers_steps, "--samplers-steps")
+    if "samplers_n" in args:
+        sb.n = args.samplers_n
+    if "samplers_guidance" in args:
+        sb.guidance = args.samplers_guidance
 
 
 def cmd_info(args) -> int:
