@@ -14,10 +14,17 @@ would have raised it.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+from ddpm_gui.engine import events as ev
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from ddpm_gui.engine.distributed import Dist
 
 
 def snapshot(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -79,3 +86,46 @@ class BackgroundWriter:
             err, self._error = self._error, None
             raise err
         return [(self._tag, self._result)]
+
+
+class BackgroundCheckpoints:
+    """The Trainer's periodic checkpoints, written by a BackgroundWriter where that is on, and the
+    CheckpointSaved events of the writes that finished (a mixin: the Trainer's attributes)."""
+
+    if TYPE_CHECKING:
+        background_checkpoints: bool | None
+        device: torch.device
+        dist: Dist
+        gen: torch.Generator
+        last_checkpoint: Path | None
+        _rank_rng: dict[str, torch.Tensor]
+        _pending_events: list[ev.Event]
+
+        def save_checkpoint(self, background: bool = False) -> Path | None: ...
+        def _checkpoint_event(self) -> ev.CheckpointSaved: ...
+
+    def _written(self, done: list) -> list[ev.CheckpointSaved]:
+        """CheckpointSaved for the background writes that finished."""
+        out = []
+        for (step, best), path in done:
+            self.last_checkpoint = path
+            out.append(ev.CheckpointSaved(step, str(path), best=best))
+        return out
+
+    def _periodic_checkpoint(self) -> Iterator[ev.Event]:
+        """The checkpoint that falls due during a run: in the background where that is on."""
+        background = self.background_checkpoints
+        if background is None:
+            background = self.device.type == "cuda"
+        if not (background and self.dist.leader):
+            saved = self._checkpoint_event()
+            yield from self._flush_pending()  # a background write it waited for came first
+            yield saved
+            return
+        self._rank_rng = self.dist.gather_rng(self.gen)
+        self.save_checkpoint(background=True)
+        yield from self._flush_pending()
+
+    def _flush_pending(self) -> Iterator[ev.Event]:
+        events, self._pending_events = self._pending_events, []
+        yield from events

@@ -32,7 +32,7 @@ import torch
 from ddpm_gui.engine import distributed, init_weights, tb
 from ddpm_gui.engine import events as ev
 from ddpm_gui.engine import validation as val
-from ddpm_gui.engine.async_save import BackgroundWriter, snapshot
+from ddpm_gui.engine.async_save import BackgroundCheckpoints, BackgroundWriter, snapshot
 from ddpm_gui.engine.config import TrainConfig, load_run_config
 from ddpm_gui.engine.control import RunControl
 from ddpm_gui.engine.device import ThreadChooser, device_label
@@ -67,7 +67,7 @@ class _Loop:
     stop_agreed: bool = False  # several processes: a stop all of them agreed on at a loss read
 
 
-class Trainer(RunControl, Learner):
+class Trainer(RunControl, BackgroundCheckpoints, Learner):
     def __init__(
         self,
         config: TrainConfig,
@@ -136,32 +136,6 @@ class Trainer(RunControl, Learner):
         self._pending_events += self._written(self._writer.wait())  # files are written in step order
         self.last_checkpoint = write()
         return self.last_checkpoint
-
-    def _written(self, done: list) -> list[ev.CheckpointSaved]:
-        """CheckpointSaved for the background writes that finished."""
-        out = []
-        for (step, best), path in done:
-            self.last_checkpoint = path
-            out.append(ev.CheckpointSaved(step, str(path), best=best))
-        return out
-
-    def _periodic_checkpoint(self) -> Iterator[ev.Event]:
-        """The checkpoint that falls due during a run: in the background where that is on."""
-        background = self.background_checkpoints
-        if background is None:
-            background = self.device.type == "cuda"
-        if not (background and self.dist.leader):
-            saved = self._checkpoint_event()
-            yield from self._flush_pending()  # a background write it waited for came first
-            yield saved
-            return
-        self._rank_rng = self.dist.gather_rng(self.gen)
-        self.save_checkpoint(background=True)
-        yield from self._flush_pending()
-
-    def _flush_pending(self) -> Iterator[ev.Event]:
-        events, self._pending_events = self._pending_events, []
-        yield from events
 
     def _checkpoint_event(self) -> ev.CheckpointSaved:
         self._rank_rng = self.dist.gather_rng(self.gen)  # all ranks take part; rank 0 saves
