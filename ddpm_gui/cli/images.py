@@ -201,16 +201,17 @@ def cmd_denoise(args) -> int:
     from tqdm import tqdm
 
     if args.mask is not None:
-        frames, what = _inpaint(args, bundle, img), "inpainting"
+        frames, what = _inpaint(args, bundle, img), f"inpainting {args.k} ways"
     else:
-        frames, what = denoise_frames(bundle, img, t=args.t, k=args.k, seed=args.seed), "denoising"
+        frames = denoise_frames(bundle, img, t=args.t, k=args.k, seed=args.seed)
+        what = f"denoising {args.k} ways from t={args.t}"
     start = last = None
     bar = None
     for fr in frames:
         if fr.index == -1:
             start = fr.xt
         elif bar is None:
-            bar = tqdm(total=fr.total, desc=f"{what} {args.k} ways", unit="step", file=sys.stderr)
+            bar = tqdm(total=fr.total, desc=what, unit="step", file=sys.stderr)
         if bar is not None:
             bar.update(1)
         last = fr
