@@ -77,6 +77,27 @@ def describe_bundle(b) -> str:
     )
 
 
+def class_items(bundle) -> list[tuple[str, int | None]]:
+    """The choices of a class control for `bundle`: "any (unconditional)", then each of its classes."""
+    items: list[tuple[str, int | None]] = [("any (unconditional)", None)]
+    if bundle is not None and bundle.num_classes:
+        names = bundle.class_names or [str(i) for i in range(bundle.num_classes)]
+        items += [(f"{i}: {names[i] if i < len(names) else i}", i) for i in range(bundle.num_classes)]
+    return items
+
+
+def fill_class_combo(combo, bundle) -> None:
+    """`combo` offers `bundle`'s classes (class_items), keeping the class chosen where it still exists;
+    no change signal is emitted."""
+    keep = combo.currentData()
+    combo.blockSignals(True)
+    combo.clear()
+    for text, data in class_items(bundle):
+        combo.addItem(text, data)
+    combo.setCurrentIndex(max(combo.findData(keep), 0))
+    combo.blockSignals(False)
+
+
 def frames_every(chain: int, n: int, size: int) -> int:
     """Keep every k-th frame of a `chain`-step reverse process of n images of size x size, so that at most
     MAX_FRAMES (and FRAME_BUDGET_BYTES: each frame holds x_t and the predicted x_0) are held."""

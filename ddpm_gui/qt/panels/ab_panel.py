@@ -48,6 +48,7 @@ from ddpm_gui.qt.widgets import (
     describe_bundle,
     drop_kind,
     dropped_paths,
+    fill_class_combo,
     frames_every,
     kept_frames,
     laid_out,
@@ -112,15 +113,10 @@ class SideForm(QGroupBox):
         """The choices this model allows: its classes, its schedule, its T for the step count."""
         from ddpm_gui.core.spec import SCHEDULE_PRESETS
 
-        keep_class, keep_sched = self.class_combo.currentData(), self.schedule_combo.currentData()
-        for combo in (self.class_combo, self.schedule_combo):
-            combo.blockSignals(True)
-            combo.clear()
-        self.class_combo.addItem("any (unconditional)", None)
-        if bundle is not None and bundle.num_classes:
-            names = bundle.class_names or [str(i) for i in range(bundle.num_classes)]
-            for i in range(bundle.num_classes):
-                self.class_combo.addItem(f"{i}: {names[i] if i < len(names) else i}", i)
+        fill_class_combo(self.class_combo, bundle)
+        keep_sched = self.schedule_combo.currentData()
+        self.schedule_combo.blockSignals(True)
+        self.schedule_combo.clear()
         own = "the model's own"
         if bundle is not None:
             c = bundle.schedule.config
@@ -129,9 +125,8 @@ class SideForm(QGroupBox):
         self.schedule_combo.addItem(own, None)
         for name in SCHEDULE_PRESETS:
             self.schedule_combo.addItem(name, name)
-        for combo, keep in ((self.class_combo, keep_class), (self.schedule_combo, keep_sched)):
-            combo.setCurrentIndex(max(combo.findData(keep), 0))
-            combo.blockSignals(False)
+        self.schedule_combo.setCurrentIndex(max(self.schedule_combo.findData(keep_sched), 0))
+        self.schedule_combo.blockSignals(False)
         self.sampler_form.use_model_defaults(bundle)
         self._conditional = bundle is not None and bool(bundle.num_classes)
         # guidance needs the model's "no class" row (models of other tools may have none)

@@ -32,7 +32,7 @@ from ddpm_gui.errors import DDPMError
 from ddpm_gui.qt.imageview import ImageGrid
 from ddpm_gui.qt.state import AppState
 from ddpm_gui.qt.style import INFO_STYLE
-from ddpm_gui.qt.widgets import Messages, SamplerForm
+from ddpm_gui.qt.widgets import Messages, SamplerForm, fill_class_combo
 
 STRIP = 16  # images shown in the chooser strip
 DEFAULT_INDEX = 4  # the tutorial's horse is image 4 of its CIFAR-10 grid
@@ -183,16 +183,7 @@ class DenoiseForm(QWidget):
         return {"class_label": label, "guidance": self.guidance_spin.value() if label is not None else 1.0}
 
     def _fill_classes(self, b) -> None:
-        keep = self.class_combo.currentData()
-        self.class_combo.blockSignals(True)
-        self.class_combo.clear()
-        self.class_combo.addItem("any (unconditional)", None)
-        if b is not None and b.num_classes:
-            names = b.class_names or [str(i) for i in range(b.num_classes)]
-            for i in range(b.num_classes):
-                self.class_combo.addItem(f"{i}: {names[i] if i < len(names) else i}", i)
-        self.class_combo.setCurrentIndex(max(self.class_combo.findData(keep), 0))
-        self.class_combo.blockSignals(False)
+        fill_class_combo(self.class_combo, b)
         self._update_class_controls()
 
     @Slot()

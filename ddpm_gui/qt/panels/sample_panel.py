@@ -37,7 +37,15 @@ from ddpm_gui.qt.panels.step_terms import StepTermsView
 from ddpm_gui.qt.player import FramePlayer
 from ddpm_gui.qt.state import AppState
 from ddpm_gui.qt.style import INFO_STYLE
-from ddpm_gui.qt.widgets import SamplerForm, button, frames_every, kept_frames, laid_out, side_column
+from ddpm_gui.qt.widgets import (
+    SamplerForm,
+    button,
+    fill_class_combo,
+    frames_every,
+    kept_frames,
+    laid_out,
+    side_column,
+)
 
 # Tests set this to False: errors are then shown in the panel only, never in a modal dialog.
 SHOW_DIALOGS = True
@@ -174,17 +182,7 @@ class SamplePanel(ChainPanel):
         self._update_buttons()
 
     def _fill_classes(self, b) -> None:
-        keep = self.class_combo.currentData()
-        self.class_combo.blockSignals(True)
-        self.class_combo.clear()
-        self.class_combo.addItem("any (unconditional)", None)
-        if b is not None and b.num_classes:
-            names = b.class_names or [str(i) for i in range(b.num_classes)]
-            for i in range(b.num_classes):
-                self.class_combo.addItem(f"{i}: {names[i] if i < len(names) else i}", i)
-        i = self.class_combo.findData(keep)
-        self.class_combo.setCurrentIndex(max(i, 0))
-        self.class_combo.blockSignals(False)
+        fill_class_combo(self.class_combo, b)
 
     def load_checkpoint(self, path: str | Path | None = None, folder: bool = False) -> bool:
         """Load a run folder or a .safetensors checkpoint in a worker and make it the app's model; a
