@@ -198,7 +198,13 @@ class StepView(QWidget):
         y = np.arange(len(items), dtype=np.float64)
         self.bars.setOpts(x0=np.full(len(items), float(lo)), y=y, width=logs - lo)
         self.grad_plot.getAxis("left").setTicks([[(float(i), n) for i, (n, _v) in enumerate(items)]])
-        self.grad_plot.getAxis("top").setTicks([[(float(k), f"1e{k}") for k in range(lo, hi + 1)]])
+        every = max(1, math.ceil((hi - lo + 1) / 4))  # at most 4-5 labels: they stay readable at 1024 px
+        self.grad_plot.getAxis("top").setTicks(
+            [
+                [(float(k), f"1e{k}") for k in range(hi, lo - 1, -every)],
+                [(float(k), "") for k in range(lo, hi + 1)],
+            ]
+        )
         self.grad_plot.setFixedHeight(max(160, BAR_PX * len(items) + 60))
         self.grad_plot.getViewBox().invertY(True)
         self.grad_plot.setYRange(-0.6, max(len(items), 1) - 0.4, padding=0)
