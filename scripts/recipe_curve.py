@@ -1,4 +1,4 @@
-"""Class accuracy against minutes of training for two recipes (quick-cpu and fast-cpu by default), in one plot.
+"""Class accuracy against minutes of training for one or more recipes (default: quick-cpu), in one plot.
 
     python scripts/recipe_curve.py --out runs/recipe-curve         # writes docs/img/recipe-curve.png
 
@@ -142,7 +142,7 @@ def plot(curves: list[dict], png: Path, target: float = 0.9, size=(900, 560)) ->
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "recipe-curve", help="folder of the runs")
-    p.add_argument("--recipes", nargs="+", default=["quick-cpu", "fast-cpu"])
+    p.add_argument("--recipes", nargs="+", default=["quick-cpu"])
     p.add_argument("--every", type=int, default=250, help="a checkpoint every N steps")
     p.add_argument("--steps", type=int, default=None, help="train this many steps (default: each recipe's)")
     p.add_argument("--n", type=int, default=200, help="samples per eval")

@@ -86,14 +86,7 @@ def test_cli_unknown_recipe_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
-# ----------------------------------------------------------------------------- fast-cpu and Min-SNR weighting
-
-
-def test_fast_cpu_is_quick_cpu_at_16_pixels_with_min_snr_weighting():
-    fast, quick = get_recipe("fast-cpu").apply(), get_recipe("quick-cpu").apply()
-    assert fast.min_snr_gamma == 5.0 and quick.min_snr_gamma == 0.0  # quick-cpu trains unweighted
-    assert fast.image_size == 16 and fast.preset == quick.preset and fast.schedule == quick.schedule
-    assert fast.prediction == "v" and fast.conditional is True
+# ----------------------------------------------------------------------------- Min-SNR weighting
 
 
 def _paper_weight(snr: float, gamma: float, prediction: str) -> float:

@@ -54,8 +54,7 @@ def add_parsers(sub) -> None:
         default=None,
         metavar="NAME",
         help="start from a named set of settings (options given here still win): quick-cpu (recognisable "
-        "built-in shapes in about 10 minutes on a 2-core CPU), fast-cpu (the same at 16x16 with Min-SNR "
-        "weighting, about 3 minutes), tutorial (the article's)",
+        "built-in shapes in about 10 minutes on a 2-core CPU), tutorial (the article's)",
     )
     t.add_argument(
         "--config",

@@ -10,10 +10,6 @@
   time (measured in docs/benchmarks.md: 83.6% of samples are the class asked for, against 66% of an
   unconditional run being recognisable at all). Data without class labels: uncheck class-conditional
   (CLI: --unconditional).
-- `fast-cpu`: `quick-cpu` at 16x16 (a quarter of the pixels: a step costs 0.29x a 32x32 one on this CPU)
-  with Min-SNR-gamma loss weighting (gamma 5, core/weighting.py), which keeps the nearly clean timesteps
-  from dominating the gradient, and a preview every 500 steps: 1,750 steps fit in about 3 minutes of a
-  quiet 2-core CPU. The 16x16 shapes are the size the demo model was trained and judged at.
 - `tutorial`: the article's own settings: its 42M-parameter UNet, batch 128, lr 3e-4, linear beta
   1e-4..0.04 over T=100, EMA 0.999. Hours on a CPU; minutes on a GPU.
 
@@ -61,17 +57,7 @@ _TUTORIAL = Recipe(
          schedule=SCHEDULE_PRESETS["tutorial"], prediction="eps"),
 )  # fmt: skip
 # quick-cpu at 16x16 with Min-SNR-gamma loss weighting: the same shapes in a quarter of the pixels
-_FAST_CPU = Recipe(
-    "fast-cpu",
-    "tiny class-conditional UNet at 16x16, batch 64, lr 1e-3, cosine schedule with v-prediction, Min-SNR "
-    "weighting (gamma 5), 1,750 steps: about 3 minutes on a quiet 2-core CPU (estimated from its step "
-    "time); measured at step 1,000: 42.5% of samples the class asked for, 73.0% with guidance 3 (ddpm-gui "
-    "eval, 200 samples)",
-    dict(_BOTH, image_size=16, preview_every=500, preset="tiny", batch_size=64, steps=1750, lr=1e-3,
-         ema_decay=0.995, conditional=True, schedule=SCHEDULE_PRESETS["cosine"], prediction="v",
-         min_snr_gamma=5.0),
-)  # fmt: skip
-RECIPES: dict[str, Recipe] = {r.name: r for r in (_QUICK_CPU, _FAST_CPU, _TUTORIAL)}
+RECIPES: dict[str, Recipe] = {r.name: r for r in (_QUICK_CPU, _TUTORIAL)}
 
 
 def get_recipe(name: str) -> Recipe:
