@@ -4,9 +4,6 @@ real training and sampling steps profiled, the A/B tests. No timed assertions.""
 import json
 from types import SimpleNamespace
 
-import pytest
-import torch
-
 from ddpm_gui.bench_profile import TRAIN_CATEGORIES, categorise, category
 from ddpm_gui.cli import main
 
@@ -37,14 +34,6 @@ def test_categories_scope_first_then_the_innermost_operator():
             assert category(e) == want, e.name
     ms = categorise([_ev("aten::addmm", us=1500.0), _ev("aten::add", us=500.0), _ev("aten::silu", us=0.0)])
     assert ms["linear/matmul"] == 1.5 and ms["other"] == 0.5 and set(ms) == set(TRAIN_CATEGORIES)
-
-
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_bench_profile_section(tmp_path, capsys, one_thread):

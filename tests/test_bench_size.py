@@ -4,8 +4,6 @@ written with them circled. No timed assertions."""
 import json
 
 import numpy as np
-import pytest
-import torch
 from PIL import Image
 
 from ddpm_gui.bench_size import find_cliffs, plot_cells
@@ -50,14 +48,6 @@ def test_plot_circles_the_cliffs(tmp_path):
     plot_cells(cells, [], str(tmp_path / "without.png"))
     assert _red_pixels(tmp_path / "with.png") > 20 and _red_pixels(tmp_path / "without.png") == 0
     assert Image.open(tmp_path / "with.png").format == "PNG"
-
-
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_bench_scaling_section(tmp_path, capsys, one_thread):

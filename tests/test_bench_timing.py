@@ -56,15 +56,6 @@ def test_interleave_fences_every_chunk_with_syncs_and_alternates_order():
     assert out["peak_tflops"] == {"float32": [1.0] * 4}
 
 
-@pytest.fixture
-def one_thread():
-    """Two threads crawl on a busy 2-core machine; one keeps the test short."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_compare_section_syncs_at_every_chunk_boundary(monkeypatch, one_thread):
     """The real loops: no step of the tutorial loop is followed by one of DDPM Studio's (or the reverse)
     without a sync between them, in the warm-up and in the timed rounds, and the peak is probed in every

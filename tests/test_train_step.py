@@ -8,35 +8,26 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm_gui.data import load_data
 from ddpm_gui.engine import events as ev
 from ddpm_gui.engine.checkpoint import list_checkpoints, load_checkpoint
-from ddpm_gui.engine.config import TrainConfig, load_run_config
+from ddpm_gui.engine.config import load_run_config
 from ddpm_gui.engine.control import LIVE_SETTINGS, live_changes
 from ddpm_gui.engine.trainer import Trainer
 from ddpm_gui.errors import ConfigError
+from tests.conftest import small_config
 
 
 @pytest.fixture(scope="module")
-def small_data():
-    return load_data("builtin:256", image_size=16)
+def small_data(data):
+    return data
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cfg(**kw):
-    base = dict(
-        data="builtin:256", image_size=16, preset="tiny", batch_size=8, steps=10, lr=1e-3, warmup_steps=0,
-        log_every=2, preview_every=0, checkpoint_every=0, checkpoint_minutes=0, device="cpu", seed=0,
-    )  # fmt: skip
-    base.update(kw)
-    return TrainConfig(**base)
+    """small_config, logging every other step."""
+    return small_config(**{"log_every": 2, **kw})
 
 
 def drive(trainer, pause_at: int, on_paused, until=None) -> list:
