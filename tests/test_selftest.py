@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from ddpm_gui.qt.panels import PANELS
+
 pytestmark = pytest.mark.slow
 
 CHECKS = [
@@ -57,7 +59,8 @@ def test_self_test_passes_and_writes_nothing(tmp_path):
         assert f"ok  {name}: " in out, f"missing check line {name!r} in:\n{out}"
     assert "FAIL" not in out
     assert "self-test passed: 11 checks" in out
-    assert "'DDPM Studio', 6 tabs (Data, Forward process, Train, Sample, Denoise, Runs)" in out
+    titles = [title for _m, _c, title in PANELS]
+    assert f"'DDPM Studio', {len(titles)} tabs ({', '.join(titles)})" in out and "A/B" in titles
     # nothing in the (private) home, nothing in the working folder
     assert list((tmp_path / "home").iterdir()) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["home"]
