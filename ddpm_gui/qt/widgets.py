@@ -77,6 +77,16 @@ def describe_bundle(b) -> str:
     )
 
 
+def guidance_spin() -> QDoubleSpinBox:
+    """The classifier-free guidance control of the Sample, A/B and Denoise tabs: 0-20, default 3."""
+    spin = QDoubleSpinBox()
+    spin.setRange(0.0, 20.0)
+    spin.setSingleStep(0.5)
+    spin.setValue(3.0)
+    spin.setToolTip("Classifier-free guidance scale w: 1 = plain conditional, higher = stronger")
+    return spin
+
+
 def class_items(bundle) -> list[tuple[str, int | None]]:
     """The choices of a class control for `bundle`: "any (unconditional)", then each of its classes."""
     items: list[tuple[str, int | None]] = [("any (unconditional)", None)]

@@ -19,7 +19,6 @@ from PySide6.QtCore import Qt, Slot
 from PySide6.QtWidgets import (
     QAbstractButton,
     QComboBox,
-    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QGroupBox,
@@ -50,6 +49,7 @@ from ddpm_gui.qt.widgets import (
     dropped_paths,
     fill_class_combo,
     frames_every,
+    guidance_spin,
     kept_frames,
     laid_out,
 )
@@ -82,11 +82,7 @@ class SideForm(QGroupBox):
         self.sampler_form = SamplerForm(default="ddim")
         self.class_combo = QComboBox()
         self.class_combo.setToolTip("Class-conditional models only: the class to draw")
-        self.guidance_spin = QDoubleSpinBox()
-        self.guidance_spin.setRange(0.0, 20.0)
-        self.guidance_spin.setSingleStep(0.5)
-        self.guidance_spin.setValue(3.0)
-        self.guidance_spin.setToolTip("Classifier-free guidance scale w: 1 = plain conditional")
+        self.guidance_spin = guidance_spin()
         self.schedule_combo = QComboBox()
         self.schedule_combo.setToolTip(
             "The noise schedule the chain runs on: the model's own, or a preset (a model sampled on a\n"

@@ -11,7 +11,6 @@ from PySide6.QtCore import Qt, Signal, Slot
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
-    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QGroupBox,
@@ -32,7 +31,7 @@ from ddpm_gui.errors import DDPMError
 from ddpm_gui.qt.imageview import ImageGrid
 from ddpm_gui.qt.state import AppState
 from ddpm_gui.qt.style import INFO_STYLE
-from ddpm_gui.qt.widgets import Messages, SamplerForm, fill_class_combo
+from ddpm_gui.qt.widgets import Messages, SamplerForm, fill_class_combo, guidance_spin
 
 STRIP = 16  # images shown in the chooser strip
 DEFAULT_INDEX = 4  # the tutorial's horse is image 4 of its CIFAR-10 grid
@@ -113,13 +112,7 @@ class DenoiseForm(QWidget):
         self.class_combo = QComboBox()
         self.class_combo.setToolTip("Class-conditional models only: the class the model is asked for")
         self.class_combo.currentIndexChanged.connect(self._update_class_controls)
-        self.guidance_spin = QDoubleSpinBox()
-        self.guidance_spin.setRange(0.0, 20.0)
-        self.guidance_spin.setSingleStep(0.5)
-        self.guidance_spin.setValue(3.0)
-        self.guidance_spin.setToolTip(
-            "Classifier-free guidance scale w: 1 = plain conditional, higher = stronger"
-        )
+        self.guidance_spin = guidance_spin()
         form = QFormLayout()
         t_label = QLabel("Noise to &t:")
         t_label.setBuddy(self.t_spin)

@@ -17,7 +17,6 @@ from pathlib import Path
 from PySide6.QtCore import Slot
 from PySide6.QtWidgets import (
     QComboBox,
-    QDoubleSpinBox,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
@@ -42,6 +41,7 @@ from ddpm_gui.qt.widgets import (
     button,
     fill_class_combo,
     frames_every,
+    guidance_spin,
     kept_frames,
     laid_out,
     side_column,
@@ -111,13 +111,7 @@ class SamplePanel(ChainPanel):
         self.seed_spin.setRange(0, 2**31 - 1)
         self.class_combo = QComboBox()
         self.class_combo.setToolTip("Class-conditional models only: the class to draw")
-        self.guidance_spin = QDoubleSpinBox()
-        self.guidance_spin.setRange(0.0, 20.0)
-        self.guidance_spin.setSingleStep(0.5)
-        self.guidance_spin.setValue(3.0)
-        self.guidance_spin.setToolTip(
-            "Classifier-free guidance scale w: 1 = plain conditional, higher = stronger"
-        )
+        self.guidance_spin = guidance_spin()
         form = QFormLayout()
         form.addRow("&Images:", self.n_spin)
         form.addRow("See&d:", self.seed_spin)
