@@ -1,4 +1,5 @@
-"""Class accuracy against minutes of training for one or more recipes (default: quick-cpu), in one plot.
+"""Class accuracy against minutes of training for one or more recipes (default: quick-cpu and 3min-cpu), in
+one plot.
 
     python scripts/recipe_curve.py --out runs/recipe-curve         # writes docs/img/recipe-curve.png
 
@@ -6,7 +7,8 @@ Each recipe trains once, as a person pressing Start would (`ddpm-gui train --rec
 previews included), except that a checkpoint is kept every --every steps and at the end. A checkpoint's
 minutes are the time from the start of the training process (torch imported, data generated: all of it
 counts) to the step it holds, read from the run's metrics.jsonl. Then every checkpoint is scored by the
-default quality check, `ddpm-gui eval` (full DDPM chain, guidance 1; --n samples, seed 0). The trainings run
+default quality check, `ddpm-gui eval` (full DDPM chain; --n samples, seed 0) at each --guidance scale (default:
+1, plain conditional sampling, and 3, the Sample tab's default; one line each). The trainings run
 one after another, never side by side (a shared CPU would time both wrongly); the load average at the start
 and end of each is recorded beside its points in OUT/curve.json. A rerun reuses finished runs and scores only
 what is not scored yet; --plot-only redraws the plot from OUT/curve.json.
@@ -69,35 +71,42 @@ def checkpoints(run: Path) -> list[tuple[int, Path]]:
     return [(int(p.stem.split("_")[1]), p) for p in files]
 
 
-def score(ckpt: Path, n: int, seed: int) -> dict:
+def score(ckpt: Path, n: int, seed: int, guidance: float) -> dict:
     """`ddpm-gui eval` of one checkpoint (cached beside it)."""
-    out = ckpt.with_suffix(f".eval-n{n}-s{seed}.json")
+    out = ckpt.with_suffix(f".eval-n{n}-s{seed}-g{guidance:g}.json")
     if not out.is_file():
-        cmd = ddpm_gui("eval", "--checkpoint", str(ckpt), "--n", str(n), "--seed", str(seed), "--json",
-                       str(out), "--no-record")  # fmt: skip
+        cmd = ddpm_gui("eval", "--checkpoint", str(ckpt), "--n", str(n), "--seed", str(seed), "--guidance",
+                       str(guidance), "--json", str(out), "--no-record")  # fmt: skip
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return json.loads(out.read_text())
 
 
-def curve(recipe: str, out: Path, every: int, steps: int | None, n: int, seed: int) -> dict:
+def curves_of(
+    recipe: str, out: Path, every: int, steps: int | None, n: int, seed: int, guidance: list[float]
+):
+    """One curve per guidance scale of `recipe`'s run (trained here unless it finished before)."""
     run = out / recipe
     info = train(recipe, run, every, steps)
     times = step_times(run)
-    points = []
-    for step, ckpt in checkpoints(run):
-        res = score(ckpt, n, seed)
-        t = times.get(step, ckpt.stat().st_mtime)
-        acc = res.get("accuracy", res["recognisable"])
-        points.append({"step": step, "minutes": (t - info["start"]) / 60, "accuracy": acc,
-                       "frechet_distance": res["frechet_distance"]})  # fmt: skip
-        print(
-            f"[{recipe}] step {step}: {points[-1]['minutes']:.2f} min, accuracy {100 * acc:.1f}%", flush=True
-        )
-    return {"recipe": recipe, **info, "eval": f"--n {n} --seed {seed}", "points": points}
+    found = []
+    for g in guidance:
+        points = []
+        for step, ckpt in checkpoints(run):
+            res = score(ckpt, n, seed, g)
+            t = times.get(step, ckpt.stat().st_mtime)
+            acc = res.get("accuracy", res["recognisable"])
+            points.append({"step": step, "minutes": (t - info["start"]) / 60, "accuracy": acc,
+                           "frechet_distance": res["frechet_distance"]})  # fmt: skip
+            print(f"[{recipe}] step {step}: {points[-1]['minutes']:.2f} min, guidance {g:g}: "
+                  f"accuracy {100 * acc:.1f}%", flush=True)  # fmt: skip
+        found.append({"recipe": recipe, "guidance": g, **info, "eval": f"--n {n} --seed {seed} --guidance {g:g}",
+                      "points": points})  # fmt: skip
+    return found
 
 
 def plot(curves: list[dict], png: Path, target: float = 0.9, size=(900, 560)) -> None:
-    """Accuracy (%) against minutes, one line per recipe, with the target as a dashed line."""
+    """Accuracy (%) against minutes: a colour per recipe, a thick line for its highest guidance scale and thin
+    ones for the others, with the target as a dashed line and 3 minutes as a dotted one."""
     w, h = size
     left, right, top, bottom = 70, 30, 40, 60
     xmax = max([3.0] + [p["minutes"] for c in curves for p in c["points"]])
@@ -124,17 +133,25 @@ def plot(curves: list[dict], png: Path, target: float = 0.9, size=(900, 560)) ->
         (w / 2, h - 22), "minutes since Start (training process start)", fill="black", font=font, anchor="mm"
     )
     d.text((left, 14), "class accuracy of samples (ddpm-gui eval)", fill="black", font=font, anchor="lm")
+    x3 = xy(3.0, 0)[0]
+    for y in range(top, h - bottom, 8):
+        d.line([(x3, y), (x3, y + 2)], fill=(90, 90, 90), width=2)
+    recipes = list(dict.fromkeys(c["recipe"] for c in curves))
+    top_g = {r: max(c.get("guidance", 1.0) for c in curves if c["recipe"] == r) for r in recipes}
     for i, c in enumerate(curves):
-        color = COLORS[i % len(COLORS)]
+        color = COLORS[recipes.index(c["recipe"]) % len(COLORS)]
+        g = c.get("guidance", 1.0)
+        width, r = (3, 4) if g == top_g[c["recipe"]] else (1, 3)
         pts = [xy(p["minutes"], p["accuracy"]) for p in c["points"]]
         if len(pts) > 1:
-            d.line(pts, fill=color, width=3)
+            d.line(pts, fill=color, width=width)
         for x, y in pts:
-            d.ellipse([x - 4, y - 4, x + 4, y + 4], fill=color)
-        ly = top + 14 + 22 * i
-        d.line([(w - right - 310, ly), (w - right - 280, ly)], fill=color, width=3)
+            d.ellipse([x - r, y - r, x + r, y + r], fill=color if width > 1 else "white", outline=color)
+        ly = h - bottom - 14 - 22 * (len(curves) - 1 - i)
+        d.line([(w - right - 400, ly), (w - right - 370, ly)], fill=color, width=width)
         load = f" (load average {c['load_start']:.1f}-{c['load_end']:.1f})" if "load_start" in c else ""
-        d.text((w - right - 272, ly), c["recipe"] + load, fill="black", font=font, anchor="lm")
+        text = f"{c['recipe']}, guidance {g:g}{load}"
+        d.text((w - right - 362, ly), text, fill="black", font=font, anchor="lm")
     png.parent.mkdir(parents=True, exist_ok=True)
     img.save(png)
 
@@ -142,7 +159,8 @@ def plot(curves: list[dict], png: Path, target: float = 0.9, size=(900, 560)) ->
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "recipe-curve", help="folder of the runs")
-    p.add_argument("--recipes", nargs="+", default=["quick-cpu"])
+    p.add_argument("--recipes", nargs="+", default=["quick-cpu", "3min-cpu"])
+    p.add_argument("--guidance", nargs="+", type=float, default=[1.0, 3.0], help="guidance scales to score")
     p.add_argument("--every", type=int, default=250, help="a checkpoint every N steps")
     p.add_argument("--steps", type=int, default=None, help="train this many steps (default: each recipe's)")
     p.add_argument("--n", type=int, default=200, help="samples per eval")
@@ -155,7 +173,11 @@ def main(argv: list[str] | None = None) -> int:
         curves = json.loads(data.read_text())
     else:
         a.out.mkdir(parents=True, exist_ok=True)
-        curves = [curve(r, a.out, a.every, a.steps, a.n, a.seed) for r in a.recipes]
+        for r in a.recipes:  # every training first, back to back, so that no scoring shares the CPU with one
+            train(r, a.out / r, a.every, a.steps)
+        curves = [
+            c for r in a.recipes for c in curves_of(r, a.out, a.every, a.steps, a.n, a.seed, a.guidance)
+        ]
         data.write_text(json.dumps(curves, indent=1))
     plot(curves, a.png)
     print(f"wrote {a.png} and {data}")

@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 from ddpm_gui.cli.common import command
+from ddpm_gui.engine.recipes import RECIPES
 
 
 def add_parsers(sub) -> None:
@@ -34,7 +35,12 @@ def add_parsers(sub) -> None:
         default=None,
         help="its run folder (default: a new dated folder in the runs folder)",
     )
-    a.add_argument("--recipe", default=None, metavar="NAME", help="start from a named set of settings")
+    a.add_argument(
+        "--recipe",
+        default=None,
+        metavar="NAME",
+        help="start from a named set of settings: " + ", ".join(RECIPES),
+    )
     a.add_argument("--config", default=None, metavar="FILE", help="start from the settings in a TOML file")
     add_setting_options(a)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ddpm_gui.cli.common import add_schedule_args, number_type, schedule_from_args, schedule_given
 from ddpm_gui.engine.config import SETTING_TYPES, SETTINGS, TrainConfig
+from ddpm_gui.engine.recipes import RECIPES
 
 
 def add_setting_options(p: argparse.ArgumentParser) -> None:
@@ -53,8 +54,8 @@ def add_parsers(sub) -> None:
         "--recipe",
         default=None,
         metavar="NAME",
-        help="start from a named set of settings (options given here still win): quick-cpu (recognisable "
-        "built-in shapes in about 10 minutes on a 2-core CPU), tutorial (the article's)",
+        help="start from a named set of settings (options given here still win) - "
+        + "; ".join(f"{r.name}: {r.note}" for r in RECIPES.values()).replace("%", "%%"),
     )
     t.add_argument(
         "--config",

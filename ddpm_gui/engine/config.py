@@ -54,6 +54,7 @@ def setting(default, flag: str, label: str, help: str, **kw):
     return field(default=default, metadata=md)
 
 
+LR_SCHEDULES = ("constant", "cosine")  # the learning rate after the warm-up
 _MANY = 100_000_000  # the upper bound of step counts and intervals
 
 
@@ -105,6 +106,11 @@ class TrainConfig:
     # a linear warm-up stabilises the first steps of a fresh model
     warmup_steps: int = setting(100, "--warmup", "Warm-up", "linear learning-rate warm-up steps",
                                 lo=0, hi=_MANY, resumable=True)
+    # a short run ends better with the learning rate brought down to zero than cut off at its peak: the last
+    # steps then refine rather than jump about (the cosine decay of Loshchilov & Hutter 2017)
+    lr_schedule: str = setting("constant", "--lr-schedule", "LR schedule",
+                               "the learning rate after the warm-up: constant (the tutorial) or cosine "
+                               "(falls to zero at the last step)", choices=LR_SCHEDULES, resumable=True)
     grad_clip: float = setting(1.0, "--grad-clip", "Clip gradients", "clip the gradient norm to this (0 = off)",
                                lo=0.0, hi=1e6, resumable=True)
     # Min-SNR-gamma loss weighting (Hang et al. 2023): the nearly clean timesteps, whose loss is small but
@@ -260,6 +266,19 @@ def _check_version(version, source: str) -> None:
             f"{source} was written by a newer DDPM Studio (config version {version}, this one reads up to "
             f"{CONFIG_VERSION}): update DDPM Studio to open it."
         )
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """The learning rate of step `step` (0-based): a linear warm-up to cfg.lr over cfg.warmup_steps, then
+    cfg.lr_schedule: constant, or a cosine from cfg.lr down to zero at the last step (cfg.steps - 1)."""
+    w = cfg.warmup_steps
+    if w > 0 and step < w:
+        return cfg.lr * ((step + 1) / w)
+    if cfg.lr_schedule == "cosine":
+        span = max(1, cfg.steps - 1 - w)
+        frac = min(1.0, max(0.0, (step - w) / span))
+        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * frac))
+    return cfg.lr
 
 
 def _check_value(name: str, s: Setting, v) -> None:

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 # shows and keeps. The batch, the model, the schedule and the device need a restart (through a checkpoint).
 LIVE_SETTINGS = RESUMABLE & frozenset(
     {
-        "lr", "warmup_steps", "weight_decay", "grad_clip", "min_snr_gamma", "ema_decay", "steps",
+        "lr", "warmup_steps", "lr_schedule", "weight_decay", "grad_clip", "min_snr_gamma", "ema_decay", "steps",
         "log_every", "preview_every", "preview_n", "preview_steps", "checkpoint_every",
         "checkpoint_minutes", "keep_checkpoints",
     }

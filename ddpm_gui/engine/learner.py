@@ -35,7 +35,7 @@ from ddpm_gui.core.diffusion import from_uint8, q_sample, reverse_process, to_ui
 from ddpm_gui.core.schedule import NoiseSchedule
 from ddpm_gui.core.weighting import loss_weight
 from ddpm_gui.engine import distributed
-from ddpm_gui.engine.config import TrainConfig
+from ddpm_gui.engine.config import TrainConfig, lr_at
 from ddpm_gui.engine.control import grad_norms
 from ddpm_gui.engine.device import (
     AUTOCAST_DTYPES,
@@ -298,8 +298,7 @@ class Learner(LearnerState):
     # ------------------------------------------------------------------ one step
 
     def _lr(self, step: int) -> float:
-        w = self.config.warmup_steps
-        return self.config.lr * min(1.0, (step + 1) / w) if w > 0 else self.config.lr
+        return lr_at(self.config, step)
 
     def train_step(
         self, images: torch.Tensor | None = None, labels: torch.Tensor | None = None
