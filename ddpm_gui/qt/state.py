@@ -29,6 +29,7 @@ class AppState(QObject):
     statusFor = Signal(str, int)  # the same message and how long it stays, in ms (0: until the next one)
     recentChanged = Signal()
     trainingSchedule = Signal(object)  # a ScheduleConfig for the Train tab's next run (the Forward tab's)
+    dataWanted = Signal(str, int)  # (source, image size): the Data tab is asked to load these images
 
     MAX_RECENT = 8
 
@@ -60,6 +61,11 @@ class AppState(QObject):
     def use_schedule_for_training(self, schedule) -> None:
         """Send a noise schedule (a ScheduleConfig) to the Train tab: its next new run trains with it."""
         self.trainingSchedule.emit(schedule)
+
+    def want_data(self, source: str, image_size: int) -> None:
+        """Ask the Data tab to load `source` at `image_size` px (a recipe trains at another size): the
+        images everything else uses then change through dataChanged, as when a person loads them."""
+        self.dataWanted.emit(source, image_size)
 
     def set_training(self, active: bool) -> None:
         self.training = active

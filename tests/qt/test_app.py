@@ -358,3 +358,23 @@ def test_an_opened_checkpoint_becomes_the_current_model_through_the_state(qtbot,
     assert str(tmp_path / "run_a") in window.state.recent()
     window.state.set_bundle(None)
     assert window.state.bundle is None and window.state.bundle_source == ""
+
+
+def test_a_recipe_at_another_image_size_reloads_the_data_tab_at_it(qtbot, window):
+    """The image size is locked to the Data tab's images: picking 3min-cpu (16 px) in the Train tab has
+    the Data tab load its source at 16 px, so the run started from the form is the recipe's; picking
+    quick-cpu (32 px) again loads them back at 32."""
+    from ddpm_gui.engine.recipes import RECIPES, matching_recipe
+
+    train, data = window.panel("TrainPanel"), window.panel("DataPanel")
+    assert window.state.data.size == 32
+    combo = train.recipe_combo
+    combo.setCurrentIndex(combo.findData("3min-cpu"))  # as a user picks it
+    qtbot.waitUntil(lambda: window.state.data.size == 16 and not data.is_busy(), timeout=60_000)
+    assert len(window.state.data) == 300  # the same source and limit, at the new size
+    cfg = train.build_config()
+    assert cfg.image_size == 16 and matching_recipe(cfg) == "3min-cpu" == combo.currentData()
+    assert cfg.steps == RECIPES["3min-cpu"].changes["steps"]
+    combo.setCurrentIndex(combo.findData("quick-cpu"))
+    qtbot.waitUntil(lambda: window.state.data.size == 32 and not data.is_busy(), timeout=60_000)
+    assert matching_recipe(train.build_config()) == "quick-cpu"

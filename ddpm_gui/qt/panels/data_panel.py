@@ -100,6 +100,7 @@ class DataPanel(QWidget):
         lay.addWidget(self.preview, 1)
 
         self.state.dataChanged.connect(self._on_data_changed)
+        self.state.dataWanted.connect(self._on_data_wanted)
         if state.data is not None:
             self._on_data_changed(state.data)
 
@@ -152,6 +153,13 @@ class DataPanel(QWidget):
 
     def set_spec(self, spec: str, image_size: int | None = None, limit: int | None = None) -> None:
         self.form.set_spec(spec, image_size, limit)
+
+    @Slot(str, int)
+    def _on_data_wanted(self, source: str, image_size: int) -> None:
+        if not self.load(source, image_size, self.limit()):
+            self.state.show_status(
+                f"The Data tab is busy: load {source} at {image_size} px there when it is done."
+            )
 
     @Slot(str)
     def _on_source_changed(self, _kind: str) -> None:

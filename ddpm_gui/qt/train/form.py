@@ -48,6 +48,7 @@ FILE_FILTER = "Settings (*.toml);;All files (*)"
 
 class SettingsForm(QWidget):
     changed = Signal(str)  # a setting's name, after its widget changed
+    recipeApplied = Signal(str)  # a recipe's name, after it filled the form
 
     def __init__(
         self, settings: QSettings, reserved: Iterable[str] = WINDOW_KEYS, parent: QWidget | None = None
@@ -293,6 +294,8 @@ class SettingsForm(QWidget):
         if name in RECIPES:
             self.set_values(RECIPES[name].changes)
         self._show_recipe(name if name in RECIPES else CUSTOM)
+        if name in RECIPES:
+            self.recipeApplied.emit(name)
 
     def _matching_recipe(self) -> str:
         try:
