@@ -108,7 +108,7 @@ class TrainConfig:
                                 lo=0, hi=_MANY, resumable=True)
     # a short run ends better with the learning rate brought down to zero than cut off at its peak: the last
     # steps then refine rather than jump about (the cosine decay of Loshchilov & Hutter 2017)
-    lr_schedule: str = setting("constant", "--lr-schedule", "LR schedule",
+    lr_schedule: str = setting("constant", "--lr-schedule", "LR decay to zero",
                                "the learning rate after the warm-up: constant (the tutorial) or cosine "
                                "(falls to zero at the last step)", choices=LR_SCHEDULES, resumable=True)
     grad_clip: float = setting(1.0, "--grad-clip", "Clip gradients", "clip the gradient norm to this (0 = off)",

@@ -69,6 +69,23 @@ def _prediction_items() -> tuple[Item, ...]:
     )
 
 
+def _lr_schedule_items() -> tuple[Item, ...]:
+    return (
+        (
+            "constant",
+            "constant",
+            "none (constant)",
+            "the tutorial's: the learning rate stays at its peak after the warm-up",
+        ),
+        (
+            "cosine",
+            "cosine",
+            "cosine",
+            "after the warm-up the learning rate falls along a half cosine to 0 at the last step",
+        ),
+    )
+
+
 PAGES = ("Data and model", "Training", "Device, validation", "Run output")
 DATA, TRAINING, DEVICE, OUTPUT = PAGES
 
@@ -82,6 +99,7 @@ ROWS: dict[str, Row] = {
     "cond_drop": Row(DATA),
     "schedule": Row(DATA, items=_schedule_items),
     "prediction": Row(DATA, items=_prediction_items),
+    "lr_schedule": Row(TRAINING, items=_lr_schedule_items),
     "steps": Row(step=100),
     "device": Row(
         DEVICE, items=lambda: (("auto", "auto", "auto (detecting…)", ""), ("cpu", "cpu", "cpu", ""))
