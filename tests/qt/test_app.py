@@ -378,3 +378,17 @@ def test_a_recipe_at_another_image_size_reloads_the_data_tab_at_it(qtbot, window
     combo.setCurrentIndex(combo.findData("quick-cpu"))
     qtbot.waitUntil(lambda: window.state.data.size == 32 and not data.is_busy(), timeout=60_000)
     assert matching_recipe(train.build_config()) == "quick-cpu"
+
+
+def test_a_settings_file_at_another_image_size_reloads_the_data_tab_at_it(qtbot, window, tmp_path):
+    from ddpm_gui.engine.config import TrainConfig, config_toml
+
+    train = window.panel("TrainPanel")
+    f = tmp_path / "settings.toml"
+    f.write_text(config_toml(TrainConfig(image_size=24, steps=77)))
+    assert train.form.load_file(f)
+    qtbot.waitUntil(
+        lambda: window.state.data.size == 24 and not window.panel("DataPanel").is_busy(), timeout=60_000
+    )
+    cfg = train.build_config()
+    assert (cfg.image_size, cfg.steps) == (24, 77)

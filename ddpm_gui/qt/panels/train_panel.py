@@ -38,7 +38,6 @@ from PySide6.QtWidgets import (
 from ddpm_gui.engine import events as ev
 from ddpm_gui.engine.config import RESUMABLE, TrainConfig, load_run_config
 from ddpm_gui.engine.events import coalesce_progress
-from ddpm_gui.engine.recipes import RECIPES
 from ddpm_gui.engine.runs import default_runs_root
 from ddpm_gui.engine.text import describe_data
 from ddpm_gui.errors import ConfigError, DDPMError
@@ -127,7 +126,7 @@ class TrainPanel(PausedRunActions, QueueActions, QWidget):
         self.form.apply_recipe(DEFAULT_RECIPE)
         self.form.restore()
         self.form.changed.connect(self._on_form_changed)
-        self.form.recipeApplied.connect(self._on_recipe_applied)
+        self.form.asked.connect(self._on_settings_asked)
         self.state.dataChanged.connect(self._on_data_changed)
         self._on_data_changed(self.state.data)
         self.device_slot.start(devices)
@@ -273,17 +272,23 @@ class TrainPanel(PausedRunActions, QueueActions, QWidget):
         self.model_size.request()
         self._validate()
 
-    @Slot(str)
-    def _on_recipe_applied(self, name: str) -> None:
-        """The image size is the data's (locked to the Data tab's images): a recipe that trains at another
-        size has the Data tab load its source at that size, so that the run is the recipe's."""
-        size, d = RECIPES[name].changes.get("image_size"), self.state.data
-        if size is None or d is None or d.size == size or not d.source or self.form.mode != "new":
+    @Slot(dict)
+    def _on_settings_asked(self, values: dict) -> None:
+        """The image size is the data's (locked to the Data tab's images): a recipe or a settings file that
+        trains at another size has the Data tab load its source at that size, so that the run is theirs."""
+        size, d = values.get("image_size"), self.state.data
+        if (
+            not isinstance(size, int)
+            or d is None
+            or d.size == size
+            or not d.source
+            or self.form.mode != "new"
+        ):
             return
         self.view.log(
-            f"Recipe {name} trains at {size}x{size} px: the Data tab loads {d.source} at that size."
+            f"These settings train at {size}x{size} px: the Data tab loads {d.source} at that size."
         )
-        self.state.want_data(str(d.source), int(size))
+        self.state.want_data(str(d.source), size)
 
     def _on_run_dir_edited(self, _text: str) -> None:
         self._run_dir_auto = False

@@ -48,7 +48,9 @@ FILE_FILTER = "Settings (*.toml);;All files (*)"
 
 class SettingsForm(QWidget):
     changed = Signal(str)  # a setting's name, after its widget changed
-    recipeApplied = Signal(str)  # a recipe's name, after it filled the form
+    # settings a person asked for (a recipe, a settings file), after they filled the form: locked rows kept
+    # their values, and whoever holds a lock (the Data tab's images) may follow
+    asked = Signal(dict)
 
     def __init__(
         self, settings: QSettings, reserved: Iterable[str] = WINDOW_KEYS, parent: QWidget | None = None
@@ -295,7 +297,7 @@ class SettingsForm(QWidget):
             self.set_values(RECIPES[name].changes)
         self._show_recipe(name if name in RECIPES else CUSTOM)
         if name in RECIPES:
-            self.recipeApplied.emit(name)
+            self.asked.emit(dict(RECIPES[name].changes))
 
     def _matching_recipe(self) -> str:
         try:
@@ -367,6 +369,7 @@ class SettingsForm(QWidget):
             return self._file_done(f"Settings not loaded: {exc}", ok=False)
         self.settings.setValue(DIR_KEY, str(path.parent))
         self.set_values(values)
+        self.asked.emit(values)
         only = "" if self._mode == "new" else " (only the settings a resumed run may change)"
         return self._file_done(f"Settings loaded from {path}{only}")
 
