@@ -25,6 +25,44 @@ from dataclasses import replace
 from pathlib import Path
 
 
+def wait_for(app, win, cond, timeout: float, what: str, detail=None) -> None:
+    """Process events until `cond()`; every 30 s say what it still waits for (with `detail()` and the
+    status bar), so that a stall shows where it is; on timeout, print every thread's stack and stop."""
+    start = time.monotonic()
+    end, next_note = start + timeout, start + 30
+    while not cond():
+        now = time.monotonic()
+        if now > end or now > next_note:
+            extra = f"; {detail()}" if detail is not None else ""
+            status = win.statusBar().currentMessage()
+            print(f"  waiting for {what}: {now - start:.0f} s{extra}; status bar: {status!r}", flush=True)
+            next_note = now + 30
+        if now > end:
+            import faulthandler
+
+            faulthandler.dump_traceback(all_threads=True)
+            raise SystemExit(f"timed out waiting for {what} after {timeout:.0f} s")
+        app.processEvents()
+        time.sleep(0.01)
+
+
+def wait_for_run(wait, train, steps: int) -> None:
+    """Wait for the Train tab's run to end; stop with its error unless it reached `steps`."""
+    error = train.view.error_label
+    wait(
+        lambda: not train.is_busy(),
+        900,
+        "the training run",
+        lambda: f"step {train.last_step:,} of {steps:,}; error: {error.text()!r}",
+    )
+    done = train.last_finished
+    if done is None or train.last_step < steps:
+        why = done.reason if done is not None else "no Finished event"
+        raise SystemExit(
+            f"the resumed run ended at step {train.last_step:,} of {steps:,} ({why}): {error.text()}"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", required=True, help="a finished run folder whose weights the tabs use")
@@ -67,13 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     win.show()
     win.start_engine()
 
-    def wait(cond, timeout: float, what: str) -> None:
-        end = time.monotonic() + timeout
-        while not cond():
-            if time.monotonic() > end:
-                raise SystemExit(f"timed out waiting for {what}")
-            app.processEvents()
-            time.sleep(0.01)
+    def wait(cond, timeout: float, what: str, detail=None) -> None:
+        wait_for(app, win, cond, timeout, what, detail)
 
     def settle(seconds: float = 0.5) -> None:
         end = time.monotonic() + seconds
@@ -132,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     win.tabs.setCurrentIndex(tab("TrainPanel"))
     if not train.resume_run(run):
         raise SystemExit("the Train tab could not resume the run: " + train.error_label.text())
-    wait(lambda: not train.is_busy(), 900, "the training run")
+    wait_for_run(wait, train, cfg.steps)
     shot("TrainPanel", "train")
 
     sample_shot("sample", "the trained run", at=0.7)

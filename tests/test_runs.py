@@ -362,3 +362,21 @@ def test_quality_results_read_what_record_eval_keeps(tmp_path, data):
     info = runs.read_run(run)
     assert [(r["model_step"], r["frechet_distance"]) for r in info.evals] == [(1, 9.0), (3, 5.0), (3, 4.0)]
     assert info.quality_last["frechet_distance"] == 4.0 and info.quality_best["frechet_distance"] == 4.0
+
+
+def test_runs_started_within_a_second_are_listed_newest_first(tmp_path, data):
+    """The marker's start time has microseconds: two short runs begun in the same second keep their order."""
+    for name in ("z-first", "a-second", "m-third"):
+        train(tmp_path / name, data, steps=1)
+    assert [r.name for r in runs.scan_runs(tmp_path)] == ["m-third", "a-second", "z-first"]
+    created = [r.created for r in runs.scan_runs(tmp_path)]
+    assert created[0] > created[1] > created[2] and created[0] - created[2] < 60
+
+
+def test_a_marker_written_to_the_second_still_gives_the_start_time(tmp_path, data):
+    train(tmp_path / "old", data, steps=1)
+    marker = tmp_path / "old" / runs.MARKER
+    info = json.loads(marker.read_text())
+    info["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(1_700_000_000))
+    marker.write_text(json.dumps(info))
+    assert runs.scan_runs(tmp_path)[0].created == 1_700_000_000

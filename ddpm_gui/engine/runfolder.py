@@ -27,6 +27,7 @@ import os
 import re
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -198,7 +199,8 @@ class RunFolder:
             "format": MARKER_FORMAT,
             "version": MARKER_VERSION,
             "run_id": uuid.uuid4().hex,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            # to the microsecond: the Runs tab lists runs newest first, and two runs can start within a second
+            "created": datetime.now().astimezone().isoformat(timespec="microseconds"),
             "app_version": __version__,
         }
         if adopted:

@@ -27,6 +27,7 @@ import re
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -354,9 +355,16 @@ class RunInfo:
 
 def _created(run: Path) -> float:
     try:
-        info = json.loads((run / MARKER).read_bytes())
-        return time.mktime(time.strptime(str(info["created"])[:19], "%Y-%m-%dT%H:%M:%S"))
-    except (OSError, ValueError, KeyError, TypeError, RecursionError, OverflowError):
+        created = str(json.loads((run / MARKER).read_bytes())["created"])
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+        created = ""
+    try:  # ISO 8601 with microseconds and the UTC offset; older markers: to the second, "+0100"
+        return datetime.fromisoformat(created).timestamp()
+    except (ValueError, OverflowError, OSError):
+        pass
+    try:
+        return time.mktime(time.strptime(created[:19], "%Y-%m-%dT%H:%M:%S"))
+    except (ValueError, OverflowError):
         pass
     for name in ("config.toml", "config.json", METRICS):
         try:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QStyle
 
 from ddpm_gui.engine import runs
 from ddpm_gui.engine.fileio import RunLock
@@ -273,3 +274,32 @@ def test_the_train_tabs_quality_check_keeps_its_result_in_the_run(tmp_path, runs
     shutil.copy(run / "checkpoints" / "step_00000006.safetensors", loose)
     out = list(evaluate_iter(load_bundle(loose, device="cpu"), data, 4, lambda _e: None, threading.Event()))
     assert out[1] == Kept(None) and len(runs.read_run(run).evals) == 1
+
+
+def test_the_checkpoint_list_is_wide_enough_for_its_steps(qtbot, state, runs_dir):
+    """Before any run is chosen, the checkpoint list already fits "step 10,000,000" (it used to be sized
+    for its empty state and cut "step 1,400" to "step 1,4")."""
+    panel = make_panel(qtbot, state, runs_dir)
+    panel.resize(1280, 800)
+    panel.show()
+    qtbot.waitExposed(panel)
+    combo = panel.ckpt_combo
+    text_room = (
+        combo.style()
+        .subControlRect(
+            QStyle.ComplexControl.CC_ComboBox,
+            _combo_option(combo),
+            QStyle.SubControl.SC_ComboBoxEditField,
+            combo,
+        )
+        .width()
+    )
+    assert text_room >= combo.fontMetrics().horizontalAdvance("step 10,000,000")
+
+
+def _combo_option(combo):
+    from PySide6.QtWidgets import QStyleOptionComboBox
+
+    opt = QStyleOptionComboBox()
+    opt.initFrom(combo)
+    return opt

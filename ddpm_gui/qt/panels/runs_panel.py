@@ -132,6 +132,9 @@ class RunsPanel(QWidget):
         self.table.itemSelectionChanged.connect(self._on_selection)
 
         self.ckpt_combo = QComboBox()
+        # wide enough for "step 10,000,000" before any run is chosen (its items come later)
+        self.ckpt_combo.setMinimumContentsLength(len("step 10,000,000"))
+        self.ckpt_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.ckpt_combo.setToolTip(
             "The kept checkpoint of the current run to open or resume from (the newest first)"
         )
