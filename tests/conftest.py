@@ -24,7 +24,7 @@ def small_config(**kw):
 
     base = dict(
         data="builtin:256", image_size=16, preset="tiny", batch_size=8, steps=10, lr=1e-3, warmup_steps=0,
-        log_every=1, preview_every=0, checkpoint_every=0, checkpoint_minutes=0, device="cpu", seed=0,
+        log_every=1, preview_every=0, checkpoint_every=0, checkpoint_minutes=0, device="cpu", seed=0, threads=1,
     )  # fmt: skip
     return TrainConfig(**{**base, **kw})
 
