@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QCheckBox, QComboBox, QLineEdit, QSpinBox, QWidget
 
-from ddpm_gui.engine.config import SETTING_TYPES, SETTINGS, Setting, TrainConfig
+from ddpm_gui.engine.config import LR_SCHEDULES, SETTING_TYPES, SETTINGS, Setting, TrainConfig
 from ddpm_gui.errors import ConfigError
 
 INT_MAX = 2**31 - 1  # a QSpinBox holds a C int
@@ -69,21 +69,18 @@ def _prediction_items() -> tuple[Item, ...]:
     )
 
 
+# what each learning-rate schedule is called in the list, and its tooltip (the choices: LR_SCHEDULES)
+_LR_SCHEDULE_TEXT = {
+    "constant": ("none (constant)", "the tutorial's: the learning rate stays at its peak after the warm-up"),
+    "cosine": (
+        "cosine",
+        "after the warm-up the learning rate falls along a half cosine to 0 at the last step",
+    ),
+}
+
+
 def _lr_schedule_items() -> tuple[Item, ...]:
-    return (
-        (
-            "constant",
-            "constant",
-            "none (constant)",
-            "the tutorial's: the learning rate stays at its peak after the warm-up",
-        ),
-        (
-            "cosine",
-            "cosine",
-            "cosine",
-            "after the warm-up the learning rate falls along a half cosine to 0 at the last step",
-        ),
-    )
+    return tuple((k, k, *_LR_SCHEDULE_TEXT.get(k, (k, ""))) for k in LR_SCHEDULES)
 
 
 PAGES = ("Data and model", "Training", "Device, validation", "Run output")
